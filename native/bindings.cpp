@@ -1,0 +1,659 @@
+// nanobind bindings for probe_core: the only file that knows about Python.
+// It converts the core's structs into plain dicts and lists, releases the GIL
+// around file and syscall work, and maps the C++ error tree onto Python types.
+#include <Python.h>
+#include <arpa/inet.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+#include <stdexcept>
+
+#include "common.hpp"
+#include "events.hpp"
+#include "gzip.hpp"
+#include "perf.hpp"
+#include "process.hpp"
+#include "readers.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+#ifndef PROBE_CORE_VERSION
+#define PROBE_CORE_VERSION "0.0.0"
+#endif
+
+namespace {
+
+PyObject* ProbeErrorType = nullptr;
+PyObject* ReadErrorType = nullptr;
+PyObject* ParseErrorType = nullptr;
+PyObject* DecodeErrorType = nullptr;
+PyObject* EncodeErrorType = nullptr;
+PyObject* DecompressErrorType = nullptr;
+PyObject* OutputLimitErrorType = nullptr;
+PyObject* UnavailableErrorType = nullptr;
+
+PyObject* new_error(nb::module_& m, const char* name, const char* doc, PyObject* bases) {
+  std::string qualified = std::string("probe_core.") + name;
+  PyObject* t = PyErr_NewExceptionWithDoc(qualified.c_str(), doc, bases, nullptr);
+  if (t == nullptr) throw nb::python_error();
+  Py_XDECREF(bases);
+  m.attr(name) = nb::handle(t);
+  return t;
+}
+
+void raise_with_attrs(PyObject* type, PyObject* args, std::initializer_list<std::pair<const char*, PyObject*>> attrs) {
+  PyObject* exc = args ? PyObject_CallObject(type, args) : nullptr;
+  Py_XDECREF(args);
+  if (exc == nullptr) return;  // the constructor's own error stays set
+  for (auto& [k, v] : attrs) {
+    PyObject_SetAttrString(exc, k, v);
+    Py_XDECREF(v);
+  }
+  PyErr_SetObject(type, exc);
+  Py_DECREF(exc);
+}
+
+// Kernel strings (comm, cgroup paths, interface names) are bytes, not UTF-8.
+nb::str kstr(std::string_view s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "backslashreplace");
+  if (o == nullptr) throw nb::python_error();
+  return nb::steal<nb::str>(o);
+}
+
+template <typename T>
+nb::object opt(const std::optional<T>& v) {
+  return v ? nb::cast(*v) : nb::none();
+}
+
+nb::dict counters(const probe::Counters& c) {
+  nb::dict d;
+  for (const auto& [k, v] : c) d[kstr(k)] = v;
+  return d;
+}
+
+nb::dict cpu_times(const probe::CpuTimes& t) {
+  nb::dict d;
+  for (int i = 0; i < probe::kCpuFieldCount; ++i) d[probe::kCpuFields[i]] = t.v[i];
+  return d;
+}
+
+nb::dict cpu_stat(const probe::CpuStat& s) {
+  nb::dict d;
+  d["total"] = cpu_times(s.total);
+  nb::list per;
+  for (const auto& t : s.per_cpu) {
+    nb::dict c = cpu_times(t);
+    c["cpu"] = t.cpu;
+    per.append(c);
+  }
+  d["per_cpu"] = per;
+  d["columns"] = s.columns;
+  d["ctxt"] = s.ctxt;
+  d["intr"] = s.intr;
+  d["processes"] = s.processes;
+  d["procs_running"] = s.procs_running;
+  d["procs_blocked"] = s.procs_blocked;
+  d["btime"] = s.btime;
+  return d;
+}
+
+nb::object psi_line(const std::optional<probe::PsiLine>& l) {
+  if (!l) return nb::none();
+  nb::dict d;
+  d["avg10"] = l->avg10;
+  d["avg60"] = l->avg60;
+  d["avg300"] = l->avg300;
+  d["total_us"] = l->total_us;
+  return d;
+}
+
+nb::dict psi_file(const probe::PsiFile& f) {
+  nb::dict d;
+  d["some"] = psi_line(f.some);
+  d["full"] = psi_line(f.full);
+  return d;
+}
+
+nb::dict disk(const probe::DiskStat& s) {
+  nb::dict d;
+  d["name"] = kstr(s.name);
+  d["major"] = s.major;
+  d["minor"] = s.minor;
+  for (int i = 0; i < probe::kDiskFieldCount; ++i)
+    d[probe::kDiskFields[i]] = i < s.fields ? nb::cast(s.v[i]) : nb::none();
+  d["rotational"] = s.rotational ? nb::cast(*s.rotational != 0) : nb::none();
+  d["nr_requests"] = opt(s.nr_requests);
+  d["scheduler"] = s.scheduler ? nb::object(kstr(*s.scheduler)) : nb::none();
+  return d;
+}
+
+nb::list net_devs(const std::vector<probe::NetDev>& devs) {
+  nb::list out;
+  for (const auto& n : devs) {
+    nb::dict d;
+    d["interface"] = kstr(n.name);
+    for (int i = 0; i < probe::kNetDevFieldCount; ++i) d[probe::kNetDevFields[i]] = n.v[i];
+    out.append(d);
+  }
+  return out;
+}
+
+nb::dict netstat(const probe::NetstatGroups& groups) {
+  nb::dict out;
+  for (const auto& [g, kv] : groups) {
+    nb::dict d;
+    for (const auto& [k, v] : kv) d[kstr(k)] = v;
+    out[kstr(g)] = d;
+  }
+  return out;
+}
+
+nb::dict pid_stat(const probe::PidStat& s) {
+  nb::dict d;
+  d["pid"] = s.pid;
+  d["ppid"] = s.ppid;
+  d["comm"] = kstr(s.comm);
+  d["state"] = std::string(1, s.state);
+  d["minflt"] = s.minflt;
+  d["majflt"] = s.majflt;
+  d["utime_ticks"] = s.utime;
+  d["stime_ticks"] = s.stime;
+  d["threads"] = s.threads;
+  d["starttime_ticks"] = s.starttime;
+  d["rss_pages"] = s.rss_pages;
+  return d;
+}
+
+nb::dict scan_result(const probe::ScanResult& r, long clk_tck) {
+  nb::dict out;
+  out["monotonic_s"] = r.monotonic_s;
+  out["interval_s"] = opt(r.interval_s);
+  const auto& t = r.totals;
+  nb::dict totals;
+  totals["processes"] = t.processes;
+  totals["threads"] = t.threads;
+  totals["running"] = t.running;
+  totals["sleeping"] = t.sleeping;
+  totals["blocked"] = t.blocked;
+  totals["stopped"] = t.stopped;
+  totals["zombies"] = t.zombies;
+  totals["idle"] = t.idle;
+  totals["other"] = t.other;
+  out["totals"] = totals;
+  out["vanished"] = r.vanished;
+  const double tck = static_cast<double>(clk_tck);
+  nb::list rows;
+  for (const auto& row : r.rows) {
+    const auto& s = row.stat;
+    nb::dict d;
+    d["pid"] = s.pid;
+    d["ppid"] = s.ppid;
+    d["comm"] = kstr(s.comm);
+    d["state"] = std::string(1, s.state);
+    d["uid"] = opt(row.uid);
+    d["cgroup"] = row.cgroup ? nb::object(kstr(*row.cgroup)) : nb::none();
+    d["utime_s"] = static_cast<double>(s.utime) / tck;
+    d["stime_s"] = static_cast<double>(s.stime) / tck;
+    d["rss_bytes"] = row.rss_bytes;
+    d["threads"] = s.threads;
+    d["majflt"] = s.majflt;
+    d["minflt"] = s.minflt;
+    d["start_time_ticks"] = s.starttime;
+    d["read_bytes"] = row.io ? nb::cast(row.io->read_bytes) : nb::none();
+    d["write_bytes"] = row.io ? nb::cast(row.io->write_bytes) : nb::none();
+    d["num_fds"] = opt(row.num_fds);
+    d["smaps"] = row.smaps ? nb::object(counters(*row.smaps)) : nb::none();
+    d["cpu_percent"] = opt(row.cpu_percent);
+    d["majflt_per_s"] = opt(row.majflt_per_s);
+    d["minflt_per_s"] = opt(row.minflt_per_s);
+    d["read_bytes_per_s"] = opt(row.read_bytes_per_s);
+    d["write_bytes_per_s"] = opt(row.write_bytes_per_s);
+    d["rank"] = row.rank;
+    rows.append(d);
+  }
+  out["rows"] = rows;
+  return out;
+}
+
+// --- events ------------------------------------------------------------------
+
+std::string addr_text(std::uint16_t family, const std::array<std::uint8_t, 16>& a) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  ::inet_ntop(family == 2 ? AF_INET : AF_INET6, a.data(), buf, sizeof buf);
+  return buf;
+}
+
+nb::dict event_dict(const probe::Event& e) {
+  using probe::EventType;
+  nb::dict d;
+  d["type"] = probe::event_type_name(e.type);
+  d["ts_ns"] = e.ts_ns;
+  d["cpu"] = e.cpu;
+  switch (e.type) {
+    case EventType::exec:
+      d["pid"] = e.pid, d["ppid"] = e.ppid, d["uid"] = e.uid;
+      d["comm"] = kstr(e.comm), d["filename"] = kstr(e.filename);
+      break;
+    case EventType::exit:
+      d["pid"] = e.pid, d["ppid"] = e.ppid, d["exit_code"] = e.exit_code, d["age_ns"] = e.age_ns;
+      d["comm"] = kstr(e.comm);
+      break;
+    case EventType::oom_kill:
+      d["pid"] = e.pid, d["uid"] = e.uid, d["total_vm_kb"] = e.total_vm_kb, d["anon_rss_kb"] = e.anon_rss_kb;
+      d["file_rss_kb"] = e.file_rss_kb, d["shmem_rss_kb"] = e.shmem_rss_kb, d["oom_score_adj"] = e.oom_score_adj;
+      d["comm"] = kstr(e.comm);
+      break;
+    case EventType::tcp_retransmit:
+      d["pid"] = e.pid, d["family"] = e.family, d["sport"] = e.sport, d["dport"] = e.dport;
+      d["state"] = e.state, d["saddr"] = addr_text(e.family, e.saddr), d["daddr"] = addr_text(e.family, e.daddr);
+      break;
+    case EventType::runq_latency:
+    case EventType::bio_latency:
+      d["interval_ns"] = e.interval_ns, d["dev"] = e.dev, d["unit"] = e.unit == 0 ? "ns" : "us";
+      d["slots"] = nb::cast(e.slots);
+      break;
+  }
+  return d;
+}
+
+template <typename T>
+T int_value(nb::handle v, const char* key, T lo, T hi) {
+  if (!PyLong_Check(v.ptr()) || PyBool_Check(v.ptr()))
+    throw probe::EncodeError(std::string("event field '") + key + "' must be an int");
+  int overflow = 0;
+  long long x = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow > 0 && std::is_same_v<T, std::uint64_t>) {
+    unsigned long long u = PyLong_AsUnsignedLongLong(v.ptr());
+    if (PyErr_Occurred() != nullptr) {
+      PyErr_Clear();
+      throw probe::EncodeError(std::string("event field '") + key + "' is out of range");
+    }
+    return static_cast<T>(u);
+  }
+  if (overflow != 0 || x < static_cast<long long>(lo) ||
+      (x > 0 && static_cast<unsigned long long>(x) > static_cast<unsigned long long>(hi)))
+    throw probe::EncodeError(std::string("event field '") + key + "' is out of range");
+  return static_cast<T>(x);
+}
+
+template <typename T>
+T field(const nb::dict& d, const char* key, T lo, T hi) {
+  if (!d.contains(key)) throw probe::EncodeError(std::string("event lacks the '") + key + "' field");
+  return int_value<T>(d[key], key, lo, hi);
+}
+
+std::string bytes_field(const nb::dict& d, const char* key) {
+  if (!d.contains(key)) throw probe::EncodeError(std::string("event lacks the '") + key + "' field");
+  nb::handle v = d[key];
+  if (PyUnicode_Check(v.ptr())) {
+    Py_ssize_t n = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(v.ptr(), &n);
+    if (s == nullptr) {
+      PyErr_Clear();
+      throw probe::EncodeError(std::string("event field '") + key + "' is not encodable as UTF-8");
+    }
+    return std::string(s, static_cast<std::size_t>(n));
+  }
+  if (PyBytes_Check(v.ptr())) return std::string(PyBytes_AS_STRING(v.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(v.ptr())));
+  throw probe::EncodeError(std::string("event field '") + key + "' must be str or bytes");
+}
+
+std::array<std::uint8_t, 16> addr_field(const nb::dict& d, const char* key, std::uint16_t family) {
+  std::string text = bytes_field(d, key);
+  std::array<std::uint8_t, 16> a{};
+  if (::inet_pton(family == 2 ? AF_INET : AF_INET6, text.c_str(), a.data()) != 1)
+    throw probe::EncodeError(std::string("event field '") + key + "' is not an address of family " + std::to_string(family));
+  return a;
+}
+
+probe::Event event_from(nb::handle h) {
+  using probe::EventType;
+  if (!PyDict_Check(h.ptr())) throw probe::EncodeError("each event must be a dict");
+  nb::dict d = nb::borrow<nb::dict>(h);
+  probe::Event e;
+  std::string type = bytes_field(d, "type");
+  if (!probe::event_type_from_name(type, e.type)) throw probe::EncodeError("unknown event type '" + type + "'");
+  constexpr auto u32max = std::numeric_limits<std::uint32_t>::max();
+  e.ts_ns = field<std::uint64_t>(d, "ts_ns", 0, std::numeric_limits<std::uint64_t>::max());
+  e.cpu = field<std::uint32_t>(d, "cpu", 0, u32max);
+  switch (e.type) {
+    case EventType::exec:
+      e.pid = field<std::uint32_t>(d, "pid", 0, u32max), e.ppid = field<std::uint32_t>(d, "ppid", 0, u32max);
+      e.uid = field<std::uint32_t>(d, "uid", 0, u32max);
+      e.comm = bytes_field(d, "comm"), e.filename = bytes_field(d, "filename");
+      break;
+    case EventType::exit:
+      e.pid = field<std::uint32_t>(d, "pid", 0, u32max), e.ppid = field<std::uint32_t>(d, "ppid", 0, u32max);
+      e.exit_code = field<std::int32_t>(d, "exit_code", INT32_MIN, INT32_MAX);
+      e.age_ns = field<std::uint64_t>(d, "age_ns", 0, std::numeric_limits<std::uint64_t>::max());
+      e.comm = bytes_field(d, "comm");
+      break;
+    case EventType::oom_kill: {
+      constexpr auto u64max = std::numeric_limits<std::uint64_t>::max();
+      e.pid = field<std::uint32_t>(d, "pid", 0, u32max), e.uid = field<std::uint32_t>(d, "uid", 0, u32max);
+      e.total_vm_kb = field<std::uint64_t>(d, "total_vm_kb", 0, u64max);
+      e.anon_rss_kb = field<std::uint64_t>(d, "anon_rss_kb", 0, u64max);
+      e.file_rss_kb = field<std::uint64_t>(d, "file_rss_kb", 0, u64max);
+      e.shmem_rss_kb = field<std::uint64_t>(d, "shmem_rss_kb", 0, u64max);
+      e.oom_score_adj = field<std::int16_t>(d, "oom_score_adj", -1000, 1000);
+      e.comm = bytes_field(d, "comm");
+      break;
+    }
+    case EventType::tcp_retransmit:
+      e.pid = field<std::uint32_t>(d, "pid", 0, u32max);
+      e.family = field<std::uint16_t>(d, "family", 0, 65535);
+      if (e.family != 2 && e.family != 10) throw probe::EncodeError("tcp_retransmit family must be 2 or 10");
+      e.sport = field<std::uint16_t>(d, "sport", 0, 65535), e.dport = field<std::uint16_t>(d, "dport", 0, 65535);
+      e.state = field<std::uint8_t>(d, "state", 0, 255);
+      e.saddr = addr_field(d, "saddr", e.family), e.daddr = addr_field(d, "daddr", e.family);
+      break;
+    case EventType::runq_latency:
+    case EventType::bio_latency: {
+      e.interval_ns = field<std::uint64_t>(d, "interval_ns", 0, std::numeric_limits<std::uint64_t>::max());
+      e.dev = field<std::uint32_t>(d, "dev", 0, u32max);
+      std::string unit = bytes_field(d, "unit");
+      if (unit != "ns" && unit != "us") throw probe::EncodeError("histogram unit must be 'ns' or 'us'");
+      e.unit = unit == "ns" ? 0 : 1;
+      if (!d.contains("slots")) throw probe::EncodeError("event lacks the 'slots' field");
+      nb::handle slots = d["slots"];
+      if (!PyList_Check(slots.ptr()) && !PyTuple_Check(slots.ptr()))
+        throw probe::EncodeError("histogram 'slots' must be a list of ints");
+      Py_ssize_t n = PySequence_Size(slots.ptr());
+      if (n < 1 || n > static_cast<Py_ssize_t>(probe::kMaxHistSlots))
+        throw probe::EncodeError("histogram needs 1 to 64 slots, got " + std::to_string(n));
+      for (nb::handle v : slots)
+        e.slots.push_back(int_value<std::uint64_t>(v, "slots", 0, std::numeric_limits<std::uint64_t>::max()));
+      break;
+    }
+  }
+  return e;
+}
+
+nb::dict perf_read(const probe::PerfCounters& p) {
+  std::vector<probe::PerfCpuCounts> counts;
+  {
+    nb::gil_scoped_release release;
+    counts = p.read();
+  }
+  nb::list per;
+  std::uint64_t total[probe::kPerfEventCount] = {};
+  for (const auto& c : counts) {
+    nb::dict d;
+    d["cpu"] = c.cpu;
+    for (int i = 0; i < probe::kPerfEventCount; ++i) {
+      d[probe::kPerfEvents[i]] = c.values[i];
+      total[i] += c.values[i];
+    }
+    d["time_enabled_ns"] = c.time_enabled_ns;
+    d["time_running_ns"] = c.time_running_ns;
+    per.append(d);
+  }
+  nb::dict tot;
+  for (int i = 0; i < probe::kPerfEventCount; ++i) tot[probe::kPerfEvents[i]] = total[i];
+  nb::dict out;
+  out["per_cpu"] = per;
+  out["total"] = tot;
+  return out;
+}
+
+std::string_view view(const nb::bytes& b) { return {b.c_str(), b.size()}; }
+
+}  // namespace
+
+NB_MODULE(probe_core, m) {
+  m.doc() = "incidentlab's native probe core: fast /proc, /sys and perf_event_open readers.";
+  m.attr("__version__") = PROBE_CORE_VERSION;
+
+  ProbeErrorType = new_error(m, "ProbeError", "Root of every error probe_core raises.", nullptr);
+  ReadErrorType = new_error(m, "ReadError", "A host file could not be read (errno, filename).",
+                            PyTuple_Pack(2, ProbeErrorType, PyExc_OSError));
+  ParseErrorType = new_error(m, "ParseError", "Kernel text did not have the expected shape.",
+                             PyTuple_Pack(2, ProbeErrorType, PyExc_ValueError));
+  DecodeErrorType = new_error(m, "DecodeError", "An event record is invalid; .offset and .reason say where and why.",
+                              PyTuple_Pack(2, ProbeErrorType, PyExc_ValueError));
+  EncodeErrorType = new_error(m, "EncodeError", "An event cannot be encoded in the record format.",
+                              PyTuple_Pack(2, ProbeErrorType, PyExc_ValueError));
+  DecompressErrorType = new_error(m, "DecompressError", "gzip input is corrupt or truncated.",
+                                  PyTuple_Pack(2, ProbeErrorType, PyExc_ValueError));
+  OutputLimitErrorType = new_error(m, "OutputLimitError", "Decompressed output would pass the caller's limit.",
+                                   PyTuple_Pack(1, DecompressErrorType));
+  UnavailableErrorType = new_error(m, "UnavailableError", "A kernel facility is not usable on this host.",
+                                   PyTuple_Pack(1, ProbeErrorType));
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const probe::ReadError& e) {
+      raise_with_attrs(ReadErrorType,
+                       Py_BuildValue("(isN)", e.err(), probe::errno_text(e.err()).c_str(),
+                                     PyUnicode_DecodeFSDefault(e.path().c_str())),
+                       {});
+    } catch (const probe::DecodeError& e) {
+      raise_with_attrs(DecodeErrorType, Py_BuildValue("(s)", e.what()),
+                       {{"offset", PyLong_FromSize_t(e.offset())}, {"reason", PyUnicode_FromString(e.reason().c_str())}});
+    } catch (const probe::ParseError& e) {
+      PyErr_SetString(ParseErrorType, e.what());
+    } catch (const probe::EncodeError& e) {
+      PyErr_SetString(EncodeErrorType, e.what());
+    } catch (const probe::OutputLimitError& e) {
+      PyErr_SetString(OutputLimitErrorType, e.what());
+    } catch (const probe::DecompressError& e) {
+      PyErr_SetString(DecompressErrorType, e.what());
+    } catch (const probe::UnavailableError& e) {
+      PyErr_SetString(UnavailableErrorType, e.what());
+    } catch (const probe::Error& e) {
+      PyErr_SetString(ProbeErrorType, e.what());
+    }
+  });
+
+  // --- host readers -------------------------------------------------------------
+  m.def("sysinfo_host", [](const std::string& root) {
+    probe::HostInfo h;
+    {
+      nb::gil_scoped_release release;
+      h = probe::sysinfo_host(root);
+    }
+    nb::dict d;
+    d["hostname"] = kstr(h.hostname);
+    d["kernel_release"] = kstr(h.kernel_release);
+    d["machine_id"] = h.machine_id ? nb::object(kstr(*h.machine_id)) : nb::none();
+    d["boot_id"] = kstr(h.boot_id);
+    d["uptime_s"] = h.uptime_s;
+    d["idle_s"] = h.idle_s;
+    d["load1"] = h.load.load1;
+    d["load5"] = h.load.load5;
+    d["load15"] = h.load.load15;
+    d["runnable"] = h.load.runnable;
+    d["tasks"] = h.load.total;
+    d["last_pid"] = h.load.last_pid;
+    d["cpu_count"] = h.cpu_count;
+    d["page_size"] = h.page_size;
+    d["clock_ticks"] = h.clock_ticks;
+    return d;
+  }, "root"_a = "/", "Hostname, kernel release, machine and boot ids, uptime, loadavg, CPU count, page size, clock ticks.");
+
+  m.def("read_cpu", [](const std::string& root) {
+    probe::CpuStat s;
+    {
+      nb::gil_scoped_release release;
+      s = probe::read_cpu(root);
+    }
+    return cpu_stat(s);
+  }, "root"_a = "/", "/proc/stat: total and per-CPU jiffies, ctxt, intr, forks, procs_running, procs_blocked, btime.");
+  m.def("parse_proc_stat", [](const std::string& text) { return cpu_stat(probe::parse_proc_stat(text)); }, "text"_a);
+
+  m.def("read_meminfo", [](const std::string& root) {
+    probe::Counters c;
+    {
+      nb::gil_scoped_release release;
+      c = probe::read_meminfo(root);
+    }
+    return counters(c);
+  }, "root"_a = "/", "/proc/meminfo in bytes (HugePages_* counts stay counts).");
+  m.def("parse_meminfo", [](const std::string& text) { return counters(probe::parse_meminfo(text)); }, "text"_a);
+
+  m.def("read_vmstat", [](const std::string& root) {
+    probe::Counters c;
+    {
+      nb::gil_scoped_release release;
+      c = probe::read_vmstat(root);
+    }
+    return counters(c);
+  }, "root"_a = "/", "Every counter of /proc/vmstat.");
+  m.def("parse_vmstat", [](const std::string& text) { return counters(probe::parse_vmstat(text)); }, "text"_a);
+
+  m.def("read_pressure", [](const std::string& root) {
+    probe::Pressure p;
+    {
+      nb::gil_scoped_release release;
+      p = probe::read_pressure(root);
+    }
+    nb::dict d;
+    d["available"] = p.available;
+    d["reason"] = p.available ? nb::none() : nb::object(kstr(p.reason));
+    nb::dict reasons;
+    for (const auto& r : p.resources) {
+      d[r.name.c_str()] = r.value ? nb::object(psi_file(*r.value)) : nb::none();
+      if (!r.value) reasons[r.name.c_str()] = kstr(r.reason);
+    }
+    d["absent"] = reasons;
+    return d;
+  }, "root"_a = "/", "PSI for cpu, memory, io (and irq when present); an absent resource is None, never zeros.");
+  m.def("parse_pressure", [](const std::string& text) { return psi_file(probe::parse_pressure(text)); }, "text"_a);
+
+  m.def("read_diskstats", [](const std::string& root) {
+    probe::DiskStats s;
+    {
+      nb::gil_scoped_release release;
+      s = probe::read_diskstats(root);
+    }
+    nb::dict d;
+    d["source"] = s.source;
+    d["reason"] = s.reason.empty() ? nb::none() : nb::object(kstr(s.reason));
+    nb::list devs;
+    for (const auto& dev : s.devices) devs.append(disk(dev));
+    d["devices"] = devs;
+    return d;
+  }, "root"_a = "/", "Block device counters from /sys/block/*/stat (fallback /proc/diskstats) with queue attributes.");
+  m.def("parse_diskstats", [](const std::string& text) {
+    nb::list out;
+    for (const auto& dev : probe::parse_diskstats(text)) out.append(disk(dev));
+    return out;
+  }, "text"_a);
+
+  m.def("read_net_dev", [](const std::string& root) {
+    std::vector<probe::NetDev> devs;
+    {
+      nb::gil_scoped_release release;
+      devs = probe::read_net_dev(root);
+    }
+    return net_devs(devs);
+  }, "root"_a = "/", "Per-interface counters from /proc/net/dev.");
+  m.def("parse_net_dev", [](const std::string& text) { return net_devs(probe::parse_net_dev(text)); }, "text"_a);
+
+  m.def("read_netstat", [](const std::string& root) {
+    probe::NetstatGroups g;
+    {
+      nb::gil_scoped_release release;
+      g = probe::read_netstat(root);
+    }
+    return netstat(g);
+  }, "root"_a = "/", "/proc/net/snmp and /proc/net/netstat as group -> counter -> value.");
+  m.def("parse_netstat", [](const std::string& text) { return netstat(probe::parse_netstat(text)); }, "text"_a);
+
+  m.def("parse_pid_stat", [](const std::string& text) { return pid_stat(probe::parse_pid_stat(text)); }, "text"_a);
+  m.def("parse_pid_cgroup", [](const std::string& text) {
+    auto entries = probe::parse_pid_cgroup(text);
+    nb::list out;
+    for (const auto& e : entries) {
+      nb::dict d;
+      d["hierarchy"] = kstr(e.hierarchy);
+      d["controllers"] = kstr(e.controllers);
+      d["path"] = kstr(e.path);
+      out.append(d);
+    }
+    nb::dict res;
+    res["entries"] = out;
+    res["primary"] = kstr(probe::primary_cgroup(entries));
+    return res;
+  }, "text"_a);
+  m.def("parse_smaps_rollup", [](const std::string& text) { return counters(probe::parse_smaps_rollup(text)); }, "text"_a);
+
+  // --- processes ------------------------------------------------------------------
+  nb::class_<probe::ProcessScanner>(m, "ProcessScanner",
+                                    "One /proc walk per scan(); keeps the previous pass for rates.")
+      .def(nb::init<std::string>(), "root"_a = "/")
+      .def_prop_ro("root", &probe::ProcessScanner::root)
+      .def("scan", [](probe::ProcessScanner& s, const std::string& key, std::size_t top_n, bool enrich) {
+        probe::SortKey k;
+        try {
+          k = probe::parse_sort_key(key);
+        } catch (const probe::Error& e) {
+          throw std::invalid_argument(e.what());
+        }
+        if (top_n > 100000) throw std::invalid_argument("top_n must be at most 100000");
+        probe::ScanResult r;
+        {
+          nb::gil_scoped_release release;
+          r = s.scan(k, top_n, enrich);
+        }
+        return scan_result(r, ::sysconf(_SC_CLK_TCK));
+      }, "key"_a = "cpu", "top_n"_a = 20, "enrich"_a = true,
+      "Walk /proc once; return totals and the top_n rows by key (cpu, rss, io, fds, majflt).");
+
+  // --- perf -----------------------------------------------------------------------
+  nb::class_<probe::PerfCounters>(m, "PerfCounters",
+                                  "System-wide per-CPU software counters through perf_event_open.")
+      .def(nb::init<const std::string&>(), "root"_a = "/")
+      .def("available", &probe::PerfCounters::available)
+      .def("reason", &probe::PerfCounters::reason, "Why the counters are unavailable; empty when available.")
+      .def("cpus", &probe::PerfCounters::cpus)
+      .def("read", &perf_read, "Cumulative counts since open, per CPU and in total.");
+  m.attr("PERF_EVENTS") = nb::make_tuple(probe::kPerfEvents[0], probe::kPerfEvents[1], probe::kPerfEvents[2],
+                                         probe::kPerfEvents[3], probe::kPerfEvents[4]);
+
+  // --- gzip -------------------------------------------------------------------------
+  m.def("gzip_compress", [](const nb::bytes& data, int level) {
+    if (level < -1 || level > 9) throw std::invalid_argument("level must be -1 (default) or 0..9");
+    std::string out;
+    {
+      nb::gil_scoped_release release;
+      out = probe::gzip_compress(view(data), level);
+    }
+    return nb::bytes(out.data(), out.size());
+  }, "data"_a, "level"_a = 6);
+  m.def("gzip_decompress", [](const nb::bytes& data, std::size_t max_output) {
+    std::string out;
+    {
+      nb::gil_scoped_release release;
+      out = probe::gzip_decompress(view(data), max_output);
+    }
+    return nb::bytes(out.data(), out.size());
+  }, "data"_a, "max_output"_a, "Decompress gzip; raises OutputLimitError past max_output bytes.");
+
+  // --- events -----------------------------------------------------------------------
+  m.def("encode_events", [](const nb::list& events) {
+    std::vector<probe::Event> evs;
+    evs.reserve(events.size());
+    for (nb::handle h : events) evs.push_back(event_from(h));
+    std::string out = probe::encode_events(evs);
+    return nb::bytes(out.data(), out.size());
+  }, "events"_a);
+  m.def("decode_events", [](const nb::bytes& data) {
+    std::vector<probe::Event> evs;
+    {
+      nb::gil_scoped_release release;
+      evs = probe::decode_events(view(data));
+    }
+    nb::list out;
+    for (const auto& e : evs) out.append(event_dict(e));
+    return out;
+  }, "data"_a);
+  m.attr("EVENT_FORMAT_VERSION") = probe::kEventVersion;
+  m.attr("EVENT_HEADER_SIZE") = probe::kEventHeaderSize;
+  m.attr("EVENT_MAX_RECORD") = probe::kEventMaxRecord;
+  m.attr("EVENT_TYPES") = nb::make_tuple("exec", "exit", "oom_kill", "tcp_retransmit", "runq_latency", "bio_latency");
+}

@@ -1,0 +1,266 @@
+"""Type stubs for probe_core, the C++ probe core (native/bindings.cpp).
+
+tests/native/test_stub.py checks these against the built module: the same public
+names, the same parameters and defaults, and the same keys in what each call returns.
+"""
+
+from typing import Final, NotRequired, TypedDict
+
+__version__: Final[str]
+
+class ProbeError(Exception): ...
+class ReadError(ProbeError, OSError): ...
+class ParseError(ProbeError, ValueError): ...
+
+class DecodeError(ProbeError, ValueError):
+    offset: int
+    reason: str
+
+class EncodeError(ProbeError, ValueError): ...
+class DecompressError(ProbeError, ValueError): ...
+class OutputLimitError(DecompressError): ...
+class UnavailableError(ProbeError): ...
+
+class HostInfo(TypedDict):
+    hostname: str
+    kernel_release: str
+    machine_id: str | None
+    boot_id: str
+    uptime_s: float
+    idle_s: float
+    load1: float
+    load5: float
+    load15: float
+    runnable: int
+    tasks: int
+    last_pid: int
+    cpu_count: int
+    page_size: int
+    clock_ticks: int
+
+class CpuTimes(TypedDict):
+    user: int
+    nice: int
+    system: int
+    idle: int
+    iowait: int
+    irq: int
+    softirq: int
+    steal: int
+    guest: int
+    guest_nice: int
+
+class PerCpuTimes(CpuTimes):
+    cpu: int
+
+class CpuStat(TypedDict):
+    total: CpuTimes
+    per_cpu: list[PerCpuTimes]
+    columns: int
+    ctxt: int
+    intr: int
+    processes: int
+    procs_running: int
+    procs_blocked: int
+    btime: int
+
+class PsiLine(TypedDict):
+    avg10: float
+    avg60: float
+    avg300: float
+    total_us: int
+
+class PsiFile(TypedDict):
+    some: PsiLine | None
+    full: PsiLine | None
+
+class Pressure(TypedDict):
+    available: bool
+    reason: str | None
+    cpu: PsiFile | None
+    memory: PsiFile | None
+    io: PsiFile | None
+    irq: NotRequired[PsiFile | None]  # Linux 6.1+ with CONFIG_IRQ_TIME_ACCOUNTING
+    absent: dict[str, str]
+
+class DiskStat(TypedDict):
+    name: str
+    major: int
+    minor: int
+    reads_completed: int
+    reads_merged: int
+    sectors_read: int
+    read_time_ms: int
+    writes_completed: int
+    writes_merged: int
+    sectors_written: int
+    write_time_ms: int
+    io_in_progress: int
+    io_time_ms: int
+    weighted_io_time_ms: int
+    discards_completed: int | None
+    discards_merged: int | None
+    sectors_discarded: int | None
+    discard_time_ms: int | None
+    flushes_completed: int | None
+    flush_time_ms: int | None
+    rotational: bool | None
+    nr_requests: int | None
+    scheduler: str | None
+
+class DiskStats(TypedDict):
+    source: str
+    reason: str | None
+    devices: list[DiskStat]
+
+class NetDev(TypedDict):
+    interface: str
+    rx_bytes: int
+    rx_packets: int
+    rx_errs: int
+    rx_drop: int
+    rx_fifo: int
+    rx_frame: int
+    rx_compressed: int
+    rx_multicast: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errs: int
+    tx_drop: int
+    tx_fifo: int
+    tx_colls: int
+    tx_carrier: int
+    tx_compressed: int
+
+class PidStat(TypedDict):
+    pid: int
+    ppid: int
+    comm: str
+    state: str
+    minflt: int
+    majflt: int
+    utime_ticks: int
+    stime_ticks: int
+    threads: int
+    starttime_ticks: int
+    rss_pages: int
+
+class CgroupEntry(TypedDict):
+    hierarchy: str
+    controllers: str
+    path: str
+
+class PidCgroup(TypedDict):
+    entries: list[CgroupEntry]
+    primary: str
+
+class ProcTotals(TypedDict):
+    processes: int
+    threads: int
+    running: int
+    sleeping: int
+    blocked: int
+    stopped: int
+    zombies: int
+    idle: int
+    other: int
+
+class ProcRow(TypedDict):
+    pid: int
+    ppid: int
+    comm: str
+    state: str
+    uid: int | None
+    cgroup: str | None
+    utime_s: float
+    stime_s: float
+    rss_bytes: int
+    threads: int
+    majflt: int
+    minflt: int
+    start_time_ticks: int
+    read_bytes: int | None
+    write_bytes: int | None
+    num_fds: int | None
+    smaps: dict[str, int] | None
+    cpu_percent: float | None
+    majflt_per_s: float | None
+    minflt_per_s: float | None
+    read_bytes_per_s: float | None
+    write_bytes_per_s: float | None
+    rank: float
+
+class ScanResult(TypedDict):
+    monotonic_s: float
+    interval_s: float | None
+    totals: ProcTotals
+    vanished: int
+    rows: list[ProcRow]
+
+class PerfCpuCounts(TypedDict):
+    cpu: int
+    task_clock_ns: int
+    context_switches: int
+    cpu_migrations: int
+    page_faults: int
+    major_faults: int
+    time_enabled_ns: int
+    time_running_ns: int
+
+class PerfTotals(TypedDict):
+    task_clock_ns: int
+    context_switches: int
+    cpu_migrations: int
+    page_faults: int
+    major_faults: int
+
+class PerfReading(TypedDict):
+    per_cpu: list[PerfCpuCounts]
+    total: PerfTotals
+
+# Event dicts differ by "type"; see docs/event-format.md for the fields of each.
+Event = dict[str, int | str | list[int]]
+
+def sysinfo_host(root: str = "/") -> HostInfo: ...
+def read_cpu(root: str = "/") -> CpuStat: ...
+def parse_proc_stat(text: str) -> CpuStat: ...
+def read_meminfo(root: str = "/") -> dict[str, int]: ...
+def parse_meminfo(text: str) -> dict[str, int]: ...
+def read_vmstat(root: str = "/") -> dict[str, int]: ...
+def parse_vmstat(text: str) -> dict[str, int]: ...
+def read_pressure(root: str = "/") -> Pressure: ...
+def parse_pressure(text: str) -> PsiFile: ...
+def read_diskstats(root: str = "/") -> DiskStats: ...
+def parse_diskstats(text: str) -> list[DiskStat]: ...
+def read_net_dev(root: str = "/") -> list[NetDev]: ...
+def parse_net_dev(text: str) -> list[NetDev]: ...
+def read_netstat(root: str = "/") -> dict[str, dict[str, int]]: ...
+def parse_netstat(text: str) -> dict[str, dict[str, int]]: ...
+def parse_pid_stat(text: str) -> PidStat: ...
+def parse_pid_cgroup(text: str) -> PidCgroup: ...
+def parse_smaps_rollup(text: str) -> dict[str, int]: ...
+
+class ProcessScanner:
+    def __init__(self, root: str = "/") -> None: ...
+    @property
+    def root(self) -> str: ...
+    def scan(self, key: str = "cpu", top_n: int = 20, enrich: bool = True) -> ScanResult: ...
+
+class PerfCounters:
+    def __init__(self, root: str = "/") -> None: ...
+    def available(self) -> bool: ...
+    def reason(self) -> str: ...
+    def cpus(self) -> list[int]: ...
+    def read(self) -> PerfReading: ...
+
+PERF_EVENTS: Final[tuple[str, ...]]
+
+def gzip_compress(data: bytes, level: int = 6) -> bytes: ...
+def gzip_decompress(data: bytes, max_output: int) -> bytes: ...
+def encode_events(events: list[Event]) -> bytes: ...
+def decode_events(data: bytes) -> list[Event]: ...
+
+EVENT_FORMAT_VERSION: Final[int]
+EVENT_HEADER_SIZE: Final[int]
+EVENT_MAX_RECORD: Final[int]
+EVENT_TYPES: Final[tuple[str, ...]]

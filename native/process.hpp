@@ -1,0 +1,111 @@
+// ProcessScanner: one walk of /proc per call. The hot path reads only
+// /proc/PID/stat; uid, cgroup, io, fd counts and smaps_rollup are read for the
+// top rows only (the cold path), unless the sort key needs one for every pid.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "readers.hpp"
+
+namespace probe {
+
+struct PidStat {
+  int pid = 0, ppid = 0;
+  std::string comm;
+  char state = '?';
+  std::uint64_t minflt = 0, majflt = 0, utime = 0, stime = 0, threads = 0, starttime = 0;
+  std::uint64_t rss_pages = 0;
+};
+
+struct PidIo {
+  std::uint64_t read_bytes = 0, write_bytes = 0;
+};
+
+struct CgroupEntry {
+  std::string hierarchy;    // "0" for the v2 unified hierarchy
+  std::string controllers;  // empty for v2
+  std::string path;
+};
+
+// Parses one /proc/PID/stat line; the command name may hold spaces and parentheses.
+PidStat parse_pid_stat(std::string_view text);
+PidIo parse_pid_io(std::string_view text);
+std::vector<CgroupEntry> parse_pid_cgroup(std::string_view text);
+// The cgroup that best describes the process: the v2 path on a v2-only host, else the
+// v1 memory or cpu hierarchy (hybrid hosts keep resource control there).
+std::string primary_cgroup(const std::vector<CgroupEntry>& entries);
+Counters parse_smaps_rollup(std::string_view text);
+
+enum class SortKey { cpu, rss, io, fds, majflt };
+SortKey parse_sort_key(std::string_view key);
+
+struct ProcRow {
+  PidStat stat;
+  std::uint64_t rss_bytes = 0;
+  std::optional<std::uint32_t> uid;
+  std::optional<std::string> cgroup;
+  std::optional<PidIo> io;
+  std::optional<std::uint64_t> num_fds;
+  std::optional<Counters> smaps;
+  std::optional<double> cpu_percent;  // of one CPU, over the interval since the last pass
+  std::optional<double> majflt_per_s, minflt_per_s;
+  std::optional<double> read_bytes_per_s, write_bytes_per_s;
+  double rank = 0;  // the value the rows were sorted by
+};
+
+struct ProcTotals {
+  std::uint64_t processes = 0, threads = 0, running = 0, sleeping = 0, blocked = 0, stopped = 0,
+                zombies = 0, idle = 0, other = 0;
+};
+
+struct ScanResult {
+  double monotonic_s = 0;
+  std::optional<double> interval_s;  // nullopt on the first pass: rates need two passes
+  ProcTotals totals;
+  std::uint64_t vanished = 0;  // pids listed but gone before their stat was read
+  std::vector<ProcRow> rows;
+};
+
+class ProcessScanner {
+ public:
+  explicit ProcessScanner(std::string root = "/");
+  ~ProcessScanner();
+  ProcessScanner(const ProcessScanner&) = delete;
+  ProcessScanner& operator=(const ProcessScanner&) = delete;
+
+  ScanResult scan(SortKey key, std::size_t top_n, bool enrich);
+  const std::string& root() const { return root_; }
+
+ private:
+  struct Prev {
+    std::uint64_t starttime, cpu_ticks, majflt, minflt;
+    bool have_io;
+    PidIo io;
+  };
+  struct Entry {
+    PidStat stat;
+    std::optional<PidIo> io;
+    std::optional<std::uint64_t> fds;
+    const Prev* prev;
+    double rank;
+  };
+
+  std::optional<PidIo> read_io(int pid);
+  std::optional<std::uint64_t> count_fds(int pid);
+
+  std::string root_;
+  int proc_fd_ = -1;
+  long clk_tck_;
+  long page_size_;
+  std::mutex mu_;
+  std::unordered_map<int, Prev> prev_;
+  double prev_time_ = -1;
+};
+
+}  // namespace probe
