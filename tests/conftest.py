@@ -57,4 +57,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     needed = [m for m in MUST_RUN_IN_CI if item.get_closest_marker(m)]
     if needed:
         report.outcome = "failed"
-        report.longrepr = f"skipped a {'/'.join(needed)} test under CI=true: it must run in CI ({report.longrepr})"
+        report.longrepr = (
+            f"skipped a {'/'.join(needed)} test under CI=true: it must run in CI ({report.longrepr})"
+        )

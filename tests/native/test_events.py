@@ -10,19 +10,70 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-EXEC = {"type": "exec", "ts_ns": 10, "cpu": 1, "pid": 4242, "ppid": 1, "uid": 1000, "comm": "bash",
-        "filename": "/usr/bin/ls"}
-EXIT = {"type": "exit", "ts_ns": 11, "cpu": 0, "pid": 4242, "ppid": 1, "exit_code": 256, "age_ns": 5_000_000,
-        "comm": "ls"}
-OOM = {"type": "oom_kill", "ts_ns": 12, "cpu": 0, "pid": 77, "uid": 0, "total_vm_kb": 1 << 20,
-       "anon_rss_kb": 500_000, "file_rss_kb": 1000, "shmem_rss_kb": 0, "oom_score_adj": -500, "comm": "hog"}
-TCP4 = {"type": "tcp_retransmit", "ts_ns": 13, "cpu": 1, "pid": 0, "family": 2, "sport": 40000, "dport": 443,
-        "state": 1, "saddr": "10.0.0.1", "daddr": "10.0.0.2"}
+EXEC = {
+    "type": "exec",
+    "ts_ns": 10,
+    "cpu": 1,
+    "pid": 4242,
+    "ppid": 1,
+    "uid": 1000,
+    "comm": "bash",
+    "filename": "/usr/bin/ls",
+}
+EXIT = {
+    "type": "exit",
+    "ts_ns": 11,
+    "cpu": 0,
+    "pid": 4242,
+    "ppid": 1,
+    "exit_code": 256,
+    "age_ns": 5_000_000,
+    "comm": "ls",
+}
+OOM = {
+    "type": "oom_kill",
+    "ts_ns": 12,
+    "cpu": 0,
+    "pid": 77,
+    "uid": 0,
+    "total_vm_kb": 1 << 20,
+    "anon_rss_kb": 500_000,
+    "file_rss_kb": 1000,
+    "shmem_rss_kb": 0,
+    "oom_score_adj": -500,
+    "comm": "hog",
+}
+TCP4 = {
+    "type": "tcp_retransmit",
+    "ts_ns": 13,
+    "cpu": 1,
+    "pid": 0,
+    "family": 2,
+    "sport": 40000,
+    "dport": 443,
+    "state": 1,
+    "saddr": "10.0.0.1",
+    "daddr": "10.0.0.2",
+}
 TCP6 = {**TCP4, "family": 10, "saddr": "fd00::1", "daddr": "fd00::2"}
-RUNQ = {"type": "runq_latency", "ts_ns": 14, "cpu": 0, "interval_ns": 1_000_000_000, "dev": 0, "unit": "us",
-        "slots": [0, 5, 100, 3]}
-BIO = {"type": "bio_latency", "ts_ns": 15, "cpu": 0, "interval_ns": 1_000_000_000, "dev": (8 << 20) | 0,
-       "unit": "ns", "slots": [1] * 64}
+RUNQ = {
+    "type": "runq_latency",
+    "ts_ns": 14,
+    "cpu": 0,
+    "interval_ns": 1_000_000_000,
+    "dev": 0,
+    "unit": "us",
+    "slots": [0, 5, 100, 3],
+}
+BIO = {
+    "type": "bio_latency",
+    "ts_ns": 15,
+    "cpu": 0,
+    "interval_ns": 1_000_000_000,
+    "dev": (8 << 20) | 0,
+    "unit": "ns",
+    "slots": [1] * 64,
+}
 ALL = [EXEC, EXIT, OOM, TCP4, TCP6, RUNQ, BIO]
 
 
@@ -141,21 +192,48 @@ comm = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), m
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 events = st.one_of(
-    st.fixed_dictionaries({"type": st.just("exec"), "ts_ns": u64, "cpu": u32, "pid": u32, "ppid": u32, "uid": u32,
-                           "comm": comm, "filename": st.text(alphabet="abc/._-", max_size=256)}),
-    st.fixed_dictionaries({"type": st.just("exit"), "ts_ns": u64, "cpu": u32, "pid": u32, "ppid": u32,
-                           "exit_code": st.integers(min_value=-(2**31), max_value=2**31 - 1), "age_ns": u64,
-                           "comm": comm}),
-    st.fixed_dictionaries({"type": st.sampled_from(["runq_latency", "bio_latency"]), "ts_ns": u64, "cpu": u32,
-                           "interval_ns": u64, "dev": u32, "unit": st.sampled_from(["ns", "us"]),
-                           "slots": st.lists(u64, min_size=1, max_size=64)}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("exec"),
+            "ts_ns": u64,
+            "cpu": u32,
+            "pid": u32,
+            "ppid": u32,
+            "uid": u32,
+            "comm": comm,
+            "filename": st.text(alphabet="abc/._-", max_size=256),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("exit"),
+            "ts_ns": u64,
+            "cpu": u32,
+            "pid": u32,
+            "ppid": u32,
+            "exit_code": st.integers(min_value=-(2**31), max_value=2**31 - 1),
+            "age_ns": u64,
+            "comm": comm,
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["runq_latency", "bio_latency"]),
+            "ts_ns": u64,
+            "cpu": u32,
+            "interval_ns": u64,
+            "dev": u32,
+            "unit": st.sampled_from(["ns", "us"]),
+            "slots": st.lists(u64, min_size=1, max_size=64),
+        }
+    ),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(batch=st.lists(events, max_size=8))
 def test_roundtrip_property(batch: list[dict[str, Any]]) -> None:
-    data = probe_core.encode_events(batch)  # type: ignore[arg-type]
+    data = probe_core.encode_events(batch)
     assert probe_core.decode_events(data) == batch
     assert probe_core.encode_events(probe_core.decode_events(data)) == data
 
@@ -163,9 +241,9 @@ def test_roundtrip_property(batch: list[dict[str, Any]]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(batch=st.lists(events, min_size=1, max_size=4), cut=st.integers(min_value=1))
 def test_every_truncation_is_detected(batch: list[dict[str, Any]], cut: int) -> None:
-    sizes = [len(probe_core.encode_events([e])) for e in batch]  # type: ignore[list-item]
+    sizes = [len(probe_core.encode_events([e])) for e in batch]
     boundaries = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    data = probe_core.encode_events(batch)  # type: ignore[arg-type]
+    data = probe_core.encode_events(batch)
     end = 1 + cut % (len(data) - 1)
     if end in boundaries:
         # A cut between records leaves whole records: the decoder returns them.
@@ -191,7 +269,7 @@ def test_garbage_only_raises_decode_error(garbage: bytes) -> None:
 @settings(max_examples=500, deadline=None)
 @given(batch=st.lists(events, min_size=1, max_size=4), pos=st.integers(min_value=0), bit=st.integers(0, 7))
 def test_bit_flips_decode_or_fail_cleanly(batch: list[dict[str, Any]], pos: int, bit: int) -> None:
-    data = bytearray(probe_core.encode_events(batch))  # type: ignore[arg-type]
+    data = bytearray(probe_core.encode_events(batch))
     data[pos % len(data)] ^= 1 << bit
     try:
         out = probe_core.decode_events(bytes(data))

@@ -35,7 +35,7 @@ def test_cpu_times_bracket_psutil() -> None:
     after = probe_core.read_cpu()
     for key in ("user", "system", "idle", "iowait", "softirq", "steal"):
         value = getattr(ps, key) * TCK
-        lo, hi = before["total"][key], after["total"][key]  # type: ignore[literal-required]
+        lo, hi = before["total"][key], after["total"][key]
         assert lo - 1 <= value <= hi + 1, key
     assert len(per) == len(after["per_cpu"])
     assert before["btime"] == round(psutil.boot_time())

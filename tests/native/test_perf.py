@@ -52,11 +52,23 @@ def test_counters_unavailable_without_capabilities_say_why() -> None:
     with open("/proc/sys/kernel/perf_event_paranoid") as f:
         paranoid = int(f.read())
     if paranoid <= 0:
-        pytest.fail("perf_event_paranoid <= 0 lets anyone count system-wide: this test cannot prove the refusal")
+        pytest.fail(
+            "perf_event_paranoid <= 0 lets anyone count system-wide: this test cannot prove the refusal"
+        )
     env = dict(os.environ)
     out = subprocess.run(
-        [capsh, "--drop=cap_sys_admin,cap_perfmon", "--", "-c", f"exec {sys.executable} -c '{_PROBE_SCRIPT}'"],
-        capture_output=True, text=True, env=env, check=True, timeout=60,
+        [
+            capsh,
+            "--drop=cap_sys_admin,cap_perfmon",
+            "--",
+            "-c",
+            f"exec {sys.executable} -c '{_PROBE_SCRIPT}'",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
     )
     result = json.loads(out.stdout)
     assert result["available"] is False

@@ -13,7 +13,9 @@ from pathlib import Path
 import probe_core
 import pytest
 
-STAT_100 = "100 (my (odd) name) R 1 100 100 0 -1 4194304 500 0 7 0 4000 1000 0 0 20 0 4 0 100000 900000000 25000 0 0"
+STAT_100 = (
+    "100 (my (odd) name) R 1 100 100 0 -1 4194304 500 0 7 0 4000 1000 0 0 20 0 4 0 100000 900000000 25000 0 0"
+)
 
 
 def test_parse_pid_stat_name_with_spaces_and_parentheses() -> None:

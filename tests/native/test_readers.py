@@ -44,8 +44,8 @@ def test_read_cpu_modern_fixture_has_ten_columns(modern_root: str) -> None:
     total = s["total"]
     for key in ("user", "system", "idle"):
         # The kernel sums per-CPU nanoseconds before converting, so the total can be one tick off.
-        per_cpu_sum = sum(c[key] for c in s["per_cpu"])  # type: ignore[literal-required]
-        assert abs(total[key] - per_cpu_sum) <= len(s["per_cpu"])  # type: ignore[literal-required]
+        per_cpu_sum = sum(c[key] for c in s["per_cpu"])
+        assert abs(total[key] - per_cpu_sum) <= len(s["per_cpu"])
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_pressure_present(modern_root: str) -> None:
     p = probe_core.read_pressure(modern_root)
     assert p["available"] is True and p["reason"] is None
     for res in ("cpu", "memory", "io"):
-        value = p[res]  # type: ignore[literal-required]
+        value = p[res]
         assert value is not None and value["some"] is not None
     assert "irq" not in p  # absent irq file is simply not listed
 
@@ -125,7 +125,12 @@ def test_parse_pressure_cpu_without_full_line() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "some avg10=1 avg60=2 avg300=3\n", "half avg10=1 avg60=2 avg300=3 total=4\n", "some avg10=x avg60=2 avg300=3 total=4\n"],
+    [
+        "",
+        "some avg10=1 avg60=2 avg300=3\n",
+        "half avg10=1 avg60=2 avg300=3 total=4\n",
+        "some avg10=x avg60=2 avg300=3 total=4\n",
+    ],
 )
 def test_parse_pressure_rejects_garbage(text: str) -> None:
     with pytest.raises(probe_core.ParseError):

@@ -42,7 +42,9 @@ def _optional_keys(name: str) -> set[str]:
     return {
         n.target.id
         for n in cls.body
-        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and "NotRequired" in ast.unparse(n.annotation)
+        if isinstance(n, ast.AnnAssign)
+        and isinstance(n.target, ast.Name)
+        and "NotRequired" in ast.unparse(n.annotation)
     }
 
 
@@ -54,9 +56,8 @@ def _stub_runtime_names() -> set[str]:
     classes = _stub_classes()
     names: set[str] = set()
     for node in TREE.body:
-        if isinstance(node, ast.FunctionDef):
-            names.add(node.name)
-        elif isinstance(node, ast.ClassDef) and not _is_typeddict(node, classes):
+        typed_dict = isinstance(node, ast.ClassDef) and _is_typeddict(node, classes)
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not typed_dict:
             names.add(node.name)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
@@ -128,7 +129,10 @@ def test_returned_keys_match_typeddicts(modern_root: str) -> None:
         ("read_cpu", dict(probe_core.read_cpu(modern_root))),
         ("read_pressure", dict(probe_core.read_pressure(modern_root))),
         ("read_diskstats", dict(probe_core.read_diskstats(modern_root))),
-        ("parse_pid_stat", dict(probe_core.parse_pid_stat("1 (x) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0"))),
+        (
+            "parse_pid_stat",
+            dict(probe_core.parse_pid_stat("1 (x) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0")),
+        ),
         ("parse_pid_cgroup", dict(probe_core.parse_pid_cgroup("0::/\n"))),
     ]
     for fn, value in checks:
@@ -158,7 +162,9 @@ def test_perf_keys_match_typeddicts() -> None:
 
 
 def test_error_tree_matches() -> None:
-    assert issubclass(probe_core.ReadError, probe_core.ProbeError) and issubclass(probe_core.ReadError, OSError)
+    assert issubclass(probe_core.ReadError, probe_core.ProbeError) and issubclass(
+        probe_core.ReadError, OSError
+    )
     assert issubclass(probe_core.OutputLimitError, probe_core.DecompressError)
     for name in ("ParseError", "DecodeError", "EncodeError", "DecompressError"):
         cls = getattr(probe_core, name)
