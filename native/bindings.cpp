@@ -8,6 +8,9 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstring>
+#include <functional>
+#include <string_view>
+#include <unordered_map>
 #include <stdexcept>
 
 #include "common.hpp"
@@ -63,70 +66,94 @@ nb::str kstr(std::string_view s) {
   return nb::steal<nb::str>(o);
 }
 
+// Counter and field names repeat every call; creating their str objects was a
+// measurable share of a snapshot. The cache is bounded, filled only with names
+// the kernel or this file chose (parse_* on caller text bypasses it), and never
+// freed on purpose: it must outlive the module at interpreter shutdown.
+struct NameHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+
+nb::object key(std::string_view name, bool cache = true) {
+  static auto* names = new std::unordered_map<std::string, PyObject*, NameHash, std::equal_to<>>();
+  if (cache) {
+    auto it = names->find(name);
+    if (it != names->end()) return nb::borrow(it->second);
+  }
+  PyObject* s = PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), "backslashreplace");
+  if (s == nullptr) throw nb::python_error();
+  if (cache && names->size() < 8192) {
+    Py_INCREF(s);
+    names->emplace(std::string(name), s);
+  }
+  return nb::steal(s);
+}
+
 template <typename T>
 nb::object opt(const std::optional<T>& v) {
   return v ? nb::cast(*v) : nb::none();
 }
 
-nb::dict counters(const probe::Counters& c) {
+nb::dict counters(const probe::Counters& c, bool cache = true) {
   nb::dict d;
-  for (const auto& [k, v] : c) d[kstr(k)] = v;
+  for (const auto& [k, v] : c) d[key(k, cache)] = v;
   return d;
 }
 
 nb::dict cpu_times(const probe::CpuTimes& t) {
   nb::dict d;
-  for (int i = 0; i < probe::kCpuFieldCount; ++i) d[probe::kCpuFields[i]] = t.v[i];
+  for (int i = 0; i < probe::kCpuFieldCount; ++i) d[key(probe::kCpuFields[i])] = t.v[i];
   return d;
 }
 
 nb::dict cpu_stat(const probe::CpuStat& s) {
   nb::dict d;
-  d["total"] = cpu_times(s.total);
+  d[key("total")] = cpu_times(s.total);
   nb::list per;
   for (const auto& t : s.per_cpu) {
     nb::dict c = cpu_times(t);
-    c["cpu"] = t.cpu;
+    c[key("cpu")] = t.cpu;
     per.append(c);
   }
-  d["per_cpu"] = per;
-  d["columns"] = s.columns;
-  d["ctxt"] = s.ctxt;
-  d["intr"] = s.intr;
-  d["processes"] = s.processes;
-  d["procs_running"] = s.procs_running;
-  d["procs_blocked"] = s.procs_blocked;
-  d["btime"] = s.btime;
+  d[key("per_cpu")] = per;
+  d[key("columns")] = s.columns;
+  d[key("ctxt")] = s.ctxt;
+  d[key("intr")] = s.intr;
+  d[key("processes")] = s.processes;
+  d[key("procs_running")] = s.procs_running;
+  d[key("procs_blocked")] = s.procs_blocked;
+  d[key("btime")] = s.btime;
   return d;
 }
 
 nb::object psi_line(const std::optional<probe::PsiLine>& l) {
   if (!l) return nb::none();
   nb::dict d;
-  d["avg10"] = l->avg10;
-  d["avg60"] = l->avg60;
-  d["avg300"] = l->avg300;
-  d["total_us"] = l->total_us;
+  d[key("avg10")] = l->avg10;
+  d[key("avg60")] = l->avg60;
+  d[key("avg300")] = l->avg300;
+  d[key("total_us")] = l->total_us;
   return d;
 }
 
 nb::dict psi_file(const probe::PsiFile& f) {
   nb::dict d;
-  d["some"] = psi_line(f.some);
-  d["full"] = psi_line(f.full);
+  d[key("some")] = psi_line(f.some);
+  d[key("full")] = psi_line(f.full);
   return d;
 }
 
 nb::dict disk(const probe::DiskStat& s) {
   nb::dict d;
-  d["name"] = kstr(s.name);
-  d["major"] = s.major;
-  d["minor"] = s.minor;
+  d[key("name")] = kstr(s.name);
+  d[key("major")] = s.major;
+  d[key("minor")] = s.minor;
   for (int i = 0; i < probe::kDiskFieldCount; ++i)
-    d[probe::kDiskFields[i]] = i < s.fields ? nb::cast(s.v[i]) : nb::none();
-  d["rotational"] = s.rotational ? nb::cast(*s.rotational != 0) : nb::none();
-  d["nr_requests"] = opt(s.nr_requests);
-  d["scheduler"] = s.scheduler ? nb::object(kstr(*s.scheduler)) : nb::none();
+    d[key(probe::kDiskFields[i])] = i < s.fields ? nb::cast(s.v[i]) : nb::none();
+  d[key("rotational")] = s.rotational ? nb::cast(*s.rotational != 0) : nb::none();
+  d[key("nr_requests")] = opt(s.nr_requests);
+  d[key("scheduler")] = s.scheduler ? nb::object(kstr(*s.scheduler)) : nb::none();
   return d;
 }
 
@@ -134,87 +161,87 @@ nb::list net_devs(const std::vector<probe::NetDev>& devs) {
   nb::list out;
   for (const auto& n : devs) {
     nb::dict d;
-    d["interface"] = kstr(n.name);
-    for (int i = 0; i < probe::kNetDevFieldCount; ++i) d[probe::kNetDevFields[i]] = n.v[i];
+    d[key("interface")] = kstr(n.name);
+    for (int i = 0; i < probe::kNetDevFieldCount; ++i) d[key(probe::kNetDevFields[i])] = n.v[i];
     out.append(d);
   }
   return out;
 }
 
-nb::dict netstat(const probe::NetstatGroups& groups) {
+nb::dict netstat(const probe::NetstatGroups& groups, bool cache = true) {
   nb::dict out;
   for (const auto& [g, kv] : groups) {
     nb::dict d;
-    for (const auto& [k, v] : kv) d[kstr(k)] = v;
-    out[kstr(g)] = d;
+    for (const auto& [k, v] : kv) d[key(k, cache)] = v;
+    out[key(g, cache)] = d;
   }
   return out;
 }
 
 nb::dict pid_stat(const probe::PidStat& s) {
   nb::dict d;
-  d["pid"] = s.pid;
-  d["ppid"] = s.ppid;
-  d["comm"] = kstr(s.comm);
-  d["state"] = std::string(1, s.state);
-  d["minflt"] = s.minflt;
-  d["majflt"] = s.majflt;
-  d["utime_ticks"] = s.utime;
-  d["stime_ticks"] = s.stime;
-  d["threads"] = s.threads;
-  d["starttime_ticks"] = s.starttime;
-  d["rss_pages"] = s.rss_pages;
+  d[key("pid")] = s.pid;
+  d[key("ppid")] = s.ppid;
+  d[key("comm")] = kstr(s.comm);
+  d[key("state")] = std::string(1, s.state);
+  d[key("minflt")] = s.minflt;
+  d[key("majflt")] = s.majflt;
+  d[key("utime_ticks")] = s.utime;
+  d[key("stime_ticks")] = s.stime;
+  d[key("threads")] = s.threads;
+  d[key("starttime_ticks")] = s.starttime;
+  d[key("rss_pages")] = s.rss_pages;
   return d;
 }
 
 nb::dict scan_result(const probe::ScanResult& r, long clk_tck) {
   nb::dict out;
-  out["monotonic_s"] = r.monotonic_s;
-  out["interval_s"] = opt(r.interval_s);
+  out[key("monotonic_s")] = r.monotonic_s;
+  out[key("interval_s")] = opt(r.interval_s);
   const auto& t = r.totals;
   nb::dict totals;
-  totals["processes"] = t.processes;
-  totals["threads"] = t.threads;
-  totals["running"] = t.running;
-  totals["sleeping"] = t.sleeping;
-  totals["blocked"] = t.blocked;
-  totals["stopped"] = t.stopped;
-  totals["zombies"] = t.zombies;
-  totals["idle"] = t.idle;
-  totals["other"] = t.other;
-  out["totals"] = totals;
-  out["vanished"] = r.vanished;
+  totals[key("processes")] = t.processes;
+  totals[key("threads")] = t.threads;
+  totals[key("running")] = t.running;
+  totals[key("sleeping")] = t.sleeping;
+  totals[key("blocked")] = t.blocked;
+  totals[key("stopped")] = t.stopped;
+  totals[key("zombies")] = t.zombies;
+  totals[key("idle")] = t.idle;
+  totals[key("other")] = t.other;
+  out[key("totals")] = totals;
+  out[key("vanished")] = r.vanished;
   const double tck = static_cast<double>(clk_tck);
   nb::list rows;
   for (const auto& row : r.rows) {
     const auto& s = row.stat;
     nb::dict d;
-    d["pid"] = s.pid;
-    d["ppid"] = s.ppid;
-    d["comm"] = kstr(s.comm);
-    d["state"] = std::string(1, s.state);
-    d["uid"] = opt(row.uid);
-    d["cgroup"] = row.cgroup ? nb::object(kstr(*row.cgroup)) : nb::none();
-    d["utime_s"] = static_cast<double>(s.utime) / tck;
-    d["stime_s"] = static_cast<double>(s.stime) / tck;
-    d["rss_bytes"] = row.rss_bytes;
-    d["threads"] = s.threads;
-    d["majflt"] = s.majflt;
-    d["minflt"] = s.minflt;
-    d["start_time_ticks"] = s.starttime;
-    d["read_bytes"] = row.io ? nb::cast(row.io->read_bytes) : nb::none();
-    d["write_bytes"] = row.io ? nb::cast(row.io->write_bytes) : nb::none();
-    d["num_fds"] = opt(row.num_fds);
-    d["smaps"] = row.smaps ? nb::object(counters(*row.smaps)) : nb::none();
-    d["cpu_percent"] = opt(row.cpu_percent);
-    d["majflt_per_s"] = opt(row.majflt_per_s);
-    d["minflt_per_s"] = opt(row.minflt_per_s);
-    d["read_bytes_per_s"] = opt(row.read_bytes_per_s);
-    d["write_bytes_per_s"] = opt(row.write_bytes_per_s);
-    d["rank"] = row.rank;
+    d[key("pid")] = s.pid;
+    d[key("ppid")] = s.ppid;
+    d[key("comm")] = kstr(s.comm);
+    d[key("state")] = std::string(1, s.state);
+    d[key("uid")] = opt(row.uid);
+    d[key("cgroup")] = row.cgroup ? nb::object(kstr(*row.cgroup)) : nb::none();
+    d[key("utime_s")] = static_cast<double>(s.utime) / tck;
+    d[key("stime_s")] = static_cast<double>(s.stime) / tck;
+    d[key("rss_bytes")] = row.rss_bytes;
+    d[key("threads")] = s.threads;
+    d[key("majflt")] = s.majflt;
+    d[key("minflt")] = s.minflt;
+    d[key("start_time_ticks")] = s.starttime;
+    d[key("read_bytes")] = row.io ? nb::cast(row.io->read_bytes) : nb::none();
+    d[key("write_bytes")] = row.io ? nb::cast(row.io->write_bytes) : nb::none();
+    d[key("num_fds")] = opt(row.num_fds);
+    d[key("smaps")] = row.smaps ? nb::object(counters(*row.smaps)) : nb::none();
+    d[key("cpu_percent")] = opt(row.cpu_percent);
+    d[key("majflt_per_s")] = opt(row.majflt_per_s);
+    d[key("minflt_per_s")] = opt(row.minflt_per_s);
+    d[key("read_bytes_per_s")] = opt(row.read_bytes_per_s);
+    d[key("write_bytes_per_s")] = opt(row.write_bytes_per_s);
+    d[key("rank")] = row.rank;
     rows.append(d);
   }
-  out["rows"] = rows;
+  out[key("rows")] = rows;
   return out;
 }
 
@@ -229,31 +256,31 @@ std::string addr_text(std::uint16_t family, const std::array<std::uint8_t, 16>& 
 nb::dict event_dict(const probe::Event& e) {
   using probe::EventType;
   nb::dict d;
-  d["type"] = probe::event_type_name(e.type);
-  d["ts_ns"] = e.ts_ns;
-  d["cpu"] = e.cpu;
+  d[key("type")] = probe::event_type_name(e.type);
+  d[key("ts_ns")] = e.ts_ns;
+  d[key("cpu")] = e.cpu;
   switch (e.type) {
     case EventType::exec:
-      d["pid"] = e.pid, d["ppid"] = e.ppid, d["uid"] = e.uid;
-      d["comm"] = kstr(e.comm), d["filename"] = kstr(e.filename);
+      d[key("pid")] = e.pid, d[key("ppid")] = e.ppid, d[key("uid")] = e.uid;
+      d[key("comm")] = kstr(e.comm), d[key("filename")] = kstr(e.filename);
       break;
     case EventType::exit:
-      d["pid"] = e.pid, d["ppid"] = e.ppid, d["exit_code"] = e.exit_code, d["age_ns"] = e.age_ns;
-      d["comm"] = kstr(e.comm);
+      d[key("pid")] = e.pid, d[key("ppid")] = e.ppid, d[key("exit_code")] = e.exit_code, d[key("age_ns")] = e.age_ns;
+      d[key("comm")] = kstr(e.comm);
       break;
     case EventType::oom_kill:
-      d["pid"] = e.pid, d["uid"] = e.uid, d["total_vm_kb"] = e.total_vm_kb, d["anon_rss_kb"] = e.anon_rss_kb;
-      d["file_rss_kb"] = e.file_rss_kb, d["shmem_rss_kb"] = e.shmem_rss_kb, d["oom_score_adj"] = e.oom_score_adj;
-      d["comm"] = kstr(e.comm);
+      d[key("pid")] = e.pid, d[key("uid")] = e.uid, d[key("total_vm_kb")] = e.total_vm_kb, d[key("anon_rss_kb")] = e.anon_rss_kb;
+      d[key("file_rss_kb")] = e.file_rss_kb, d[key("shmem_rss_kb")] = e.shmem_rss_kb, d[key("oom_score_adj")] = e.oom_score_adj;
+      d[key("comm")] = kstr(e.comm);
       break;
     case EventType::tcp_retransmit:
-      d["pid"] = e.pid, d["family"] = e.family, d["sport"] = e.sport, d["dport"] = e.dport;
-      d["state"] = e.state, d["saddr"] = addr_text(e.family, e.saddr), d["daddr"] = addr_text(e.family, e.daddr);
+      d[key("pid")] = e.pid, d[key("family")] = e.family, d[key("sport")] = e.sport, d[key("dport")] = e.dport;
+      d[key("state")] = e.state, d[key("saddr")] = addr_text(e.family, e.saddr), d[key("daddr")] = addr_text(e.family, e.daddr);
       break;
     case EventType::runq_latency:
     case EventType::bio_latency:
-      d["interval_ns"] = e.interval_ns, d["dev"] = e.dev, d["unit"] = e.unit == 0 ? "ns" : "us";
-      d["slots"] = nb::cast(e.slots);
+      d[key("interval_ns")] = e.interval_ns, d[key("dev")] = e.dev, d[key("unit")] = e.unit == 0 ? "ns" : "us";
+      d[key("slots")] = nb::cast(e.slots);
       break;
   }
   return d;
@@ -382,20 +409,20 @@ nb::dict perf_read(const probe::PerfCounters& p) {
   std::uint64_t total[probe::kPerfEventCount] = {};
   for (const auto& c : counts) {
     nb::dict d;
-    d["cpu"] = c.cpu;
+    d[key("cpu")] = c.cpu;
     for (int i = 0; i < probe::kPerfEventCount; ++i) {
-      d[probe::kPerfEvents[i]] = c.values[i];
+      d[key(probe::kPerfEvents[i])] = c.values[i];
       total[i] += c.values[i];
     }
-    d["time_enabled_ns"] = c.time_enabled_ns;
-    d["time_running_ns"] = c.time_running_ns;
+    d[key("time_enabled_ns")] = c.time_enabled_ns;
+    d[key("time_running_ns")] = c.time_running_ns;
     per.append(d);
   }
   nb::dict tot;
-  for (int i = 0; i < probe::kPerfEventCount; ++i) tot[probe::kPerfEvents[i]] = total[i];
+  for (int i = 0; i < probe::kPerfEventCount; ++i) tot[key(probe::kPerfEvents[i])] = total[i];
   nb::dict out;
-  out["per_cpu"] = per;
-  out["total"] = tot;
+  out[key("per_cpu")] = per;
+  out[key("total")] = tot;
   return out;
 }
 
@@ -457,21 +484,21 @@ NB_MODULE(probe_core, m) {
       h = probe::sysinfo_host(root);
     }
     nb::dict d;
-    d["hostname"] = kstr(h.hostname);
-    d["kernel_release"] = kstr(h.kernel_release);
-    d["machine_id"] = h.machine_id ? nb::object(kstr(*h.machine_id)) : nb::none();
-    d["boot_id"] = kstr(h.boot_id);
-    d["uptime_s"] = h.uptime_s;
-    d["idle_s"] = h.idle_s;
-    d["load1"] = h.load.load1;
-    d["load5"] = h.load.load5;
-    d["load15"] = h.load.load15;
-    d["runnable"] = h.load.runnable;
-    d["tasks"] = h.load.total;
-    d["last_pid"] = h.load.last_pid;
-    d["cpu_count"] = h.cpu_count;
-    d["page_size"] = h.page_size;
-    d["clock_ticks"] = h.clock_ticks;
+    d[key("hostname")] = kstr(h.hostname);
+    d[key("kernel_release")] = kstr(h.kernel_release);
+    d[key("machine_id")] = h.machine_id ? nb::object(kstr(*h.machine_id)) : nb::none();
+    d[key("boot_id")] = kstr(h.boot_id);
+    d[key("uptime_s")] = h.uptime_s;
+    d[key("idle_s")] = h.idle_s;
+    d[key("load1")] = h.load.load1;
+    d[key("load5")] = h.load.load5;
+    d[key("load15")] = h.load.load15;
+    d[key("runnable")] = h.load.runnable;
+    d[key("tasks")] = h.load.total;
+    d[key("last_pid")] = h.load.last_pid;
+    d[key("cpu_count")] = h.cpu_count;
+    d[key("page_size")] = h.page_size;
+    d[key("clock_ticks")] = h.clock_ticks;
     return d;
   }, "root"_a = "/", "Hostname, kernel release, machine and boot ids, uptime, loadavg, CPU count, page size, clock ticks.");
 
@@ -493,7 +520,7 @@ NB_MODULE(probe_core, m) {
     }
     return counters(c);
   }, "root"_a = "/", "/proc/meminfo in bytes (HugePages_* counts stay counts).");
-  m.def("parse_meminfo", [](const std::string& text) { return counters(probe::parse_meminfo(text)); }, "text"_a);
+  m.def("parse_meminfo", [](const std::string& text) { return counters(probe::parse_meminfo(text), false); }, "text"_a);
 
   m.def("read_vmstat", [](const std::string& root) {
     probe::Counters c;
@@ -503,7 +530,7 @@ NB_MODULE(probe_core, m) {
     }
     return counters(c);
   }, "root"_a = "/", "Every counter of /proc/vmstat.");
-  m.def("parse_vmstat", [](const std::string& text) { return counters(probe::parse_vmstat(text)); }, "text"_a);
+  m.def("parse_vmstat", [](const std::string& text) { return counters(probe::parse_vmstat(text), false); }, "text"_a);
 
   m.def("read_pressure", [](const std::string& root) {
     probe::Pressure p;
@@ -512,32 +539,33 @@ NB_MODULE(probe_core, m) {
       p = probe::read_pressure(root);
     }
     nb::dict d;
-    d["available"] = p.available;
-    d["reason"] = p.available ? nb::none() : nb::object(kstr(p.reason));
+    d[key("available")] = p.available;
+    d[key("reason")] = p.available ? nb::none() : nb::object(kstr(p.reason));
     nb::dict reasons;
     for (const auto& r : p.resources) {
       d[r.name.c_str()] = r.value ? nb::object(psi_file(*r.value)) : nb::none();
       if (!r.value) reasons[r.name.c_str()] = kstr(r.reason);
     }
-    d["absent"] = reasons;
+    d[key("absent")] = reasons;
     return d;
   }, "root"_a = "/", "PSI for cpu, memory, io (and irq when present); an absent resource is None, never zeros.");
   m.def("parse_pressure", [](const std::string& text) { return psi_file(probe::parse_pressure(text)); }, "text"_a);
 
-  m.def("read_diskstats", [](const std::string& root) {
+  m.def("read_diskstats", [](const std::string& root, bool queue_attrs) {
     probe::DiskStats s;
     {
       nb::gil_scoped_release release;
-      s = probe::read_diskstats(root);
+      s = probe::read_diskstats(root, queue_attrs);
     }
     nb::dict d;
-    d["source"] = s.source;
-    d["reason"] = s.reason.empty() ? nb::none() : nb::object(kstr(s.reason));
+    d[key("source")] = s.source;
+    d[key("reason")] = s.reason.empty() ? nb::none() : nb::object(kstr(s.reason));
     nb::list devs;
     for (const auto& dev : s.devices) devs.append(disk(dev));
-    d["devices"] = devs;
+    d[key("devices")] = devs;
     return d;
-  }, "root"_a = "/", "Block device counters from /sys/block/*/stat (fallback /proc/diskstats) with queue attributes.");
+  }, "root"_a = "/", "queue_attrs"_a = true,
+  "Block device counters from /sys/block/*/stat (fallback /proc/diskstats); queue attributes unless queue_attrs=False.");
   m.def("parse_diskstats", [](const std::string& text) {
     nb::list out;
     for (const auto& dev : probe::parse_diskstats(text)) out.append(disk(dev));
@@ -562,7 +590,7 @@ NB_MODULE(probe_core, m) {
     }
     return netstat(g);
   }, "root"_a = "/", "/proc/net/snmp and /proc/net/netstat as group -> counter -> value.");
-  m.def("parse_netstat", [](const std::string& text) { return netstat(probe::parse_netstat(text)); }, "text"_a);
+  m.def("parse_netstat", [](const std::string& text) { return netstat(probe::parse_netstat(text), false); }, "text"_a);
 
   m.def("parse_pid_stat", [](const std::string& text) { return pid_stat(probe::parse_pid_stat(text)); }, "text"_a);
   m.def("parse_pid_cgroup", [](const std::string& text) {
@@ -570,23 +598,24 @@ NB_MODULE(probe_core, m) {
     nb::list out;
     for (const auto& e : entries) {
       nb::dict d;
-      d["hierarchy"] = kstr(e.hierarchy);
-      d["controllers"] = kstr(e.controllers);
-      d["path"] = kstr(e.path);
+      d[key("hierarchy")] = kstr(e.hierarchy);
+      d[key("controllers")] = kstr(e.controllers);
+      d[key("path")] = kstr(e.path);
       out.append(d);
     }
     nb::dict res;
-    res["entries"] = out;
-    res["primary"] = kstr(probe::primary_cgroup(entries));
+    res[key("entries")] = out;
+    res[key("primary")] = kstr(probe::primary_cgroup(entries));
     return res;
   }, "text"_a);
-  m.def("parse_smaps_rollup", [](const std::string& text) { return counters(probe::parse_smaps_rollup(text)); }, "text"_a);
+  m.def("parse_smaps_rollup", [](const std::string& text) { return counters(probe::parse_smaps_rollup(text), false); }, "text"_a);
 
   // --- processes ------------------------------------------------------------------
   nb::class_<probe::ProcessScanner>(m, "ProcessScanner",
                                     "One /proc walk per scan(); keeps the previous pass for rates.")
-      .def(nb::init<std::string>(), "root"_a = "/")
+      .def(nb::init<std::string, double>(), "root"_a = "/", "cold_ttl_s"_a = 10.0)
       .def_prop_ro("root", &probe::ProcessScanner::root)
+      .def_prop_ro("cold_ttl_s", &probe::ProcessScanner::cold_ttl_s)
       .def("scan", [](probe::ProcessScanner& s, const std::string& key, std::size_t top_n, bool enrich) {
         probe::SortKey k;
         try {

@@ -84,7 +84,7 @@ std::optional<std::string> parse_scheduler(std::string_view text) {
   return std::string(text.substr(open + 1, close - open - 1));
 }
 
-DiskStats read_diskstats(const std::string& root) {
+DiskStats read_diskstats(const std::string& root, bool queue_attrs) {
   DiskStats out;
   std::string block = join_root(root, "/sys/block");
   DIR* dir = ::opendir(block.c_str());
@@ -99,7 +99,7 @@ DiskStats read_diskstats(const std::string& root) {
       DiskStat d = parse_block_stat(text);
       d.name = name;
       if (try_read_file(base + "/dev", text, &err)) parse_dev(text, d.major, d.minor);
-      read_queue_attrs(root, d);
+      if (queue_attrs) read_queue_attrs(root, d);
       out.devices.push_back(std::move(d));
     }
     ::closedir(dir);
@@ -115,7 +115,8 @@ DiskStats read_diskstats(const std::string& root) {
     // /proc/diskstats also lists partitions; sysfs may be absent in a chroot or container.
     out.source = "proc";
     out.devices = parse_diskstats(read_file(join_root(root, "/proc/diskstats")));
-    for (auto& d : out.devices) read_queue_attrs(root, d);
+    if (queue_attrs)
+      for (auto& d : out.devices) read_queue_attrs(root, d);
   }
   std::sort(out.devices.begin(), out.devices.end(),
             [](const DiskStat& a, const DiskStat& b) { return a.name < b.name; });

@@ -2,7 +2,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -177,11 +179,17 @@ SortKey parse_sort_key(std::string_view key) {
   throw Error("unknown sort key '" + std::string(key) + "' (expected cpu, rss, io, fds or majflt)");
 }
 
-ProcessScanner::ProcessScanner(std::string root)
-    : root_(std::move(root)), clk_tck_(::sysconf(_SC_CLK_TCK)), page_size_(::sysconf(_SC_PAGESIZE)) {
+ProcessScanner::ProcessScanner(std::string root, double cold_ttl_s)
+    : root_(std::move(root)),
+      cold_ttl_s_(cold_ttl_s),
+      clk_tck_(::sysconf(_SC_CLK_TCK)),
+      page_size_(::sysconf(_SC_PAGESIZE)) {
+  if (!(cold_ttl_s >= 0)) throw Error("cold_ttl_s must be >= 0");
   std::string proc = join_root(root_, "/proc");
   proc_fd_ = ::open(proc.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (proc_fd_ < 0) throw ReadError(errno, proc);
+  struct statfs fs {};
+  procfs_ = ::fstatfs(proc_fd_, &fs) == 0 && fs.f_type == PROC_SUPER_MAGIC;
 }
 
 ProcessScanner::~ProcessScanner() {
@@ -203,7 +211,14 @@ std::optional<PidIo> ProcessScanner::read_io(int pid) {
 
 std::optional<std::uint64_t> ProcessScanner::count_fds(int pid) {
   char path[64];
-  int fd = ::openat(proc_fd_, pid_path(path, pid, "fd"), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  pid_path(path, pid, "fd");
+  if (procfs_) {
+    // Linux 6.2+ reports the open fd count as the size of /proc/PID/fd: one stat
+    // instead of listing hundreds of entries. Older kernels report 0: list them.
+    struct stat st {};
+    if (::fstatat(proc_fd_, path, &st, 0) == 0 && st.st_size > 0) return static_cast<std::uint64_t>(st.st_size);
+  }
+  int fd = ::openat(proc_fd_, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   std::uint64_t count = 0;
   alignas(8) char buf[8192];
@@ -318,7 +333,8 @@ ScanResult ProcessScanner::scan(SortKey key, std::size_t top_n, bool enrich) {
         break;
       case SortKey::fds: en.rank = en.fds ? static_cast<double>(*en.fds) : -1; break;
     }
-    Prev p{en.stat.starttime, cpu_ticks, en.stat.majflt, en.stat.minflt, en.io.has_value(), en.io.value_or(PidIo{})};
+    Prev p{en.stat.starttime, cpu_ticks, en.stat.majflt, en.stat.minflt, en.io.has_value(), en.io.value_or(PidIo{}),
+           en.prev != nullptr ? en.prev->cold : nullptr};
     // Keep io from the last pass it was read in, so top rows get rates under other keys.
     if (!p.have_io && en.prev != nullptr && en.prev->have_io) {
       p.have_io = true;
@@ -346,27 +362,39 @@ ScanResult ProcessScanner::scan(SortKey key, std::size_t top_n, bool enrich) {
     if (enrich) {
       struct stat st {};
       if (::fstatat(proc_fd_, pid_path(path, pid, nullptr), &st, 0) == 0) row.uid = st.st_uid;
-      std::string text;
-      if (read_at_all(proc_fd_, pid_path(path, pid, "cgroup"), text)) {
-        try {
-          row.cgroup = primary_cgroup(parse_pid_cgroup(text));
-        } catch (const ParseError&) {
-        }
-      }
       if (!row.io) row.io = read_io(pid);
       if (!row.num_fds) row.num_fds = count_fds(pid);
-      // smaps_rollup (Linux 4.14+) walks the address space: the costliest read, top rows only.
-      if (read_at_all(proc_fd_, pid_path(path, pid, "smaps_rollup"), text) && !text.empty()) {
-        try {
-          row.smaps = parse_smaps_rollup(text);
-        } catch (const ParseError&) {
-        }
-      }
+      Prev& slot = next.at(pid);
       if (row.io) {
-        auto& slot = next[pid];
         slot.have_io = true;
         slot.io = *row.io;
       }
+      if (!slot.cold) slot.cold = std::make_shared<Cold>();
+      Cold& cold = *slot.cold;
+      std::string text;
+      if (cold.cgroup_at < 0 || res.monotonic_s - cold.cgroup_at >= cold_ttl_s_) {
+        cold.cgroup_at = res.monotonic_s;
+        cold.cgroup.reset();
+        if (read_at_all(proc_fd_, pid_path(path, pid, "cgroup"), text)) {
+          try {
+            cold.cgroup = primary_cgroup(parse_pid_cgroup(text));
+          } catch (const ParseError&) {
+          }
+        }
+      }
+      // smaps_rollup needs Linux 4.14; kernel threads have no address space (empty file).
+      if (cold.smaps_at < 0 || res.monotonic_s - cold.smaps_at >= cold_ttl_s_) {
+        cold.smaps_at = res.monotonic_s;
+        cold.smaps.reset();
+        if (read_at_all(proc_fd_, pid_path(path, pid, "smaps_rollup"), text) && !text.empty()) {
+          try {
+            cold.smaps = parse_smaps_rollup(text);
+          } catch (const ParseError&) {
+          }
+        }
+      }
+      row.cgroup = cold.cgroup;
+      row.smaps = cold.smaps;
     }
     if (en.prev != nullptr && dt > 0) {
       const std::uint64_t now_ticks = en.stat.utime + en.stat.stime;

@@ -1,9 +1,14 @@
 // ProcessScanner: one walk of /proc per call. The hot path reads only
 // /proc/PID/stat; uid, cgroup, io, fd counts and smaps_rollup are read for the
 // top rows only (the cold path), unless the sort key needs one for every pid.
+// cgroup and smaps_rollup of a top row are re-read at most every cold_ttl_s:
+// smaps_rollup takes the process's mmap lock and walks every VMA (tens of
+// microseconds for a small process, milliseconds for a large one), and cgroup
+// membership changes far more rarely than once a pass.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -74,19 +79,26 @@ struct ScanResult {
 
 class ProcessScanner {
  public:
-  explicit ProcessScanner(std::string root = "/");
+  explicit ProcessScanner(std::string root = "/", double cold_ttl_s = 10.0);
   ~ProcessScanner();
   ProcessScanner(const ProcessScanner&) = delete;
   ProcessScanner& operator=(const ProcessScanner&) = delete;
 
   ScanResult scan(SortKey key, std::size_t top_n, bool enrich);
   const std::string& root() const { return root_; }
+  double cold_ttl_s() const { return cold_ttl_s_; }
 
  private:
+  struct Cold {
+    double cgroup_at = -1, smaps_at = -1;  // monotonic time of the last read; -1: never
+    std::optional<std::string> cgroup;
+    std::optional<Counters> smaps;
+  };
   struct Prev {
     std::uint64_t starttime, cpu_ticks, majflt, minflt;
     bool have_io;
     PidIo io;
+    std::shared_ptr<Cold> cold;  // shared so passes carry it without copying
   };
   struct Entry {
     PidStat stat;
@@ -101,6 +113,8 @@ class ProcessScanner {
 
   std::string root_;
   int proc_fd_ = -1;
+  bool procfs_ = false;  // a real procfs, not a fixture tree
+  double cold_ttl_s_;
   long clk_tck_;
   long page_size_;
   std::mutex mu_;

@@ -119,7 +119,10 @@ struct DiskStats {
 DiskStat parse_block_stat(std::string_view text);
 std::vector<DiskStat> parse_diskstats(std::string_view text);
 std::optional<std::string> parse_scheduler(std::string_view text);
-DiskStats read_diskstats(const std::string& root);
+// queue_attrs=false skips rotational, nr_requests and scheduler: configuration that
+// changes rarely, three reads per device that a per-second caller can leave to a
+// slower refresh.
+DiskStats read_diskstats(const std::string& root, bool queue_attrs = true);
 
 // --- network (net.cpp) ---------------------------------------------------------
 inline constexpr int kNetDevFieldCount = 16;

@@ -51,3 +51,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make test" in ci
     assert "make test" in readme and "make demo" in readme
+
+
+def test_readme_quotes_the_recorded_benchmark_results() -> None:
+    from bench import report
+
+    assert report.current() == report.render(), "run `python -m bench.report` (make bench does)"

@@ -178,3 +178,37 @@ def test_live_scan_finds_a_cpu_hog_and_counts_match_proc(cpu_hog: subprocess.Pop
     assert row["num_fds"] is not None and row["num_fds"] >= 3
     listed = sum(1 for p in os.listdir("/proc") if p.isdigit())
     assert abs(r["totals"]["processes"] - listed) <= 10
+
+
+def test_cold_fields_are_reread_only_after_the_ttl(tmp_path: Path, modern_root: str) -> None:
+    root = tmp_path / "host"
+    shutil.copytree(modern_root, root)
+    cgroup = root / "proc" / "400" / "cgroup"
+    cached = probe_core.ProcessScanner(str(root), cold_ttl_s=3600)
+    fresh = probe_core.ProcessScanner(str(root), cold_ttl_s=0)
+    assert cached.cold_ttl_s == 3600
+
+    def cgroup_of_400(scanner: probe_core.ProcessScanner) -> str | None:
+        return next(r["cgroup"] for r in scanner.scan("cpu", top_n=5)["rows"] if r["pid"] == 400)
+
+    for scanner in (cached, fresh):
+        assert cgroup_of_400(scanner) == "/system.slice/backup.service"
+    cgroup.write_text("0::/system.slice/moved.service\n")
+    assert cgroup_of_400(cached) == "/system.slice/backup.service"
+    assert cgroup_of_400(fresh) == "/system.slice/moved.service"
+    with pytest.raises(probe_core.ProbeError, match="cold_ttl_s"):
+        probe_core.ProcessScanner(str(root), cold_ttl_s=-1)
+
+
+def test_live_fd_count_matches_the_fd_table(tmp_path: Path) -> None:
+    files = [open(tmp_path / f"f{i}", "w") for i in range(64)]  # noqa: SIM115
+    try:
+        scanner = probe_core.ProcessScanner()
+        rows = scanner.scan("fds", top_n=200)["rows"]
+        mine = next(r for r in rows if r["pid"] == os.getpid())
+        # The scan counts its own /proc listing fd, as listdir counts its own.
+        assert mine["num_fds"] == len(os.listdir("/proc/self/fd"))
+        assert mine["num_fds"] is not None and mine["num_fds"] >= 64
+    finally:
+        for f in files:
+            f.close()

@@ -151,6 +151,13 @@ def test_diskstats_from_sys_block_with_queue_attributes(modern_root: str) -> Non
     assert vda["reads_completed"] == int(stat[0]) and vda["sectors_written"] == int(stat[6])
 
 
+def test_diskstats_without_queue_attributes(modern_root: str) -> None:
+    d = probe_core.read_diskstats(modern_root, queue_attrs=False)
+    vda = d["devices"][1]
+    assert vda["name"] == "vda" and vda["major"] == 254
+    assert vda["scheduler"] is None and vda["rotational"] is None and vda["nr_requests"] is None
+
+
 def test_diskstats_falls_back_to_proc_and_old_field_count(legacy_root: str) -> None:
     d = probe_core.read_diskstats(legacy_root)
     assert d["source"] == "proc"

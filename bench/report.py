@@ -1,0 +1,87 @@
+"""Renders the README's "Measured" section from bench/results/*.json.
+
+`make bench` runs it after the benchmarks; tests/test_layout.py checks that the
+README holds exactly what this renders, so the quoted numbers cannot drift from
+the recorded ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+START = "<!-- measured:start (bench/report.py writes this section) -->"
+END = "<!-- measured:end -->"
+
+
+def _probe_core(doc: dict[str, Any]) -> list[str]:
+    host = doc["host"]
+    snap = doc["snapshot"]
+    lines = [
+        f"`bench/probe_core_bench.py`, recorded {doc['recorded_at']} on a {host['cpus']}-core "
+        f"{host['machine']} VM, Linux {host['kernel']}. CPU time, medians of 5 trials.",
+        "",
+        "| measure | probe_core | peer | ratio | target |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for scan in doc["process_scan"]:
+        lines.append(
+            f"| process scan, {scan['pids']} pids ({scan['extra_processes']} extra sleeping) "
+            f"| {scan['probe_core_us_per_pid']} us/pid | psutil {scan['psutil_us_per_pid']} us/pid "
+            f"| **{scan['ratio']}x** | >= {doc['targets']['process_scan_ratio_min']:g}x |"
+        )
+    lines += [
+        f"| full host snapshot | {snap['probe_core_cpu_ms']} ms | psutil + Python reads "
+        f"{snap['psutil_python_cpu_ms']} ms | **{snap['ratio_vs_psutil_python']}x** | |",
+        f"| full host snapshot | {snap['probe_core_cpu_ms']} ms | one node_exporter scrape "
+        f"{snap['node_exporter_scrape_cpu_ms']} ms | **{snap['ratio_vs_node_exporter']}x** "
+        f"| >= {doc['targets']['snapshot_vs_node_exporter_ratio_min']:g}x |",
+        f"| snapshot, every cold read each time | {snap['probe_core_every_cold_read_cpu_ms']} ms "
+        f"| one node_exporter scrape | {snap['ratio_vs_node_exporter_every_cold_read']}x | |",
+        "",
+        "The scan peer is psutil's `process_iter()` with `oneshot()` reading cpu_times, memory_info, "
+        "io_counters, num_fds and name for every process; ProcessScanner returns the totals and the "
+        "top 20 rows by CPU with uid, cgroup, IO, fd count and smaps_rollup. The snapshot is cpu, "
+        "memory, vmstat, PSI, disk counters, network, netstat and the top 20 processes. The "
+        f"node_exporter figure is the exporter's own CPU per scrape (Debian prometheus-node-exporter, "
+        f"default collectors, {snap['node_exporter_samples_per_scrape']} samples) over "
+        f"{snap.get('node_exporter_scrapes', 300)} scrapes. The last row re-reads cgroup and "
+        "smaps_rollup of every top row on every pass (`cold_ttl_s=0`).",
+    ]
+    return lines
+
+
+def render() -> str:
+    body = [START, ""]
+    path = RESULTS / "probe_core.json"
+    if path.exists():
+        body += _probe_core(json.loads(path.read_text()))
+    else:
+        body.append("No results recorded yet: run `make bench`.")
+    body += ["", END]
+    return "\n".join(body)
+
+
+def current() -> str:
+    text = README.read_text()
+    start, end = text.index(START), text.index(END) + len(END)
+    return text[start:end]
+
+
+def main() -> int:
+    text = README.read_text()
+    if START not in text or END not in text:
+        print("README.md lacks the measured-section markers", file=sys.stderr)
+        return 1
+    README.write_text(text.replace(current(), render()))
+    print("README.md: measured section updated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
