@@ -41,14 +41,15 @@ lint: install ## ruff (lint and format check) and mypy --strict
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# Python itself is not instrumented: the runtimes are preloaded, and leak checks stay off
-# because the interpreter's own allocations at exit read as leaks.
+# Python itself is not instrumented: the runtimes are preloaded, leak checks stay off
+# because the interpreter's own allocations at exit read as leaks, and PYTHONMALLOC=malloc
+# puts small bytes objects in malloc'd blocks ASan can see the edges of (pymalloc arenas hide them).
 asan-test: install ## build probe_core with AddressSanitizer and UBSan and run its tests against it
 	cmake -S . -B $(ASAN_DIR) -G Ninja -DPROBE_CORE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DPython_EXECUTABLE=$(abspath $(PY)) -DSKBUILD_PROJECT_VERSION=0.1.0 >/dev/null
 	cmake --build $(ASAN_DIR)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 \
-	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	PROBE_CORE_PATH="$$(ls $(abspath $(ASAN_DIR))/probe_core*.so)" \
 	  $(PY) -m pytest tests/native -q -p no:cacheprovider
