@@ -90,6 +90,13 @@ nb::object key(std::string_view name, bool cache = true) {
   return nb::steal(s);
 }
 
+// Runs file and syscall work with the GIL released; conversion happens after, with it held.
+template <typename F>
+auto without_gil(F&& f) {
+  nb::gil_scoped_release release;
+  return f();
+}
+
 template <typename T>
 nb::object opt(const std::optional<T>& v) {
   return v ? nb::cast(*v) : nb::none();
@@ -400,11 +407,7 @@ probe::Event event_from(nb::handle h) {
 }
 
 nb::dict perf_read(const probe::PerfCounters& p) {
-  std::vector<probe::PerfCpuCounts> counts;
-  {
-    nb::gil_scoped_release release;
-    counts = p.read();
-  }
+  auto counts = without_gil([&] { return p.read(); });
   nb::list per;
   std::uint64_t total[probe::kPerfEventCount] = {};
   for (const auto& c : counts) {
@@ -427,6 +430,7 @@ nb::dict perf_read(const probe::PerfCounters& p) {
 }
 
 std::string_view view(const nb::bytes& b) { return {b.c_str(), b.size()}; }
+
 
 }  // namespace
 
@@ -478,11 +482,7 @@ NB_MODULE(probe_core, m) {
 
   // --- host readers -------------------------------------------------------------
   m.def("sysinfo_host", [](const std::string& root) {
-    probe::HostInfo h;
-    {
-      nb::gil_scoped_release release;
-      h = probe::sysinfo_host(root);
-    }
+    auto h = without_gil([&] { return probe::sysinfo_host(root); });
     nb::dict d;
     d[key("hostname")] = kstr(h.hostname);
     d[key("kernel_release")] = kstr(h.kernel_release);
@@ -503,41 +503,25 @@ NB_MODULE(probe_core, m) {
   }, "root"_a = "/", "Hostname, kernel release, machine and boot ids, uptime, loadavg, CPU count, page size, clock ticks.");
 
   m.def("read_cpu", [](const std::string& root) {
-    probe::CpuStat s;
-    {
-      nb::gil_scoped_release release;
-      s = probe::read_cpu(root);
-    }
+    auto s = without_gil([&] { return probe::read_cpu(root); });
     return cpu_stat(s);
   }, "root"_a = "/", "/proc/stat: total and per-CPU jiffies, ctxt, intr, forks, procs_running, procs_blocked, btime.");
   m.def("parse_proc_stat", [](const std::string& text) { return cpu_stat(probe::parse_proc_stat(text)); }, "text"_a);
 
   m.def("read_meminfo", [](const std::string& root) {
-    probe::Counters c;
-    {
-      nb::gil_scoped_release release;
-      c = probe::read_meminfo(root);
-    }
+    auto c = without_gil([&] { return probe::read_meminfo(root); });
     return counters(c);
   }, "root"_a = "/", "/proc/meminfo in bytes (HugePages_* counts stay counts).");
   m.def("parse_meminfo", [](const std::string& text) { return counters(probe::parse_meminfo(text), false); }, "text"_a);
 
   m.def("read_vmstat", [](const std::string& root) {
-    probe::Counters c;
-    {
-      nb::gil_scoped_release release;
-      c = probe::read_vmstat(root);
-    }
+    auto c = without_gil([&] { return probe::read_vmstat(root); });
     return counters(c);
   }, "root"_a = "/", "Every counter of /proc/vmstat.");
   m.def("parse_vmstat", [](const std::string& text) { return counters(probe::parse_vmstat(text), false); }, "text"_a);
 
   m.def("read_pressure", [](const std::string& root) {
-    probe::Pressure p;
-    {
-      nb::gil_scoped_release release;
-      p = probe::read_pressure(root);
-    }
+    auto p = without_gil([&] { return probe::read_pressure(root); });
     nb::dict d;
     d[key("available")] = p.available;
     d[key("reason")] = p.available ? nb::none() : nb::object(kstr(p.reason));
@@ -552,11 +536,7 @@ NB_MODULE(probe_core, m) {
   m.def("parse_pressure", [](const std::string& text) { return psi_file(probe::parse_pressure(text)); }, "text"_a);
 
   m.def("read_diskstats", [](const std::string& root, bool queue_attrs) {
-    probe::DiskStats s;
-    {
-      nb::gil_scoped_release release;
-      s = probe::read_diskstats(root, queue_attrs);
-    }
+    auto s = without_gil([&] { return probe::read_diskstats(root, queue_attrs); });
     nb::dict d;
     d[key("source")] = s.source;
     d[key("reason")] = s.reason.empty() ? nb::none() : nb::object(kstr(s.reason));
@@ -573,21 +553,13 @@ NB_MODULE(probe_core, m) {
   }, "text"_a);
 
   m.def("read_net_dev", [](const std::string& root) {
-    std::vector<probe::NetDev> devs;
-    {
-      nb::gil_scoped_release release;
-      devs = probe::read_net_dev(root);
-    }
+    auto devs = without_gil([&] { return probe::read_net_dev(root); });
     return net_devs(devs);
   }, "root"_a = "/", "Per-interface counters from /proc/net/dev.");
   m.def("parse_net_dev", [](const std::string& text) { return net_devs(probe::parse_net_dev(text)); }, "text"_a);
 
   m.def("read_netstat", [](const std::string& root) {
-    probe::NetstatGroups g;
-    {
-      nb::gil_scoped_release release;
-      g = probe::read_netstat(root);
-    }
+    auto g = without_gil([&] { return probe::read_netstat(root); });
     return netstat(g);
   }, "root"_a = "/", "/proc/net/snmp and /proc/net/netstat as group -> counter -> value.");
   m.def("parse_netstat", [](const std::string& text) { return netstat(probe::parse_netstat(text), false); }, "text"_a);
@@ -624,11 +596,7 @@ NB_MODULE(probe_core, m) {
           throw std::invalid_argument(e.what());
         }
         if (top_n > 100000) throw std::invalid_argument("top_n must be at most 100000");
-        probe::ScanResult r;
-        {
-          nb::gil_scoped_release release;
-          r = s.scan(k, top_n, enrich);
-        }
+        auto r = without_gil([&] { return s.scan(k, top_n, enrich); });
         return scan_result(r, ::sysconf(_SC_CLK_TCK));
       }, "key"_a = "cpu", "top_n"_a = 20, "enrich"_a = true,
       "Walk /proc once; return totals and the top_n rows by key (cpu, rss, io, fds, majflt).");
@@ -647,19 +615,11 @@ NB_MODULE(probe_core, m) {
   // --- gzip -------------------------------------------------------------------------
   m.def("gzip_compress", [](const nb::bytes& data, int level) {
     if (level < -1 || level > 9) throw std::invalid_argument("level must be -1 (default) or 0..9");
-    std::string out;
-    {
-      nb::gil_scoped_release release;
-      out = probe::gzip_compress(view(data), level);
-    }
+    auto out = without_gil([&] { return probe::gzip_compress(view(data), level); });
     return nb::bytes(out.data(), out.size());
   }, "data"_a, "level"_a = 6);
   m.def("gzip_decompress", [](const nb::bytes& data, std::size_t max_output) {
-    std::string out;
-    {
-      nb::gil_scoped_release release;
-      out = probe::gzip_decompress(view(data), max_output);
-    }
+    auto out = without_gil([&] { return probe::gzip_decompress(view(data), max_output); });
     return nb::bytes(out.data(), out.size());
   }, "data"_a, "max_output"_a, "Decompress gzip; raises OutputLimitError past max_output bytes.");
 
@@ -672,11 +632,7 @@ NB_MODULE(probe_core, m) {
     return nb::bytes(out.data(), out.size());
   }, "events"_a);
   m.def("decode_events", [](const nb::bytes& data) {
-    std::vector<probe::Event> evs;
-    {
-      nb::gil_scoped_release release;
-      evs = probe::decode_events(view(data));
-    }
+    auto evs = without_gil([&] { return probe::decode_events(view(data)); });
     nb::list out;
     for (const auto& e : evs) out.append(event_dict(e));
     return out;

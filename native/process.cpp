@@ -46,8 +46,6 @@ const char* pid_path(char* buf, int pid, const char* leaf) {
   return buf;
 }
 
-bool is_gone(int err) { return err == ENOENT || err == ESRCH; }
-
 }  // namespace
 
 PidStat parse_pid_stat(std::string_view text) {
