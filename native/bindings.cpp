@@ -13,12 +13,15 @@
 #include <unordered_map>
 #include <stdexcept>
 
+#include "caps.hpp"
 #include "common.hpp"
 #include "events.hpp"
 #include "gzip.hpp"
 #include "perf.hpp"
 #include "process.hpp"
 #include "readers.hpp"
+#include "sockets.hpp"
+#include "taskstats.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -250,6 +253,85 @@ nb::dict scan_result(const probe::ScanResult& r, long clk_tck) {
   }
   out[key("rows")] = rows;
   return out;
+}
+
+// --- sockets and taskstats -----------------------------------------------------
+
+std::string addr_text(std::uint16_t family, const std::array<std::uint8_t, 16>& a);
+
+nb::dict tcp_socket(const probe::TcpSocket& t) {
+  nb::dict d;
+  d[key("family")] = t.family == AF_INET ? "ipv4" : "ipv6";
+  d[key("state")] = probe::tcp_state_name(t.state);
+  d[key("saddr")] = addr_text(t.family, t.saddr);
+  d[key("sport")] = t.sport;
+  d[key("daddr")] = addr_text(t.family, t.daddr);
+  d[key("dport")] = t.dport;
+  d[key("rqueue")] = t.rqueue;
+  const bool listen = t.state == 10;
+  d[key("wqueue")] = listen ? nb::none() : nb::cast(t.wqueue);
+  d[key("backlog")] = listen && t.backlog_known ? nb::cast(t.wqueue) : nb::none();
+  d[key("uid")] = t.uid;
+  d[key("inode")] = t.inode;
+  d[key("retransmits")] = t.retransmits;
+  d[key("total_retrans")] = t.has_info ? nb::cast(t.total_retrans) : nb::none();
+  d[key("rtt_us")] = t.has_info ? nb::cast(t.rtt_us) : nb::none();
+  d[key("lost")] = t.has_info ? nb::cast(t.lost) : nb::none();
+  return d;
+}
+
+nb::list tcp_sockets(const std::vector<probe::TcpSocket>& v) {
+  nb::list out;
+  for (const auto& t : v) out.append(tcp_socket(t));
+  return out;
+}
+
+nb::dict tcp_summary(const probe::TcpSummary& s) {
+  nb::dict d;
+  d[key("source")] = s.source;
+  d[key("total")] = s.total;
+  nb::dict states;
+  for (int i = 1; i < probe::kTcpStateCount; ++i) states[key(probe::tcp_state_name(i))] = s.states[i];
+  d[key("states")] = states;
+  d[key("listen_sockets")] = s.listen_sockets;
+  d[key("in_rto_backoff")] = s.in_rto_backoff;
+  d[key("rqueue_bytes")] = s.rqueue_bytes;
+  d[key("wqueue_bytes")] = s.wqueue_bytes;
+  d[key("listeners_near_backlog")] = tcp_sockets(s.listeners_near_backlog);
+  d[key("top_rqueue")] = tcp_sockets(s.top_rqueue);
+  d[key("top_wqueue")] = tcp_sockets(s.top_wqueue);
+  d[key("top_retrans")] = tcp_sockets(s.top_retrans);
+  d[key("malformed")] = s.malformed;
+  return d;
+}
+
+nb::object task_delays(const std::optional<probe::TaskDelays>& t) {
+  if (!t) return nb::none();
+  nb::dict d;
+  d[key("pid")] = t->pid;
+  d[key("version")] = t->version;
+  d[key("cpu_count")] = t->cpu_count;
+  d[key("cpu_delay_ns")] = t->cpu_delay_ns;
+  d[key("blkio_count")] = t->blkio_count;
+  d[key("blkio_delay_ns")] = t->blkio_delay_ns;
+  d[key("swapin_count")] = t->swapin_count;
+  d[key("swapin_delay_ns")] = t->swapin_delay_ns;
+  d[key("freepages_count")] = t->freepages_count;
+  d[key("freepages_delay_ns")] = t->freepages_delay_ns;
+  d[key("thrashing_count")] = opt(t->thrashing_count);
+  d[key("thrashing_delay_ns")] = opt(t->thrashing_delay_ns);
+  d[key("compact_count")] = opt(t->compact_count);
+  d[key("compact_delay_ns")] = opt(t->compact_delay_ns);
+  d[key("cpu_run_real_ns")] = t->cpu_run_real_ns;
+  d[key("cpu_run_virtual_ns")] = t->cpu_run_virtual_ns;
+  d[key("voluntary_switches")] = t->voluntary_switches;
+  d[key("involuntary_switches")] = t->involuntary_switches;
+  return d;
+}
+
+void check_top(std::size_t top_n, double ratio) {
+  if (top_n > 10000) throw std::invalid_argument("top_n must be at most 10000");
+  if (!(ratio > 0 && ratio <= 1)) throw std::invalid_argument("backlog_ratio must be in (0, 1]");
 }
 
 // --- events ------------------------------------------------------------------
@@ -611,6 +693,41 @@ NB_MODULE(probe_core, m) {
       .def("read", &perf_read, "Cumulative counts since open, per CPU and in total.");
   m.attr("PERF_EVENTS") = nb::make_tuple(probe::kPerfEvents[0], probe::kPerfEvents[1], probe::kPerfEvents[2],
                                          probe::kPerfEvents[3], probe::kPerfEvents[4]);
+
+  // --- sockets, taskstats, capabilities --------------------------------------------------
+  m.def("sock_diag_tcp", [](std::size_t top_n, double backlog_ratio) {
+    check_top(top_n, backlog_ratio);
+    return tcp_summary(without_gil([&] { return probe::sock_diag_tcp(top_n, backlog_ratio); }));
+  }, "top_n"_a = 10, "backlog_ratio"_a = 0.8,
+  "TCP sockets of this network namespace through NETLINK_SOCK_DIAG, summarized.");
+  m.def("read_proc_net_tcp", [](const std::string& root, std::size_t top_n, double backlog_ratio) {
+    check_top(top_n, backlog_ratio);
+    return tcp_summary(without_gil([&] { return probe::read_proc_net_tcp(root, top_n, backlog_ratio); }));
+  }, "root"_a = "/", "top_n"_a = 10, "backlog_ratio"_a = 0.8,
+  "The same summary from /proc/net/tcp and tcp6 (no backlog, no tcp_info).");
+  m.def("parse_proc_net_tcp", [](const std::string& text, int family, std::size_t top_n, double backlog_ratio) {
+    check_top(top_n, backlog_ratio);
+    if (family != 4 && family != 6) throw std::invalid_argument("family must be 4 or 6");
+    probe::TcpSummarizer sum(top_n, backlog_ratio);
+    probe::parse_proc_net_tcp(text, family == 4 ? AF_INET : AF_INET6, sum);
+    return tcp_summary(sum.finish("proc"));
+  }, "text"_a, "family"_a = 4, "top_n"_a = 10, "backlog_ratio"_a = 0.8);
+
+  nb::class_<probe::Taskstats>(m, "Taskstats", "Per-process delay accounting over generic netlink (CAP_NET_ADMIN).")
+      .def(nb::init<>())
+      .def_prop_ro("family_id", &probe::Taskstats::family_id)
+      .def("tgid", [](probe::Taskstats& t, std::uint32_t tgid) {
+        return task_delays(without_gil([&] { return t.tgid(tgid); }));
+      }, "tgid"_a, "Delays of a whole thread group; None when the process is gone.");
+
+  m.def("capget", [] {
+    auto c = probe::capget_self();
+    nb::dict d;
+    d[key("effective")] = c.effective;
+    d[key("permitted")] = c.permitted;
+    d[key("inheritable")] = c.inheritable;
+    return d;
+  }, "This process's capability sets as 64-bit masks.");
 
   // --- gzip -------------------------------------------------------------------------
   m.def("gzip_compress", [](const nb::bytes& data, int level) {

@@ -218,6 +218,62 @@ class PerfReading(TypedDict):
     per_cpu: list[PerfCpuCounts]
     total: PerfTotals
 
+class TcpSocket(TypedDict):
+    family: str
+    state: str
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    rqueue: int
+    wqueue: int | None
+    backlog: int | None
+    uid: int
+    inode: int
+    retransmits: int
+    total_retrans: int | None
+    rtt_us: int | None
+    lost: int | None
+
+class TcpSummary(TypedDict):
+    source: str
+    total: int
+    states: dict[str, int]
+    listen_sockets: int
+    in_rto_backoff: int
+    rqueue_bytes: int
+    wqueue_bytes: int
+    listeners_near_backlog: list[TcpSocket]
+    top_rqueue: list[TcpSocket]
+    top_wqueue: list[TcpSocket]
+    top_retrans: list[TcpSocket]
+    malformed: int
+
+class TaskDelays(TypedDict):
+    pid: int
+    version: int
+    cpu_count: int
+    cpu_delay_ns: int
+    blkio_count: int
+    blkio_delay_ns: int
+    swapin_count: int
+    swapin_delay_ns: int
+    freepages_count: int
+    freepages_delay_ns: int
+    thrashing_count: int | None
+    thrashing_delay_ns: int | None
+    compact_count: int | None
+    compact_delay_ns: int | None
+    cpu_run_real_ns: int
+    cpu_run_virtual_ns: int
+    voluntary_switches: int
+    involuntary_switches: int
+
+class CapSets(TypedDict):
+    effective: int
+    permitted: int
+    inheritable: int
+
 # Event dicts differ by "type"; see docs/event-format.md for the fields of each.
 Event = dict[str, Any]
 
@@ -257,6 +313,19 @@ class PerfCounters:
 
 PERF_EVENTS: Final[tuple[str, ...]]
 
+def sock_diag_tcp(top_n: int = 10, backlog_ratio: float = 0.8) -> TcpSummary: ...
+def read_proc_net_tcp(root: str = "/", top_n: int = 10, backlog_ratio: float = 0.8) -> TcpSummary: ...
+def parse_proc_net_tcp(
+    text: str, family: int = 4, top_n: int = 10, backlog_ratio: float = 0.8
+) -> TcpSummary: ...
+
+class Taskstats:
+    def __init__(self) -> None: ...
+    @property
+    def family_id(self) -> int: ...
+    def tgid(self, tgid: int) -> TaskDelays | None: ...
+
+def capget() -> CapSets: ...
 def gzip_compress(data: bytes, level: int = 6) -> bytes: ...
 def gzip_decompress(data: bytes, max_output: int) -> bytes: ...
 def encode_events(events: list[Event]) -> bytes: ...

@@ -97,7 +97,7 @@ def test_function_signatures_match(fn: ast.FunctionDef) -> None:
     assert _stub_params(fn) == _runtime_params(getattr(probe_core, fn.name))
 
 
-@pytest.mark.parametrize("cls", ["ProcessScanner", "PerfCounters"])
+@pytest.mark.parametrize("cls", ["ProcessScanner", "PerfCounters", "Taskstats"])
 def test_class_methods_match(cls: str) -> None:
     node = _stub_classes()[cls]
     stub_methods = {n.name: n for n in node.body if isinstance(n, ast.FunctionDef)}
@@ -105,7 +105,7 @@ def test_class_methods_match(cls: str) -> None:
     public = {n for n in dir(runtime) if not n.startswith("_")} | {"__init__"}
     assert set(stub_methods) == public
     for name, fn in stub_methods.items():
-        if name in ("root", "cold_ttl_s"):
+        if name in ("root", "cold_ttl_s", "family_id"):
             assert isinstance(inspect.getattr_static(runtime, name), property)
             continue
         assert _stub_params(fn) == _runtime_params(getattr(runtime, name)), name
@@ -170,3 +170,19 @@ def test_error_tree_matches() -> None:
         cls = getattr(probe_core, name)
         assert issubclass(cls, probe_core.ProbeError) and issubclass(cls, ValueError)
     assert issubclass(probe_core.UnavailableError, probe_core.ProbeError)
+
+
+def test_socket_and_capability_keys_match_typeddicts() -> None:
+    from tests.native.test_netlink import PROC_NET_TCP
+
+    summary = probe_core.parse_proc_net_tcp(PROC_NET_TCP)
+    _check_keys(dict(summary), "TcpSummary")
+    _check_keys(dict(summary["listeners_near_backlog"][0]), "TcpSocket")
+    _check_keys(dict(probe_core.capget()), "CapSets")
+
+
+@pytest.mark.root
+def test_taskstats_keys_match_typeddict() -> None:
+    delays = probe_core.Taskstats().tgid(1)
+    assert delays is not None
+    _check_keys(dict(delays), "TaskDelays")
