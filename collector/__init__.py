@@ -1,7 +1,10 @@
 """incidentlab collector: the node daemon.
 
-It samples a host through ``probe_core`` (C++), netlink, eBPF, NVML and file
-fallbacks, and ships batches through a crash-safe disk spool. The sources,
-spool and transport arrive with their own issues; this package holds only its
-docstring until then.
+Sources under ``collector.sources`` sample a host through ``probe_core`` (C++),
+netlink, eBPF, NVML and file fallbacks; ``collector.sampler`` runs them, each
+isolated under its own time budget, into one snapshot per interval;
+``collector.info`` says which path each source uses and why. Errors derive from
+``collector.errors.CollectorError``.
 """
+
+__version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""Collector settings: a YAML file plus INCIDENTLAB_COLLECTOR_* environment overrides.
+
+Precedence, highest first: keyword arguments, environment, the YAML file, defaults.
+Nested keys use ``__`` in the environment (``INCIDENTLAB_COLLECTOR_HARDWARE__REFRESH_INTERVAL``).
+Unknown keys and bad values are refused at start with a ConfigError naming each one.
+This is the only module that reads the environment; everything else gets the object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from collector.errors import ConfigError
+
+ENV_PREFIX = "INCIDENTLAB_COLLECTOR_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExternalCommand(_Strict):
+    """A command that prints Prometheus text or JSON; run every interval under a timeout."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    command: list[str] = Field(min_length=1)
+    format: Literal["prometheus", "json"]
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # 1 MiB of metrics text is already far past what a node-local exporter prints.
+    max_output_bytes: int = Field(default=1 << 20, gt=0, le=16 << 20)
+
+
+class HardwareSettings(_Strict):
+    refresh_interval: float = Field(default=300.0, ge=1, le=86_400)
+
+
+class CollectorSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    interval_s: float = Field(default=10.0, ge=0.1, le=3600)
+    # None: every source that is enabled by default. A list: exactly these.
+    enabled_sources: list[str] | None = None
+    disabled_sources: list[str] = Field(default_factory=list)
+    # Sources to run on their file fallback even where the kernel path works: for a
+    # kernel whose netlink or perf path misbehaves, and for proving the fallbacks.
+    force_fallback: list[str] = Field(default_factory=list)
+    top_n: int = Field(default=20, ge=1, le=1000)
+    # Each source's time budget per sample; None: half the interval, at most 2 s.
+    source_timeout_s: float | None = Field(default=None, gt=0, le=60)
+    host_id: str | None = Field(default=None, min_length=1, max_length=128)
+    procfs_root: Path = Path("/proc")
+    sysfs_root: Path = Path("/sys")
+    # Listen sockets whose accept queue reaches this share of the backlog are reported.
+    backlog_ratio: float = Field(default=0.8, gt=0, le=1)
+    # Processes whose cgroup and smaps_rollup are re-read at most this often (seconds).
+    cold_ttl_s: float = Field(default=10.0, ge=0, le=3600)
+    hardware: HardwareSettings = Field(default_factory=HardwareSettings)
+    external: list[ExternalCommand] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> CollectorSettings:
+        if self.procfs_root.name != "proc" or self.sysfs_root.name != "sys":
+            raise ValueError("procfs_root and sysfs_root must end in /proc and /sys")
+        if self.procfs_root.parent != self.sysfs_root.parent:
+            raise ValueError(
+                f"procfs_root ({self.procfs_root}) and sysfs_root ({self.sysfs_root}) must share a parent: "
+                "probe_core reads both under one host root (mount the host's as R/proc and R/sys)"
+            )
+        if self.source_timeout_s is not None and self.source_timeout_s >= self.interval_s:
+            raise ValueError(
+                f"source_timeout_s ({self.source_timeout_s}) must be below interval_s ({self.interval_s})"
+            )
+        names = [c.name for c in self.external]
+        if len(set(names)) != len(names):
+            raise ValueError("external command names must be unique")
+        return self
+
+    @property
+    def source_budget_s(self) -> float:
+        if self.source_timeout_s is not None:
+            return self.source_timeout_s
+        return min(2.0, self.interval_s / 2)
+
+    @property
+    def host_root(self) -> str:
+        """The directory holding the host's proc/ and sys/ ("/" on the host itself)."""
+        return str(self.procfs_root.parent)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init keyword arguments (load_settings), so the
+        # environment has to outrank them: env first, then init.
+        return env_settings, init_settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        else:
+            lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> CollectorSettings:
+    """Settings from an optional YAML file, the environment, and keyword overrides.
+
+    Keyword overrides win over everything; the environment wins over the file.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read collector config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"collector config {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"collector config {path} must be a mapping at the top level")
+        data = loaded
+    try:
+        settings = CollectorSettings(**data)
+        if overrides:
+            # model_validate skips the settings sources, so the environment cannot undo a flag.
+            settings = CollectorSettings.model_validate(settings.model_dump() | overrides)
+    except ValidationError as exc:
+        source = f" ({path})" if path else ""
+        raise ConfigError(f"collector settings refused{source}: {_describe(exc)}") from exc
+    return settings

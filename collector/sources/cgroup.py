@@ -1,0 +1,262 @@
+"""cgroup: the heaviest leaf cgroups by memory and by CPU, on cgroup v2, v1, or a hybrid of both.
+
+Each pass walks the leaves of the memory (or unified) hierarchy reading one usage
+file and one CPU counter each, bounded to MAX_CGROUPS, then reads the full detail
+(throttling, memory events and OOM kills, IO, pids, PSI) for the top rows only.
+Kubernetes pod UID, container id and QoS class are parsed from kubepods paths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import probe_core
+
+from collector.cgroups import (
+    CgroupMount,
+    parse_cpu_max,
+    parse_flat_keyed,
+    parse_io_stat,
+    parse_kube_ids,
+    parse_limit,
+    parse_mountinfo,
+    parse_v1_limit,
+)
+from collector.sources.base import PathPlan, Rates, Source, SourceContext, SourceResult
+from collector.sources.registry import register
+
+MAX_CGROUPS = 4096  # a large Kubernetes node has a few thousand; past this the walk stops and says so
+TOP_CGROUPS = 10
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _int(path: Path) -> int | None:
+    text = _read(path)
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each controller lives here, translated under the configured sysfs root."""
+
+    v2: Path | None  # the unified hierarchy, if mounted
+    v1: dict[str, Path]  # controller -> hierarchy root
+
+    @property
+    def mode(self) -> str:
+        if self.v2 is not None and not self.v1:
+            return "v2"
+        return "hybrid" if self.v2 is not None else "v1"
+
+    def memory_root(self) -> tuple[int, Path] | None:
+        if "memory" in self.v1:
+            return 1, self.v1["memory"]
+        if self.v2 is not None and "memory" in (_read(self.v2 / "cgroup.controllers") or "").split():
+            return 2, self.v2
+        return None
+
+
+def discover_layout(mounts: list[CgroupMount], sysfs_root: Path) -> Layout:
+    def translate(mount: str) -> Path:
+        # Mount points are in our namespace (/sys/fs/cgroup/...); the host's may sit under /host/sys.
+        rel = os.path.relpath(mount, "/sys")
+        return sysfs_root / rel if not rel.startswith("..") else Path(mount)
+
+    v2 = None
+    v1: dict[str, Path] = {}
+    for m in mounts:
+        if m.version == 2:
+            v2 = translate(m.path)
+        else:
+            for ctl in m.controllers:
+                if not ctl.startswith("name="):
+                    v1.setdefault(ctl, translate(m.path))
+    return Layout(v2, v1)
+
+
+def walk_leaves(root: Path, limit: int) -> tuple[list[str], bool]:
+    """Relative paths of leaf cgroups under root (root itself when it has no children)."""
+    leaves: list[str] = []
+    stack = [root]
+    seen = 0
+    while stack:
+        d = stack.pop()
+        seen += 1
+        if seen > limit:
+            return leaves, True
+        try:
+            children = [e.path for e in os.scandir(d) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # removed while walking
+        if children:
+            stack.extend(Path(c) for c in children)
+        else:
+            rel = "/" + os.path.relpath(d, root)
+            leaves.append("/" if rel == "/." else rel)
+    return leaves, False
+
+
+@register
+class CgroupSource(Source):
+    name = "cgroup"
+
+    def __init__(self, ctx: SourceContext) -> None:
+        super().__init__(ctx)
+        self._rates = Rates(ctx.clock)
+        mountinfo = _read(Path(ctx.settings.procfs_root) / "self" / "mountinfo") or ""
+        self._layout = discover_layout(parse_mountinfo(mountinfo), Path(ctx.settings.sysfs_root))
+
+    def plan(self) -> PathPlan:
+        if self._layout.memory_root() is None:
+            return PathPlan("none", "no cgroup memory hierarchy is mounted")
+        return PathPlan("file")
+
+    def _cpu_usage_ns(self, version: int, rel: str) -> int | None:
+        lay = self._layout
+        if version == 2 and lay.v2 is not None:
+            stat = _read(lay.v2 / rel.lstrip("/") / "cpu.stat")
+            usage = parse_flat_keyed(stat).get("usage_usec") if stat else None
+            return None if usage is None else usage * 1000
+        acct = lay.v1.get("cpuacct")
+        return _int(acct / rel.lstrip("/") / "cpuacct.usage") if acct else None
+
+    def _detail(self, version: int, rel: str, memory_bytes: int | None) -> dict[str, Any]:
+        lay = self._layout
+        sub = rel.lstrip("/")
+        out: dict[str, Any] = {"path": rel, "version": version}
+        kube = parse_kube_ids(rel)
+        if kube:
+            out["kubernetes"] = {"pod_uid": kube.pod_uid, "container_id": kube.container_id, "qos": kube.qos}
+        if version == 2 and lay.v2 is not None:
+            d = lay.v2 / sub
+            events = parse_flat_keyed(_read(d / "memory.events") or "")
+            max_text, high_text = _read(d / "memory.max"), _read(d / "memory.high")
+            out["memory"] = {
+                "current": memory_bytes,
+                "max": parse_limit(max_text) if max_text else None,
+                "high": parse_limit(high_text) if high_text else None,
+                "oom": events.get("oom"),
+                "oom_kill": events.get("oom_kill"),
+                "high_events": events.get("high"),
+                "limit_hits": events.get("max"),
+            }
+            cpu_stat = parse_flat_keyed(_read(d / "cpu.stat") or "")
+            cpu_max = _read(d / "cpu.max")
+            quota, period = parse_cpu_max(cpu_max) if cpu_max else (None, 100_000)
+            throttled_ns = cpu_stat["throttled_usec"] * 1000 if "throttled_usec" in cpu_stat else None
+            io = parse_io_stat(_read(d / "io.stat") or "")
+            rbytes = sum(f.get("rbytes", 0) for f in io.values())
+            wbytes = sum(f.get("wbytes", 0) for f in io.values())
+            pids_current, pids_max_text = _int(d / "pids.current"), _read(d / "pids.max")
+            pids_max = parse_limit(pids_max_text) if pids_max_text else None
+            pressure = {}
+            for res in ("cpu", "memory", "io"):
+                text = _read(d / f"{res}.pressure")
+                if text:
+                    try:
+                        some = probe_core.parse_pressure(text)["some"]
+                    except probe_core.ParseError:
+                        continue
+                    pressure[res] = None if some is None else some["avg10"]
+            out["pressure_some_avg10"] = pressure or None
+        else:
+            mem = lay.v1.get("memory")
+            oom = parse_flat_keyed(_read(mem / sub / "memory.oom_control") or "") if mem else {}
+            limit_text = _read(mem / sub / "memory.limit_in_bytes") if mem else None
+            out["memory"] = {
+                "current": memory_bytes,
+                "max": parse_v1_limit(limit_text) if limit_text else None,
+                "high": None,
+                "oom": None,  # v1 counts OOM kills (below), not OOM events
+                "limit_hits": _int(mem / sub / "memory.failcnt") if mem else None,
+                # oom_kill in memory.oom_control since Linux 4.13.
+                "oom_kill": oom.get("oom_kill"),
+                "under_oom": oom.get("under_oom"),
+            }
+            cpu = lay.v1.get("cpu")
+            cpu_stat = parse_flat_keyed(_read(cpu / sub / "cpu.stat") or "") if cpu else {}
+            quota_us = _int(cpu / sub / "cpu.cfs_quota_us") if cpu else None
+            period = (_int(cpu / sub / "cpu.cfs_period_us") if cpu else None) or 100_000
+            quota = quota_us if quota_us is not None and quota_us > 0 else None
+            throttled_ns = cpu_stat.get("throttled_time")
+            blkio = lay.v1.get("blkio")
+            rbytes = wbytes = 0
+            for line in (
+                (_read(blkio / sub / "blkio.throttle.io_service_bytes") or "") if blkio else ""
+            ).splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[2].isdigit():
+                    rbytes += int(parts[2]) if parts[1] == "Read" else 0
+                    wbytes += int(parts[2]) if parts[1] == "Write" else 0
+            pids = lay.v1.get("pids")
+            pids_current = _int(pids / sub / "pids.current") if pids else None
+            pids_max_text = _read(pids / sub / "pids.max") if pids else None
+            pids_max = parse_limit(pids_max_text) if pids_max_text else None
+            out["pressure_some_avg10"] = None
+        periods = (
+            self._rates.rate(f"{rel}.periods", cpu_stat["nr_periods"]) if "nr_periods" in cpu_stat else None
+        )
+        throttled = (
+            self._rates.rate(f"{rel}.throttled", cpu_stat["nr_throttled"])
+            if "nr_throttled" in cpu_stat
+            else None
+        )
+        throttled_time = (
+            None if throttled_ns is None else self._rates.rate(f"{rel}.throttled_ns", throttled_ns)
+        )
+        out["cpu"] = {
+            "quota_cores": None if quota is None else round(quota / period, 3),
+            "nr_throttled_per_s": throttled,
+            "throttled_periods_pct": None
+            if not periods or throttled is None
+            else round(throttled * 100 / periods, 3),
+            "throttled_pct": None if throttled_time is None else round(throttled_time / 1e7, 3),
+        }
+        rb, wb = self._rates.rate(f"{rel}.rbytes", rbytes), self._rates.rate(f"{rel}.wbytes", wbytes)
+        out["io"] = {"read_bytes_per_s": rb, "write_bytes_per_s": wb}
+        out["pids"] = {"current": pids_current, "max": pids_max}
+        return out
+
+    def sample(self) -> SourceResult:
+        mem_root = self._layout.memory_root()
+        if mem_root is None:
+            return SourceResult.unavailable("no cgroup memory hierarchy is mounted")
+        version, root = mem_root
+        leaves, truncated = walk_leaves(root, MAX_CGROUPS)
+        self._rates.begin()
+        usage: dict[str, tuple[int | None, float | None]] = {}
+        usage_file = "memory.usage_in_bytes" if version == 1 else "memory.current"
+        for rel in leaves:
+            mem = _int(root / rel.lstrip("/") / usage_file)
+            ns = self._cpu_usage_ns(version, rel)
+            cpu_rate = None if ns is None else self._rates.rate(f"{rel}.cpu_ns", ns)
+            usage[rel] = (mem, cpu_rate)
+        by_mem = sorted(usage, key=lambda r: usage[r][0] or 0, reverse=True)[:TOP_CGROUPS]
+        by_cpu = sorted(usage, key=lambda r: usage[r][1] or 0.0, reverse=True)[:TOP_CGROUPS]
+        rows = []
+        for rel in dict.fromkeys(by_mem + by_cpu):
+            detail = self._detail(version, rel, usage[rel][0])
+            cpu_rate = usage[rel][1]
+            detail["cpu"]["usage_pct"] = None if cpu_rate is None else round(cpu_rate / 1e7, 3)
+            rows.append(detail)
+        self._rates.end()
+        data = {
+            "mode": self._layout.mode,
+            "memory_hierarchy": f"v{version}",
+            "leaves": len(leaves),
+            "truncated": truncated,
+            "cgroups": rows,
+        }
+        return SourceResult.ok("file", data)
