@@ -24,6 +24,7 @@ $(STAMP): $(NATIVE_SRC) | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev,gpu]'
+	@scripts/ensure-bpf.sh $(VENV)
 	@touch $@
 
 install: $(STAMP) ## create .venv and build probe_core (editable install)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collector.sources import (  # noqa: F401 - imported for their @register side effect
     cgroup,
     disk,
+    ebpf,
     external,
     gpu,
     hardware,
