@@ -220,7 +220,7 @@ class EbpfSource(Source):
         def count(rate: float | None) -> int | None:
             return None if rate is None or interval is None else round(rate * interval)
 
-        data = {
+        data: dict[str, Any] = {
             "counts": {
                 "fork": count(forks),
                 "exit": None,
