@@ -20,10 +20,6 @@ Targets (issue 2): ProcessScanner >= 5x cheaper per pid than psutil; the snapsho
 from __future__ import annotations
 
 import argparse
-import http.client
-import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +31,7 @@ import probe_core
 import psutil
 
 from bench.harness import cpu_seconds_per_call, write_result
+from bench.peers import node_exporter, proc_cpu_s
 
 TOP_N = 20
 EXTRA_PROCESSES = 2000
@@ -128,65 +125,15 @@ def probe_snapshot(scanner: probe_core.ProcessScanner) -> dict[str, Any]:
 # --- node_exporter -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def node_exporter() -> Iterator[tuple[int, int]]:
-    binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
-    if binary is None:
-        raise SystemExit("prometheus-node-exporter is not installed (make bench installs it)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("node_exporter did not start") from None
-                time.sleep(0.1)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def node_exporter_scrape_cpu(scrapes: int) -> dict[str, Any]:
-    with node_exporter() as (pid, port):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-
-        def scrape() -> bytes:
-            conn.request("GET", "/metrics")
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status != 200:
-                raise SystemExit(f"node_exporter answered {resp.status}")
-            return body
-
+    with node_exporter() as nx:
         for _ in range(10):
-            body = scrape()  # warm-up: first scrapes discover devices
-        before = _proc_cpu_s(pid)
+            body = nx.scrape()  # warm-up: the first scrapes discover devices
+        before = proc_cpu_s(nx.pid)
         for _ in range(scrapes):
-            scrape()
-        spent = _proc_cpu_s(pid) - before
-        conn.close()
-    samples = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+            nx.scrape()
+        spent = proc_cpu_s(nx.pid) - before
+    samples = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
     return {"scrapes": scrapes, "cpu_s_per_scrape": spent / scrapes, "samples_per_scrape": samples}
 
 

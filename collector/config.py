@@ -139,8 +139,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CollectorSettin
     try:
         settings = CollectorSettings(**data)
         if overrides:
-            # model_validate skips the settings sources, so the environment cannot undo a flag.
-            settings = CollectorSettings.model_validate(settings.model_dump() | overrides)
+            # Re-validated with an environment prefix nothing carries, so env cannot undo a flag.
+            merged = settings.model_dump() | overrides
+            settings = CollectorSettings(_env_prefix="INCIDENTLAB_COLLECTOR_OVERRIDES_ONLY_", **merged)  # type: ignore[call-arg]
     except ValidationError as exc:
         source = f" ({path})" if path else ""
         raise ConfigError(f"collector settings refused{source}: {_describe(exc)}") from exc

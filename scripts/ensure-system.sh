@@ -6,7 +6,7 @@
 set -euo pipefail
 
 case "${1:-build}" in
-  build) pkgs=(g++ cmake ninja-build zlib1g-dev libcap2-bin) ;;
+  build) pkgs=(g++ cmake ninja-build zlib1g-dev libcap2-bin iproute2 nftables prometheus-node-exporter) ;;
   bench) pkgs=(prometheus-node-exporter) ;;
   *) echo "ensure-system: unknown profile '$1' (build, bench)" >&2; exit 2 ;;
 esac

@@ -82,7 +82,7 @@ class EbpfSource(Source):
                 self._load()
             except Exception as exc:  # bcc raises bare Exception when clang or the verifier refuses
                 self._bpf = None
-                self._why = f"eBPF programs did not load: {exc}"
+                self._why = f"eBPF programs did not load: {str(exc)[:300]}"
 
     def _load(self) -> None:
         from bcc import BPF
@@ -103,8 +103,9 @@ class EbpfSource(Source):
                 cflags.append("-DMARK_VICTIM_HAS_RSS")
         except OSError:
             pass
-        self._bpf = BPF(text=PROGRAM.read_text(), cflags=cflags)
-        self._bpf["events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
+        # bcc warns (DeprecationWarning) on str where it wants bytes: give it bytes.
+        self._bpf = BPF(text=PROGRAM.read_bytes(), cflags=cflags)
+        self._bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
         self._hist_at = self.ctx.clock()
         self._runq_prev = self._read_runq()
         self._bio_prev = self._read_bio()
@@ -149,10 +150,10 @@ class EbpfSource(Source):
             self._events.append(event)
 
     def _read_runq(self) -> dict[int, int]:
-        return {int(k.value): int(v.value) for k, v in self._bpf["runq_hist"].items()}
+        return {int(k.value): int(v.value) for k, v in self._bpf[b"runq_hist"].items()}
 
     def _read_bio(self) -> dict[tuple[int, int], int]:
-        return {(int(k.dev), int(k.slot)): int(v.value) for k, v in self._bpf["bio_hist"].items()}
+        return {(int(k.dev), int(k.slot)): int(v.value) for k, v in self._bpf[b"bio_hist"].items()}
 
     def _histograms(self) -> list[dict[str, Any]]:
         now = self.ctx.clock()

@@ -15,16 +15,21 @@ class PerfSource(Source):
     def __init__(self, ctx: SourceContext) -> None:
         super().__init__(ctx)
         self._rates = Rates(ctx.clock)
-        self._counters = probe_core.PerfCounters(ctx.host_root)
+        self._counters: probe_core.PerfCounters | None = None
+        if ctx.fallback_forced(self.name):
+            self._why_file = "perf_event_open turned off by configuration (force_fallback)"
+        else:
+            counters = probe_core.PerfCounters(ctx.host_root)
+            if counters.available():
+                self._counters = counters
+            self._why_file = counters.reason()
 
     def plan(self) -> PathPlan:
-        if self._counters.available():
-            return PathPlan("kernel")
-        return PathPlan("file", self._counters.reason())
+        return PathPlan("kernel") if self._counters else PathPlan("file", self._why_file)
 
     def sample(self) -> SourceResult:
         self._rates.begin()
-        if self._counters.available():
+        if self._counters is not None:
             reading = self._counters.read()
             total = reading["total"]
             data = {
@@ -49,7 +54,7 @@ class PerfSource(Source):
             "per_cpu_context_switches_per_s": None,
         }
         self._rates.end()
-        return SourceResult.fallback(self._counters.reason(), data)
+        return SourceResult.fallback(self._why_file, data)
 
     def close(self) -> None:
-        del self._counters  # closes the perf fds now rather than at interpreter exit
+        self._counters = None  # closes the perf fds now rather than at interpreter exit
