@@ -57,7 +57,10 @@ asan-test: install ## build probe_core with AddressSanitizer and UBSan and run i
 
 bench: install ## run the benchmarks against their peers; JSON lands in bench/results/
 	@scripts/ensure-system.sh bench
-	$(PY) -m bench.probe_core_bench; status=$$?; $(PY) -m bench.report; exit $$status
+	status=0; \
+	$(PY) -m bench.probe_core_bench || status=1; \
+	$(PY) -m bench.collector_bench || status=1; \
+	$(PY) -m bench.report; exit $$status
 
 demo: ## start a controller and a collector, inject a fault, write the postmortem (not built yet)
 	@echo "make demo: not built yet: the demo arrives with the workbench issue (see README)" >&2

@@ -56,14 +56,37 @@ def _probe_core(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _collector(doc: dict[str, Any]) -> list[str]:
+    c, p, load = doc["collector"], doc["psutil_collector"], doc["load"]
+    return [
+        f"`bench/collector_bench.py`, recorded {doc['recorded_at']}: each collector in its own process at a "
+        f"{doc['interval_s']:g} s interval for {c['wall_s']:.0f} s, with "
+        f"{load['extra_processes']} extra sleeping processes and {load['loopback_connections']} loopback TCP connections ({load['host_pids']} pids).",
+        "",
+        "| measure | collector | psutil collector | ratio | target |",
+        "|---|---:|---:|---:|---:|",
+        f"| CPU share of one core, all sources on | {c['share_pct']}% | {p['share_pct']}% "
+        f"| **{doc['ratio']}x** | <= {doc['targets']['share_pct_max']:g}%, >= {doc['targets']['ratio_min']:g}x |",
+        "",
+        "The psutil collector gathers the same process table (process_iter with oneshot, top 20) and TCP "
+        "socket summary (/proc/net/tcp and tcp6 parsed in Python) plus psutil's host counters. The eBPF "
+        f"programs' own run time, charged to the tasks that hit the tracepoints, was "
+        f"{c.get('bpf_programs_share_pct', 'not measured')}% of one core on top.",
+    ]
+
+
 def render() -> str:
     body = [START, ""]
-    path = RESULTS / "probe_core.json"
-    if path.exists():
-        body += _probe_core(json.loads(path.read_text()))
-    else:
-        body.append("No results recorded yet: run `make bench`.")
-    body += ["", END]
+    sections = (("probe_core", _probe_core), ("collector", _collector))
+    found = False
+    for name, fn in sections:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            body += [*fn(json.loads(path.read_text())), ""]
+            found = True
+    if not found:
+        body += ["No results recorded yet: run `make bench`.", ""]
+    body.append(END)
     return "\n".join(body)
 
 

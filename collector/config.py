@@ -61,6 +61,9 @@ class CollectorSettings(BaseSettings):
     backlog_ratio: float = Field(default=0.8, gt=0, le=1)
     # Processes whose cgroup and smaps_rollup are re-read at most this often (seconds).
     cold_ttl_s: float = Field(default=10.0, ge=0, le=3600)
+    # /proc/PID/stat files kept open between passes (a third cheaper per pid); the
+    # collector raises its open-file limit to fit, or keeps fewer when it cannot.
+    process_stat_fds: int = Field(default=8192, ge=0, le=65536)
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
     external: list[ExternalCommand] = Field(default_factory=list)
 

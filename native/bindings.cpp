@@ -667,7 +667,8 @@ NB_MODULE(probe_core, m) {
   // --- processes ------------------------------------------------------------------
   nb::class_<probe::ProcessScanner>(m, "ProcessScanner",
                                     "One /proc walk per scan(); keeps the previous pass for rates.")
-      .def(nb::init<std::string, double>(), "root"_a = "/", "cold_ttl_s"_a = 10.0)
+      .def(nb::init<std::string, double, std::size_t>(), "root"_a = "/", "cold_ttl_s"_a = 10.0, "keep_fds"_a = 0)
+      .def_prop_ro("open_fds", &probe::ProcessScanner::open_fds)
       .def_prop_ro("root", &probe::ProcessScanner::root)
       .def_prop_ro("cold_ttl_s", &probe::ProcessScanner::cold_ttl_s)
       .def("scan", [](probe::ProcessScanner& s, const std::string& key, std::size_t top_n, bool enrich) {
@@ -695,10 +696,10 @@ NB_MODULE(probe_core, m) {
                                          probe::kPerfEvents[3], probe::kPerfEvents[4]);
 
   // --- sockets, taskstats, capabilities --------------------------------------------------
-  m.def("sock_diag_tcp", [](std::size_t top_n, double backlog_ratio) {
+  m.def("sock_diag_tcp", [](std::size_t top_n, double backlog_ratio, bool per_family) {
     check_top(top_n, backlog_ratio);
-    return tcp_summary(without_gil([&] { return probe::sock_diag_tcp(top_n, backlog_ratio); }));
-  }, "top_n"_a = 10, "backlog_ratio"_a = 0.8,
+    return tcp_summary(without_gil([&] { return probe::sock_diag_tcp(top_n, backlog_ratio, per_family); }));
+  }, "top_n"_a = 10, "backlog_ratio"_a = 0.8, "per_family"_a = false,
   "TCP sockets of this network namespace through NETLINK_SOCK_DIAG, summarized.");
   m.def("read_proc_net_tcp", [](const std::string& root, std::size_t top_n, double backlog_ratio) {
     check_top(top_n, backlog_ratio);

@@ -177,9 +177,10 @@ SortKey parse_sort_key(std::string_view key) {
   throw Error("unknown sort key '" + std::string(key) + "' (expected cpu, rss, io, fds or majflt)");
 }
 
-ProcessScanner::ProcessScanner(std::string root, double cold_ttl_s)
+ProcessScanner::ProcessScanner(std::string root, double cold_ttl_s, std::size_t keep_fds)
     : root_(std::move(root)),
       cold_ttl_s_(cold_ttl_s),
+      keep_fds_(keep_fds),
       clk_tck_(::sysconf(_SC_CLK_TCK)),
       page_size_(::sysconf(_SC_PAGESIZE)) {
   if (!(cold_ttl_s >= 0)) throw Error("cold_ttl_s must be >= 0");
@@ -191,7 +192,34 @@ ProcessScanner::ProcessScanner(std::string root, double cold_ttl_s)
 }
 
 ProcessScanner::~ProcessScanner() {
+  for (auto& [pid, fd] : stat_fds_) ::close(fd);
   if (proc_fd_ >= 0) ::close(proc_fd_);
+}
+
+long ProcessScanner::read_stat(int pid, char* buf, std::size_t cap, std::unordered_map<int, int>& keep) {
+  char path[64];
+  auto it = stat_fds_.find(pid);
+  if (it != stat_fds_.end()) {
+    int fd = it->second;
+    stat_fds_.erase(it);
+    // An fd pins its struct pid: once that process is gone reads fail (ESRCH), even if
+    // a new process reuses the number, so a failed read means reopen, never stale data.
+    ssize_t n = ::pread(fd, buf, cap, 0);
+    if (n > 0) {
+      keep.emplace(pid, fd);
+      return static_cast<long>(n);
+    }
+    ::close(fd);
+  }
+  int fd = ::openat(proc_fd_, pid_path(path, pid, "stat"), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = ::pread(fd, buf, cap, 0);
+  if (n > 0 && keep.size() < keep_fds_) {
+    keep.emplace(pid, fd);
+  } else {
+    ::close(fd);
+  }
+  return n;
 }
 
 std::optional<PidIo> ProcessScanner::read_io(int pid) {
@@ -269,6 +297,8 @@ ScanResult ProcessScanner::scan(SortKey key, std::size_t top_n, bool enrich) {
 
   std::vector<Entry> entries;
   entries.reserve(prev_.size() + 64);
+  std::unordered_map<int, int> kept;
+  kept.reserve(stat_fds_.size() + 64);
   std::unordered_map<int, Prev> next;
   next.reserve(prev_.size() + 64);
   const double tck = static_cast<double>(clk_tck_);
@@ -280,7 +310,7 @@ ScanResult ProcessScanner::scan(SortKey key, std::size_t top_n, bool enrich) {
     std::uint64_t pid64 = 0;
     if (!parse_u64(name, pid64) || pid64 > INT32_MAX) continue;
     int pid = static_cast<int>(pid64);
-    long n = read_at(proc_fd_, pid_path(path, pid, "stat"), buf, sizeof buf);
+    long n = read_stat(pid, buf, sizeof buf, kept);
     if (n <= 0) {
       ++res.vanished;  // exited between readdir and open, or a zombie reaped mid-read
       continue;
@@ -408,6 +438,8 @@ ScanResult ProcessScanner::scan(SortKey key, std::size_t top_n, bool enrich) {
     res.rows.push_back(std::move(row));
   }
   prev_.swap(next);
+  for (auto& [pid, fd] : stat_fds_) ::close(fd);  // pids this pass did not list: gone
+  stat_fds_.swap(kept);
   prev_time_ = res.monotonic_s;
   return res;
 }

@@ -184,24 +184,17 @@ class NetlinkSocket {
   int fd_;
 };
 
-void dump_family(int fd, std::uint8_t family, TcpSummarizer& sum, std::uint32_t seq) {
-  struct {
-    nlmsghdr nlh;
-    inet_diag_req_v2 req;
-  } msg{};
-  msg.nlh.nlmsg_len = sizeof msg;
-  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  msg.nlh.nlmsg_seq = seq;
-  msg.req.sdiag_family = family;
-  msg.req.sdiag_protocol = IPPROTO_TCP;
-  msg.req.idiag_states = ~0u;
-  msg.req.idiag_ext = 1u << (INET_DIAG_INFO - 1);
+void send_request(int fd, const void* msg, std::size_t len) {
   sockaddr_nl kernel{};
   kernel.nl_family = AF_NETLINK;
-  if (::sendto(fd, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0)
+  if (::sendto(fd, msg, len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0)
     throw ReadError(errno, "sock_diag dump request");
+}
 
+// Reads one dump's answers into sum. Returns the errno of an NLMSG_ERROR answer
+// (0 when the dump completed); an error after sockets were added is thrown.
+int read_dump(int fd, std::uint16_t reply_type, std::uint32_t seq, TcpSummarizer& sum) {
+  bool any = false;
   alignas(nlmsghdr) static thread_local char buf[64 * 1024];
   for (;;) {
     ssize_t n = ::recv(fd, buf, sizeof buf, 0);
@@ -213,15 +206,15 @@ void dump_family(int fd, std::uint8_t family, TcpSummarizer& sum, std::uint32_t 
     int len = static_cast<int>(n);
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
       if (h->nlmsg_seq != seq) continue;
-      if (h->nlmsg_type == NLMSG_DONE) return;
+      if (h->nlmsg_type == NLMSG_DONE) return 0;
       if (h->nlmsg_type == NLMSG_ERROR) {
         auto* e = static_cast<nlmsgerr*>(NLMSG_DATA(h));
         int err = h->nlmsg_len >= NLMSG_LENGTH(sizeof(nlmsgerr)) ? -e->error : EIO;
-        // EAFNOSUPPORT/ENOENT: this family's diag module is absent (inet6 off).
-        if (family == AF_INET6 && (err == EAFNOSUPPORT || err == ENOENT)) return;
-        throw ReadError(err, "sock_diag dump");
+        if (any) throw ReadError(err != 0 ? err : EIO, "sock_diag dump");
+        return err != 0 ? err : EIO;
       }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
+      any = true;
+      if (h->nlmsg_type != reply_type || h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) {
         sum.count_malformed();
         continue;
       }
@@ -258,13 +251,58 @@ void dump_family(int fd, std::uint8_t family, TcpSummarizer& sum, std::uint32_t 
   }
 }
 
+constexpr std::uint32_t kStatesAll = ~0u;
+constexpr std::uint8_t kExtInfo = 1u << (INET_DIAG_INFO - 1);
+
+// The original TCPDIAG_GETSOCK request dumps both families in one walk of the
+// established hash (the per-family requests walk it once each: on a host with a
+// large hash table that walk, not the sockets, is most of the cost).
+int dump_both_families(int fd, TcpSummarizer& sum) {
+  struct {
+    nlmsghdr nlh;
+    inet_diag_req req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = TCPDIAG_GETSOCK;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_seq = 1;
+  msg.req.idiag_states = kStatesAll;
+  msg.req.idiag_ext = kExtInfo;
+  send_request(fd, &msg, sizeof msg);
+  return read_dump(fd, TCPDIAG_GETSOCK, 1, sum);
+}
+
+int dump_family(int fd, std::uint8_t family, std::uint32_t seq, TcpSummarizer& sum) {
+  struct {
+    nlmsghdr nlh;
+    inet_diag_req_v2 req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  msg.nlh.nlmsg_seq = seq;
+  msg.req.sdiag_family = family;
+  msg.req.sdiag_protocol = IPPROTO_TCP;
+  msg.req.idiag_states = kStatesAll;
+  msg.req.idiag_ext = kExtInfo;
+  send_request(fd, &msg, sizeof msg);
+  return read_dump(fd, SOCK_DIAG_BY_FAMILY, seq, sum);
+}
+
 }  // namespace
 
-TcpSummary sock_diag_tcp(std::size_t top_n, double backlog_ratio) {
+TcpSummary sock_diag_tcp(std::size_t top_n, double backlog_ratio, bool per_family) {
   NetlinkSocket nl(NETLINK_SOCK_DIAG);
+  if (!per_family) {
+    TcpSummarizer sum(top_n, backlog_ratio);
+    if (dump_both_families(nl.fd(), sum) == 0) return sum.finish("sock_diag");
+  }
+  // A kernel without the compatibility request: one dump per family.
   TcpSummarizer sum(top_n, backlog_ratio);
-  dump_family(nl.fd(), AF_INET, sum, 1);
-  dump_family(nl.fd(), AF_INET6, sum, 2);
+  if (int err = dump_family(nl.fd(), AF_INET, 2, sum); err != 0) throw ReadError(err, "sock_diag dump");
+  // EAFNOSUPPORT/ENOENT for IPv6: the inet6 diag module is absent (IPv6 off).
+  if (int err = dump_family(nl.fd(), AF_INET6, 3, sum); err != 0 && err != EAFNOSUPPORT && err != ENOENT)
+    throw ReadError(err, "sock_diag dump");
   return sum.finish("sock_diag");
 }
 

@@ -62,8 +62,9 @@ class TcpSummarizer {
 void parse_proc_net_tcp(std::string_view text, std::uint16_t family, TcpSummarizer& out);
 // Both families from files under root.
 TcpSummary read_proc_net_tcp(const std::string& root, std::size_t top_n, double backlog_ratio);
-// Both families through NETLINK_SOCK_DIAG in this process's network namespace.
-// Throws ReadError (with errno) when the socket or the dump fails.
-TcpSummary sock_diag_tcp(std::size_t top_n, double backlog_ratio);
+// Both families through NETLINK_SOCK_DIAG in this process's network namespace: one
+// TCPDIAG_GETSOCK dump, or (per_family, and on kernels that refuse it) one
+// SOCK_DIAG_BY_FAMILY dump per family. Throws ReadError (with errno) on failure.
+TcpSummary sock_diag_tcp(std::size_t top_n, double backlog_ratio, bool per_family = false);
 
 }  // namespace probe

@@ -10,6 +10,7 @@ the top rows only.
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,28 @@ def parse_schedstat(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+FD_RESERVE = 1024  # open files left for everything else the collector does
+
+
+def fd_budget(wanted: int) -> int:
+    """How many stat files the scanner may keep open: raises the soft RLIMIT_NOFILE toward
+    the hard one if needed, and returns less than wanted when the hard limit is lower."""
+    if wanted == 0:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(0, min(wanted, soft - FD_RESERVE))
+
+
 def delay_accounting_state(host_root: str) -> str:
     """on, off, or unknown: kernel.task_delayacct exists since Linux 5.14 (off by default there)."""
     try:
@@ -54,7 +77,11 @@ class ProcessesSource(Source):
 
     def __init__(self, ctx: SourceContext) -> None:
         super().__init__(ctx)
-        self._scanner = probe_core.ProcessScanner(ctx.host_root, cold_ttl_s=ctx.settings.cold_ttl_s)
+        self._scanner = probe_core.ProcessScanner(
+            ctx.host_root,
+            cold_ttl_s=ctx.settings.cold_ttl_s,
+            keep_fds=fd_budget(ctx.settings.process_stat_fds),
+        )
         self._rates = Rates(ctx.clock)
         self._taskstats: probe_core.Taskstats | None = None
         self._why_file: str | None = None

@@ -86,6 +86,15 @@ def test_proc_fallback_sees_the_same_listener(full_listener: tuple[int, list[soc
     assert mine[0]["rqueue"] == 5 and mine[0]["backlog"] is None
 
 
+def test_one_dump_and_per_family_dumps_agree(full_listener: tuple[int, list[socket.socket]]) -> None:
+    port, _ = full_listener
+    for per_family in (False, True):
+        s = probe_core.sock_diag_tcp(top_n=50, per_family=per_family)
+        mine = [x for x in s["listeners_near_backlog"] if x["sport"] == port]
+        assert len(mine) == 1 and mine[0]["backlog"] == 4, per_family
+        assert s["states"]["ESTABLISHED"] >= 10
+
+
 def test_sock_diag_and_proc_agree_on_totals() -> None:
     a = probe_core.sock_diag_tcp()
     b = probe_core.read_proc_net_tcp()

@@ -212,3 +212,32 @@ def test_live_fd_count_matches_the_fd_table(tmp_path: Path) -> None:
     finally:
         for f in files:
             f.close()
+
+
+def test_kept_stat_files_give_fresh_readings_and_are_bounded(cpu_hog: subprocess.Popen[bytes]) -> None:
+    kept = probe_core.ProcessScanner(keep_fds=100000)
+    bounded = probe_core.ProcessScanner(keep_fds=5)
+    kept.scan()
+    bounded.scan()
+    listed = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    assert kept.open_fds >= listed - 10
+    assert bounded.open_fds == 5
+    time.sleep(0.5)
+    row = next(r for r in kept.scan("cpu", top_n=5)["rows"] if r["pid"] == cpu_hog.pid)
+    assert row["cpu_percent"] is not None and row["cpu_percent"] > 30  # pread at 0 re-renders the file
+
+
+def test_kept_stat_file_of_an_exited_process_is_dropped() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    scanner = probe_core.ProcessScanner(keep_fds=100000)
+    try:
+        assert any(r["pid"] == child.pid for r in scanner.scan("rss", top_n=100000)["rows"])
+        before = scanner.open_fds
+    finally:
+        child.kill()
+        child.wait()
+    rows = scanner.scan("rss", top_n=100000)["rows"]
+    assert all(r["pid"] != child.pid for r in rows)
+    assert scanner.open_fds <= before - 1
+    fds = os.listdir("/proc/self/fd")
+    assert len(fds) < 100000

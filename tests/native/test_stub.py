@@ -105,7 +105,7 @@ def test_class_methods_match(cls: str) -> None:
     public = {n for n in dir(runtime) if not n.startswith("_")} | {"__init__"}
     assert set(stub_methods) == public
     for name, fn in stub_methods.items():
-        if name in ("root", "cold_ttl_s", "family_id"):
+        if name in ("root", "cold_ttl_s", "open_fds", "family_id"):
             assert isinstance(inspect.getattr_static(runtime, name), property)
             continue
         assert _stub_params(fn) == _runtime_params(getattr(runtime, name)), name
