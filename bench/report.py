@@ -58,15 +58,17 @@ def _probe_core(doc: dict[str, Any]) -> list[str]:
 
 def _collector(doc: dict[str, Any]) -> list[str]:
     c, p, load = doc["collector"], doc["psutil_collector"], doc["load"]
+    procs, conns, pids = load["extra_processes"], load["loopback_connections"], load["host_pids"]
+    share_max, ratio_min = doc["targets"]["share_pct_max"], doc["targets"]["ratio_min"]
     return [
         f"`bench/collector_bench.py`, recorded {doc['recorded_at']}: each collector in its own process at a "
-        f"{doc['interval_s']:g} s interval for {c['wall_s']:.0f} s, with "
-        f"{load['extra_processes']} extra sleeping processes and {load['loopback_connections']} loopback TCP connections ({load['host_pids']} pids).",
+        f"{doc['interval_s']:g} s interval for {c['wall_s']:.0f} s, with {procs} extra sleeping processes "
+        f"and {conns} loopback TCP connections ({pids} pids).",
         "",
         "| measure | collector | psutil collector | ratio | target |",
         "|---|---:|---:|---:|---:|",
         f"| CPU share of one core, all sources on | {c['share_pct']}% | {p['share_pct']}% "
-        f"| **{doc['ratio']}x** | <= {doc['targets']['share_pct_max']:g}%, >= {doc['targets']['ratio_min']:g}x |",
+        f"| **{doc['ratio']}x** | <= {share_max:g}%, >= {ratio_min:g}x |",
         "",
         "The psutil collector gathers the same process table (process_iter with oneshot, top 20) and TCP "
         "socket summary (/proc/net/tcp and tcp6 parsed in Python) plus psutil's host counters. The eBPF "
