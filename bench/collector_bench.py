@@ -29,7 +29,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from bench.harness import write_result
+from bench.harness import sleeping_processes, write_result
 from bench.peers import proc_cpu_s
 
 TARGET_SHARE_PCT = 5.0
@@ -91,20 +91,6 @@ while True:
     print(json.dumps(snap, default=str), flush=True)
     time.sleep(max(0.0, interval - (time.monotonic() - start)))
 """
-
-
-@contextmanager
-def sleeping_processes(n: int) -> Iterator[None]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(n):
-            procs.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL))
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 @contextmanager

@@ -11,9 +11,11 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,3 +62,18 @@ def write_result(name: str, body: dict[str, Any]) -> Path:
     doc |= body
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return path
+
+
+@contextmanager
+def sleeping_processes(n: int) -> Iterator[None]:
+    """n extra sleeping processes for the duration of the block, killed and reaped after."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL))
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

@@ -20,17 +20,15 @@ Targets (issue 2): ProcessScanner >= 5x cheaper per pid than psutil; the snapsho
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import probe_core
 import psutil
 
-from bench.harness import cpu_seconds_per_call, write_result
+from bench.harness import cpu_seconds_per_call, sleeping_processes, write_result
 from bench.peers import node_exporter, proc_cpu_s
 
 TOP_N = 20
@@ -138,20 +136,6 @@ def node_exporter_scrape_cpu(scrapes: int) -> dict[str, Any]:
 
 
 # --- extra processes -------------------------------------------------------------------
-
-
-@contextmanager
-def sleeping_processes(n: int) -> Iterator[None]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(n):
-            procs.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL))
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 def measure_scan(extra: int, quick: bool) -> dict[str, Any]:

@@ -12,6 +12,22 @@ from collector.info import Capabilities
 from collector.sources import SourceContext
 from collector.sources import registry as source_registry
 
+ALL_SOURCES = sorted(
+    [
+        "cgroup",
+        "disk",
+        "ebpf",
+        "external",
+        "gpu",
+        "hardware",
+        "host",
+        "network",
+        "perf",
+        "processes",
+        "psi",
+        "sockets",
+    ]
+)
 FIXTURE_HOSTS = Path(__file__).resolve().parents[1] / "fixtures" / "hosts"
 
 NO_CAPS = Capabilities(frozenset(), 2, False, "test: no BPF", False, "test: no NVML")
