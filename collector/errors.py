@@ -4,7 +4,12 @@
     +-- ConfigError            settings refused at start (names the key and why)
     |   +-- UnknownSourceError a source name that is not registered
     +-- SourceError            a source failed to sample (foreign errors wrapped here)
-        +-- SourceTimeout      a source overran its time budget
+    |   +-- SourceTimeout      a source overran its time budget
+    +-- WireError              a batch or ack breaks the wire contract (names the field)
+    |   +-- AckMismatch        a well-formed ack that answers some other batch
+    +-- SpoolError             the disk spool cannot be opened or written
+    +-- TransportError         a batch could not be delivered this attempt
+        +-- PermanentRejection the receiver named the batch invalid: retrying cannot help
 
 Foreign exceptions (OSError, probe_core.ProbeError, pyroute2's NetlinkError,
 pynvml's NVMLError) are translated at the source boundary with ``raise ... from``.
@@ -35,3 +40,32 @@ class SourceError(CollectorError):
 
 class SourceTimeout(SourceError):
     """A source overran its time budget."""
+
+
+class WireError(CollectorError):
+    """A batch or ack that breaks the wire contract; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class AckMismatch(WireError):
+    """An ack that is well formed but does not answer the batch that was sent."""
+
+
+class SpoolError(CollectorError):
+    """The spool directory cannot be opened, locked or written."""
+
+
+class TransportError(CollectorError):
+    """A delivery attempt failed; the record stays in the spool and is retried."""
+
+
+class PermanentRejection(TransportError):
+    """The receiver named the batch invalid (a 4xx ack with status rejected)."""
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(f"rejected with HTTP {status_code}: {reason}")
+        self.status_code = status_code
+        self.reason = reason

@@ -15,6 +15,7 @@
 
 #include "caps.hpp"
 #include "common.hpp"
+#include "crc32c.hpp"
 #include "events.hpp"
 #include "gzip.hpp"
 #include "perf.hpp"
@@ -729,6 +730,15 @@ NB_MODULE(probe_core, m) {
     d[key("inheritable")] = c.inheritable;
     return d;
   }, "This process's capability sets as 64-bit masks.");
+
+  // --- crc32c -----------------------------------------------------------------------
+  m.def("crc32c", [](const nb::bytes& data, std::uint32_t value) {
+    return probe::crc32c(data.c_str(), data.size(), value);
+  }, "data"_a, "value"_a = 0, "CRC-32C of data, continuing from value (as zlib.crc32 does).");
+  m.def("crc32c_hardware", &probe::crc32c_hardware, "Whether crc32c uses the CPU's SSE4.2 instruction.");
+  m.def("_crc32c_software", [](const nb::bytes& data, std::uint32_t value) {
+    return probe::crc32c_software(data.c_str(), data.size(), value);
+  }, "data"_a, "value"_a = 0);
 
   // --- gzip -------------------------------------------------------------------------
   m.def("gzip_compress", [](const nb::bytes& data, int level) {

@@ -65,7 +65,9 @@ def _stub_runtime_names() -> set[str]:
 
 
 def test_stub_and_module_have_the_same_public_names() -> None:
-    assert _stub_runtime_names() == _runtime_names()
+    assert {
+        n for n in _stub_runtime_names() if not n.startswith("_") or n == "__version__"
+    } == _runtime_names()
 
 
 def _stub_params(fn: ast.FunctionDef) -> list[tuple[str, str | None]]:

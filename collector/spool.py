@@ -1,0 +1,493 @@
+"""A crash-safe, bounded, append-only disk spool of batches.
+
+Layout of the spool directory::
+
+    lock                      flock: one agent per spool
+    stream                    {"stream_id": ...}: created once, kept across restarts
+    acked                     {"seq": N}: every record up to N is acknowledged
+    state                     eviction, corruption, dead-letter and recovery counters
+    00000000000000000001.seg  segments, named by their first seq
+    deadletter.log            JSON lines: permanently rejected records, with the reason
+
+A record is a 28-byte header and the payload::
+
+    magic u32 "ILSP" | length u32 | seq u64 | ts_ns u64 | crc32c u32 (of seq, ts_ns, payload)
+
+seq is assigned when the record enters the spool and grows by one per record, for
+ever, per stream. Durability follows the fsync policy: ``always`` fdatasyncs each
+append before it returns (nothing acknowledged to the caller is lost);
+``interval`` fdatasyncs once ``fsync_interval_ms`` have passed or ``fsync_bytes``
+are unsynced, whichever comes first, and a background flusher bounds the time
+when appends stop: a crash loses at most that window. The ``acked`` and ``state``
+files are replaced atomically (temp file, fsync, rename, directory fsync).
+
+On open, the last segment is scanned: a torn or corrupt tail is truncated and the
+reason counted (short_header, bad_magic, bad_length, bad_seq, bad_crc). Older
+segments are checked record by record when read: a record whose CRC fails is
+skipped and counted, never shipped. When the spool is full, whole oldest segments
+are dropped and the unacknowledged records in them counted as evicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import probe_core
+
+from collector.errors import SpoolError
+
+MAGIC = 0x50534C49  # "ILSP" little-endian
+HEADER = struct.Struct("<IIQQI")
+HEADER_SIZE = HEADER.size  # 28
+SEG_SUFFIX = ".seg"
+
+
+@dataclass(frozen=True)
+class SpoolOptions:
+    max_bytes: int = 256 << 20
+    segment_bytes: int = 8 << 20
+    max_record_bytes: int = 8 << 20
+    fsync: Literal["always", "interval"] = "interval"
+    fsync_interval_ms: int = 200
+    fsync_bytes: int = 1 << 20
+    dead_letter_max_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if self.segment_bytes > self.max_bytes // 2:
+            raise SpoolError("segment_bytes must be at most half of max_bytes, so eviction frees room")
+        if self.max_record_bytes + HEADER_SIZE > self.segment_bytes:
+            raise SpoolError("max_record_bytes must fit in one segment")
+
+
+@dataclass
+class SpoolState:
+    evicted_through: int = 0
+    evicted_records: int = 0
+    corrupt_records: int = 0
+    dead_letters: int = 0
+    recovered: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Reader:
+    first: int  # the segment's first seq
+    fd: int
+    offset: int  # where the record `next` starts
+    next: int
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    ts_ns: int
+    payload: bytes
+
+
+def encode_record(seq: int, ts_ns: int, payload: bytes) -> bytes:
+    head = struct.pack("<QQ", seq, ts_ns)
+    crc = probe_core.crc32c(payload, probe_core.crc32c(head))
+    return HEADER.pack(MAGIC, len(payload), seq, ts_ns, crc) + payload
+
+
+def check_record(buf: bytes | memoryview, offset: int, size: int, max_record: int) -> tuple[str | None, int]:
+    """(problem, total length) of the record at offset: problem is None for a valid one."""
+    if size - offset < HEADER_SIZE:
+        return "short_header", 0
+    magic, length, seq, ts_ns, crc = HEADER.unpack_from(buf, offset)
+    if magic != MAGIC:
+        return "bad_magic", 0
+    if length > max_record or offset + HEADER_SIZE + length > size:
+        return "bad_length", 0
+    payload = bytes(buf[offset + HEADER_SIZE : offset + HEADER_SIZE + length])
+    if probe_core.crc32c(payload, probe_core.crc32c(struct.pack("<QQ", seq, ts_ns))) != crc:
+        return "bad_crc", HEADER_SIZE + length
+    return None, HEADER_SIZE + length
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(obj, sort_keys=True).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SpoolError(f"{path} is unreadable: {exc}") from exc
+
+
+class Spool:
+    def __init__(
+        self, directory: Path, options: SpoolOptions | None = None, clock: Callable[[], int] = time.time_ns
+    ):
+        self.dir = Path(directory)
+        self.opts = options or SpoolOptions()
+        self._clock = clock
+        self._mu = threading.RLock()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool {self.dir}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolError(f"spool {self.dir} is in use by another process") from None
+        self._fd: int | None = None
+        self._reader: _Reader | None = None
+        self._last: Record | None = None  # the record handed out last, until it is acknowledged
+        self._closed = False
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+        try:
+            self._open()
+        except Exception:
+            os.close(self._lock_fd)
+            raise
+        if self.opts.fsync == "interval":
+            self._flusher = threading.Thread(target=self._flush_loop, name="spool-flusher", daemon=True)
+            self._flusher.start()
+
+    # --- opening and recovery ---------------------------------------------------------
+
+    def _open(self) -> None:
+        stream = _read_json(self.dir / "stream")
+        if stream is None:
+            stream = {"stream_id": uuid.uuid4().hex, "created_ns": self._clock()}
+            atomic_write_json(self.dir / "stream", stream)
+        self.stream_id: str = stream["stream_id"]
+        acked = _read_json(self.dir / "acked")
+        self.acked: int = int(acked["seq"]) if acked else 0
+        raw = _read_json(self.dir / "state") or {}
+        self.state = SpoolState(**raw)
+        segments = self._segments()
+        # Finish an eviction or compaction a crash interrupted.
+        floor = max(self.acked, self.state.evicted_through)
+        while len(segments) > 1 and segments[1] - 1 <= floor:
+            (self.dir / self._seg_name(segments.pop(0))).unlink()
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self._active_bytes = 0
+        if segments:
+            last = segments[-1]
+            self.next_seq = self._recover_tail(last)
+            self._fd = os.open(self.dir / self._seg_name(last), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._active_first: int | None = last
+            self._active_bytes = os.fstat(self._fd).st_size
+        else:
+            self.next_seq = floor + 1
+            self._active_first = None
+        self._total = self.total_bytes()
+        self.next_seq = max(self.next_seq, floor + 1)
+        self._send_from = self.acked + 1
+
+    def _recover_tail(self, first: int) -> int:
+        path = self.dir / self._seg_name(first)
+        data = path.read_bytes()
+        offset, seq = 0, first
+        problem: str | None = None
+        while offset < len(data):
+            problem, total = check_record(data, offset, len(data), self.opts.max_record_bytes)
+            if problem is None:
+                (got,) = struct.unpack_from("<Q", data, offset + 8)
+                if got != seq:
+                    problem = "bad_seq"
+            if problem is not None:
+                break
+            offset += total
+            seq += 1
+        if problem is not None:
+            self.state.recovered[problem] = self.state.recovered.get(problem, 0) + 1
+            self._save_state()
+            with open(path, "r+b") as f:
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
+        return seq
+
+    # --- naming and accounting -----------------------------------------------------------
+
+    @staticmethod
+    def _seg_name(first: int) -> str:
+        return f"{first:020d}{SEG_SUFFIX}"
+
+    def _segments(self) -> list[int]:
+        out = []
+        for p in self.dir.iterdir():
+            if p.name.endswith(SEG_SUFFIX) and p.name[:-4].isdigit():
+                out.append(int(p.name[:-4]))
+        return sorted(out)
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.dir / "state", self.state.__dict__)
+
+    def total_bytes(self) -> int:
+        total = 0
+        for first in self._segments():
+            with contextlib.suppress(FileNotFoundError):
+                total += (self.dir / self._seg_name(first)).stat().st_size
+        return total
+
+    # --- appending -------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> int:
+        """Append one record; returns its seq. Durable now under ``always``, within the window otherwise."""
+        if len(payload) > self.opts.max_record_bytes:
+            raise SpoolError(
+                f"record of {len(payload)} bytes is over max_record_bytes ({self.opts.max_record_bytes})"
+            )
+        with self._mu:
+            if self._closed:
+                raise SpoolError("spool is closed")
+            seq = self.next_seq
+            rec = encode_record(seq, self._clock(), payload)
+            self._make_room(len(rec))
+            if self._fd is None or self._active_bytes + len(rec) > self.opts.segment_bytes:
+                self._rotate(seq)
+            assert self._fd is not None
+            try:
+                written = os.write(self._fd, rec)
+            except OSError as exc:
+                raise SpoolError(f"cannot write the spool: {exc.strerror}") from exc
+            self._active_bytes += written
+            self._total += written
+            if written != len(rec):
+                raise SpoolError(f"short write to spool segment ({written} of {len(rec)} bytes)")
+            self.next_seq = seq + 1
+            self._unsynced += len(rec)
+            if self.opts.fsync == "always" or self._sync_due():
+                self._sync()
+            return seq
+
+    def _sync_due(self) -> bool:
+        elapsed_ms = (time.monotonic() - self._last_sync) * 1000
+        return self._unsynced >= self.opts.fsync_bytes or elapsed_ms >= self.opts.fsync_interval_ms
+
+    def _sync(self) -> None:
+        if self._fd is not None and self._unsynced:
+            os.fdatasync(self._fd)
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def _rotate(self, first_seq: int) -> None:
+        if self._fd is not None:
+            self._sync()
+            os.close(self._fd)
+        path = self.dir / self._seg_name(first_seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._active_first = first_seq
+        self._active_bytes = 0
+        _fsync_dir(self.dir)  # the new segment's name must survive a crash too
+
+    def _make_room(self, need: int) -> None:
+        if self._total + need <= self.opts.max_bytes:
+            return
+        segments = self._segments()
+        while self._total + need > self.opts.max_bytes and len(segments) > 1:
+            first = segments.pop(0)
+            last = segments[0] - 1
+            lost = max(0, last - max(first - 1, self.acked, self.state.evicted_through))
+            size = (self.dir / self._seg_name(first)).stat().st_size
+            # Count first, then unlink: a crash in between finishes the unlink on open.
+            self.state.evicted_through = max(self.state.evicted_through, last)
+            self.state.evicted_records += lost
+            self._save_state()
+            (self.dir / self._seg_name(first)).unlink()
+            self._drop_reader(first)
+            self._send_from = max(self._send_from, last + 1)
+            self._total -= size
+
+    def _flush_loop(self) -> None:
+        period = self.opts.fsync_interval_ms / 1000
+        while not self._stop.wait(period):
+            with self._mu:
+                if not self._closed and self._unsynced:
+                    self._sync()
+
+    def flush(self) -> None:
+        with self._mu:
+            self._sync()
+
+    # --- reading and acknowledging ---------------------------------------------------------
+
+    def next_unacked(self) -> Record | None:
+        """The oldest record not yet acknowledged, skipping (and counting) corrupt ones."""
+        with self._mu:
+            while self._send_from < self.next_seq:
+                rec = self._read(self._send_from)
+                if rec is not None:
+                    return rec
+            return None
+
+    def _drop_reader(self, first: int | None = None) -> None:
+        if self._reader is not None and (first is None or self._reader.first == first):
+            os.close(self._reader.fd)
+            self._reader = None
+
+    def _read(self, seq: int) -> Record | None:
+        """The record seq, or None after counting it (or the rest of its segment) as corrupt."""
+        if self._last is not None and self._last.seq == seq:
+            return self._last  # handed out before and not yet acknowledged: a retry
+        segments = self._segments()
+        first = max((s for s in segments if s <= seq), default=None)
+        if first is None:
+            self._send_from = segments[0] if segments else self.next_seq  # evicted meanwhile
+            return None
+        r = self._reader
+        if r is None or r.first != first or r.next > seq:
+            self._drop_reader()
+            fd = os.open(self.dir / self._seg_name(first), os.O_RDONLY | os.O_CLOEXEC)
+            self._reader = _Reader(first, fd, 0, first)
+        assert self._reader is not None
+        while self._reader is not None and self._reader.next < seq:
+            if self._step(self._reader.next, payload=False) is None:
+                return None
+        rec = self._step(seq, payload=True)
+        if rec is not None:
+            self._last = rec
+        return rec
+
+    def _step(self, seq: int, payload: bool) -> Record | None:
+        r = self._reader
+        assert r is not None
+        head = os.pread(r.fd, HEADER_SIZE, r.offset)
+        size = os.fstat(r.fd).st_size
+        if len(head) < HEADER_SIZE:
+            self._abandon_segment(seq, r.first)
+            return None
+        magic, length, got_seq, ts_ns, crc = HEADER.unpack(head)
+        broken = magic != MAGIC or got_seq != seq or length > self.opts.max_record_bytes
+        if broken or r.offset + HEADER_SIZE + length > size:
+            self._abandon_segment(seq, r.first)
+            return None
+        body_at = r.offset + HEADER_SIZE
+        r.offset, r.next = body_at + length, seq + 1
+        if not payload:
+            return Record(seq, ts_ns, b"")
+        body = os.pread(r.fd, length, body_at)
+        if probe_core.crc32c(body, probe_core.crc32c(struct.pack("<QQ", seq, ts_ns))) != crc:
+            self.state.corrupt_records += 1
+            self._save_state()
+            self._send_from = seq + 1
+            return None
+        return Record(seq, ts_ns, body)
+
+    def _abandon_segment(self, seq: int, first: int) -> None:
+        """A broken structure mid-segment: the rest of it cannot be framed, count it lost."""
+        later = [s for s in self._segments() if s > first]
+        end = later[0] if later else self.next_seq
+        self.state.corrupt_records += max(0, end - seq)
+        self._save_state()
+        self._send_from = end
+        self._drop_reader()
+
+    def ack(self, seq: int) -> None:
+        """Everything up to seq is acknowledged: persisted atomically before anything is compacted."""
+        with self._mu:
+            if seq < self.acked:
+                return
+            if seq >= self.next_seq:
+                raise SpoolError(f"ack of seq {seq}, but the spool has only reached {self.next_seq - 1}")
+            atomic_write_json(self.dir / "acked", {"seq": seq})
+            self.acked = seq
+            if self._last is not None and self._last.seq <= seq:
+                self._last = None
+            self._send_from = max(self._send_from, seq + 1)
+            self._compact()
+
+    def _compact(self) -> None:
+        segments = self._segments()
+        while len(segments) > 1 and segments[1] - 1 <= self.acked:
+            first = segments.pop(0)
+            self._drop_reader(first)
+            path = self.dir / self._seg_name(first)
+            self._total -= path.stat().st_size
+            path.unlink()
+
+    def dead_letter(self, record: Record, reason: str) -> None:
+        """Move a permanently rejected record to deadletter.log (bounded) and acknowledge it."""
+        with self._mu:
+            path = self.dir / "deadletter.log"
+            size = path.stat().st_size if path.exists() else 0
+            entry: dict[str, Any] = {"seq": record.seq, "reason": reason, "at_ns": self._clock()}
+            if size + len(record.payload) * 2 < self.opts.dead_letter_max_bytes:
+                entry["payload_hex"] = record.payload.hex()
+            else:
+                entry["payload_hex"] = None  # over the cap: reason kept, payload dropped and said so
+            with open(path, "ab") as f:
+                f.write(json.dumps(entry).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.state.dead_letters += 1
+            self._save_state()
+            self.ack(record.seq)
+
+    # --- health ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self._mu:
+            rec = None
+            with contextlib.suppress(OSError):
+                rec = self.next_unacked()
+            oldest_age = None if rec is None else max(0.0, (self._clock() - rec.ts_ns) / 1e9)
+            return {
+                "stream_id": self.stream_id,
+                "next_seq": self.next_seq,
+                "acked": self.acked,
+                "unacked_records": self.next_seq - 1 - self.acked,
+                "spool_bytes": self._total,
+                "oldest_unacked_age_s": oldest_age,
+                "evicted_records": self.state.evicted_records,
+                "corrupt_records": self.state.corrupt_records,
+                "dead_letters": self.state.dead_letters,
+                "recovered": dict(self.state.recovered),
+                "fsync": self.opts.fsync,
+            }
+
+    def close(self) -> None:
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+            self._sync()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._drop_reader()
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
