@@ -85,6 +85,43 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from collector.agent import Agent
+
+    agent = Agent(load_settings(args.config))
+    print(
+        f"incidentlab-collector: running, stream {agent.spool.stream_id}, spool {agent.settings.spool.dir}, "
+        f"sending to {agent.transport.url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    agent.run(max_samples=args.count)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collector.agent import read_status
+
+    settings = load_settings(args.config)
+    status = read_status(settings.spool.dir)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    agent = status.get("agent", {})
+    print(f"stream {status['stream_id']}: next seq {status['next_seq']}, acked {status['acked']}")
+    print(
+        f"spool {status['spool_bytes']} bytes, {status['unacked_records']} unacked "
+        f"(oldest {status['oldest_unacked_age_s']} s), evicted {status['evicted_records']}, "
+        f"corrupt {status['corrupt_records']}, dead letters {status['dead_letters']}"
+    )
+    print(
+        f"sending to {agent.get('leader')}, last latency {agent.get('send_latency_s')} s, "
+        f"last error: {agent.get('last_error')}"
+    )
+    print(f"status written {status['age_s']} s ago")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="incidentlab-collector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--interval", type=float, default=None, help="seconds between snapshots")
     sample.add_argument("--json", action="store_true", help="one JSON object per line")
     sample.set_defaults(func=cmd_sample)
+    run = sub.add_parser("run", help="run the agent: sample, spool and ship to the controller")
+    run.add_argument("--config", type=Path, help="YAML settings file")
+    run.add_argument("--count", type=int, default=None, help="stop after this many samples (tests)")
+    run.set_defaults(func=cmd_run)
+    status = sub.add_parser("status", help="the agent's health from its spool directory")
+    status.add_argument("--config", type=Path, help="YAML settings file")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
     info = sub.add_parser("info", help="print CollectorInfo: capabilities and each source's path")
     info.add_argument("--config", type=Path, help="YAML settings file")
     info.add_argument("--json", action="store_true")

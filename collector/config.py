@@ -39,6 +39,44 @@ class HardwareSettings(_Strict):
     refresh_interval: float = Field(default=300.0, ge=1, le=86_400)
 
 
+class SpoolSettings(_Strict):
+    """The disk spool (collector/spool.py documents the format and the loss windows)."""
+
+    dir: Path = Path("data/spool")
+    max_bytes: int = Field(default=256 << 20, ge=1 << 20, le=1 << 40)
+    segment_bytes: int = Field(default=8 << 20, ge=64 << 10, le=1 << 30)
+    max_record_bytes: int = Field(default=4 << 20, ge=4 << 10, le=256 << 20)
+    fsync: Literal["always", "interval"] = "interval"
+    fsync_interval_ms: int = Field(default=200, ge=1, le=60_000)
+    fsync_bytes: int = Field(default=1 << 20, ge=4 << 10, le=1 << 30)
+
+
+class TransportSettings(_Strict):
+    """Where and how batches go; the token is read from a file so it stays out of configs."""
+
+    url: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token_file: Path | None = None
+    encoding: Literal["gzip", "zstd"] = "gzip"
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_base_s: float = Field(default=0.5, gt=0, le=60)
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    allow_http: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TransportSettings:
+        plain_ok = self.allow_http and self.url is not None and self.url.startswith("http://")
+        if self.url is not None and not self.url.startswith("https://") and not plain_ok:
+            raise ValueError("url must be https:// (set allow_http for plain HTTP on a trusted network)")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        return self
+
+
 class CollectorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -65,6 +103,8 @@ class CollectorSettings(BaseSettings):
     # collector raises its open-file limit to fit, or keeps fewer when it cannot.
     process_stat_fds: int = Field(default=8192, ge=0, le=65536)
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    transport: TransportSettings = Field(default_factory=TransportSettings)
     external: list[ExternalCommand] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -61,6 +61,9 @@ class SpoolOptions:
     fsync: Literal["always", "interval"] = "interval"
     fsync_interval_ms: int = 200
     fsync_bytes: int = 1 << 20
+    # The acked offset is written at most this often (and on close): a crash re-sends at
+    # most this window of acknowledged batches, which the receiver answers as duplicates.
+    ack_persist_ms: int = 100
     dead_letter_max_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
@@ -164,16 +167,15 @@ class Spool:
         self._reader: _Reader | None = None
         self._last: Record | None = None  # the record handed out last, until it is acknowledged
         self._closed = False
-        self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
         try:
             self._open()
         except Exception:
             os.close(self._lock_fd)
             raise
-        if self.opts.fsync == "interval":
-            self._flusher = threading.Thread(target=self._flush_loop, name="spool-flusher", daemon=True)
-            self._flusher.start()
+        # Syncs appends under the interval policy, and acked offsets under both.
+        self._flusher = threading.Thread(target=self._flush_loop, name="spool-flusher", daemon=True)
+        self._flusher.start()
 
     # --- opening and recovery ---------------------------------------------------------
 
@@ -185,6 +187,8 @@ class Spool:
         self.stream_id: str = stream["stream_id"]
         acked = _read_json(self.dir / "acked")
         self.acked: int = int(acked["seq"]) if acked else 0
+        self._acked_saved = self.acked
+        self._ack_saved_at = 0.0
         raw = _read_json(self.dir / "state") or {}
         self.state = SpoolState(**raw)
         segments = self._segments()
@@ -259,14 +263,18 @@ class Spool:
 
     def append(self, payload: bytes) -> int:
         """Append one record; returns its seq. Durable now under ``always``, within the window otherwise."""
-        if len(payload) > self.opts.max_record_bytes:
-            raise SpoolError(
-                f"record of {len(payload)} bytes is over max_record_bytes ({self.opts.max_record_bytes})"
-            )
+        return self.append_with(lambda _seq: payload)
+
+    def append_with(self, build: Callable[[int], bytes]) -> int:
+        """Append the record build(seq) makes: for payloads that carry their own seq."""
         with self._mu:
             if self._closed:
                 raise SpoolError("spool is closed")
             seq = self.next_seq
+            payload = build(seq)
+            if len(payload) > self.opts.max_record_bytes:
+                limit = self.opts.max_record_bytes
+                raise SpoolError(f"record of {len(payload)} bytes is over max_record_bytes ({limit})")
             rec = encode_record(seq, self._clock(), payload)
             self._make_room(len(rec))
             if self._fd is None or self._active_bytes + len(rec) > self.opts.segment_bytes:
@@ -325,15 +333,21 @@ class Spool:
             self._total -= size
 
     def _flush_loop(self) -> None:
-        period = self.opts.fsync_interval_ms / 1000
+        period = min(self.opts.fsync_interval_ms, self.opts.ack_persist_ms) / 1000
         while not self._stop.wait(period):
             with self._mu:
-                if not self._closed and self._unsynced:
+                if self._closed:
+                    return
+                if self._unsynced and self.opts.fsync == "interval":
                     self._sync()
+                if self.acked != self._acked_saved:
+                    self._persist_ack()
 
     def flush(self) -> None:
+        """Make every append and the acked offset durable now."""
         with self._mu:
             self._sync()
+            self._persist_ack()
 
     # --- reading and acknowledging ---------------------------------------------------------
 
@@ -415,16 +429,25 @@ class Spool:
                 return
             if seq >= self.next_seq:
                 raise SpoolError(f"ack of seq {seq}, but the spool has only reached {self.next_seq - 1}")
-            atomic_write_json(self.dir / "acked", {"seq": seq})
             self.acked = seq
             if self._last is not None and self._last.seq <= seq:
                 self._last = None
             self._send_from = max(self._send_from, seq + 1)
-            self._compact()
+            if (time.monotonic() - self._ack_saved_at) * 1000 >= self.opts.ack_persist_ms:
+                self._persist_ack()
+
+    def _persist_ack(self) -> None:
+        """Write the acked offset (atomic replace), then drop segments it covers: never the other order."""
+        if self._acked_saved == self.acked:
+            return
+        atomic_write_json(self.dir / "acked", {"seq": self.acked})
+        self._acked_saved = self.acked
+        self._ack_saved_at = time.monotonic()
+        self._compact()
 
     def _compact(self) -> None:
         segments = self._segments()
-        while len(segments) > 1 and segments[1] - 1 <= self.acked:
+        while len(segments) > 1 and segments[1] - 1 <= self._acked_saved:
             first = segments.pop(0)
             self._drop_reader(first)
             path = self.dir / self._seg_name(first)
@@ -477,13 +500,13 @@ class Spool:
                 return
             self._closed = True
             self._sync()
+            self._persist_ack()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
             self._drop_reader()
         self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=5)
+        self._flusher.join(timeout=5)
         os.close(self._lock_fd)
 
     def __enter__(self) -> Spool:

@@ -1,0 +1,246 @@
+"""The collector agent: sample -> spool -> ship.
+
+The sampling loop turns each snapshot into one batch and appends it to the spool
+(seq assigned there); the shipping thread sends the oldest unacknowledged record,
+moves the acknowledged offset only when the ack answers that very batch, moves a
+permanent rejection to the dead-letter file, and otherwise leaves the record
+where it is and retries with backoff. At most one batch is in flight; the spool
+bounds everything waiting. SIGTERM finishes the write in progress, flushes the
+spool and persists the offsets before exiting.
+
+The agent's own health (spool bytes, oldest unacked age, drops, dead letters,
+send latency) goes into every batch as ``agent`` and into ``status.json`` in the
+spool directory, which ``incidentlab-collector status`` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from collector.config import CollectorSettings
+from collector.errors import CollectorError, PermanentRejection, SpoolError, TransportError
+from collector.info import CollectorInfo
+from collector.sampler import Sampler
+from collector.spool import Spool, SpoolOptions, atomic_write_json
+from collector.transport import Transport, TransportOptions
+from collector.wire import BATCH_SCHEMA, BatchKey, encode, validate_batch
+
+STATUS_FILE = "status.json"
+EVENT_DROPS = ("event_overflow", "perf_lost", "undecodable")
+
+
+def spool_options(settings: CollectorSettings) -> SpoolOptions:
+    s = settings.spool
+    return SpoolOptions(
+        max_bytes=s.max_bytes,
+        segment_bytes=s.segment_bytes,
+        max_record_bytes=s.max_record_bytes,
+        fsync=s.fsync,
+        fsync_interval_ms=s.fsync_interval_ms,
+        fsync_bytes=s.fsync_bytes,
+    )
+
+
+def transport_options(settings: CollectorSettings) -> TransportOptions:
+    t = settings.transport
+    if t.url is None:
+        raise CollectorError("transport.url is not set: the agent has nowhere to send batches")
+    return TransportOptions(
+        url=t.url,
+        ca_file=t.ca_file,
+        cert_file=t.cert_file,
+        key_file=t.key_file,
+        token_file=t.token_file,
+        encoding=t.encoding,
+        connect_timeout_s=t.connect_timeout_s,
+        read_timeout_s=t.read_timeout_s,
+        max_attempts=t.max_attempts,
+        backoff_base_s=t.backoff_base_s,
+        backoff_max_s=t.backoff_max_s,
+        allow_http=t.allow_http,
+    )
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        *,
+        sampler: Sampler | None = None,
+        transport: Transport | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._wall = wall
+        self.spool = Spool(settings.spool.dir, spool_options(settings))
+        try:
+            self.transport = transport or Transport(transport_options(settings))
+            self.sampler = sampler or Sampler(settings)
+        except Exception:
+            self.spool.close()
+            raise
+        self._info: CollectorInfo = self.sampler.info()
+        self._info_sent: dict[str, Any] | None = None
+        self._event_drops: dict[str, int] = dict.fromkeys(EVENT_DROPS, 0)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._ship_error: str | None = None
+
+    # --- batches ---------------------------------------------------------------------------------
+
+    def _health(self) -> dict[str, Any]:
+        spool = self.spool.stats()
+        t = self.transport.stats
+        lat = sorted(t.latencies)
+        return {
+            "spool_bytes": spool["spool_bytes"],
+            "unacked_records": spool["unacked_records"],
+            "oldest_unacked_age_s": spool["oldest_unacked_age_s"],
+            "dead_letters": spool["dead_letters"],
+            "send_latency_s": t.last_latency_s,
+            "send_latency_p50_s": lat[len(lat) // 2] if lat else None,
+            "retries": t.retries,
+            "bad_acks": t.bad_acks,
+            "leader": self.transport.url,
+            "last_error": self._ship_error,
+            "sources": self.sampler.stats(),
+        }
+
+    def build_batch(self, snapshot: dict[str, Any], seq: int) -> bytes:
+        events: list[dict[str, Any]] = []
+        ebpf = snapshot["sources"].get("ebpf")
+        if ebpf is not None and ebpf["status"] == "ok":
+            data = ebpf["data"]
+            events = data.pop("events", [])
+            for key in EVENT_DROPS:
+                self._event_drops[key] += int(data.get("dropped", {}).get(key, 0))
+        state = self.spool.state
+        info = self._info.to_dict()
+        batch = {
+            "schema": BATCH_SCHEMA,
+            "host_id": self._info.host_id,
+            "boot_id": self._info.boot_id,
+            "stream_id": self.spool.stream_id,
+            "seq": seq,
+            "sent_at": self._wall(),
+            "snapshots": [snapshot],
+            "events": events,
+            # Cumulative for the stream: a receiver takes the latest, so a lost batch loses no count.
+            "dropped": {
+                "spool_evicted": state.evicted_records,
+                "spool_corrupt": state.corrupt_records,
+                "dead_letters": state.dead_letters,
+                **self._event_drops,
+            },
+            "collector": info if info != self._info_sent else None,
+            "agent": self._health(),
+        }
+        body = encode(validate_batch(batch))  # never spool a batch the receiver would refuse
+        self._info_sent = info
+        return body
+
+    def sample_once(self) -> int:
+        snapshot = self.sampler.sample()
+        seq = self.spool.append_with(lambda s: self.build_batch(snapshot, s))
+        self._wake.set()
+        return seq
+
+    # --- shipping ----------------------------------------------------------------------------------
+
+    def ship_once(self) -> bool:
+        """Try to deliver the oldest unacknowledged record; True when one was settled."""
+        rec = self.spool.next_unacked()
+        if rec is None:
+            return False
+        key = BatchKey(self._info.host_id, self.spool.stream_id, rec.seq)
+        try:
+            self.transport.send(rec.payload, key)
+        except PermanentRejection as exc:
+            self.spool.dead_letter(rec, str(exc))
+            return True
+        except TransportError as exc:
+            self._ship_error = str(exc)
+            return False
+        self._ship_error = None
+        self.spool.ack(rec.seq)
+        return True
+
+    def _ship_loop(self) -> None:
+        backoff = self.settings.transport.backoff_base_s
+        while not self._stop.is_set():
+            try:
+                settled = self.ship_once()
+            except SpoolError as exc:
+                self._ship_error = str(exc)
+                settled = False
+            if settled:
+                backoff = self.settings.transport.backoff_base_s
+                continue
+            pending = self.spool.stats()["unacked_records"] > 0
+            if pending:
+                self._stop.wait(backoff)  # the controller is away: wait, the records are safe on disk
+                backoff = min(backoff * 2, self.settings.transport.backoff_max_s)
+            else:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def write_status(self) -> None:
+        status = self.spool.stats() | {"agent": self._health(), "written_at": self._wall()}
+        atomic_write_json(Path(self.settings.spool.dir) / STATUS_FILE, status)
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self, max_samples: int | None = None) -> None:
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        shipper = threading.Thread(target=self._ship_loop, name="collector-shipper", daemon=True)
+        shipper.start()
+        n = 0
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                self.sample_once()
+                self.write_status()
+                n += 1
+                if max_samples is not None and n >= max_samples:
+                    break
+                self._stop.wait(max(0.0, self.settings.interval_s - (time.monotonic() - started)))
+        finally:
+            self.stop()
+            shipper.join(timeout=self.settings.transport.read_timeout_s + 5)
+            self.close()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
+
+    def close(self) -> None:
+        # The spool itself is what must be saved; the status file is a convenience.
+        with contextlib.suppress(OSError, SpoolError):
+            self.write_status()
+        self.sampler.close()
+        self.transport.close()
+        self.spool.close()  # flushes pending appends and keeps the acked offset
+
+
+def read_status(spool_dir: Path) -> dict[str, Any]:
+    path = Path(spool_dir) / STATUS_FILE
+    try:
+        status: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CollectorError(f"no agent status at {path}: has the agent run with this spool?") from None
+    except (OSError, ValueError) as exc:
+        raise CollectorError(f"unreadable agent status {path}: {exc}") from exc
+    status["age_s"] = round(time.time() - float(status.get("written_at", 0)), 3)
+    return status

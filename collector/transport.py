@@ -1,0 +1,280 @@
+"""HTTPS delivery of spooled batches to the controller, checking every ack.
+
+One ``send`` delivers one record: compressed (gzip by default, zstd when
+configured), bearer token, mTLS with the CA bundle and client certificate
+reloaded when their files change, connect and read timeouts, and at most
+``max_attempts`` tries with exponential backoff and full jitter. A 503 naming a
+leader is followed; a 429 waits for its Retry-After (capped). A 4xx whose body
+is an ack with status ``rejected`` is permanent and raises PermanentRejection,
+so the caller dead-letters the record instead of retrying for ever. Anything
+else that is not an ack answering this very batch raises TransportError: the
+record stays in the spool and the acknowledged offset does not move.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import probe_core
+
+from collector.errors import PermanentRejection, TransportError, WireError
+from collector.wire import Ack, BatchKey, validate_ack
+
+INGEST_PATH = "/api/v1/ingest"
+LEADER_HEADER = "X-Incidentlab-Leader"
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    url: str
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token_file: Path | None = None
+    encoding: Literal["gzip", "zstd"] = "gzip"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    max_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_leader_hops: int = 3
+    allow_http: bool = False  # plain HTTP only for loopback tests and trusted networks
+    reload_check_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    reason: str
+    ack: Ack | None = None
+    wait: float | None = None  # a server-given delay (Retry-After); None: our own backoff
+    follow: bool = False  # retry at once: the leader moved
+
+
+@dataclass
+class TransportStats:
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    retries: int = 0
+    bad_acks: int = 0
+    leader_hops: int = 0
+    tls_reloads: int = 0
+    last_latency_s: float | None = None
+    last_error: str | None = None
+    latencies: list[float] = field(default_factory=list)
+
+
+def compress(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return probe_core.gzip_compress(body, 6)
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _file_key(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class Transport:
+    def __init__(
+        self,
+        options: TransportOptions,
+        *,
+        http_transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.opts = options
+        self._check_url(options.url)
+        self.url = options.url.rstrip("/")
+        self._http_transport = http_transport  # an httpx.MockTransport in tests
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self.stats = TransportStats()
+        self._client: httpx.Client | None = None
+        self._files: tuple[object, ...] = ()
+        self._checked_at = -1e18
+        self._token: str | None = None
+        self._ensure_client()
+
+    def _check_url(self, url: str) -> None:
+        if url.startswith("https://"):
+            return
+        if url.startswith("http://") and self.opts.allow_http:
+            return
+        raise TransportError(f"refusing controller URL {url!r}: https:// required (allow_http is off)")
+
+    # --- TLS and token material, reloaded when the files change --------------------------------
+
+    def _ensure_client(self) -> None:
+        now = self._clock()
+        if self._client is not None and now - self._checked_at < self.opts.reload_check_s:
+            return
+        self._checked_at = now
+        o = self.opts
+        files = tuple(_file_key(p) for p in (o.ca_file, o.cert_file, o.key_file, o.token_file))
+        if self._client is not None and files == self._files:
+            return
+        if o.token_file is not None:
+            try:
+                self._token = o.token_file.read_text().strip() or None
+            except OSError as exc:
+                raise TransportError(f"cannot read token file {o.token_file}: {exc.strerror}") from exc
+        verify: ssl.SSLContext | bool = True
+        if self.url.startswith("https://") or o.ca_file is not None:
+            try:
+                ctx = ssl.create_default_context(cafile=str(o.ca_file) if o.ca_file else None)
+                if o.cert_file is not None:
+                    ctx.load_cert_chain(str(o.cert_file), str(o.key_file) if o.key_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise TransportError(f"cannot load TLS material: {exc}") from exc
+            verify = ctx
+        timeout = httpx.Timeout(o.read_timeout_s, connect=o.connect_timeout_s)
+        # TCP_NODELAY: h11 writes headers and body separately, and Nagle holding the body back
+        # for the peer's delayed ACK costs 40 ms a batch.
+        transport = self._http_transport or httpx.HTTPTransport(
+            verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
+        old = self._client
+        self._client = httpx.Client(timeout=timeout, transport=transport)
+        if old is not None:
+            old.close()
+            self.stats.tls_reloads += 1
+        self._files = files
+
+    # --- sending -----------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.opts.backoff_max_s, self.opts.backoff_base_s * (2**attempt))
+        return self._rng.uniform(0.0, cap)  # full jitter
+
+    def send(self, body: bytes, key: BatchKey) -> Ack:
+        """Deliver one batch; returns its ack (accepted or duplicate) or raises."""
+        payload = compress(body, self.opts.encoding)
+        headers = {"Content-Type": "application/json", "Content-Encoding": self.opts.encoding}
+        hops = 0
+        attempt = 0
+        reason = "no attempt made"
+        while attempt < self.opts.max_attempts:
+            self._ensure_client()
+            assert self._client is not None
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            start = self._clock()
+            self.stats.sent += 1
+            wait: float | None = None
+            try:
+                resp = self._client.post(self.url + INGEST_PATH, content=payload, headers=headers)
+            except httpx.TimeoutException as exc:
+                reason = f"timed out: {type(exc).__name__}"
+            except httpx.HTTPError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                out = self._answer(resp, key, self._clock() - start)
+                if out.ack is not None:
+                    return out.ack
+                reason, wait = out.reason, out.wait
+                if out.follow and hops < self.opts.max_leader_hops:
+                    hops += 1
+                    continue  # a new leader: try it now, without spending an attempt
+            attempt += 1
+            self.stats.retries += 1
+            self.stats.last_error = reason
+            if attempt < self.opts.max_attempts:
+                self._sleep(
+                    min(wait, self.opts.backoff_max_s) if wait is not None else self._backoff(attempt)
+                )
+        raise TransportError(
+            f"batch {key.seq} not delivered after {self.opts.max_attempts} attempts: {reason}"
+        )
+
+    def _answer(self, resp: httpx.Response, key: BatchKey, latency: float) -> _Outcome:
+        code = resp.status_code
+        if code == 200:
+            try:
+                ack = validate_ack(resp.content, key)
+            except WireError as exc:
+                self.stats.bad_acks += 1
+                return _Outcome(f"bad ack: {exc}")
+            if ack.status == "rejected":
+                self.stats.rejected += 1
+                raise PermanentRejection(code, ack.reason or "rejected")
+            self.stats.last_latency_s = latency
+            self.stats.latencies = [*self.stats.latencies[-99:], latency]  # bounded: the last 100
+            if ack.status == "duplicate":
+                self.stats.duplicates += 1
+            else:
+                self.stats.accepted += 1
+            self.stats.last_error = None
+            return _Outcome("ok", ack=ack)
+        if code == 503:
+            leader = resp.headers.get(LEADER_HEADER) or self._leader_from_body(resp, key)
+            if not leader:
+                return _Outcome("HTTP 503 without a leader hint")
+            try:
+                self._check_url(leader)
+            except TransportError as exc:
+                return _Outcome(str(exc))
+            if leader.rstrip("/") == self.url:
+                return _Outcome("HTTP 503 naming this controller as the leader")
+            self.url = leader.rstrip("/")
+            self.stats.leader_hops += 1
+            return _Outcome(f"leader moved to {self.url}", follow=True)
+        if code == 429:
+            after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+            return _Outcome("HTTP 429: throttled", wait=after)
+        if 400 <= code < 500 and code not in (401, 403, 404, 408, 409):
+            try:
+                ack = validate_ack(resp.content, key)
+            except WireError:
+                return _Outcome(f"HTTP {code} without an ack")
+            if ack.status == "rejected":
+                self.stats.rejected += 1
+                raise PermanentRejection(code, ack.reason or f"HTTP {code}")
+            return _Outcome(f"HTTP {code} with ack status {ack.status}")
+        return _Outcome(f"HTTP {code}")
+
+    @staticmethod
+    def _leader_from_body(resp: httpx.Response, key: BatchKey) -> str | None:
+        try:
+            return validate_ack(resp.content, key).leader
+        except WireError:
+            return None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
