@@ -34,6 +34,7 @@ class Received:
     invalid: list[str] = field(default_factory=list)
     posts: int = 0
     seen: set[tuple[str, str, int]] = field(default_factory=set)
+    posted_seqs: list[int] = field(default_factory=list)  # every valid post, retries included
     auth_failures: int = 0
 
 
@@ -92,6 +93,8 @@ class IngestServer:
                     self._reply(400, json.dumps({"detail": str(exc)}).encode())
                     return
                 key = batch_key(batch)
+                with server._lock:
+                    server.received.posted_seqs.append(key.seq)
                 if fault is not None:
                     kind, arg = fault
                     if kind == "garbage":
