@@ -35,6 +35,7 @@ class Received:
     posts: int = 0
     seen: set[tuple[str, str, int]] = field(default_factory=set)
     posted_seqs: list[int] = field(default_factory=list)  # every valid post, retries included
+    cut: int = 0  # bodies shorter than their Content-Length: the sender died mid-request
     auth_failures: int = 0
 
 
@@ -79,6 +80,11 @@ class IngestServer:
                         server.received.auth_failures += 1
                     self._reply(401, b'{"detail": "bad token"}')
                     return
+                if len(raw) < length:
+                    with server._lock:
+                        server.received.cut += 1
+                    self.close_connection = True
+                    return
                 enc = self.headers.get("Content-Encoding")
                 try:
                     body = (
@@ -87,9 +93,9 @@ class IngestServer:
                         else zstandard.ZstdDecompressor().decompress(raw)
                     )
                     batch = validate_batch(body)
-                except (OSError, zstandard.ZstdError, WireError) as exc:
+                except (OSError, EOFError, zstandard.ZstdError, WireError) as exc:
                     with server._lock:
-                        server.received.invalid.append(str(exc))
+                        server.received.invalid.append(f"{exc} ({length} bytes, {enc})")
                     self._reply(400, json.dumps({"detail": str(exc)}).encode())
                     return
                 key = batch_key(batch)
