@@ -77,9 +77,26 @@ def _collector(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _spool(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        f"`bench/spool_bench.py`, recorded {doc['recorded_at']}: appends against a plain loop that writes and "
+        "fdatasyncs the same bytes under the same rule (the floor), wall-clock, medians of "
+        f"{doc['trials']} trials.",
+        "",
+        "| record | fsync | spool | floor | ratio | target |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in doc["runs"]:
+        lines.append(
+            f"| {r['record_bytes'] // 1024} KiB | {r['policy']} | {r['spool_mb_per_s']} MB/s "
+            f"| {r['floor_mb_per_s']} MB/s | **{r['ratio']}** | >= {doc['target_ratio_min']} |"
+        )
+    return lines
+
+
 def render() -> str:
     body = [START, ""]
-    sections = (("probe_core", _probe_core), ("collector", _collector))
+    sections = (("probe_core", _probe_core), ("collector", _collector), ("spool", _spool))
     found = False
     for name, fn in sections:
         path = RESULTS / f"{name}.json"

@@ -114,7 +114,8 @@ class Agent:
             "sources": self.sampler.stats(),
         }
 
-    def build_batch(self, snapshot: dict[str, Any], seq: int) -> bytes:
+    def build_batch(self, snapshot: dict[str, Any], seq: int, health: dict[str, Any]) -> bytes:
+        """The batch for one snapshot; runs under the spool's lock, so it must not call the spool."""
         events: list[dict[str, Any]] = []
         ebpf = snapshot["sources"].get("ebpf")
         if ebpf is not None and ebpf["status"] == "ok":
@@ -141,7 +142,7 @@ class Agent:
                 **self._event_drops,
             },
             "collector": info if info != self._info_sent else None,
-            "agent": self._health(),
+            "agent": health,
         }
         body = encode(validate_batch(batch))  # never spool a batch the receiver would refuse
         self._info_sent = info
@@ -149,7 +150,8 @@ class Agent:
 
     def sample_once(self) -> int:
         snapshot = self.sampler.sample()
-        seq = self.spool.append_with(lambda s: self.build_batch(snapshot, s))
+        health = self._health()
+        seq = self.spool.append_with(lambda s: self.build_batch(snapshot, s, health))
         self._wake.set()
         return seq
 

@@ -49,6 +49,8 @@ from collector.errors import SpoolError
 
 MAGIC = 0x50534C49  # "ILSP" little-endian
 HEADER = struct.Struct("<IIQQI")
+_SEQ_TS = struct.Struct("<QQ")
+_crc32c = probe_core.crc32c
 HEADER_SIZE = HEADER.size  # 28
 SEG_SUFFIX = ".seg"
 
@@ -98,8 +100,7 @@ class Record:
 
 
 def encode_record(seq: int, ts_ns: int, payload: bytes) -> bytes:
-    head = struct.pack("<QQ", seq, ts_ns)
-    crc = probe_core.crc32c(payload, probe_core.crc32c(head))
+    crc = _crc32c(payload, _crc32c(_SEQ_TS.pack(seq, ts_ns)))
     return HEADER.pack(MAGIC, len(payload), seq, ts_ns, crc) + payload
 
 
@@ -152,7 +153,7 @@ class Spool:
         self.dir = Path(directory)
         self.opts = options or SpoolOptions()
         self._clock = clock
-        self._mu = threading.RLock()
+        self._mu = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -266,37 +267,46 @@ class Spool:
         return self.append_with(lambda _seq: payload)
 
     def append_with(self, build: Callable[[int], bytes]) -> int:
-        """Append the record build(seq) makes: for payloads that carry their own seq."""
+        """Append the record build(seq) makes: for payloads that carry their own seq.
+
+        build runs under the spool's lock and must not call back into the spool. This is
+        the hot path (the spool bench holds it to 70% of a bare write loop): locals, no
+        copies of the payload, one writev.
+        """
+        opts = self.opts
         with self._mu:
             if self._closed:
                 raise SpoolError("spool is closed")
             seq = self.next_seq
             payload = build(seq)
-            if len(payload) > self.opts.max_record_bytes:
-                limit = self.opts.max_record_bytes
-                raise SpoolError(f"record of {len(payload)} bytes is over max_record_bytes ({limit})")
-            rec = encode_record(seq, self._clock(), payload)
-            self._make_room(len(rec))
-            if self._fd is None or self._active_bytes + len(rec) > self.opts.segment_bytes:
+            n = len(payload)
+            if n > opts.max_record_bytes:
+                raise SpoolError(f"record of {n} bytes is over max_record_bytes ({opts.max_record_bytes})")
+            ts = self._clock()
+            crc = _crc32c(payload, _crc32c(_SEQ_TS.pack(seq, ts)))
+            size = HEADER_SIZE + n
+            if self._total + size > opts.max_bytes:
+                self._make_room(size)
+            if self._fd is None or self._active_bytes + size > opts.segment_bytes:
                 self._rotate(seq)
             assert self._fd is not None
             try:
-                written = os.write(self._fd, rec)
+                written = os.writev(self._fd, (HEADER.pack(MAGIC, n, seq, ts, crc), payload))
             except OSError as exc:
                 raise SpoolError(f"cannot write the spool: {exc.strerror}") from exc
             self._active_bytes += written
             self._total += written
-            if written != len(rec):
-                raise SpoolError(f"short write to spool segment ({written} of {len(rec)} bytes)")
+            if written != size:
+                raise SpoolError(f"short write to spool segment ({written} of {size} bytes)")
             self.next_seq = seq + 1
-            self._unsynced += len(rec)
-            if self.opts.fsync == "always" or self._sync_due():
+            self._unsynced += size
+            if (
+                opts.fsync == "always"
+                or self._unsynced >= opts.fsync_bytes
+                or time.monotonic() - self._last_sync >= opts.fsync_interval_ms / 1000
+            ):
                 self._sync()
             return seq
-
-    def _sync_due(self) -> bool:
-        elapsed_ms = (time.monotonic() - self._last_sync) * 1000
-        return self._unsynced >= self.opts.fsync_bytes or elapsed_ms >= self.opts.fsync_interval_ms
 
     def _sync(self) -> None:
         if self._fd is not None and self._unsynced:
@@ -315,8 +325,6 @@ class Spool:
         _fsync_dir(self.dir)  # the new segment's name must survive a crash too
 
     def _make_room(self, need: int) -> None:
-        if self._total + need <= self.opts.max_bytes:
-            return
         segments = self._segments()
         while self._total + need > self.opts.max_bytes and len(segments) > 1:
             first = segments.pop(0)
@@ -354,11 +362,14 @@ class Spool:
     def next_unacked(self) -> Record | None:
         """The oldest record not yet acknowledged, skipping (and counting) corrupt ones."""
         with self._mu:
-            while self._send_from < self.next_seq:
-                rec = self._read(self._send_from)
-                if rec is not None:
-                    return rec
-            return None
+            return self._next_unacked()
+
+    def _next_unacked(self) -> Record | None:
+        while self._send_from < self.next_seq:
+            rec = self._read(self._send_from)
+            if rec is not None:
+                return rec
+        return None
 
     def _drop_reader(self, first: int | None = None) -> None:
         if self._reader is not None and (first is None or self._reader.first == first):
@@ -425,16 +436,19 @@ class Spool:
     def ack(self, seq: int) -> None:
         """Everything up to seq is acknowledged: persisted atomically before anything is compacted."""
         with self._mu:
-            if seq < self.acked:
-                return
-            if seq >= self.next_seq:
-                raise SpoolError(f"ack of seq {seq}, but the spool has only reached {self.next_seq - 1}")
-            self.acked = seq
-            if self._last is not None and self._last.seq <= seq:
-                self._last = None
-            self._send_from = max(self._send_from, seq + 1)
-            if (time.monotonic() - self._ack_saved_at) * 1000 >= self.opts.ack_persist_ms:
-                self._persist_ack()
+            self._ack(seq)
+
+    def _ack(self, seq: int) -> None:
+        if seq < self.acked:
+            return
+        if seq >= self.next_seq:
+            raise SpoolError(f"ack of seq {seq}, but the spool has only reached {self.next_seq - 1}")
+        self.acked = seq
+        if self._last is not None and self._last.seq <= seq:
+            self._last = None
+        self._send_from = max(self._send_from, seq + 1)
+        if (time.monotonic() - self._ack_saved_at) * 1000 >= self.opts.ack_persist_ms:
+            self._persist_ack()
 
     def _persist_ack(self) -> None:
         """Write the acked offset (atomic replace), then drop segments it covers: never the other order."""
@@ -470,7 +484,7 @@ class Spool:
                 os.fsync(f.fileno())
             self.state.dead_letters += 1
             self._save_state()
-            self.ack(record.seq)
+            self._ack(record.seq)
 
     # --- health ------------------------------------------------------------------------------
 
@@ -478,7 +492,7 @@ class Spool:
         with self._mu:
             rec = None
             with contextlib.suppress(OSError):
-                rec = self.next_unacked()
+                rec = self._next_unacked()
             oldest_age = None if rec is None else max(0.0, (self._clock() - rec.ts_ns) / 1e9)
             return {
                 "stream_id": self.stream_id,

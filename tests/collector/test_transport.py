@@ -318,6 +318,10 @@ def test_full_spool_drops_are_counted_and_arrive(tmp_path: Path) -> None:
             seqs = srv.seqs()
             assert seqs == sorted(seqs) and seqs[-1] == 400
             assert len(seqs) + evicted == 400
+            # Counts are cumulative as of when each batch was made: the next batch carries them all.
+            agent.spool.flush()
+            agent.sample_once()
+            assert agent.ship_once() is True
             assert srv.received.batches[-1].dropped["spool_evicted"] == evicted
     finally:
         agent.close()
