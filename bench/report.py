@@ -79,8 +79,8 @@ def _collector(doc: dict[str, Any]) -> list[str]:
 
 def _spool(doc: dict[str, Any]) -> list[str]:
     lines = [
-        f"`bench/spool_bench.py`, recorded {doc['recorded_at']}: appends against a plain loop that writes and "
-        "fdatasyncs the same bytes under the same rule (the floor), wall-clock, medians of "
+        f"`bench/spool_bench.py`, recorded {doc['recorded_at']}: appends against a plain loop that "
+        "writes and fdatasyncs the same bytes under the same rule (the floor), wall-clock, medians of "
         f"{doc['trials']} trials.",
         "",
         "| record | fsync | spool | floor | ratio | target |",
