@@ -1,7 +1,12 @@
 """incidentlab controller: the headless FastAPI service.
 
-It ingests collector batches exactly once, keeps bounded hot state, and runs the
-incident workflow (observer, analyzer, planner, policy gate, executor, verifier,
-memory). The service arrives with its own issue; this package holds only its
-docstring until then.
+It ingests collector batches exactly once in effect (``controller.ingest``,
+deduplicated through a durable per-stream ledger), keeps bounded hot state per
+host (``controller.hotstate``), stores run metadata in SQLite or PostgreSQL and
+payloads on disk or S3 (``controller.store``), elects one writer among several
+controllers on PostgreSQL (``controller.leader``), and serves its API
+(``controller.api``). ``controller.app.create_app`` builds the ASGI app.
+Errors derive from ``controller.errors.ControllerError``.
 """
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""incidentlab-controller: serve the controller API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from controller.config import load_settings
+from controller.errors import ControllerError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controller.app import create_app
+
+    settings = load_settings(args.config)
+    app = create_app(settings)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+        ssl_ca_certs=str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
+        ssl_cert_reqs=2 if settings.tls_client_ca_file else 0,  # ssl.CERT_REQUIRED with a client CA
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="incidentlab-controller", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API under uvicorn (one worker)")
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ControllerError as exc:
+        print(f"incidentlab-controller: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Controller settings: a YAML file plus INCIDENTLAB_CONTROLLER_* environment overrides.
+
+Refused at start when unsafe: auth on with no tokens, a token shorter than 16
+characters, two tokens alike, caps that let a bomb through. This is the only
+module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from controller.errors import ConfigError
+
+Role = Literal["collector", "operator", "admin"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenSpec(_Strict):
+    """One bearer token: given inline (env or YAML) or in a file; stored only as its SHA-256."""
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Role
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenSpec:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError(f"token {self.name!r}: give exactly one of token and token_file")
+        return self
+
+    def secret(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"token {self.name!r}: cannot read {self.token_file}: {exc.strerror}") from exc
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.secret().encode()).digest()
+
+
+class AuthSettings(_Strict):
+    enabled: bool = True
+    tokens: list[TokenSpec] = Field(default_factory=list)
+
+
+class IngestSettings(_Strict):
+    # A 1 s snapshot batch is 5-70 KiB compressed; 16 MiB leaves room for catch-up batches.
+    max_body_bytes: int = Field(default=16 << 20, ge=1 << 10, le=1 << 30)
+    max_decompressed_bytes: int = Field(default=64 << 20, ge=1 << 10, le=4 << 30)
+    dedupe_window: int = Field(default=4096, ge=16, le=1 << 20)
+
+
+class HotStateSettings(_Strict):
+    max_hosts: int = Field(default=10_000, ge=1, le=1_000_000)
+    samples_per_host: int = Field(default=600, ge=1, le=100_000)
+    bytes_per_host: int = Field(default=4 << 20, ge=1 << 10, le=1 << 30)
+    events_per_host: int = Field(default=2_000, ge=0, le=1_000_000)
+    stale_after_s: float = Field(default=30.0, gt=0)
+    missing_after_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> HotStateSettings:
+        if self.missing_after_s <= self.stale_after_s:
+            raise ValueError("missing_after_s must be greater than stale_after_s")
+        return self
+
+
+class HASettings(_Strict):
+    # The URL other controllers and collectors reach this one at; followers send it as the leader hint.
+    advertise_url: str | None = None
+    lock_key: int = 0x1C1DE17
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INCIDENTLAB_CONTROLLER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    data_dir: Path = Path("data")
+    # None: SQLite at <data_dir>/agent/workflow_runs.db. postgresql://... for shared metadata and HA.
+    database_url: str | None = None
+    # None: <data_dir>/artifacts on the local filesystem. s3://bucket/prefix through s3fs.
+    payload_url: str | None = None
+    payload_options: dict[str, Any] = Field(default_factory=dict)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    hot_state: HotStateSettings = Field(default_factory=HotStateSettings)
+    ha: HASettings = Field(default_factory=HASettings)
+
+    @model_validator(mode="after")
+    def _safe(self) -> ControllerSettings:
+        if self.auth.enabled and not self.auth.tokens:
+            raise ValueError("auth is on but no tokens are configured (auth.tokens)")
+        names = [t.name for t in self.auth.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        inline = [t.token.get_secret_value() for t in self.auth.tokens if t.token is not None]
+        if any(len(t) < 16 for t in inline):
+            raise ValueError("tokens must be at least 16 characters")
+        if len(set(inline)) != len(inline):
+            raise ValueError("two tokens are the same secret")
+        if self.ingest.max_decompressed_bytes < self.ingest.max_body_bytes:
+            raise ValueError("ingest.max_decompressed_bytes must be at least ingest.max_body_bytes")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.database_url is not None and not self.database_url.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be sqlite:///... or postgresql://...")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        url = self.database_url or f"sqlite:///{self.data_dir / 'agent' / 'workflow_runs.db'}"
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.sqlalchemy_url.startswith("postgresql")
+
+    @property
+    def payload_root(self) -> str:
+        return self.payload_url or str(self.data_dir / "artifacts")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings  # the YAML file arrives as init kwargs: env outranks it
+
+
+def _describe(exc: ValidationError) -> str:
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        out.append(f"{where}: unknown key" if err["type"] == "extra_forbidden" else f"{where}: {err['msg']}")
+    return "; ".join(out)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> ControllerSettings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read controller config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"controller config {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"controller config {path} must be a mapping at the top level")
+        data = loaded or {}
+    try:
+        return ControllerSettings(**(data | overrides))
+    except ValidationError as exc:
+        source = f" ({path})" if path else ""
+        raise ConfigError(f"controller settings refused{source}: {_describe(exc)}") from exc

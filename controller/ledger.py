@@ -1,0 +1,171 @@
+"""Exactly-once in effect: a durable dedupe ledger per (host, stream).
+
+Per stream: a watermark W (every seq <= W was received) and a window of the seqs
+received above it. A seq <= W or in the window is a duplicate. The window is
+bounded (``dedupe_window``): when it overflows, W jumps over the oldest hole and
+the seqs skipped are counted as missing (a batch that late is answered
+duplicate, never double counted). A seq past max_seq + 1 opens a gap, counted
+and accepted. The stream's row is written and committed before the ack goes out,
+so a replay after a restart is still recognised. Streams live in memory (bounded,
+least recently used first out) and are loaded from the store on a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from collector.wire import BatchKey
+from controller.errors import StoreError
+from controller.store import repo
+
+Verdict = Literal["accepted", "duplicate"]
+
+
+@dataclass
+class StreamLedger:
+    host_id: str
+    stream_id: str
+    boot_id: str = ""
+    watermark: int = 0
+    window: set[int] = field(default_factory=set)
+    max_seq: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    missing: int = 0
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "stream_id": self.stream_id,
+            "boot_id": self.boot_id,
+            "watermark": self.watermark,
+            "window": json.dumps(sorted(self.window)),
+            "max_seq": self.max_seq,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "gaps": self.gaps,
+            "missing": self.missing,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "dropped": json.dumps(self.dropped, sort_keys=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> StreamLedger:
+        return cls(
+            host_id=row["host_id"],
+            stream_id=row["stream_id"],
+            boot_id=row["boot_id"],
+            watermark=row["watermark"],
+            window=set(json.loads(row["window"])),
+            max_seq=row["max_seq"],
+            accepted=row["accepted"],
+            duplicates=row["duplicates"],
+            gaps=row["gaps"],
+            missing=row["missing"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+            dropped=json.loads(row["dropped"]),
+        )
+
+
+def observe(s: StreamLedger, seq: int, window_max: int) -> Verdict:
+    """Pure: update one stream's ledger for seq; the caller persists before acking."""
+    if seq <= s.watermark or seq in s.window:
+        s.duplicates += 1
+        return "duplicate"
+    if seq > s.max_seq + 1:
+        s.gaps += 1
+    s.max_seq = max(s.max_seq, seq)
+    s.window.add(seq)
+    s.accepted += 1
+    while s.watermark + 1 in s.window:
+        s.watermark += 1
+        s.window.discard(s.watermark)
+    while len(s.window) > window_max:
+        lowest = min(s.window)
+        s.missing += lowest - s.watermark - 1
+        s.watermark = lowest
+        s.window.discard(lowest)
+        while s.watermark + 1 in s.window:
+            s.watermark += 1
+            s.window.discard(s.watermark)
+    return "accepted"
+
+
+class Ledger:
+    def __init__(
+        self, engine: Engine, window: int, max_streams: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._engine = engine
+        self._window = window
+        self._max_streams = max_streams
+        self._clock = clock
+        self._streams: OrderedDict[tuple[str, str], StreamLedger] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    def _get(self, host_id: str, stream_id: str) -> StreamLedger:
+        key = (host_id, stream_id)
+        s = self._streams.get(key)
+        if s is not None:
+            self._streams.move_to_end(key)
+            return s
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    select(repo.STREAMS).where(
+                        repo.STREAMS.c.host_id == host_id, repo.STREAMS.c.stream_id == stream_id
+                    )
+                ).first()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the ingest ledger: {exc}") from exc
+        s = StreamLedger.from_row(dict(row._mapping)) if row else StreamLedger(host_id, stream_id)
+        self._streams[key] = s
+        while len(self._streams) > self._max_streams:
+            self._streams.popitem(last=False)  # its row stays in the store
+            self.evicted += 1
+        return s
+
+    def record(self, key: BatchKey, boot_id: str, dropped: dict[str, int]) -> Verdict:
+        """Duplicate, or accepted and committed to the store: only then may the ack say so."""
+        with self._lock:
+            s = self._get(key.host_id, key.stream_id)
+            before = StreamLedger.from_row(s.row())
+            verdict = observe(s, key.seq, self._window)
+            if verdict == "duplicate":
+                return verdict
+            now = self._clock()
+            s.first_seen = s.first_seen or now
+            s.last_seen = now
+            s.boot_id = boot_id
+            s.dropped = dropped
+            try:
+                with self._engine.begin() as conn:
+                    repo.upsert_stream(conn, row=s.row())
+            except SQLAlchemyError as exc:
+                self._streams[(key.host_id, key.stream_id)] = before  # not durable: not accepted
+                raise StoreError(f"cannot commit the ingest ledger: {exc}") from exc
+            return verdict
+
+    def reload(self) -> None:
+        """Forget what is in memory (a new leader reads the store afresh)."""
+        with self._lock:
+            self._streams.clear()
+
+    def snapshot(self) -> list[StreamLedger]:
+        with self._lock:
+            return list(self._streams.values())

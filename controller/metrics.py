@@ -1,0 +1,34 @@
+"""Prometheus metrics of one controller, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "incidentlab_ingest_requests", "Ingest requests by HTTP status", ["code"], registry=r
+        )
+        self.batches = Counter("incidentlab_ingest_batches", "Batches by verdict", ["verdict"], registry=r)
+        self.seconds = Histogram(
+            "incidentlab_ingest_seconds",
+            "Time to handle one ingest request",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.body_bytes = Counter("incidentlab_ingest_body_bytes", "Compressed bytes received", registry=r)
+        self.leader = Gauge("incidentlab_leader", "1 when this controller holds the writer lock", registry=r)
+        self.hot_hosts = Gauge("incidentlab_hot_hosts", "Hosts in hot state", registry=r)
+        self.hot_bytes = Gauge("incidentlab_hot_bytes", "Bytes of snapshots held in hot state", registry=r)
+        self.hot_evicted = Gauge("incidentlab_hot_evicted_hosts", "Hosts evicted from hot state", registry=r)
+
+    def bind(self, is_leader: Callable[[], bool], hot_stats: Callable[[], dict[str, int]]) -> None:
+        self.leader.set_function(lambda: 1.0 if is_leader() else 0.0)
+        self.hot_hosts.set_function(lambda: float(hot_stats()["hosts"]))
+        self.hot_bytes.set_function(lambda: float(hot_stats()["bytes"]))
+        self.hot_evicted.set_function(lambda: float(hot_stats()["evicted_hosts"]))

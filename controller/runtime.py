@@ -1,0 +1,67 @@
+"""Everything one controller process holds, built from its settings and passed to the API."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine
+
+from controller.auth import Authenticator
+from controller.config import ControllerSettings
+from controller.hotstate import HotState
+from controller.ingest import IngestService
+from controller.leader import Leadership, PostgresLeadership
+from controller.ledger import Ledger
+from controller.metrics import Metrics
+from controller.store.db import make_engine, migrate, schema_version
+from controller.store.payloads import PayloadStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: ControllerSettings, *, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.sqlalchemy_url)
+        self.payloads = PayloadStore(settings.payload_root, settings.payload_options)
+        self.auth = Authenticator(settings.auth)
+        self.metrics = Metrics()
+        self.hot = HotState(settings.hot_state)
+        # Streams in memory: a few per host (a wiped spool starts a new stream).
+        self.ledger = Ledger(
+            self.engine, settings.ingest.dedupe_window, max_streams=settings.hot_state.max_hosts * 4
+        )
+        url = settings.ha.advertise_url
+        if settings.is_postgres:
+            assert settings.database_url is not None
+            dsn = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+            self.leadership: Leadership = PostgresLeadership(
+                self.engine, dsn, url, settings.ha.lock_key, settings.ha.poll_interval_s
+            )
+        else:
+            self.leadership = Leadership(url)
+        self.leadership.on_promote = self.ledger.reload  # the store is the truth when leadership moves
+        self.ingest = IngestService(
+            auth=self.auth,
+            ledger=self.ledger,
+            hot=self.hot,
+            leadership=self.leadership,
+            metrics=self.metrics,
+            max_decompressed=settings.ingest.max_decompressed_bytes,
+        )
+        self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
+        self.schema_version = 0
+        self.ready = False
+
+    def start(self) -> None:
+        applied = migrate(self.engine)
+        if applied:
+            log.warning("applied schema migrations %s", applied)
+        self.schema_version = schema_version(self.engine)
+        self.leadership.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self.leadership.stop()
+        self.engine.dispose()

@@ -1,0 +1,83 @@
+"""Engines and migrations for the metadata store.
+
+SQLite (the default, ``data/agent/workflow_runs.db``) runs in WAL mode with
+synchronous=NORMAL: a commit survives a process crash (kill -9) at once, and a
+power cut after the next checkpoint. PostgreSQL (psycopg 3) is for shared
+metadata and HA. Migrations are numbered and recorded in ``schema_migrations``;
+each pending one runs in its own transaction at start, under an advisory lock on
+PostgreSQL so two controllers starting together do not race.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import SQLModel
+
+from controller.errors import StoreError
+from controller.store.models import ControllerLeader, IngestStream, SchemaMigration
+
+MIGRATION_LOCK = 0x1C1DE18
+
+
+def _create(*tables: type[SQLModel]) -> Callable[[Connection], None]:
+    def run(conn: Connection) -> None:
+        SQLModel.metadata.create_all(conn, tables=[t.__table__ for t in tables])  # type: ignore[attr-defined]
+
+    return run
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
+]
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Apply pending migrations; returns the versions applied now."""
+    applied_now: list[int] = []
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+            SQLModel.metadata.create_all(conn, tables=[SchemaMigration.__table__])  # type: ignore[attr-defined]
+            done = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+            for version, name, run in MIGRATIONS:
+                if version in done:
+                    continue
+                with conn.begin_nested():
+                    run(conn)
+                    conn.execute(
+                        text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+                        {"v": version, "n": name, "t": time.time()},
+                    )
+                applied_now.append(version)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"migrations failed: {exc}") from exc
+    return applied_now
+
+
+def schema_version(engine: Engine) -> int:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT max(version) FROM schema_migrations")).first()
+    return int(row[0]) if row and row[0] is not None else 0
