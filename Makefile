@@ -34,7 +34,8 @@ test: install ## what CI runs: lint, the test suite, and the tests again on the 
 	$(MAKE) --no-print-directory pytest
 	$(MAKE) --no-print-directory asan-test
 
-pytest: install ## the test suite alone
+pytest: install ## the test suite alone (starts PostgreSQL when it is not running)
+	@scripts/ensure-postgres.sh
 	$(PY) -m pytest
 
 lint: install ## ruff (lint and format check) and mypy --strict

@@ -55,6 +55,7 @@ def transport_options(settings: CollectorSettings) -> TransportOptions:
         raise CollectorError("transport.url is not set: the agent has nowhere to send batches")
     return TransportOptions(
         url=t.url,
+        fallback_urls=tuple(t.fallback_urls),
         ca_file=t.ca_file,
         cert_file=t.cert_file,
         key_file=t.key_file,

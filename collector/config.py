@@ -55,6 +55,9 @@ class TransportSettings(_Strict):
     """Where and how batches go; the token is read from a file so it stays out of configs."""
 
     url: str | None = None
+    fallback_urls: list[str] = Field(
+        default_factory=list
+    )  # other controllers, tried when url cannot be reached
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -69,9 +72,11 @@ class TransportSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TransportSettings:
-        plain_ok = self.allow_http and self.url is not None and self.url.startswith("http://")
-        if self.url is not None and not self.url.startswith("https://") and not plain_ok:
-            raise ValueError("url must be https:// (set allow_http for plain HTTP on a trusted network)")
+        for url in [u for u in (self.url, *self.fallback_urls) if u is not None]:
+            if not url.startswith("https://") and not (self.allow_http and url.startswith("http://")):
+                raise ValueError(
+                    f"{url}: must be https:// (set allow_http for plain HTTP on a trusted network)"
+                )
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file needs cert_file")
         return self

@@ -36,6 +36,8 @@ LEADER_HEADER = "X-Incidentlab-Leader"
 @dataclass(frozen=True)
 class TransportOptions:
     url: str
+    # Other controllers to try when the current one cannot be reached (an HA pair).
+    fallback_urls: tuple[str, ...] = ()
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -117,8 +119,10 @@ class Transport:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.opts = options
-        self._check_url(options.url)
+        for u in (options.url, *options.fallback_urls):
+            self._check_url(u)
         self.url = options.url.rstrip("/")
+        self._candidates = [u.rstrip("/") for u in (options.url, *options.fallback_urls)]
         self._http_transport = http_transport  # an httpx.MockTransport in tests
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -200,6 +204,9 @@ class Transport:
                 resp = self._client.post(self.url + INGEST_PATH, content=payload, headers=headers)
             except httpx.TimeoutException as exc:
                 reason = f"timed out: {type(exc).__name__}"
+            except httpx.ConnectError as exc:
+                reason = f"cannot reach {self.url}: {exc}"
+                self._next_candidate()
             except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
@@ -220,6 +227,13 @@ class Transport:
         raise TransportError(
             f"batch {key.seq} not delivered after {self.opts.max_attempts} attempts: {reason}"
         )
+
+    def _next_candidate(self) -> None:
+        """After a connect failure, the next configured controller (a leader may have died)."""
+        if len(self._candidates) < 2:
+            return
+        i = self._candidates.index(self.url) if self.url in self._candidates else -1
+        self.url = self._candidates[(i + 1) % len(self._candidates)]
 
     def _answer(self, resp: httpx.Response, key: BatchKey, latency: float) -> _Outcome:
         code = resp.status_code

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from collector.transport import INGEST_PATH
+from collector.wire import Batch
 from controller import __version__
 from controller.api.fast_ingest import read_body
 from controller.auth import Action, Principal
@@ -153,9 +155,27 @@ def ingest_status(
     return {"hosts": hosts, "count": len(hosts)}
 
 
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """The JSON schema with its $refs replaced by their definitions (the batch types do not recurse)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _batch_body_schema() -> dict[str, Any]:
+    raw = msgspec.json.schema(Batch)
+    schema = _inline(raw, raw.get("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 @router.post(
     INGEST_PATH,
     tags=["ingest"],
+    openapi_extra=_batch_body_schema(),
     responses={
         200: {"description": "an incidentlab.ack/v1 (accepted or duplicate)"},
         400: {"description": "invalid batch: an ack with status rejected naming the field, or a detail"},
