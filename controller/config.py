@@ -65,7 +65,9 @@ class IngestSettings(_Strict):
 
 class HotStateSettings(_Strict):
     max_hosts: int = Field(default=10_000, ge=1, le=1_000_000)
-    samples_per_host: int = Field(default=600, ge=1, le=100_000)
+    # All hosts together: the least recently seen go first past this (1 GiB of batch JSON).
+    max_total_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
+    samples_per_host: int = Field(default=600, ge=1, le=100_000)  # 10 minutes at 1 s
     bytes_per_host: int = Field(default=4 << 20, ge=1 << 10, le=1 << 30)
     events_per_host: int = Field(default=2_000, ge=0, le=1_000_000)
     stale_after_s: float = Field(default=30.0, gt=0)

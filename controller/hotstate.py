@@ -1,12 +1,16 @@
-"""Bounded hot state: the recent snapshots and events of each host, in memory.
+"""Bounded hot state: the recent telemetry of each host, in memory.
 
-Per host: a ring of snapshots bounded by count (``samples_per_host``) and by bytes
-(``bytes_per_host``, counted as the decompressed JSON each snapshot arrived as), a
-ring of events, the latest CollectorInfo, agent health and drop counts, and per
-source the last time it answered ok or fallback. At most ``max_hosts`` hosts: the
-least recently seen goes first, and evictions are counted. Freshness per source:
-``fresh`` within stale_after_s of the last good answer, ``stale`` until
-missing_after_s, ``missing`` after that or if it never answered.
+Each accepted batch is kept as the JSON it arrived as (already validated), with
+its time range and snapshot count; windows are decoded on demand. That keeps the
+memory a host costs equal to what is counted, and keeps ingest from building a
+second object graph. Per host the ring is bounded by snapshots
+(``samples_per_host``) and bytes (``bytes_per_host``); the whole state by hosts
+(``max_hosts``) and bytes (``max_total_bytes``), the least recently seen host going
+first, counted. Events are kept decoded, bounded by ``events_per_host``.
+
+Freshness per source: ``fresh`` within stale_after_s of its last ok or fallback
+answer, ``stale`` until missing_after_s, ``missing`` after that or if it never
+answered.
 """
 
 from __future__ import annotations
@@ -18,17 +22,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from collector.wire import Batch, Snapshot
 from controller.config import HotStateSettings
 
 Freshness = Literal["fresh", "stale", "missing"]
+_DECODE = msgspec.json.Decoder(Batch)
+
+
+@dataclass
+class Entry:
+    ts_min: float
+    ts_max: float
+    snapshots: int
+    raw: bytes  # the batch's JSON, validated at ingest
 
 
 @dataclass
 class HostState:
     host_id: str
     boot_id: str = ""
-    samples: deque[tuple[float, int, Snapshot]] = field(default_factory=deque)
+    entries: deque[Entry] = field(default_factory=deque)
+    snapshots: int = 0
     bytes: int = 0
     events: deque[dict[str, Any]] = field(default_factory=deque)
     last_seen: float = 0.0
@@ -37,7 +53,7 @@ class HostState:
     dropped: dict[str, int] = field(default_factory=dict)
     source_ok_at: dict[str, float] = field(default_factory=dict)
     source_status: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
-    evicted_samples: int = 0
+    evicted_snapshots: int = 0
     evicted_events: int = 0
 
 
@@ -50,45 +66,55 @@ class HotState:
         self.evicted_hosts = 0
         self.total_bytes = 0
 
-    def ingest(self, batch: Batch, body_bytes: int) -> None:
+    def ingest(self, batch: Batch, raw: bytes) -> None:
         s = self.settings
-        per_snapshot = body_bytes // max(1, len(batch.snapshots)) if batch.snapshots else 0
         with self._lock:
             host = self._hosts.get(batch.host_id)
             if host is None:
-                host = HostState(batch.host_id)
-                self._hosts[batch.host_id] = host
-                while len(self._hosts) > s.max_hosts:
-                    _, gone = self._hosts.popitem(last=False)
-                    self.total_bytes -= gone.bytes
-                    self.evicted_hosts += 1
+                host = self._hosts[batch.host_id] = HostState(batch.host_id)
             else:
                 self._hosts.move_to_end(batch.host_id)
             host.last_seen = self._clock()
             host.boot_id = batch.boot_id
-            host.dropped = dict(batch.dropped)
+            host.dropped = batch.dropped
             if batch.collector is not None:
                 host.collector = batch.collector
             if batch.agent is not None:
                 host.agent = batch.agent
-            for snap in batch.snapshots:
-                host.samples.append((snap.ts, per_snapshot, snap))
-                host.bytes += per_snapshot
-                self.total_bytes += per_snapshot
-                for name, entry in snap.sources.items():
-                    host.source_status[name] = (entry.status, entry.path, entry.reason)
-                    if entry.status in ("ok", "fallback"):
-                        host.source_ok_at[name] = max(host.source_ok_at.get(name, 0.0), snap.ts)
-            while host.samples and (len(host.samples) > s.samples_per_host or host.bytes > s.bytes_per_host):
-                _, size, _ = host.samples.popleft()
-                host.bytes -= size
-                self.total_bytes -= size
-                host.evicted_samples += 1
-            for event in batch.events:
-                host.events.append(event)
+            if batch.snapshots:
+                for snap in batch.snapshots:
+                    for name, entry in snap.sources.items():
+                        host.source_status[name] = (entry.status, entry.path, entry.reason)
+                        good = entry.status == "ok" or entry.status == "fallback"
+                        if good and snap.ts > host.source_ok_at.get(name, 0.0):
+                            host.source_ok_at[name] = snap.ts
+                ts = [snap.ts for snap in batch.snapshots]
+                host.entries.append(Entry(min(ts), max(ts), len(ts), raw))
+                host.snapshots += len(ts)
+                host.bytes += len(raw)
+                self.total_bytes += len(raw)
+                # Keep at least the newest batch, however large.
+                while len(host.entries) > 1 and (
+                    host.snapshots > s.samples_per_host or host.bytes > s.bytes_per_host
+                ):
+                    self._drop_oldest_entry(host)
+            host.events.extend(batch.events)
             while len(host.events) > s.events_per_host:
                 host.events.popleft()
                 host.evicted_events += 1
+            while len(self._hosts) > 1 and (
+                len(self._hosts) > s.max_hosts or self.total_bytes > s.max_total_bytes
+            ):
+                _, gone = self._hosts.popitem(last=False)
+                self.total_bytes -= gone.bytes
+                self.evicted_hosts += 1
+
+    def _drop_oldest_entry(self, host: HostState) -> None:
+        old = host.entries.popleft()
+        host.snapshots -= old.snapshots
+        host.bytes -= len(old.raw)
+        self.total_bytes -= len(old.raw)
+        host.evicted_snapshots += old.snapshots
 
     def freshness(self, host_id: str) -> dict[str, Freshness]:
         now = self._clock()
@@ -108,13 +134,18 @@ class HotState:
             return out
 
     def window(self, host_id: str, seconds: float) -> list[Snapshot]:
-        """The host's snapshots from the last ``seconds`` (by their own timestamps)."""
+        """The host's snapshots of the last ``seconds`` before its newest one, oldest first."""
         with self._lock:
             host = self._hosts.get(host_id)
-            if host is None or not host.samples:
+            if host is None or not host.entries:
                 return []
-            newest = host.samples[-1][0]
-            return [snap for ts, _, snap in host.samples if ts >= newest - seconds]
+            newest = max(e.ts_max for e in host.entries)
+            chosen = [e.raw for e in host.entries if e.ts_max >= newest - seconds]
+        out: list[Snapshot] = []
+        for raw in chosen:  # decoded outside the lock: ingest goes on meanwhile
+            out.extend(s for s in _DECODE.decode(raw).snapshots if s.ts >= newest - seconds)
+        out.sort(key=lambda s: s.ts)
+        return out
 
     def host(self, host_id: str) -> HostState | None:
         with self._lock:
@@ -129,12 +160,13 @@ class HotState:
         with self._lock:
             return {
                 "hosts": len(self._hosts),
-                "samples": sum(len(h.samples) for h in self._hosts.values()),
+                "samples": sum(h.snapshots for h in self._hosts.values()),
                 "events": sum(len(h.events) for h in self._hosts.values()),
                 "bytes": self.total_bytes,
                 "evicted_hosts": self.evicted_hosts,
                 "bounds": {
                     "max_hosts": s.max_hosts,
+                    "max_total_bytes": s.max_total_bytes,
                     "samples_per_host": s.samples_per_host,
                     "bytes_per_host": s.bytes_per_host,
                     "events_per_host": s.events_per_host,

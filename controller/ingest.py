@@ -148,9 +148,9 @@ class IngestService:
                 # An ack naming the batch tells the collector this is permanent: dead-letter it.
                 return Answer(400, encode(make_ack(key, "rejected", reason=str(exc))))
             return _json(400, {"detail": str(exc), "field": exc.field})
-        return self._accept(batch, len(raw))
+        return self._accept(batch, raw)
 
-    def _accept(self, batch: Batch, raw_bytes: int) -> Answer:
+    def _accept(self, batch: Batch, raw: bytes) -> Answer:
         key = batch_key(batch)
         try:
             verdict = self.ledger.record(key, batch.boot_id, batch.dropped)
@@ -158,5 +158,5 @@ class IngestService:
             return _json(503, {"detail": f"cannot record the batch now: {exc}"})
         self.metrics.batches.labels(verdict).inc()
         if verdict == "accepted":
-            self.hot.ingest(batch, raw_bytes)
+            self.hot.ingest(batch, raw)
         return Answer(200, encode(make_ack(key, verdict)))

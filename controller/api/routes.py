@@ -145,7 +145,7 @@ def ingest_status(
                 "boot_id": h.boot_id,
                 "last_seen": h.last_seen,
                 "lag_s": round(now - h.last_seen, 3),
-                "samples": len(h.samples),
+                "samples": h.snapshots,
                 "dropped": h.dropped,
                 "freshness": rt.hot.freshness(host_id),
                 "streams": streams.get(host_id, []),
