@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -65,6 +65,41 @@ class Batch(msgspec.Struct, forbid_unknown_fields=True):
     agent: dict[str, Any] | None = None
 
 
+class SourceEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """A source entry as ingest reads it: ``data`` stays raw JSON (scanned, not built)."""
+
+    status: Status
+    path: PathKind
+    reason: str | None
+    data: msgspec.Raw
+    duration_s: float | None = None
+
+
+class SnapshotEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    ts: float
+    interval_s: float | None
+    sources: dict[str, SourceEnvelope]
+
+
+class BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """The batch as the controller's ingest validates it: the same fields and rules as
+    Batch, but each source's data kept as raw JSON, so a 64 KiB batch does not become a
+    tree of Python objects on the request path. Hot state keeps the bytes; windows are
+    decoded into Batch later, when a workflow reads them."""
+
+    schema: str
+    host_id: str
+    boot_id: str
+    stream_id: str
+    seq: int
+    sent_at: float
+    snapshots: list[SnapshotEnvelope]
+    events: list[dict[str, Any]] = []
+    dropped: dict[str, int] = {}
+    collector: dict[str, Any] | None = None
+    agent: dict[str, Any] | None = None
+
+
 class Ack(msgspec.Struct, forbid_unknown_fields=True):
     schema: str
     host_id: str
@@ -102,7 +137,7 @@ def _field_of(exc: msgspec.ValidationError) -> str:
     return f"{where}.{named.group(1)}" if named else where
 
 
-def _check(batch: Batch, limits: Limits) -> Batch:
+def _check(batch: B, limits: Limits) -> B:
     if batch.schema != BATCH_SCHEMA:
         raise WireError("$.schema", f"expected {BATCH_SCHEMA!r}, got {batch.schema!r}")
     for name in ("host_id", "boot_id", "stream_id"):
@@ -128,7 +163,9 @@ def _check(batch: Batch, limits: Limits) -> Batch:
     return batch
 
 
+B = TypeVar("B", Batch, BatchEnvelope)
 _BATCH_DECODER = msgspec.json.Decoder(Batch)
+_ENVELOPE_DECODER = msgspec.json.Decoder(BatchEnvelope)
 _ACK_DECODER = msgspec.json.Decoder(Ack)
 _ENCODER = msgspec.json.Encoder()
 
@@ -147,11 +184,22 @@ def validate_batch(body: bytes | dict[str, Any], limits: Limits | None = None) -
     return _check(batch, limits or Limits())
 
 
+def validate_envelope(body: bytes, limits: Limits | None = None) -> BatchEnvelope:
+    """validate_batch for ingest: the same refusals, each source's data left as raw JSON."""
+    try:
+        env = _ENVELOPE_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise WireError(_field_of(exc), str(exc).split(" - at ")[0]) from exc
+    except msgspec.DecodeError as exc:
+        raise WireError("$", f"not valid JSON: {exc}") from exc
+    return _check(env, limits or Limits())
+
+
 def encode(obj: Batch | Ack) -> bytes:
     return _ENCODER.encode(obj)
 
 
-def batch_key(batch: Batch) -> BatchKey:
+def batch_key(batch: Batch | BatchEnvelope) -> BatchKey:
     return BatchKey(batch.host_id, batch.stream_id, batch.seq)
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
-from collector.wire import Batch, Snapshot
+from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope
 from controller.config import HotStateSettings
 
 Freshness = Literal["fresh", "stale", "missing"]
@@ -66,7 +66,7 @@ class HotState:
         self.evicted_hosts = 0
         self.total_bytes = 0
 
-    def ingest(self, batch: Batch, raw: bytes) -> None:
+    def ingest(self, batch: BatchEnvelope | Batch, raw: bytes) -> None:
         s = self.settings
         with self._lock:
             host = self._hosts.get(batch.host_id)
@@ -82,12 +82,7 @@ class HotState:
             if batch.agent is not None:
                 host.agent = batch.agent
             if batch.snapshots:
-                for snap in batch.snapshots:
-                    for name, entry in snap.sources.items():
-                        host.source_status[name] = (entry.status, entry.path, entry.reason)
-                        good = entry.status == "ok" or entry.status == "fallback"
-                        if good and snap.ts > host.source_ok_at.get(name, 0.0):
-                            host.source_ok_at[name] = snap.ts
+                self._note_sources(host, batch)
                 ts = [snap.ts for snap in batch.snapshots]
                 host.entries.append(Entry(min(ts), max(ts), len(ts), raw))
                 host.snapshots += len(ts)
@@ -108,6 +103,28 @@ class HotState:
                 _, gone = self._hosts.popitem(last=False)
                 self.total_bytes -= gone.bytes
                 self.evicted_hosts += 1
+
+    @staticmethod
+    def _note_sources(host: HostState, batch: BatchEnvelope | Batch) -> None:
+        """Latest status per source, and the newest time each answered ok or fallback.
+
+        Walks snapshots newest first and stops once every source has a good answer: one
+        snapshot for the usual batch, every one only when some source keeps failing."""
+        pending: set[str] | None = None
+        snapshots: Sequence[SnapshotEnvelope | Snapshot] = batch.snapshots
+        for snap in reversed(snapshots):
+            if pending is None:
+                pending = set(snap.sources)
+                for name, entry in snap.sources.items():
+                    host.source_status[name] = (entry.status, entry.path, entry.reason)
+            for name in list(pending):
+                found = snap.sources.get(name)
+                if found is not None and (found.status == "ok" or found.status == "fallback"):
+                    if snap.ts > host.source_ok_at.get(name, 0.0):
+                        host.source_ok_at[name] = snap.ts
+                    pending.discard(name)
+            if not pending:
+                break
 
     def _drop_oldest_entry(self, host: HostState) -> None:
         old = host.entries.popleft()

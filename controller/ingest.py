@@ -20,7 +20,7 @@ import zstandard
 
 from collector.errors import WireError
 from collector.transport import LEADER_HEADER
-from collector.wire import Batch, BatchKey, Limits, batch_key, encode, make_ack, validate_batch
+from collector.wire import BatchEnvelope, BatchKey, Limits, batch_key, encode, make_ack, validate_envelope
 from controller.auth import Authenticator
 from controller.errors import AuthError, Forbidden, StoreError
 from controller.hotstate import HotState
@@ -141,7 +141,7 @@ class IngestService:
         except IngestRefusal as exc:
             return _json(exc.status, {"detail": str(exc)})
         try:
-            batch = validate_batch(raw, self.limits)
+            batch = validate_envelope(raw, self.limits)
         except WireError as exc:
             key = _identity(raw)
             if key is not None:
@@ -150,7 +150,7 @@ class IngestService:
             return _json(400, {"detail": str(exc), "field": exc.field})
         return self._accept(batch, raw)
 
-    def _accept(self, batch: Batch, raw: bytes) -> Answer:
+    def _accept(self, batch: BatchEnvelope, raw: bytes) -> Answer:
         key = batch_key(batch)
         try:
             verdict = self.ledger.record(key, batch.boot_id, batch.dropped)

@@ -12,6 +12,7 @@ least recently used first out) and are loaded from the store on a miss.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -144,7 +145,7 @@ class Ledger:
         """Duplicate, or accepted and committed to the store: only then may the ack say so."""
         with self._lock:
             s = self._get(key.host_id, key.stream_id)
-            before = StreamLedger.from_row(s.row())
+            before = dataclasses.replace(s, window=set(s.window), dropped=dict(s.dropped))
             verdict = observe(s, key.seq, self._window)
             if verdict == "duplicate":
                 return verdict
@@ -155,7 +156,7 @@ class Ledger:
             s.dropped = dropped
             try:
                 with self._engine.begin() as conn:
-                    repo.upsert_stream(conn, row=s.row())
+                    conn.execute(repo.UPSERT_STREAM, s.row())
             except SQLAlchemyError as exc:
                 self._streams[(key.host_id, key.stream_id)] = before  # not durable: not accepted
                 raise StoreError(f"cannot commit the ingest ledger: {exc}") from exc

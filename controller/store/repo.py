@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -13,6 +13,33 @@ from controller.store.models import ControllerLeader, IngestStream
 
 STREAMS = IngestStream.__table__  # type: ignore[attr-defined]
 LEADER = ControllerLeader.__table__  # type: ignore[attr-defined]
+
+
+_STREAM_COLUMNS = (
+    "host_id",
+    "stream_id",
+    "boot_id",
+    "watermark",
+    "window",
+    "max_seq",
+    "accepted",
+    "duplicates",
+    "gaps",
+    "missing",
+    "first_seen",
+    "last_seen",
+    "dropped",
+)
+# Plain SQL that SQLite (3.24+) and PostgreSQL both take, built once: the ingest path runs it
+# per batch, and building an ORM upsert each time cost more than the commit.
+# Identifiers quoted: "window" is a reserved word in PostgreSQL.
+_QUOTED = ", ".join(f'"{c}"' for c in _STREAM_COLUMNS)
+UPSERT_STREAM = text(
+    f"INSERT INTO ingest_streams ({_QUOTED}) "
+    f"VALUES ({', '.join(':' + c for c in _STREAM_COLUMNS)}) "
+    'ON CONFLICT ("host_id", "stream_id") DO UPDATE SET '
+    + ", ".join(f'"{c}" = excluded."{c}"' for c in _STREAM_COLUMNS[2:])
+)
 
 
 def _insert(conn: Connection, table: Any) -> Any:

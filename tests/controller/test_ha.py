@@ -63,7 +63,8 @@ def test_one_leader_followers_redirect_and_failover(
             agent.sample_once()
         while agent.ship_once():
             pass
-        assert agent.spool.acked == 5 and agent.transport.url == a.url  # followed the hint
+        assert agent.spool.acked == 5, agent.transport.stats.last_error
+        assert agent.transport.url == a.url  # followed the hint
 
         a.kill9()
         deadline = time.monotonic() + 15
