@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from collector.errors import ConfigError
+from collector.settings_io import EnvOverYaml, describe, read_yaml_mapping
 
 ENV_PREFIX = "INCIDENTLAB_COLLECTOR_"
 
@@ -82,7 +82,7 @@ class TransportSettings(_Strict):
         return self
 
 
-class CollectorSettings(BaseSettings):
+class CollectorSettings(EnvOverYaml):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
@@ -141,49 +141,13 @@ class CollectorSettings(BaseSettings):
         """The directory holding the host's proc/ and sys/ ("/" on the host itself)."""
         return str(self.procfs_root.parent)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives as init keyword arguments (load_settings), so the
-        # environment has to outrank them: env first, then init.
-        return env_settings, init_settings
-
-
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key")
-        else:
-            lines.append(f"{where}: {err['msg']}")
-    return "; ".join(lines)
-
 
 def load_settings(path: Path | None = None, **overrides: Any) -> CollectorSettings:
     """Settings from an optional YAML file, the environment, and keyword overrides.
 
     Keyword overrides win over everything; the environment wins over the file.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read collector config {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"collector config {path} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"collector config {path} must be a mapping at the top level")
-        data = loaded
+    data = read_yaml_mapping(path, "collector config", ConfigError) if path is not None else {}
     try:
         settings = CollectorSettings(**data)
         if overrides:
@@ -192,5 +156,5 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CollectorSettin
             settings = CollectorSettings(_env_prefix="INCIDENTLAB_COLLECTOR_OVERRIDES_ONLY_", **merged)  # type: ignore[call-arg]
     except ValidationError as exc:
         source = f" ({path})" if path else ""
-        raise ConfigError(f"collector settings refused{source}: {_describe(exc)}") from exc
+        raise ConfigError(f"collector settings refused{source}: {describe(exc)}") from exc
     return settings

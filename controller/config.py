@@ -11,10 +11,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from collector.settings_io import EnvOverYaml, describe, read_yaml_mapping
 from controller.errors import ConfigError
 
 Role = Literal["collector", "operator", "admin"]
@@ -87,7 +87,7 @@ class HASettings(_Strict):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
 
-class ControllerSettings(BaseSettings):
+class ControllerSettings(EnvOverYaml):
     model_config = SettingsConfigDict(
         env_prefix="INCIDENTLAB_CONTROLLER_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
@@ -143,40 +143,11 @@ class ControllerSettings(BaseSettings):
     def payload_root(self) -> str:
         return self.payload_url or str(self.data_dir / "artifacts")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return env_settings, init_settings  # the YAML file arrives as init kwargs: env outranks it
-
-
-def _describe(exc: ValidationError) -> str:
-    out = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
-        out.append(f"{where}: unknown key" if err["type"] == "extra_forbidden" else f"{where}: {err['msg']}")
-    return "; ".join(out)
-
 
 def load_settings(path: Path | None = None, **overrides: Any) -> ControllerSettings:
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read controller config {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"controller config {path} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"controller config {path} must be a mapping at the top level")
-        data = loaded or {}
+    data = read_yaml_mapping(path, "controller config", ConfigError) if path is not None else {}
     try:
         return ControllerSettings(**(data | overrides))
     except ValidationError as exc:
         source = f" ({path})" if path else ""
-        raise ConfigError(f"controller settings refused{source}: {_describe(exc)}") from exc
+        raise ConfigError(f"controller settings refused{source}: {describe(exc)}") from exc
