@@ -1,0 +1,150 @@
+"""Findings, culprits, the detector registry, and the statistics detectors share.
+
+Methods: static thresholds; a robust z-score (median and MAD of the window before
+the latest points); a seasonal baseline (the same phase in earlier periods); and
+correlation across signals (Pearson). A detector returns findings with a score in
+[0, 1]; the analyzer turns the best ones into hypotheses.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from controller.detectors.evidence import Evidence
+from controller.errors import ControllerError
+
+
+@dataclass(frozen=True)
+class Culprit:
+    kind: str  # process, cgroup, pod, device, interface, socket, source, host
+    id: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Finding:
+    family: str
+    method: str
+    signal: str
+    value: float
+    baseline: float | None
+    threshold: float | None
+    score: float
+    culprit: Culprit
+    summary: str
+    supporting: list[str] = field(default_factory=list)
+    contradicting: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["value"] = round(self.value, 4)
+        d["score"] = round(self.score, 4)
+        if self.baseline is not None:
+            d["baseline"] = round(self.baseline, 4)
+        return d
+
+
+Detector = Callable[[Evidence], list[Finding]]
+DETECTORS: dict[str, Detector] = {}
+
+
+class UnknownDetectorError(ControllerError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
+
+
+def detector(family: str) -> Callable[[Detector], Detector]:
+    def register(fn: Detector) -> Detector:
+        if family in DETECTORS:
+            raise ValueError(f"detector {family!r} registered twice")
+        DETECTORS[family] = fn
+        return fn
+
+    return register
+
+
+def get_detector(family: str) -> Detector:
+    try:
+        return DETECTORS[family]
+    except KeyError:
+        raise UnknownDetectorError(family) from None
+
+
+def recent(values: Sequence[float], n: int = 5) -> float | None:
+    """The mean of the last n points: one noisy sample is not a saturation."""
+    tail = list(values[-n:])
+    return sum(tail) / len(tail) if tail else None
+
+
+def robust_z(values: Sequence[float], tail: int = 3) -> tuple[float, float] | None:
+    """(z, baseline median) of the mean of the last `tail` points against the rest."""
+    if len(values) < tail + 8:
+        return None
+    base, last = list(values[:-tail]), list(values[-tail:])
+    med = statistics.median(base)
+    mad = statistics.median(abs(v - med) for v in base)
+    # 1.4826 makes the MAD a standard deviation for normal data; the floor keeps a flat
+    # baseline from turning any blip into an infinite z.
+    scale = max(1.4826 * mad, 0.05 * abs(med), 1e-6)
+    return (sum(last) / len(last) - med) / scale, med
+
+
+def seasonal_baseline(
+    points: Sequence[tuple[float, float]], period_s: float, tolerance_s: float
+) -> float | None:
+    """The median of the values one, two, ... periods before the latest point (same phase)."""
+    if not points:
+        return None
+    t_last = points[-1][0]
+    same_phase = []
+    k = 1
+    while t_last - k * period_s >= points[0][0] - tolerance_s:
+        target = t_last - k * period_s
+        near = [v for t, v in points if abs(t - target) <= tolerance_s]
+        if near:
+            same_phase.append(statistics.median(near))
+        k += 1
+    return statistics.median(same_phase) if len(same_phase) >= 2 else None
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
+    n = min(len(a), len(b))
+    if n < 8:
+        return None
+    x, y = list(a[-n:]), list(b[-n:])
+    mx, my = sum(x) / n, sum(y) / n
+    sx = math.sqrt(sum((v - mx) ** 2 for v in x))
+    sy = math.sqrt(sum((v - my) ** 2 for v in y))
+    if sx == 0 or sy == 0:
+        return None
+    return sum((p - mx) * (q - my) for p, q in zip(x, y, strict=True)) / (sx * sy)
+
+
+def clamp(x: float) -> float:
+    return max(0.0, min(1.0, x))
+
+
+def process_culprit(row: dict[str, Any] | None, reason: str) -> Culprit:
+    if not row:
+        return Culprit("host", "host", {"reason": reason})
+    if row.get("pod_uid"):
+        return Culprit(
+            "pod",
+            str(row["pod_uid"]),
+            {"pid": row.get("pid"), "comm": row.get("comm"), "container_id": row.get("container_id")},
+        )
+    return Culprit(
+        "process",
+        f"{row.get('comm')}[{row.get('pid')}]",
+        {"pid": row.get("pid"), "comm": row.get("comm"), "cgroup": row.get("cgroup")},
+    )
+
+
+def top_row(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    best = [r for r in rows if isinstance(r.get(key), int | float)]
+    return max(best, key=lambda r: r[key]) if best else None

@@ -1,0 +1,207 @@
+"""From a host's window of snapshots to evidence: named time series plus the latest tables.
+
+Evidence is what the analyzer reads and what a run's evidence package stores, so a
+replay reads exactly what the first run read. It is bounded: at most MAX_POINTS per
+series, MAX_ROWS per table, MAX_EVENTS events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from collector.wire import Snapshot
+
+MAX_POINTS = 900  # 15 minutes at 1 s
+MAX_ROWS = 20
+MAX_EVENTS = 200
+Series = list[tuple[float, float]]
+
+
+@dataclass
+class Evidence:
+    host_id: str
+    start: float
+    end: float
+    samples: int
+    series: dict[str, Series] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    freshness: dict[str, str] = field(default_factory=dict)
+    sources_seen: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evidence:
+        ev = cls(**{k: v for k, v in d.items() if k != "series"})
+        ev.series = {k: [(float(t), float(v)) for t, v in pts] for k, pts in d.get("series", {}).items()}
+        return ev
+
+    def latest(self, name: str) -> float | None:
+        pts = self.series.get(name)
+        return pts[-1][1] if pts else None
+
+    def values(self, name: str) -> list[float]:
+        return [v for _, v in self.series.get(name, [])]
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def _add(series: dict[str, Series], name: str, ts: float, value: float | None) -> None:
+    if value is not None:
+        series.setdefault(name, []).append((ts, value))
+
+
+def snapshot_signals(
+    snap: Snapshot, series: dict[str, Series], tables: dict[str, Any], prev: dict[str, float]
+) -> None:
+    ts = snap.ts
+    src = snap.sources
+
+    def data(name: str) -> dict[str, Any] | None:
+        entry = src.get(name)
+        return entry.data if entry is not None and entry.status in ("ok", "fallback") else None
+
+    if (host := data("host")) is not None:
+        util = _get(host, "cpu", "util_pct")
+        if isinstance(util, dict):
+            idle, iowait = _num(util.get("idle")), _num(util.get("iowait"))
+            if idle is not None and iowait is not None:
+                _add(series, "cpu_busy_pct", ts, 100.0 - idle - iowait)
+                _add(series, "cpu_iowait_pct", ts, iowait)
+            _add(series, "cpu_steal_pct", ts, _num(util.get("steal")))
+        _add(series, "procs_running", ts, _num(_get(host, "cpu", "procs_running")))
+        _add(series, "procs_blocked", ts, _num(_get(host, "cpu", "procs_blocked")))
+        _add(series, "forks_per_s", ts, _num(_get(host, "cpu", "forks_per_s")))
+        load = host.get("load")
+        if isinstance(load, list) and load:
+            _add(series, "load1", ts, _num(load[0]))
+        total, avail = _num(_get(host, "memory", "MemTotal")), _num(_get(host, "memory", "MemAvailable"))
+        if total and avail is not None:
+            _add(series, "mem_available_pct", ts, 100.0 * avail / total)
+        for key in ("pswpin_per_s", "pswpout_per_s", "pgmajfault_per_s"):
+            _add(series, key, ts, _num(_get(host, "vmstat_rates", key)))
+        ooms = _num(_get(host, "vmstat", "oom_kill"))
+        if ooms is not None:
+            if "oom_kill" in prev:
+                _add(series, "oom_kills", ts, max(0.0, ooms - prev["oom_kill"]))
+            prev["oom_kill"] = ooms
+    if (psi := data("psi")) is not None:
+        for res in ("cpu", "memory", "io"):
+            for kind in ("some", "full"):
+                _add(series, f"psi_{res}_{kind}", ts, _num(_get(psi, res, kind, "avg10")))
+    if (disk := data("disk")) is not None:
+        devs = [d for d in disk.get("devices", []) if isinstance(d, dict)]
+        utils = [u for d in devs if (u := _num(d.get("util_pct"))) is not None]
+        if utils:
+            _add(series, "disk_util_max_pct", ts, max(utils))
+        awaits = [
+            a for d in devs for k in ("read_await_ms", "write_await_ms") if (a := _num(d.get(k))) is not None
+        ]
+        if awaits:
+            _add(series, "disk_await_max_ms", ts, max(awaits))
+        tables["disks"] = sorted(devs, key=lambda d: -(_num(d.get("util_pct")) or 0))[:MAX_ROWS]
+    if (net := data("network")) is not None:
+        errs = drops = 0.0
+        ifaces = [i for i in net.get("interfaces", []) if isinstance(i, dict)]
+        for i in ifaces:
+            rates = i.get("rates") or {}
+            errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
+            drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
+        _add(series, "nic_errors_per_s", ts, errs)
+        _add(series, "nic_drops_per_s", ts, drops)
+        tables["interfaces"] = [
+            {"name": i.get("name"), "operstate": i.get("operstate"), "rates": i.get("rates")} for i in ifaces
+        ][:MAX_ROWS]
+    if (socks := data("sockets")) is not None:
+        _add(series, "tcp_in_rto_backoff", ts, _num(socks.get("in_rto_backoff")))
+        near = socks.get("listeners_near_backlog") or []
+        _add(series, "listeners_near_backlog", ts, float(len(near)))
+        tables["listeners_near_backlog"] = near[:MAX_ROWS]
+        tables["top_retrans"] = (socks.get("top_retrans") or [])[:MAX_ROWS]
+    if (procs := data("processes")) is not None:
+        rows = [r for r in procs.get("rows", []) if isinstance(r, dict)]
+        fds = [f for r in rows if (f := _num(r.get("num_fds"))) is not None]
+        if fds:
+            _add(series, "max_process_fds", ts, max(fds))
+        tables["processes"] = rows[:MAX_ROWS]
+        _add(series, "processes", ts, _num(_get(procs, "totals", "processes")))
+    if (cg := data("cgroup")) is not None:
+        rows = [r for r in cg.get("cgroups", []) if isinstance(r, dict)]
+        throttled = [t for r in rows if (t := _num(_get(r, "cpu", "throttled_periods_pct"))) is not None]
+        if throttled:
+            _add(series, "cgroup_throttled_max_pct", ts, max(throttled))
+        tables["cgroups"] = rows[:MAX_ROWS]
+    if (ebpf := data("ebpf")) is not None:
+        counts = ebpf.get("counts") or {}
+        for kind in ("tcp_retransmit", "exec", "exit", "oom_kill", "fork"):
+            _add(series, f"ebpf_{kind}", ts, _num(counts.get(kind)) or 0.0)
+    if (gpu := data("gpu")) is not None:
+        devices = [d for d in gpu.get("devices", []) if isinstance(d, dict)]
+        tables["gpus"] = devices[:MAX_ROWS]
+        for dev in devices:
+            i = dev.get("index")
+            _add(series, f"gpu{i}_util_pct", ts, _num(_get(dev, "utilization_pct", "gpu")))
+            total, used = _num(_get(dev, "memory", "total")), _num(_get(dev, "memory", "used"))
+            if total:
+                _add(series, f"gpu{i}_mem_used_pct", ts, 100.0 * (used or 0.0) / total)
+            _add(series, f"gpu{i}_temp_c", ts, _num(dev.get("temperature_c")))
+            ecc = _num(_get(dev, "ecc", "uncorrected_volatile"))
+            _add(series, f"gpu{i}_ecc_uncorrected", ts, ecc)
+            reasons = dev.get("throttle_reasons") or []
+            bad = [
+                r
+                for r in reasons
+                if r
+                in (
+                    "hw_thermal_slowdown",
+                    "sw_thermal_slowdown",
+                    "hw_power_brake_slowdown",
+                    "sw_power_cap",
+                    "hw_slowdown",
+                )
+            ]
+            _add(series, f"gpu{i}_throttled", ts, 1.0 if bad else 0.0)
+        xids = gpu.get("xid_events") or []
+        if xids:
+            tables.setdefault("xid_events", []).extend(xids)
+            tables["xid_events"] = tables["xid_events"][-MAX_ROWS:]
+
+
+def build_evidence(
+    host_id: str, window: list[Snapshot], events: list[dict[str, Any]], freshness: dict[str, str]
+) -> Evidence:
+    series: dict[str, Series] = {}
+    tables: dict[str, Any] = {}
+    prev: dict[str, float] = {}
+    seen: set[str] = set()
+    for snap in window:
+        seen.update(snap.sources)
+        snapshot_signals(snap, series, tables, prev)
+    for name in series:
+        series[name] = series[name][-MAX_POINTS:]
+    start = window[0].ts if window else 0.0
+    end = window[-1].ts if window else 0.0
+    return Evidence(
+        host_id=host_id,
+        start=start,
+        end=end,
+        samples=len(window),
+        series=series,
+        tables=tables,
+        events=events[-MAX_EVENTS:],
+        freshness=dict(sorted(freshness.items())),
+        sources_seen=sorted(seen),
+    )

@@ -1,0 +1,272 @@
+"""Host detectors: CPU saturation, memory pressure and OOM kills, IO pressure, fd
+exhaustion, cgroup CPU throttling, runaway forks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from controller.detectors.base import (
+    Culprit,
+    Finding,
+    clamp,
+    detector,
+    process_culprit,
+    recent,
+    robust_z,
+    seasonal_baseline,
+    top_row,
+)
+from controller.detectors.evidence import Evidence
+
+CPU_BUSY_PCT = 90.0  # sustained over the last 5 samples
+PSI_CPU_SOME = 40.0
+MEM_AVAILABLE_PCT = 5.0
+PSI_MEMORY_SOME = 20.0
+PSI_IO_SOME = 30.0
+DISK_UTIL_PCT = 90.0
+IOWAIT_PCT = 30.0
+PROCESS_FDS = 50_000  # far past any sane service, and a tenth of a default fs.nr_open
+CGROUP_THROTTLED_PCT = 25.0
+FORKS_PER_S = 50.0
+
+
+@detector("cpu_saturation")
+def cpu_saturation(ev: Evidence) -> list[Finding]:
+    busy = recent(ev.values("cpu_busy_pct"))
+    psi = recent(ev.values("psi_cpu_some"))
+    if (busy is None or busy < CPU_BUSY_PCT) and (psi is None or psi < PSI_CPU_SOME):
+        return []
+    rows = ev.tables.get("processes", [])
+    hog = top_row(rows, "cpu_pct")
+    seasonal = seasonal_baseline(ev.series.get("cpu_busy_pct", []), period_s=300, tolerance_s=15)
+    score = clamp(max((busy or 0) / 100, (psi or 0) / 80))
+    contradicting = []
+    if seasonal is not None and busy is not None and seasonal >= CPU_BUSY_PCT - 5:
+        score *= 0.6  # this host is this busy at this phase every period: a pattern, not an incident
+        contradicting.append(f"seasonal baseline {seasonal:.0f}% at the same phase")
+    return [
+        Finding(
+            family="cpu_saturation",
+            method="threshold",
+            signal="cpu_busy_pct",
+            value=busy or 0.0,
+            baseline=seasonal,
+            threshold=CPU_BUSY_PCT,
+            score=score,
+            culprit=process_culprit(hog, "no process table"),
+            summary=f"CPU {busy or 0:.0f}% busy, PSI cpu some {psi or 0:.0f}%"
+            + (f"; top {hog.get('comm')} at {hog.get('cpu_pct'):.0f}%" if hog else ""),
+            supporting=["cpu_busy_pct", "psi_cpu_some", "procs_running"],
+            contradicting=contradicting,
+            expected=["procs_running above the CPU count", "psi_cpu_some rising", "run-queue latency up"],
+        )
+    ]
+
+
+@detector("memory_pressure")
+def memory_pressure(ev: Evidence) -> list[Finding]:
+    avail = recent(ev.values("mem_available_pct"), 3)
+    psi = recent(ev.values("psi_memory_some"), 3)
+    kills = sum(ev.values("oom_kills")) + sum(ev.values("ebpf_oom_kill"))
+    victims = [e for e in ev.events if e.get("type") == "oom_kill"]
+    cg = [c for c in ev.tables.get("cgroups", []) if (c.get("memory") or {}).get("oom_kill")]
+    low = avail is not None and avail <= MEM_AVAILABLE_PCT
+    stalled = psi is not None and psi >= PSI_MEMORY_SOME
+    if not (low or stalled or kills > 0 or victims):
+        return []
+    if victims:
+        v = victims[-1]
+        culprit = Culprit(
+            "process", f"{v.get('comm')}[{v.get('pid')}]", {"pid": v.get("pid"), "oom_victim": True}
+        )
+    elif cg:
+        c = max(cg, key=lambda c: c["memory"]["oom_kill"])
+        kube = c.get("kubernetes")
+        culprit = (
+            Culprit("pod", kube["pod_uid"], {"cgroup": c["path"], "container_id": kube.get("container_id")})
+            if kube
+            else Culprit("cgroup", c["path"], {"oom_kill": c["memory"]["oom_kill"]})
+        )
+    else:
+        culprit = process_culprit(top_row(ev.tables.get("processes", []), "rss_bytes"), "no process table")
+    score = clamp(
+        max(
+            0.9 if kills > 0 or victims else 0.0,
+            (MEM_AVAILABLE_PCT * 2 - (avail or 100)) / (MEM_AVAILABLE_PCT * 2) if low else 0.0,
+            (psi or 0) / 50,
+        )
+    )
+    return [
+        Finding(
+            family="memory_pressure",
+            method="threshold",
+            signal="mem_available_pct",
+            value=avail if avail is not None else -1.0,
+            baseline=None,
+            threshold=MEM_AVAILABLE_PCT,
+            score=score,
+            culprit=culprit,
+            summary=f"MemAvailable {avail if avail is not None else float('nan'):.1f}%, PSI memory some "
+            f"{psi or 0:.0f}%, {int(kills) or len(victims)} OOM kill(s)",
+            supporting=["mem_available_pct", "psi_memory_some", "oom_kills"],
+            expected=["pswpin/pswpout or major faults rising", "psi_memory_full above 0", "oom_kill events"],
+        )
+    ]
+
+
+@detector("io_pressure")
+def io_pressure(ev: Evidence) -> list[Finding]:
+    psi = recent(ev.values("psi_io_some"))
+    util = recent(ev.values("disk_util_max_pct"))
+    iowait = recent(ev.values("cpu_iowait_pct"))
+    if not ((psi or 0) >= PSI_IO_SOME or (util or 0) >= DISK_UTIL_PCT or (iowait or 0) >= IOWAIT_PCT):
+        return []
+    disks = ev.tables.get("disks", [])
+    disk = disks[0] if disks else None
+    writer = max(
+        (
+            r
+            for r in ev.tables.get("processes", [])
+            if r.get("write_bytes_per_s") or r.get("read_bytes_per_s")
+        ),
+        key=lambda r: (r.get("write_bytes_per_s") or 0) + (r.get("read_bytes_per_s") or 0),
+        default=None,
+    )
+    culprit = (
+        process_culprit(writer, "")
+        if writer
+        else Culprit("device", str(disk.get("name")), {"util_pct": disk.get("util_pct")})
+        if disk
+        else Culprit("host", "host", {})
+    )
+    if writer and disk:
+        culprit.detail["device"] = disk.get("name")
+    score = clamp(max((psi or 0) / 60, (util or 0) / 100, (iowait or 0) / 50))
+    return [
+        Finding(
+            family="io_pressure",
+            method="threshold",
+            signal="psi_io_some",
+            value=psi or 0.0,
+            baseline=None,
+            threshold=PSI_IO_SOME,
+            score=score,
+            culprit=culprit,
+            summary=f"PSI io some {psi or 0:.0f}%, busiest disk {util or 0:.0f}% utilised, "
+            f"iowait {iowait or 0:.0f}%",
+            supporting=["psi_io_some", "disk_util_max_pct", "cpu_iowait_pct", "procs_blocked"],
+            expected=[
+                "procs_blocked above 0",
+                "disk await rising",
+                "block IO latency histogram shifting right",
+            ],
+        )
+    ]
+
+
+@detector("fd_exhaustion")
+def fd_exhaustion(ev: Evidence) -> list[Finding]:
+    fds = ev.values("max_process_fds")
+    latest = recent(fds, 2)
+    if latest is None:
+        return []
+    z = robust_z(fds)
+    growing = z is not None and z[0] >= 6 and latest >= 2 * max(z[1], 1000)
+    if latest < PROCESS_FDS and not growing:
+        return []
+    row = top_row(ev.tables.get("processes", []), "num_fds")
+    return [
+        Finding(
+            family="fd_exhaustion",
+            method="threshold" if latest >= PROCESS_FDS else "robust_z",
+            signal="max_process_fds",
+            value=latest,
+            baseline=z[1] if z else None,
+            threshold=PROCESS_FDS,
+            score=clamp(
+                latest / (PROCESS_FDS * 1.5)
+                if latest >= PROCESS_FDS
+                else 0.55 + min(z[0], 20) / 50
+                if z
+                else 0.5
+            ),
+            culprit=process_culprit(row, "no process table"),
+            summary=f"a process holds {latest:.0f} open files" + (f" ({row.get('comm')})" if row else ""),
+            supporting=["max_process_fds"],
+            expected=["EMFILE errors in the process", "socket count growing"],
+        )
+    ]
+
+
+@detector("cgroup_cpu_throttling")
+def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
+    pct = recent(ev.values("cgroup_throttled_max_pct"))
+    if pct is None or pct < CGROUP_THROTTLED_PCT:
+        return []
+    rows = [
+        c
+        for c in ev.tables.get("cgroups", [])
+        if (c.get("cpu") or {}).get("throttled_periods_pct") is not None
+    ]
+    worst = max(rows, key=lambda c: c["cpu"]["throttled_periods_pct"]) if rows else None
+    if worst and worst.get("kubernetes"):
+        culprit = Culprit(
+            "pod",
+            worst["kubernetes"]["pod_uid"],
+            {"cgroup": worst["path"], "quota_cores": worst["cpu"].get("quota_cores")},
+        )
+    elif worst:
+        culprit = Culprit("cgroup", worst["path"], {"quota_cores": worst["cpu"].get("quota_cores")})
+    else:
+        culprit = Culprit("host", "host", {})
+    return [
+        Finding(
+            family="cgroup_cpu_throttling",
+            method="threshold",
+            signal="cgroup_throttled_max_pct",
+            value=pct,
+            baseline=None,
+            threshold=CGROUP_THROTTLED_PCT,
+            score=clamp(pct / 60),
+            culprit=culprit,
+            summary=f"a cgroup is throttled in {pct:.0f}% of its CFS periods",
+            supporting=["cgroup_throttled_max_pct"],
+            expected=["latency of the service in that cgroup up", "usage pinned at the quota"],
+        )
+    ]
+
+
+@detector("runaway_forks")
+def runaway_forks(ev: Evidence) -> list[Finding]:
+    forks = ev.values("forks_per_s")
+    latest = recent(forks, 3)
+    z = robust_z(forks)
+    if latest is None or latest < FORKS_PER_S or (z is not None and z[0] < 5):
+        return []
+    parents = Counter(e.get("ppid") for e in ev.events if e.get("type") == "exec" and e.get("ppid"))
+    if parents:
+        ppid, n = parents.most_common(1)[0]
+        row = next((r for r in ev.tables.get("processes", []) if r.get("pid") == ppid), None)
+        culprit = (
+            process_culprit(row, "")
+            if row
+            else Culprit("process", f"pid {ppid}", {"pid": ppid, "children": n})
+        )
+        culprit.detail["children_seen"] = n
+    else:
+        culprit = process_culprit(top_row(ev.tables.get("processes", []), "cpu_pct"), "no exec events")
+    return [
+        Finding(
+            family="runaway_forks",
+            method="robust_z" if z else "threshold",
+            signal="forks_per_s",
+            value=latest,
+            baseline=z[1] if z else None,
+            threshold=FORKS_PER_S,
+            score=clamp(0.5 + (min(z[0], 50) / 100 if z else 0) + latest / 2000),
+            culprit=culprit,
+            summary=f"{latest:.0f} forks/s" + (f", {z[0]:.0f} robust z over the window" if z else ""),
+            supporting=["forks_per_s", "ebpf_exec"],
+            expected=["pid count climbing", "exec events from one parent"],
+        )
+    ]

@@ -1,0 +1,125 @@
+"""Network detectors: TCP retransmit surges, listen-queue overflow, NIC errors and drops."""
+
+from __future__ import annotations
+
+from controller.detectors.base import Culprit, Finding, clamp, detector, recent, robust_z
+from controller.detectors.evidence import Evidence
+
+RETRANS_PER_S = 10.0
+RTO_BACKOFF_SOCKETS = 5.0
+NIC_BAD_PER_S = 1.0
+
+
+@detector("tcp_retransmit_surge")
+def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
+    retrans = ev.values("ebpf_tcp_retransmit")
+    latest = recent(retrans, 3) or 0.0
+    z = robust_z(retrans)
+    backoff = recent(ev.values("tcp_in_rto_backoff"), 3) or 0.0
+    surge = latest >= RETRANS_PER_S and (z is None or z[0] >= 4)
+    if not surge and backoff < RTO_BACKOFF_SOCKETS:
+        return []
+    top = ev.tables.get("top_retrans", [])
+    peer = top[0] if top else None
+    if peer is None:
+        events = [e for e in ev.events if e.get("type") == "tcp_retransmit"]
+        if events:
+            peer = {"daddr": events[-1].get("daddr"), "dport": events[-1].get("dport")}
+    culprit = (
+        Culprit(
+            "socket", f"{peer.get('daddr')}:{peer.get('dport')}", {"total_retrans": peer.get("total_retrans")}
+        )
+        if peer
+        else Culprit("host", "network", {})
+    )
+    drops = recent(ev.values("nic_drops_per_s"), 3) or 0.0
+    return [
+        Finding(
+            family="tcp_retransmit_surge",
+            method="robust_z" if z else "threshold",
+            signal="ebpf_tcp_retransmit",
+            value=latest,
+            baseline=z[1] if z else None,
+            threshold=RETRANS_PER_S,
+            score=clamp(0.5 + min(latest, 500) / 1000 + backoff / 40),
+            culprit=culprit,
+            summary=f"{latest:.0f} TCP retransmits per sample, {backoff:.0f} sockets in RTO backoff",
+            supporting=["ebpf_tcp_retransmit", "tcp_in_rto_backoff"] + (["nic_drops_per_s"] if drops else []),
+            expected=[
+                "retransmits concentrated on one peer",
+                "drops on a path to it",
+                "latency of that service up",
+            ],
+        )
+    ]
+
+
+@detector("listen_queue_overflow")
+def listen_queue_overflow(ev: Evidence) -> list[Finding]:
+    near = recent(ev.values("listeners_near_backlog"), 3) or 0.0
+    listeners = ev.tables.get("listeners_near_backlog", [])
+    if near < 1 or not listeners:
+        return []
+    worst = listeners[0]
+    backlog = worst.get("backlog")
+    fill = worst["rqueue"] / backlog if backlog else 1.0
+    return [
+        Finding(
+            family="listen_queue_overflow",
+            method="threshold",
+            signal="listeners_near_backlog",
+            value=near,
+            baseline=None,
+            threshold=1.0,
+            score=clamp(0.55 + fill / 3),
+            culprit=Culprit(
+                "socket",
+                f"{worst.get('saddr')}:{worst.get('sport')}",
+                {"accept_queue": worst.get("rqueue"), "backlog": backlog},
+            ),
+            summary=f"listener :{worst.get('sport')} has {worst.get('rqueue')} connections waiting"
+            + (f" of a backlog of {backlog}" if backlog else ""),
+            supporting=["listeners_near_backlog"],
+            expected=[
+                "TcpExt ListenOverflows and ListenDrops rising",
+                "the accepting process saturated or stuck",
+            ],
+        )
+    ]
+
+
+@detector("nic_errors")
+def nic_errors(ev: Evidence) -> list[Finding]:
+    errs = recent(ev.values("nic_errors_per_s"), 3) or 0.0
+    drops = recent(ev.values("nic_drops_per_s"), 3) or 0.0
+    if errs + drops < NIC_BAD_PER_S:
+        return []
+    worst, worst_bad = None, 0.0
+    for i in ev.tables.get("interfaces", []):
+        rates = i.get("rates") or {}
+        bad = sum(
+            float(rates.get(k) or 0)
+            for k in ("rx_errors_per_s", "tx_errors_per_s", "rx_dropped_per_s", "tx_dropped_per_s")
+        )
+        if bad > worst_bad:
+            worst, worst_bad = i, bad
+    culprit = (
+        Culprit("interface", str(worst.get("name")), {"operstate": worst.get("operstate")})
+        if worst
+        else Culprit("host", "network", {})
+    )
+    return [
+        Finding(
+            family="nic_errors",
+            method="threshold",
+            signal="nic_errors_per_s" if errs >= drops else "nic_drops_per_s",
+            value=errs + drops,
+            baseline=None,
+            threshold=NIC_BAD_PER_S,
+            score=clamp(0.5 + (errs + drops) / 200),
+            culprit=culprit,
+            summary=f"{errs:.1f} errors and {drops:.1f} drops per second on the NICs",
+            supporting=["nic_errors_per_s", "nic_drops_per_s"],
+            expected=["TCP retransmits rising", "carrier changes on a flapping link"],
+        )
+    ]
