@@ -116,14 +116,14 @@ def snapshot_signals(
     if (net := data("network")) is not None:
         errs = drops = 0.0
         ifaces = [i for i in net.get("interfaces", []) if isinstance(i, dict)]
-        for i in ifaces:
-            rates = i.get("rates") or {}
+        for iface in ifaces:
+            rates = iface.get("rates") or {}
             errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
             drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
         _add(series, "nic_errors_per_s", ts, errs)
         _add(series, "nic_drops_per_s", ts, drops)
         tables["interfaces"] = [
-            {"name": i.get("name"), "operstate": i.get("operstate"), "rates": i.get("rates")} for i in ifaces
+            {"name": f.get("name"), "operstate": f.get("operstate"), "rates": f.get("rates")} for f in ifaces
         ][:MAX_ROWS]
     if (socks := data("sockets")) is not None:
         _add(series, "tcp_in_rto_backoff", ts, _num(socks.get("in_rto_backoff")))
