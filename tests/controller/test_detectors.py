@@ -1,0 +1,85 @@
+"""A scenario per anomaly family: the expected hypothesis ranks first, with the right culprit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.detectors import FAMILIES, build_evidence
+from controller.detectors.base import pearson, robust_z, seasonal_baseline
+from controller.workflow.analysis import STALE_CAP, detect, rank
+
+from .scenarios import FAULTS, window
+
+
+def events_of(snaps: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for s in snaps:
+        e = s.sources.get("ebpf")
+        if e is not None and e.status == "ok":
+            out.extend(e.data.get("events", []))
+    return out
+
+
+def analyse(snaps: list[Any], freshness: dict[str, str] | None = None) -> list[Any]:
+    fresh = freshness or {name: "fresh" for name in snaps[-1].sources}
+    ev = build_evidence("node-a", snaps, events_of(snaps), fresh)
+    return rank(ev, detect(ev))
+
+
+def test_every_family_has_a_scenario() -> None:
+    assert set(FAULTS) | {"stale_telemetry"} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(FAULTS))
+def test_scenario_ranks_the_family_first_with_its_culprit(family: str) -> None:
+    hyps = analyse(window(family))
+    assert hyps, f"{family}: nothing detected"
+    top = hyps[0]
+    assert top.family == family, [(h.family, h.confidence) for h in hyps]
+    assert top.culprit["id"] == FAULTS[family][1], top.culprit
+    assert 0.5 <= top.confidence <= 1.0
+    assert top.expected_signals and top.supporting
+    assert len(hyps) <= 5
+
+
+def test_a_calm_host_yields_nothing() -> None:
+    assert analyse(window(None)) == []
+
+
+def test_critical_xids_are_flagged() -> None:
+    top = analyse(window("gpu_xid"))[0]
+    assert top.culprit["critical"] == [79] and top.confidence >= 0.9
+
+
+def test_stale_telemetry_caps_confidence_and_says_so() -> None:
+    snaps = window("cpu_saturation", stale=("processes",))
+    freshness = {name: "fresh" for name in snaps[0].sources} | {"processes": "stale"}
+    hyps = analyse(snaps, freshness)
+    families = {h.family: h for h in hyps}
+    assert "stale_telemetry" in families
+    cpu = families["cpu_saturation"]
+    assert cpu.confidence <= STALE_CAP
+    assert families["stale_telemetry"].culprit["id"] == "processes"
+
+
+def test_fingerprint_is_host_family_culprit() -> None:
+    a = analyse(window("cpu_saturation"))[0]
+    b = analyse(window("cpu_saturation"))[0]
+    c = analyse(window("fd_exhaustion"))[0]
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_statistics_helpers() -> None:
+    flat = [10.0] * 20
+    assert robust_z(flat + [10.0] * 3) == (0.0, 10.0)
+    z = robust_z([10.0 + (i % 3) for i in range(20)] + [80.0] * 3)
+    assert z is not None and z[0] > 20
+    assert robust_z([1.0, 2.0]) is None
+    pts = [(float(t), 50.0 if t % 100 < 10 else 5.0) for t in range(0, 400)]
+    assert seasonal_baseline(pts[:-95], period_s=100, tolerance_s=2) == 50.0  # same phase, earlier periods
+    assert seasonal_baseline(pts[:50], period_s=100, tolerance_s=2) is None  # under two periods of history
+    r = pearson([float(i) for i in range(20)], [float(-i) for i in range(20)])
+    assert r is not None and r < -0.99
+    assert pearson([1.0] * 10, [float(i) for i in range(10)]) is None
