@@ -80,6 +80,14 @@ class HotStateSettings(_Strict):
         return self
 
 
+class WorkflowSettings(_Strict):
+    enabled: bool = True
+    window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
+    open_threshold: float = Field(default=0.5, ge=0, le=1)  # top-hypothesis confidence that opens a run
+    attach_window_s: float = Field(default=900.0, ge=0, le=86_400)  # same shape within this: attach
+    queue_max: int = Field(default=1024, ge=1, le=1_000_000)  # hosts waiting for evaluation
+
+
 class HASettings(_Strict):
     # The URL other controllers and collectors reach this one at; followers send it as the leader hint.
     advertise_url: str | None = None
@@ -107,6 +115,7 @@ class ControllerSettings(EnvOverYaml):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     hot_state: HotStateSettings = Field(default_factory=HotStateSettings)
     ha: HASettings = Field(default_factory=HASettings)
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
 
     @model_validator(mode="after")
     def _safe(self) -> ControllerSettings:

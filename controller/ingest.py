@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,9 @@ class IngestService:
         metrics: Metrics,
         max_decompressed: int,
         limits: Limits | None = None,
+        on_accepted: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_accepted = on_accepted
         self.auth = auth
         self.ledger = ledger
         self.hot = hot
@@ -159,4 +162,6 @@ class IngestService:
         self.metrics.batches.labels(verdict).inc()
         if verdict == "accepted":
             self.hot.ingest(batch, raw)
+            if self.on_accepted is not None:
+                self.on_accepted(batch.host_id)
         return Answer(200, encode(make_ack(key, verdict)))

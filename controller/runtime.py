@@ -15,6 +15,7 @@ from controller.ledger import Ledger
 from controller.metrics import Metrics
 from controller.store.db import make_engine, migrate, schema_version
 from controller.store.payloads import PayloadStore
+from controller.workflow.engine import WorkflowEngine, WorkflowOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,24 @@ class Runtime:
             )
         else:
             self.leadership = Leadership(url)
-        self.leadership.on_promote = self.ledger.reload  # the store is the truth when leadership moves
+        w = settings.workflow
+        self.workflow_store = PayloadStore(
+            settings.payload_url or str(settings.data_dir / "agent"), settings.payload_options
+        )
+        self.workflow = WorkflowEngine(
+            self.engine,
+            self.workflow_store,
+            self.hot,
+            WorkflowOptions(
+                window_s=w.window_s,
+                open_threshold=w.open_threshold,
+                attach_window_s=w.attach_window_s,
+                queue_max=w.queue_max,
+            ),
+        )
+        self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
+            on_accepted=self.workflow.notify if w.enabled else None,
             auth=self.auth,
             ledger=self.ledger,
             hot=self.hot,
@@ -61,7 +78,14 @@ class Runtime:
         self.leadership.start()
         self.ready = True
 
+    def _promoted(self) -> None:
+        """Leadership moved here: the store is the truth (ledger), and unfinished runs resume."""
+        self.ledger.reload()
+        if self.settings.workflow.enabled:
+            self.workflow.start()
+
     def stop(self) -> None:
         self.ready = False
         self.leadership.stop()
+        self.workflow.stop()
         self.engine.dispose()

@@ -7,6 +7,7 @@ series, MAX_ROWS per table, MAX_EVENTS events.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -181,7 +182,7 @@ def snapshot_signals(
 
 
 def build_evidence(
-    host_id: str, window: list[Snapshot], events: list[dict[str, Any]], freshness: dict[str, str]
+    host_id: str, window: list[Snapshot], events: list[dict[str, Any]], freshness: Mapping[str, str]
 ) -> Evidence:
     series: dict[str, Series] = {}
     tables: dict[str, Any] = {}

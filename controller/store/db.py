@@ -19,7 +19,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 
 from controller.errors import StoreError
-from controller.store.models import ControllerLeader, IngestStream, SchemaMigration
+from controller.store.models import (
+    ControllerLeader,
+    IncidentMemory,
+    IngestStream,
+    SchemaMigration,
+    WorkflowArtifact,
+    WorkflowAttachment,
+    WorkflowRun,
+)
 
 MIGRATION_LOCK = 0x1C1DE18
 
@@ -33,6 +41,11 @@ def _create(*tables: type[SQLModel]) -> Callable[[Connection], None]:
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
+    (
+        2,
+        "workflow runs, artifacts, attachments, incident memory",
+        _create(WorkflowRun, WorkflowArtifact, WorkflowAttachment, IncidentMemory),
+    ),
 ]
 
 

@@ -45,3 +45,65 @@ class ControllerLeader(SQLModel, table=True):
     url: str | None = None
     since: float
     heartbeat: float
+
+
+class WorkflowRun(SQLModel, table=True):
+    """One incident run: its shape (fingerprint), where its stages stand, and how it ended."""
+
+    __tablename__ = "workflow_runs"
+    run_id: str = Field(primary_key=True, max_length=64)
+    workflow_id: str = Field(max_length=64)
+    incident_id: str = Field(max_length=64)
+    correlation_id: str = Field(max_length=64)
+    host_id: str = Field(index=True, max_length=128)
+    fingerprint: str = Field(index=True, max_length=64)
+    family: str = Field(index=True, max_length=64)
+    culprit: str = "{}"  # JSON
+    confidence: float = 0.0
+    status: str = Field(index=True, max_length=32)  # running, awaiting_approval, completed, failed
+    stage: int = 0  # stages committed so far
+    attachments: int = 0
+    created_at: float = Field(index=True)
+    updated_at: float
+    closed_at: float | None = None
+    code_version: str = ""
+
+
+class WorkflowArtifact(SQLModel, table=True):
+    """Metadata of one committed artifact; its JSON lives in the payload store at ``path``."""
+
+    __tablename__ = "workflow_artifacts"
+    artifact_id: str = Field(primary_key=True, max_length=64)
+    run_id: str = Field(index=True, max_length=64)
+    stage_index: int
+    kind: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    sha256: str = Field(max_length=64)
+    path: str
+    replay: bool = False
+    created_at: float
+
+
+class WorkflowAttachment(SQLModel, table=True):
+    """The same incident shape seen again while its run was open: attached, not a new run."""
+
+    __tablename__ = "workflow_attachments"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    at: float
+    detail: str = "{}"
+
+
+class IncidentMemory(SQLModel, table=True):
+    """What happened last time an incident of this shape was seen, for the analyzer to consult."""
+
+    __tablename__ = "incident_memory"
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    family: str = Field(max_length=64)
+    host_id: str = Field(max_length=128)
+    culprit: str = "{}"
+    first_seen: float
+    last_seen: float
+    occurrences: int = 1
+    last_run_id: str = Field(max_length=64)
+    resolution: str = "{}"

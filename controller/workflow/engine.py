@@ -1,0 +1,394 @@
+"""The workflow engine: triggers, runs, durable stages, resume.
+
+After an accepted batch, ingest only notes the host in a bounded queue (overflow
+counted): evaluation runs on the engine's own worker, never on the request path.
+The worker builds evidence from the host's hot-state window and runs the detectors;
+when the top hypothesis clears ``open_threshold`` it opens a run, unless a run of the
+same fingerprint (host, family, culprit) is open and was touched within
+``attach_window_s``: then the sighting is attached to it and recorded.
+
+Durability (DESIGN.md): for each stage the artifact JSON is written to the payload
+store first, then its metadata row and the run's new stage count commit in one
+transaction. On start the engine resumes every running run at its first stage
+without a committed artifact; an artifact file written by a stage that never
+committed is simply overwritten by the rerun (the ids are deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from sqlalchemy import Connection, Engine, text
+
+from controller import artifacts
+from controller.artifacts import KINDS, Artifact
+from controller.detectors import Evidence, build_evidence
+from controller.hotstate import HotState
+from controller.store.payloads import PayloadStore
+from controller.workflow.analysis import detect, rank
+from controller.workflow.roles import Posture, StageContext, role_for
+
+log = logging.getLogger(__name__)
+CODE_VERSION = "incidentlab-workflow/0.1.0"
+
+# SQL that SQLite and PostgreSQL both take, named here so the methods read as steps.
+ATTACH = text("INSERT INTO workflow_attachments (run_id, at, detail) VALUES (:r, :at, :d)")
+BUMP_ATTACHMENTS = text(
+    "UPDATE workflow_runs SET attachments = attachments + 1, updated_at = :at WHERE run_id = :r"
+)
+OPEN_RUN_OF = text(
+    "SELECT run_id FROM workflow_runs WHERE fingerprint = :fp AND status != 'completed' "
+    "AND status != 'failed' AND updated_at >= :since ORDER BY created_at DESC LIMIT 1"
+)
+INSERT_RUN = text(
+    "INSERT INTO workflow_runs (run_id, workflow_id, incident_id, correlation_id, host_id, "
+    "fingerprint, family, culprit, confidence, status, stage, attachments, created_at, "
+    "updated_at, closed_at, code_version) VALUES (:run_id, :wf, :inc, :corr, :host, :fp, "
+    ":family, :culprit, :conf, 'running', 0, 0, :now, :now, NULL, :cv)"
+)
+SELECT_RUN = text("SELECT * FROM workflow_runs WHERE run_id = :r")
+CHAIN_PATHS = text(
+    "SELECT path FROM workflow_artifacts WHERE run_id = :r AND replay = :rp ORDER BY stage_index"
+)
+SELECT_MEMORY = text("SELECT * FROM incident_memory WHERE fingerprint = :fp")
+INSERT_ARTIFACT = text(
+    "INSERT INTO workflow_artifacts (artifact_id, run_id, stage_index, kind, status, sha256, "
+    "path, replay, created_at) VALUES (:id, :run, :idx, :kind, :status, :sha, :path, :rp, :at)"
+)
+ADVANCE_RUN = text(
+    "UPDATE workflow_runs SET stage = :stage, status = :status, updated_at = :at, "
+    "closed_at = :closed WHERE run_id = :run"
+)
+REMEMBER = text(
+    "INSERT INTO incident_memory (fingerprint, family, host_id, culprit, first_seen, last_seen, "
+    "occurrences, last_run_id, resolution) VALUES (:fp, :family, :host, :culprit, :now, :now, "
+    "1, :run, :res) ON CONFLICT (fingerprint) DO UPDATE SET last_seen = excluded.last_seen, "
+    "occurrences = incident_memory.occurrences + 1, last_run_id = excluded.last_run_id, "
+    "resolution = excluded.resolution"
+)
+RUNNING = text("SELECT run_id FROM workflow_runs WHERE status = 'running' ORDER BY created_at")
+
+
+@dataclass(frozen=True)
+class WorkflowOptions:
+    window_s: float = 300.0
+    open_threshold: float = 0.5
+    attach_window_s: float = 900.0
+    queue_max: int = 1024
+    posture: Posture = field(default_factory=Posture)
+
+
+def message_key(run_id: str, art: Artifact, replay: bool = False) -> str:
+    folder = "replays" if replay else "messages"
+    return f"workflows/{folder}/{run_id}/{art.stage_index:02d}-{art.kind}.json"
+
+
+def evidence_key(run_id: str) -> str:
+    return f"workflows/evidence/{run_id}/package.json"
+
+
+class WorkflowEngine:
+    def __init__(
+        self,
+        db: Engine,
+        store: PayloadStore,
+        hot: HotState,
+        options: WorkflowOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        advisor: Any = None,
+        code_version: str = CODE_VERSION,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.hot = hot
+        self.opts = options or WorkflowOptions()
+        self.clock = clock
+        self.advisor = advisor
+        self.code_version = code_version
+        self._queue: deque[str] = deque()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.overflow = 0
+        self.evaluations = 0
+        self.runs_opened = 0
+        self.attached = 0
+        self.failures = 0
+
+    # --- triggers ----------------------------------------------------------------------------
+
+    def notify(self, host_id: str) -> None:
+        """Called after an accepted batch: cheap, bounded, never blocks ingest."""
+        with self._lock:
+            if host_id in self._pending:
+                return
+            if len(self._queue) >= self.opts.queue_max:
+                self.overflow += 1
+                return
+            self._queue.append(host_id)
+            self._pending.add(host_id)
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.resume()
+        self._thread = threading.Thread(target=self._loop, name="workflow-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while not self._stop.is_set():
+                with self._lock:
+                    if not self._queue:
+                        break
+                    host = self._queue.popleft()
+                    self._pending.discard(host)
+                try:
+                    self.evaluate(host)
+                except Exception:  # one host's failure must not stop the engine for the others
+                    self.failures += 1
+                    log.exception("workflow evaluation of %s failed", host)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            queued = len(self._queue)
+        return {
+            "queued": queued,
+            "queue_overflow": self.overflow,
+            "evaluations": self.evaluations,
+            "runs_opened": self.runs_opened,
+            "attached": self.attached,
+            "failures": self.failures,
+        }
+
+    # --- evaluation and runs --------------------------------------------------------------------
+
+    def evidence_for(self, host_id: str) -> Evidence | None:
+        window = self.hot.window(host_id, self.opts.window_s)
+        if not window:
+            return None
+        host = self.hot.host(host_id)
+        events = list(host.events) if host is not None else []
+        return build_evidence(host_id, window, events, self.hot.freshness(host_id))
+
+    def evaluate(self, host_id: str) -> str | None:
+        """Open or attach a run for this host if its detectors fire; returns the run id."""
+        self.evaluations += 1
+        ev = self.evidence_for(host_id)
+        if ev is None:
+            return None
+        hyps = rank(ev, detect(ev))
+        if not hyps or hyps[0].confidence < self.opts.open_threshold:
+            return None
+        top = hyps[0]
+        now = self.clock()
+        with self.db.begin() as conn:
+            row = conn.execute(
+                OPEN_RUN_OF, {"fp": top.fingerprint, "since": now - self.opts.attach_window_s}
+            ).first()
+            if row is not None:
+                detail = json.dumps({"confidence": top.confidence, "summary": top.summary})
+                conn.execute(ATTACH, {"r": row[0], "at": now, "d": detail})
+                conn.execute(BUMP_ATTACHMENTS, {"r": row[0], "at": now})
+                self.attached += 1
+                return str(row[0])
+        run_id = self.open_run(ev, top.fingerprint, top.family, top.culprit, top.confidence)
+        self.execute(run_id)
+        return run_id
+
+    def open_run(self, ev: Evidence, fp: str, family: str, culprit: dict[str, Any], confidence: float) -> str:
+        now = self.clock()
+        seed = hashlib.sha256(f"{fp}|{now}".encode()).hexdigest()
+        run_id = f"run-{seed[:16]}"
+        # Evidence first: a run row never points at evidence that is not there.
+        self.store.put(evidence_key(run_id), json.dumps(ev.to_dict(), sort_keys=True).encode())
+        params = {
+            "run_id": run_id,
+            "wf": f"wf-{seed[16:32]}",
+            "inc": f"inc-{fp[:16]}",
+            "corr": f"corr-{seed[32:48]}",
+            "host": ev.host_id,
+            "fp": fp,
+            "family": family,
+            "culprit": json.dumps(culprit, sort_keys=True),
+            "conf": confidence,
+            "now": now,
+            "cv": self.code_version,
+        }
+        with self.db.begin() as conn:
+            conn.execute(INSERT_RUN, params)
+        self.runs_opened += 1
+        return run_id
+
+    def load_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.db.connect() as conn:
+            row = conn.execute(SELECT_RUN, {"r": run_id}).first()
+        return dict(row._mapping) if row else None
+
+    def load_evidence(self, run_id: str) -> Evidence:
+        doc = json.loads(self.store.get(evidence_key(run_id)))
+        # A completed run's file is the full package; before that, the window alone.
+        return Evidence.from_dict(doc["window"] if "manifest" in doc else doc)
+
+    def load_chain(self, run_id: str, replay: bool = False) -> list[Artifact]:
+        with self.db.connect() as conn:
+            rows = conn.execute(CHAIN_PATHS, {"r": run_id, "rp": replay}).all()
+        return [artifacts.decode(self.store.get(r[0])) for r in rows]
+
+    def _memory(self, fingerprint: str) -> dict[str, Any] | None:
+        with self.db.connect() as conn:
+            row = conn.execute(SELECT_MEMORY, {"fp": fingerprint}).first()
+        if row is None:
+            return None
+        mem = dict(row._mapping)
+        mem["resolution"] = json.loads(mem["resolution"])
+        return mem
+
+    def execute(self, run_id: str, stop_after: int | None = None) -> list[Artifact]:
+        """Run the stages a run has not committed yet, in order, each durably."""
+        run = self.load_run(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        ev = self.load_evidence(run_id)
+        chain = self.load_chain(run_id)
+        memory = self._memory(run["fingerprint"])
+        for index in range(len(chain), len(KINDS)):
+            if stop_after is not None and index > stop_after:
+                break
+            ctx = StageContext(
+                run=run,
+                evidence=ev,
+                chain=chain,
+                clock=self.clock,
+                code_version=self.code_version,
+                posture=self.opts.posture,
+                memory=memory,
+                advisor=self.advisor,
+            )
+            art = role_for(KINDS[index]).run(ctx)
+            self.commit(run, art, chain)
+            chain = [*chain, art]
+        return chain
+
+    def commit(self, run: dict[str, Any], art: Artifact, chain: list[Artifact]) -> None:
+        run_id = run["run_id"]
+        key = message_key(run_id, art)
+        self.store.put(key, artifacts.encode(art))  # the payload first
+        now = self.clock()
+        final = art.kind == KINDS[-1]
+        row = {
+            "id": art.artifact_id,
+            "run": run_id,
+            "idx": art.stage_index,
+            "kind": art.kind,
+            "status": art.status,
+            "sha": art.sha256,
+            "path": key,
+            "rp": False,
+            "at": now,
+        }
+        with self.db.begin() as conn:  # then the metadata and the stage, in one transaction
+            conn.execute(INSERT_ARTIFACT, row)
+            conn.execute(
+                ADVANCE_RUN,
+                {
+                    "stage": art.stage_index + 1,
+                    "status": "completed" if final else "running",
+                    "at": now,
+                    "closed": now if final else None,
+                    "run": run_id,
+                },
+            )
+            if final:
+                self._remember(conn, run, art, now)
+        if final:
+            self.write_package(run_id, [*chain, art])
+
+    @staticmethod
+    def _remember(conn: Connection, run: dict[str, Any], report: Artifact, now: float) -> None:
+        resolution = {
+            "actions": report.payload.get("actions", []),
+            "verification": report.payload.get("verification"),
+            "run_id": run["run_id"],
+        }
+        conn.execute(
+            REMEMBER,
+            {
+                "fp": run["fingerprint"],
+                "family": run["family"],
+                "host": run["host_id"],
+                "culprit": run["culprit"],
+                "now": now,
+                "run": run["run_id"],
+                "res": json.dumps(resolution, sort_keys=True),
+            },
+        )
+
+    def write_package(self, run_id: str, chain: list[Artifact]) -> None:
+        """The evidence package: the chain, its manifest, and the evidence its refs point at."""
+        package = {
+            "run_id": run_id,
+            "manifest": artifacts.manifest(chain),
+            "chain": [msgspec.to_builtins(a) for a in chain],
+            "window": self.load_evidence(run_id).to_dict(),
+        }
+        self.store.put(evidence_key(run_id), json.dumps(package, sort_keys=True).encode())
+
+    def resume(self) -> list[str]:
+        """Finish every run a crash or stop left running."""
+        with self.db.connect() as conn:
+            ids = [r[0] for r in conn.execute(RUNNING)]
+        for run_id in ids:
+            try:
+                self.execute(run_id)
+            except Exception:  # a broken run must not keep the others from resuming
+                self.failures += 1
+                log.exception("resuming run %s failed", run_id)
+        return ids
+
+    def replay(self, run_id: str) -> list[Artifact]:
+        """Re-run every stage from the stored evidence with the current code; stored apart,
+        each artifact carrying replay_of. Same inputs and clock: same sha256s."""
+        run = self.load_run(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        original = {a.kind: a.artifact_id for a in self.load_chain(run_id)}
+        ev = self.load_evidence(run_id)
+        chain: list[Artifact] = []
+        for kind in KINDS:
+            ctx = StageContext(
+                run=run,
+                evidence=ev,
+                chain=chain,
+                clock=self.clock,
+                code_version=self.code_version,
+                posture=self.opts.posture,
+                memory=None,
+                replay_of=original,
+                advisor=self.advisor,
+            )
+            chain.append(role_for(kind).run(ctx))
+        for art in chain:
+            self.store.put(message_key(run_id, art, replay=True), artifacts.encode(art))
+        return chain

@@ -1,0 +1,139 @@
+"""The base role and the registry of stages.
+
+A role computes its payload; ``Role.run`` does the rest for every role (papermill's
+template method): timing, status, references, the uncertainty it inherits, ids and
+the hash. Roles never touch the store: the engine persists what they return.
+"""
+
+from __future__ import annotations
+
+import statistics
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from controller import artifacts
+from controller.artifacts import Artifact, EvidenceRef, Replay, Status, Uncertainty
+from controller.detectors import Evidence
+from controller.errors import ControllerError
+
+
+@dataclass(frozen=True)
+class Posture:
+    """What execution may do. The defaults are the safe ones; issue 7's gate reads them."""
+
+    dry_run: bool = True
+    approval_required: bool = True
+    allow_safe_reversible: bool = False
+    allow_impacting: bool = False
+
+
+@dataclass
+class StageContext:
+    run: dict[str, Any]  # the workflow_runs row
+    evidence: Evidence
+    chain: list[Artifact]  # the artifacts committed before this stage, in order
+    clock: Callable[[], float]
+    code_version: str
+    posture: Posture
+    memory: dict[str, Any] | None = None  # incident memory of this fingerprint, if any
+    replay_of: dict[str, str] = field(default_factory=dict)  # kind -> original artifact id
+    advisor: Any = None
+
+    def previous(self, kind: str) -> Artifact:
+        for art in self.chain:
+            if art.kind == kind:
+                return art
+        raise ControllerError(f"stage needs a {kind} artifact that the chain does not have")
+
+
+@dataclass
+class Output:
+    payload: dict[str, Any]
+    status: Status = "ok"
+    evidence_refs: list[EvidenceRef] = field(default_factory=list)
+    raw_refs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def uncertainty_of(ev: Evidence, notes: list[str]) -> Uncertainty:
+    states = set(ev.freshness.values()) or {"missing"}
+    fresh = sum(1 for s in ev.freshness.values() if s == "fresh")
+    freshness = states.pop() if len(states) == 1 else "mixed"
+    return Uncertainty(
+        freshness=freshness, coverage=round(fresh / max(1, len(ev.freshness)), 3), notes=notes[:8]
+    )
+
+
+def window_ref(ctx: StageContext) -> EvidenceRef:
+    ev = ctx.evidence
+    return EvidenceRef(
+        evidence_id="window",
+        kind="window",
+        host_id=ev.host_id,
+        start=ev.start,
+        end=ev.end,
+        uri=f"workflows/evidence/{ctx.run['run_id']}/package.json#window",
+    )
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+        "latest": round(values[-1], 3),
+    }
+
+
+class Role(ABC):
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def compute(self, ctx: StageContext) -> Output:
+        """The stage's payload from its inputs; pure, except for reading ctx."""
+
+    def run(self, ctx: StageContext) -> Artifact:
+        started = ctx.clock()
+        out = self.compute(ctx)
+        finished = ctx.clock()
+        original = ctx.replay_of.get(self.kind)
+        return artifacts.build(
+            kind=self.kind,
+            workflow_id=ctx.run["workflow_id"],
+            incident_id=ctx.run["incident_id"],
+            correlation_id=ctx.run["correlation_id"],
+            started_at=started,
+            finished_at=finished,
+            status=out.status,
+            inputs=[a.artifact_id for a in ctx.chain],
+            evidence_refs=out.evidence_refs or [window_ref(ctx)],
+            raw_refs=out.raw_refs,
+            replay=Replay(
+                replayable=True, replay_of=original, deterministic=True, code_version=ctx.code_version
+            ),
+            uncertainty=uncertainty_of(ctx.evidence, out.notes),
+            payload=out.payload,
+            id_salt="replay:" + original if original else "",
+        )
+
+
+ROLES: dict[str, Role] = {}
+
+
+class UnknownRoleError(ControllerError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"no role produces {kind!r}; known: {', '.join(sorted(ROLES))}")
+
+
+def register(cls: type[Role]) -> type[Role]:
+    ROLES[cls.kind] = cls()
+    return cls
+
+
+def role_for(kind: str) -> Role:
+    try:
+        return ROLES[kind]
+    except KeyError:
+        raise UnknownRoleError(kind) from None

@@ -1,0 +1,44 @@
+"""memory -> incident_report: timeline, most likely cause, actions and outcomes, verdict, uncertainty.
+
+The engine writes the incident-memory record (keyed by fingerprint) in the same
+transaction that commits this artifact."""
+
+from __future__ import annotations
+
+from controller.workflow.roles.base import Output, Role, StageContext, register
+
+
+@register
+class Memory(Role):
+    kind = "incident_report"
+
+    def compute(self, ctx: StageContext) -> Output:
+        hyps = ctx.previous("root_cause_hypothesis").payload.get("hypotheses", [])
+        top = hyps[0] if hyps else None
+        results = ctx.previous("execution_result").payload.get("results", [])
+        verdict = ctx.previous("verification_result").payload
+        obs = ctx.previous("observation_summary")
+        return Output(
+            payload={
+                "host_id": ctx.run["host_id"],
+                "timeline": [{"stage": a.kind, "at": a.finished_at, "status": a.status} for a in ctx.chain],
+                "most_likely_cause": None
+                if top is None
+                else {
+                    "family": top["family"],
+                    "culprit": top["culprit"],
+                    "confidence": top["confidence"],
+                    "summary": top["summary"],
+                },
+                "alternatives": [{"family": h["family"], "confidence": h["confidence"]} for h in hyps[1:]],
+                "actions": [{"action": r["action"], "outcome": r["outcome"]} for r in results],
+                "verification": {"verdict": verdict.get("verdict"), "reason": verdict.get("reason")},
+                "uncertainty": {
+                    "freshness": obs.uncertainty.freshness,
+                    "coverage": obs.uncertainty.coverage,
+                    "notes": obs.uncertainty.notes,
+                },
+                "attachments": ctx.run.get("attachments", 0),
+            },
+            status="ok" if top else "degraded",
+        )
