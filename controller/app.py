@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from controller import __version__
 from controller.api.fast_ingest import FastIngest
 from controller.api.routes import router
+from controller.api.workflow import router as workflow_router
 from controller.config import ControllerSettings
 from controller.runtime import Runtime
 
@@ -35,4 +36,5 @@ def create_app(settings: ControllerSettings, runtime: Runtime | None = None) -> 
     )
     api.state.runtime = rt
     api.include_router(router)
+    api.include_router(workflow_router)
     return FastIngest(api, rt.ingest, settings.ingest.max_body_bytes)

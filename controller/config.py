@@ -80,12 +80,36 @@ class HotStateSettings(_Strict):
         return self
 
 
+class AdvisorSettings(_Strict):
+    """An OpenAI-compatible chat endpoint whose answers are recorded as advice. Off unless url is set."""
+
+    url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    model: str = Field(default="gpt-4o-mini", min_length=1, max_length=128)
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    def key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is None:
+            return None
+        try:
+            return self.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"advisor: cannot read {self.api_key_file}: {exc.strerror}") from exc
+
+
 class WorkflowSettings(_Strict):
     enabled: bool = True
     window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
     open_threshold: float = Field(default=0.5, ge=0, le=1)  # top-hypothesis confidence that opens a run
     attach_window_s: float = Field(default=900.0, ge=0, le=86_400)  # same shape within this: attach
     queue_max: int = Field(default=1024, ge=1, le=1_000_000)  # hosts waiting for evaluation
+    advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
+    # Fault injection for the crash tests: "<artifact kind>:before_commit|after_commit" makes the
+    # process SIGKILL itself there. Never set in production.
+    failpoint: str | None = Field(default=None, pattern=r"^[a-z_]+:(before_commit|after_commit)$")
 
 
 class HASettings(_Strict):

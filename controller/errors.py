@@ -7,6 +7,7 @@ ControllerError
 +-- IngestError        a batch refused at the door, with the HTTP status it maps to
 +-- StoreError         the database or the payload store failed
 +-- NotLeader          this controller is a follower; carries the leader's URL (503)
++-- UnknownRun         no workflow run has this id (404)
 """
 
 from __future__ import annotations
@@ -47,3 +48,11 @@ class NotLeader(ControllerError):
     def __init__(self, leader_url: str | None) -> None:
         super().__init__(f"not the leader; the leader is {leader_url or 'unknown'}")
         self.leader_url = leader_url
+
+
+class UnknownRun(ControllerError):
+    """No workflow run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no workflow run {run_id!r}")
+        self.run_id = run_id

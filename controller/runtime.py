@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 from sqlalchemy import Engine
 
+from controller.artifacts import KINDS
 from controller.auth import Authenticator
 from controller.config import ControllerSettings
+from controller.errors import ConfigError
 from controller.hotstate import HotState
 from controller.ingest import IngestService
 from controller.leader import Leadership, PostgresLeadership
@@ -15,7 +19,8 @@ from controller.ledger import Ledger
 from controller.metrics import Metrics
 from controller.store.db import make_engine, migrate, schema_version
 from controller.store.payloads import PayloadStore
-from controller.workflow.engine import WorkflowEngine, WorkflowOptions
+from controller.workflow.advisor import Advisor
+from controller.workflow.engine import Failpoint, WorkflowEngine, WorkflowOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class Runtime:
                 attach_window_s=w.attach_window_s,
                 queue_max=w.queue_max,
             ),
+            advisor=self._advisor(),
+            failpoint=_failpoint(w.failpoint),
         )
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
@@ -69,6 +76,12 @@ class Runtime:
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         self.schema_version = 0
         self.ready = False
+
+    def _advisor(self) -> Advisor | None:
+        a = self.settings.workflow.advisor
+        if a.url is None:
+            return None
+        return Advisor(a.url, a.model, api_key=a.key(), timeout_s=a.timeout_s)
 
     def start(self) -> None:
         applied = migrate(self.engine)
@@ -88,4 +101,22 @@ class Runtime:
         self.ready = False
         self.leadership.stop()
         self.workflow.stop()
+        if self.workflow.advisor is not None:
+            self.workflow.advisor.close()
         self.engine.dispose()
+
+
+def _failpoint(spec: str | None) -> Failpoint | None:
+    """The crash tests' kill switch: SIGKILL, so nothing (no finally, no atexit) tidies up."""
+    if spec is None:
+        return None
+    kind, where = spec.split(":")
+    if kind not in KINDS:
+        raise ConfigError(f"workflow.failpoint: {kind!r} is not an artifact kind; known: {', '.join(KINDS)}")
+
+    def hit(at_kind: str, at: str) -> None:
+        if (at_kind, at) == (kind, where):
+            log.warning("failpoint %s reached: killing the process", spec)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hit

@@ -60,7 +60,7 @@ class Status(BaseModel):
     stores: StoreInfo
     hot_state: dict[str, Any]
     ledger: dict[str, Any]
-    open_runs: int | None
+    open_runs: int
 
 
 router = APIRouter()
@@ -107,8 +107,7 @@ def status(
         ),
         hot_state=rt.hot.stats(),
         ledger={"streams_in_memory": len(rt.ledger.snapshot()), "streams_evicted": rt.ledger.evicted},
-        # The incident workflow (its runs table) arrives with the workflow issue.
-        open_runs=None,
+        open_runs=rt.workflow.open_runs(),
     )
 
 

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, text
 from controller import artifacts
 from controller.artifacts import KINDS, Artifact
 from controller.detectors import Evidence, build_evidence
+from controller.errors import UnknownRun
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.workflow.analysis import detect, rank
@@ -76,6 +77,13 @@ REMEMBER = text(
     "resolution = excluded.resolution"
 )
 RUNNING = text("SELECT run_id FROM workflow_runs WHERE status = 'running' ORDER BY created_at")
+OPEN_RUNS = text("SELECT COUNT(*) FROM workflow_runs WHERE status != 'completed' AND status != 'failed'")
+FORGET_REPLAY = text("DELETE FROM workflow_artifacts WHERE run_id = :r AND replay = :rp")
+ATTACHMENTS_OF = text(
+    "SELECT at, detail FROM workflow_attachments WHERE run_id = :r ORDER BY at DESC LIMIT :n"
+)
+FAILPOINTS = ("before_commit", "after_commit")
+Failpoint = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class WorkflowEngine:
         clock: Callable[[], float] = time.time,
         advisor: Any = None,
         code_version: str = CODE_VERSION,
+        failpoint: Failpoint | None = None,
     ) -> None:
         self.db = db
         self.store = store
@@ -115,6 +124,8 @@ class WorkflowEngine:
         self.clock = clock
         self.advisor = advisor
         self.code_version = code_version
+        # Called with (stage kind, "before_commit" | "after_commit"): the crash tests kill here.
+        self.failpoint = failpoint
         self._queue: deque[str] = deque()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -269,7 +280,7 @@ class WorkflowEngine:
         """Run the stages a run has not committed yet, in order, each durably."""
         run = self.load_run(run_id)
         if run is None:
-            raise KeyError(run_id)
+            raise UnknownRun(run_id)
         ev = self.load_evidence(run_id)
         chain = self.load_chain(run_id)
         memory = self._memory(run["fingerprint"])
@@ -297,6 +308,10 @@ class WorkflowEngine:
         self.store.put(key, artifacts.encode(art))  # the payload first
         now = self.clock()
         final = art.kind == KINDS[-1]
+        if final:  # the package too, so a committed final stage always has one
+            self.write_package(run_id, [*chain, art])
+        if self.failpoint is not None:
+            self.failpoint(art.kind, "before_commit")
         row = {
             "id": art.artifact_id,
             "run": run_id,
@@ -322,8 +337,8 @@ class WorkflowEngine:
             )
             if final:
                 self._remember(conn, run, art, now)
-        if final:
-            self.write_package(run_id, [*chain, art])
+        if self.failpoint is not None:
+            self.failpoint(art.kind, "after_commit")
 
     @staticmethod
     def _remember(conn: Connection, run: dict[str, Any], report: Artifact, now: float) -> None:
@@ -367,28 +382,107 @@ class WorkflowEngine:
                 log.exception("resuming run %s failed", run_id)
         return ids
 
-    def replay(self, run_id: str) -> list[Artifact]:
-        """Re-run every stage from the stored evidence with the current code; stored apart,
-        each artifact carrying replay_of. Same inputs and clock: same sha256s."""
+    def replay(self, run_id: str, clock: Callable[[], float] | None = None) -> list[Artifact]:
+        """Re-run every stage from the stored evidence with the current code; stored apart
+        (the latest replay of a run replaces the one before), each artifact carrying
+        replay_of. Same inputs and clock: same sha256s."""
+        clock = clock or self.clock
         run = self.load_run(run_id)
         if run is None:
-            raise KeyError(run_id)
-        original = {a.kind: a.artifact_id for a in self.load_chain(run_id)}
+            raise UnknownRun(run_id)
+        stored = self.load_chain(run_id)
+        original = {a.kind: a.artifact_id for a in stored}
         ev = self.load_evidence(run_id)
+        memory = _recorded_memory(stored)
         chain: list[Artifact] = []
         for kind in KINDS:
             ctx = StageContext(
                 run=run,
                 evidence=ev,
                 chain=chain,
-                clock=self.clock,
+                clock=clock,
                 code_version=self.code_version,
                 posture=self.opts.posture,
-                memory=None,
+                memory=memory,
                 replay_of=original,
                 advisor=self.advisor,
             )
             chain.append(role_for(kind).run(ctx))
+        rows = []
         for art in chain:
-            self.store.put(message_key(run_id, art, replay=True), artifacts.encode(art))
+            key = message_key(run_id, art, replay=True)
+            self.store.put(key, artifacts.encode(art))
+            rows.append(
+                {
+                    "id": art.artifact_id,
+                    "run": run_id,
+                    "idx": art.stage_index,
+                    "kind": art.kind,
+                    "status": art.status,
+                    "sha": art.sha256,
+                    "path": key,
+                    "rp": True,
+                    "at": art.finished_at,
+                }
+            )
+        with self.db.begin() as conn:
+            conn.execute(FORGET_REPLAY, {"r": run_id, "rp": True})
+            conn.execute(INSERT_ARTIFACT, rows)
         return chain
+
+    # --- reads for the API ------------------------------------------------------------------------
+
+    def open_runs(self) -> int:
+        with self.db.connect() as conn:
+            return int(conn.execute(OPEN_RUNS).scalar_one())
+
+    def attachments(self, run_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.connect() as conn:
+            rows = conn.execute(ATTACHMENTS_OF, {"r": run_id, "n": limit}).all()
+        return [{"at": r[0], "detail": json.loads(r[1])} for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        host_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``after`` is the (created_at, run_id) of the last row of the previous page."""
+        where: list[str] = []
+        params: dict[str, Any] = {"n": limit}
+        for column, op, key, value in (
+            ("status", "=", "status", status),
+            ("host_id", "=", "host", host_id),
+            ("created_at", ">=", "since", since),
+            ("created_at", "<", "until", until),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} :{key}")
+                params[key] = value
+        if after is not None:
+            where.append("(created_at < :ac OR (created_at = :ac AND run_id < :ar))")
+            params |= {"ac": after[0], "ar": after[1]}
+        sql = "SELECT * FROM workflow_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, run_id DESC LIMIT :n"
+        with self.db.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+
+def _recorded_memory(chain: list[Artifact]) -> dict[str, Any] | None:
+    """The incident memory the original hypothesis stage saw, so a replay sees the same."""
+    for art in chain:
+        if art.kind == "root_cause_hypothesis":
+            mem = art.payload.get("memory", {})
+            if mem.get("seen_before"):
+                return {
+                    "occurrences": mem["occurrences"],
+                    "last_run_id": mem["last_run_id"],
+                    "resolution": mem["last_resolution"],
+                }
+    return None

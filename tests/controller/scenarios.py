@@ -11,6 +11,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from collector.wire import Snapshot, validate_batch
 
 T0 = 1_800_000_000.0
@@ -291,3 +293,25 @@ def window(
         }
     )
     return batch.snapshots
+
+
+def batch_for(
+    family: str | None,
+    host_id: str = "node-a",
+    seq: int = 1,
+    shift_s: float = 0.0,
+    stale: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A wire batch (plain JSON) carrying the scenario's window for ``host_id``, ``shift_s`` later."""
+    snaps = [msgspec.to_builtins(s) for s in window(family, stale=stale)]
+    for s in snaps:
+        s["ts"] += shift_s
+    return {
+        "schema": "incidentlab.batch/v1",
+        "host_id": host_id,
+        "boot_id": "b",
+        "stream_id": f"s-{host_id}",
+        "seq": seq,
+        "sent_at": snaps[-1]["ts"],
+        "snapshots": snaps,
+    }

@@ -1,0 +1,181 @@
+"""The incident workflow's API: live RCA per host, runs with their chains, evidence, replay."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
+
+from controller import artifacts
+from controller.api.routes import require, runtime
+from controller.artifacts import Artifact
+from controller.auth import Principal
+from controller.errors import UnknownRun
+from controller.runtime import Runtime
+from controller.workflow.analysis import detect, rank
+from controller.workflow.engine import WorkflowEngine, evidence_key
+
+RunStatus = Literal["running", "awaiting_approval", "completed", "failed"]
+Reader = Annotated[Principal, Depends(require("read"))]
+Writer = Annotated[Principal, Depends(require("write"))]
+Rt = Annotated[Runtime, Depends(runtime)]
+
+router = APIRouter(prefix="/api/v1/agent", tags=["workflow"])
+
+
+def encode_cursor(row: dict[str, Any]) -> str:
+    raw = json.dumps([row["created_at"], row["run_id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created), str(run_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise HTTPException(400, "cursor is not one this API gave out") from exc
+
+
+def run_summary(row: dict[str, Any]) -> dict[str, Any]:
+    return row | {"culprit": json.loads(row["culprit"])}
+
+
+def chain_body(chain: list[Artifact]) -> dict[str, Any]:
+    return {
+        "chain": [msgspec.to_builtins(a) for a in chain],
+        "manifest": artifacts.manifest(chain) if chain else None,
+        "problems": artifacts.verify_chain(chain) if chain else [],
+    }
+
+
+def _conclusion(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload without the wall-clock times of its timeline: what a replay is compared on."""
+    if "timeline" not in payload:
+        return payload
+    return payload | {"timeline": [{k: v for k, v in t.items() if k != "at"} for t in payload["timeline"]]}
+
+
+def _run_or_404(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
+    run = wf.load_run(run_id)
+    if run is None:
+        raise HTTPException(404, f"no workflow run {run_id!r}")
+    return run
+
+
+@router.get("/rca")
+def rca(
+    rt: Rt,
+    _: Reader,
+    host: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> dict[str, Any]:
+    """The current ranked hypotheses per host, from its hot-state window (the newest hosts first)."""
+    wf = rt.workflow
+    hosts = [host] if host is not None else list(reversed(rt.hot.host_ids()))[:limit]
+    out = []
+    for host_id in hosts:
+        ev = wf.evidence_for(host_id)
+        if ev is None:
+            if host is not None:
+                raise HTTPException(404, f"no telemetry in hot state for host {host_id!r}")
+            continue
+        latest = wf.list_runs(host_id=host_id, limit=1)
+        out.append(
+            {
+                "host_id": host_id,
+                "window": {"start": ev.start, "end": ev.end, "samples": ev.samples},
+                "freshness": ev.freshness,
+                "hypotheses": [h.to_dict() for h in rank(ev, detect(ev))],
+                "latest_run": (
+                    {k: latest[0][k] for k in ("run_id", "status", "family", "created_at")}
+                    if latest
+                    else None
+                ),
+            }
+        )
+    return {"hosts": out, "count": len(out)}
+
+
+@router.get("/workflow/runs")
+def list_runs(
+    rt: Rt,
+    _: Reader,
+    status: RunStatus | None = None,
+    host: Annotated[str | None, Query(max_length=128)] = None,
+    since: Annotated[float | None, Query(description="created at or after (Unix seconds)")] = None,
+    until: Annotated[float | None, Query(description="created before (Unix seconds)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> dict[str, Any]:
+    """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    after = decode_cursor(cursor) if cursor else None
+    rows = rt.workflow.list_runs(
+        status=status, host_id=host, since=since, until=until, after=after, limit=limit + 1
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "runs": [run_summary(r) for r in page],
+        "count": len(page),
+        "next_cursor": encode_cursor(page[-1]) if more else None,
+    }
+
+
+@router.get("/workflow/runs/{run_id}")
+def get_run(rt: Rt, _: Reader, run_id: str) -> dict[str, Any]:
+    """The run, its attachments, its chain with the manifest, and its latest replay if any."""
+    wf = rt.workflow
+    run = _run_or_404(wf, run_id)
+    replay = wf.load_chain(run_id, replay=True)
+    return {
+        "run": run_summary(run),
+        "attachments": wf.attachments(run_id),
+        **chain_body(wf.load_chain(run_id)),
+        "replay": chain_body(replay) if replay else None,
+    }
+
+
+@router.get("/workflow/evidence/{run_id}", response_class=Response)
+def get_evidence(rt: Rt, _: Reader, run_id: str) -> Response:
+    """The evidence package: the chain, its manifest and the window its refs point at.
+    Before a run completes, the window alone."""
+    wf = rt.workflow
+    _run_or_404(wf, run_id)
+    try:
+        body = wf.store.get(evidence_key(run_id))
+    except FileNotFoundError as exc:
+        raise HTTPException(404, f"run {run_id!r} has no evidence package") from exc
+    return Response(body, media_type="application/json")
+
+
+@router.post("/workflow/runs/{run_id}/replay")
+def replay(
+    rt: Rt,
+    _: Writer,
+    run_id: str,
+    clock: Annotated[
+        float | None,
+        Body(
+            embed=True, description="a fixed clock (Unix seconds): the same inputs then give the same sha256s"
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """Re-run every stage from the stored observation and evidence with the current code."""
+    wf = rt.workflow
+    try:
+        original = wf.load_chain(run_id)
+        chain = wf.replay(run_id, clock=(lambda: clock) if clock is not None else None)
+    except UnknownRun as exc:
+        raise HTTPException(404, str(exc)) from exc
+    before = {a.kind: _conclusion(a.payload) for a in original}
+    return {
+        "run_id": run_id,
+        "replay_of": {a.kind: a.artifact_id for a in original},
+        # Stages whose conclusion the current code would draw differently.
+        "changed": [a.kind for a in chain if a.kind in before and before[a.kind] != _conclusion(a.payload)],
+        **chain_body(chain),
+    }
