@@ -233,7 +233,7 @@ class WorkflowEngine:
         seed = hashlib.sha256(f"{fp}|{now}".encode()).hexdigest()
         run_id = f"run-{seed[:16]}"
         # Evidence first: a run row never points at evidence that is not there.
-        self.store.put(evidence_key(run_id), json.dumps(ev.to_dict(), sort_keys=True).encode())
+        self.store.put(evidence_key(run_id), msgspec.json.encode(ev.to_dict(), order="sorted"))
         params = {
             "run_id": run_id,
             "wf": f"wf-{seed[16:32]}",
@@ -258,7 +258,7 @@ class WorkflowEngine:
         return dict(row._mapping) if row else None
 
     def load_evidence(self, run_id: str) -> Evidence:
-        doc = json.loads(self.store.get(evidence_key(run_id)))
+        doc = msgspec.json.decode(self.store.get(evidence_key(run_id)))
         # A completed run's file is the full package; before that, the window alone.
         return Evidence.from_dict(doc["window"] if "manifest" in doc else doc)
 
@@ -298,18 +298,20 @@ class WorkflowEngine:
                 advisor=self.advisor,
             )
             art = role_for(KINDS[index]).run(ctx)
-            self.commit(run, art, chain)
+            self.commit(run, art, chain, ev)
             chain = [*chain, art]
         return chain
 
-    def commit(self, run: dict[str, Any], art: Artifact, chain: list[Artifact]) -> None:
+    def commit(
+        self, run: dict[str, Any], art: Artifact, chain: list[Artifact], ev: Evidence | None = None
+    ) -> None:
         run_id = run["run_id"]
         key = message_key(run_id, art)
         self.store.put(key, artifacts.encode(art))  # the payload first
         now = self.clock()
         final = art.kind == KINDS[-1]
         if final:  # the package too, so a committed final stage always has one
-            self.write_package(run_id, [*chain, art])
+            self.write_package(run_id, [*chain, art], ev)
         if self.failpoint is not None:
             self.failpoint(art.kind, "before_commit")
         row = {
@@ -360,15 +362,15 @@ class WorkflowEngine:
             },
         )
 
-    def write_package(self, run_id: str, chain: list[Artifact]) -> None:
+    def write_package(self, run_id: str, chain: list[Artifact], ev: Evidence | None = None) -> None:
         """The evidence package: the chain, its manifest, and the evidence its refs point at."""
         package = {
             "run_id": run_id,
             "manifest": artifacts.manifest(chain),
             "chain": [msgspec.to_builtins(a) for a in chain],
-            "window": self.load_evidence(run_id).to_dict(),
+            "window": (ev or self.load_evidence(run_id)).to_dict(),
         }
-        self.store.put(evidence_key(run_id), json.dumps(package, sort_keys=True).encode())
+        self.store.put(evidence_key(run_id), msgspec.json.encode(package, order="sorted"))
 
     def resume(self) -> list[str]:
         """Finish every run a crash or stop left running."""

@@ -25,7 +25,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
 def test_no_input_makes_a_server_error(api_schema: schemathesis.BaseSchema) -> None:
     # Driven through hypothesis directly: schemathesis' pytest plugin does not load under pytest 9.
     operations = [result.ok() for result in api_schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) >= 6
+    assert len(operations) >= 11
     for operation in operations:
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -52,4 +52,9 @@ def test_schema_lists_the_api(api_schema: schemathesis.BaseSchema) -> None:
         "/metrics",
         "/healthz",
         "/readyz",
+        "/api/v1/agent/rca",
+        "/api/v1/agent/workflow/runs",
+        "/api/v1/agent/workflow/runs/{run_id}",
+        "/api/v1/agent/workflow/evidence/{run_id}",
+        "/api/v1/agent/workflow/runs/{run_id}/replay",
     } <= paths
