@@ -10,7 +10,8 @@ first, counted. Events are kept decoded, bounded by ``events_per_host``.
 
 Freshness per source: ``fresh`` within stale_after_s of its last ok or fallback
 answer, ``stale`` until missing_after_s, ``missing`` after that or if it never
-answered.
+answered; ``unavailable`` when it never answered and says it cannot here (no GPU,
+nothing configured): a host is not faulted for what it does not have.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import msgspec
 from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope
 from controller.config import HotStateSettings
 
-Freshness = Literal["fresh", "stale", "missing"]
+Freshness = Literal["fresh", "stale", "missing", "unavailable"]
 _DECODE = msgspec.json.Decoder(Batch)
 
 
@@ -142,7 +143,9 @@ class HotState:
             out: dict[str, Freshness] = {}
             for name in host.source_status:
                 at = host.source_ok_at.get(name)
-                if at is None or now - at >= self.settings.missing_after_s:
+                if at is None and host.source_status[name][0] == "unavailable":
+                    out[name] = "unavailable"
+                elif at is None or now - at >= self.settings.missing_after_s:
                     out[name] = "missing"
                 elif now - at >= self.settings.stale_after_s:
                     out[name] = "stale"

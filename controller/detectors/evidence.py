@@ -41,6 +41,13 @@ class Evidence:
         ev.series = {k: [(float(t), float(v)) for t, v in pts] for k, pts in d.get("series", {}).items()}
         return ev
 
+    def expected(self) -> dict[str, str]:
+        """Freshness of the sources this host should have: not those it never had (no GPU here)."""
+        return {n: s for n, s in self.freshness.items() if s != "unavailable"}
+
+    def not_fresh(self) -> dict[str, str]:
+        return {n: s for n, s in self.expected().items() if s != "fresh"}
+
     def latest(self, name: str) -> float | None:
         pts = self.series.get(name)
         return pts[-1][1] if pts else None

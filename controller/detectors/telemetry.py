@@ -9,7 +9,7 @@ from controller.detectors.evidence import Evidence
 
 @detector("stale_telemetry")
 def stale_telemetry(ev: Evidence) -> list[Finding]:
-    bad = {name: state for name, state in ev.freshness.items() if state != "fresh"}
+    bad = ev.not_fresh()
     if not bad:
         return []
     missing = sorted(n for n, s in bad.items() if s == "missing")

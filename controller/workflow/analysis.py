@@ -52,9 +52,10 @@ def fingerprint(host_id: str, family: str, culprit_kind: str, culprit_id: str) -
 
 
 def coverage(ev: Evidence) -> float:
-    if not ev.freshness:
+    expected = ev.expected()
+    if not expected:
         return 0.0
-    return sum(1 for s in ev.freshness.values() if s == "fresh") / len(ev.freshness)
+    return sum(1 for s in expected.values() if s == "fresh") / len(expected)
 
 
 def detect(ev: Evidence) -> list[Finding]:
@@ -66,7 +67,7 @@ def detect(ev: Evidence) -> list[Finding]:
 
 def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
     cov = coverage(ev)
-    stale = any(s != "fresh" for s in ev.freshness.values())
+    stale = bool(ev.not_fresh())
     scored = []
     for f in findings:
         conf = f.score

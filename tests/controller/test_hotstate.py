@@ -83,6 +83,11 @@ def test_freshness_states() -> None:
     hot.ingest(*make("h", 2, [clock.t], source_status="unavailable"))
     assert hot.freshness("h") == {"psi": "missing"}  # answering "unavailable" is not fresh data
     assert hot.freshness("nobody") == {}
+    # A source this host never had (no GPU here) is not held against it; one that went away is.
+    hot.ingest(*make("g", 1, [clock.t], source_status="unavailable"))
+    assert hot.freshness("g") == {"psi": "unavailable"}
+    hot.ingest(*make("g", 2, [clock.t], source_status="error"))
+    assert hot.freshness("g") == {"psi": "missing"}
 
 
 def test_events_bounded() -> None:

@@ -52,6 +52,6 @@ class HypothesisStage(Role):
             payload["memory"] = {"seen_before": False}
         if ctx.advisor is not None:
             payload["advisor"] = ctx.advisor.annotate(ctx.chain, payload["hypotheses"])
-        if any(s != "fresh" for s in ctx.evidence.freshness.values()):
+        if ctx.evidence.not_fresh():
             notes.append("confidence capped: telemetry is not all fresh")
         return Output(payload=payload, status="ok" if hyps else "degraded", notes=notes)

@@ -58,12 +58,11 @@ class Output:
 
 
 def uncertainty_of(ev: Evidence, notes: list[str]) -> Uncertainty:
-    states = set(ev.freshness.values()) or {"missing"}
-    fresh = sum(1 for s in ev.freshness.values() if s == "fresh")
+    expected = ev.expected()
+    states = set(expected.values()) or {"missing"}
+    fresh = sum(1 for s in expected.values() if s == "fresh")
     freshness = states.pop() if len(states) == 1 else "mixed"
-    return Uncertainty(
-        freshness=freshness, coverage=round(fresh / max(1, len(ev.freshness)), 3), notes=notes[:8]
-    )
+    return Uncertainty(freshness=freshness, coverage=round(fresh / max(1, len(expected)), 3), notes=notes[:8])
 
 
 def window_ref(ctx: StageContext) -> EvidenceRef:

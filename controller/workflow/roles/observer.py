@@ -34,7 +34,7 @@ class Observer(Role):
         names = [n for n in KEY_SIGNALS if ev.series.get(n)]
         names += sorted(n for n in ev.series if n.startswith("gpu") and n not in names)
         signals = {n: stats(ev.values(n)) for n in names[:MAX_SIGNALS]}
-        missing = sorted(n for n, s in ev.freshness.items() if s != "fresh")
+        missing = sorted(ev.not_fresh())
         notes = [f"{n} is {ev.freshness[n]}" for n in missing]
         if ev.samples < 10:
             notes.append(f"only {ev.samples} samples in the window")
@@ -45,6 +45,8 @@ class Observer(Role):
                 "freshness": ev.freshness,
                 "sources_seen": ev.sources_seen,
                 "missing": missing,
+                # Sources this host never had (no GPU, nothing configured): not counted against it.
+                "unavailable": sorted(n for n, s in ev.freshness.items() if s == "unavailable"),
                 "signals": signals,
                 "tables": sorted(ev.tables),
                 "events": len(ev.events),
