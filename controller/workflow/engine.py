@@ -100,6 +100,21 @@ def message_key(run_id: str, art: Artifact, replay: bool = False) -> str:
     return f"workflows/{folder}/{run_id}/{art.stage_index:02d}-{art.kind}.json"
 
 
+def artifact_row(run_id: str, art: Artifact, key: str, *, replay: bool, at: float) -> dict[str, Any]:
+    """INSERT_ARTIFACT's parameters."""
+    return {
+        "id": art.artifact_id,
+        "run": run_id,
+        "idx": art.stage_index,
+        "kind": art.kind,
+        "status": art.status,
+        "sha": art.sha256,
+        "path": key,
+        "rp": replay,
+        "at": at,
+    }
+
+
 def evidence_key(run_id: str) -> str:
     return f"workflows/evidence/{run_id}/package.json"
 
@@ -314,19 +329,8 @@ class WorkflowEngine:
             self.write_package(run_id, [*chain, art], ev)
         if self.failpoint is not None:
             self.failpoint(art.kind, "before_commit")
-        row = {
-            "id": art.artifact_id,
-            "run": run_id,
-            "idx": art.stage_index,
-            "kind": art.kind,
-            "status": art.status,
-            "sha": art.sha256,
-            "path": key,
-            "rp": False,
-            "at": now,
-        }
         with self.db.begin() as conn:  # then the metadata and the stage, in one transaction
-            conn.execute(INSERT_ARTIFACT, row)
+            conn.execute(INSERT_ARTIFACT, artifact_row(run_id, art, key, replay=False, at=now))
             conn.execute(
                 ADVANCE_RUN,
                 {
@@ -414,19 +418,7 @@ class WorkflowEngine:
         for art in chain:
             key = message_key(run_id, art, replay=True)
             self.store.put(key, artifacts.encode(art))
-            rows.append(
-                {
-                    "id": art.artifact_id,
-                    "run": run_id,
-                    "idx": art.stage_index,
-                    "kind": art.kind,
-                    "status": art.status,
-                    "sha": art.sha256,
-                    "path": key,
-                    "rp": True,
-                    "at": art.finished_at,
-                }
-            )
+            rows.append(artifact_row(run_id, art, key, replay=True, at=art.finished_at))
         with self.db.begin() as conn:
             conn.execute(FORGET_REPLAY, {"r": run_id, "rp": True})
             conn.execute(INSERT_ARTIFACT, rows)
