@@ -61,6 +61,7 @@ class Status(BaseModel):
     hot_state: dict[str, Any]
     ledger: dict[str, Any]
     open_runs: int
+    workflow: dict[str, int]
 
 
 router = APIRouter()
@@ -97,7 +98,8 @@ def metrics(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
 def status(
     rt: Annotated[Runtime, Depends(runtime)], _: Annotated[Principal, Depends(require("read"))]
 ) -> Status:
-    """Version, leader or follower, store backends, hot-state size and bounds."""
+    """Version, leader or follower, store backends, hot-state size and bounds, open runs and the
+    workflow queue (queued, overflow, evaluations, runs opened, attached, failures)."""
     return Status(
         version=__version__,
         role="leader" if rt.leadership.is_leader else "follower",
@@ -108,6 +110,7 @@ def status(
         hot_state=rt.hot.stats(),
         ledger={"streams_in_memory": len(rt.ledger.snapshot()), "streams_evicted": rt.ledger.evicted},
         open_runs=rt.workflow.open_runs(),
+        workflow=rt.workflow.stats(),
     )
 
 

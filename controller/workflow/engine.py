@@ -4,8 +4,10 @@ After an accepted batch, ingest only notes the host in a bounded queue (overflow
 counted): evaluation runs on the engine's own worker, never on the request path.
 The worker builds evidence from the host's hot-state window and runs the detectors;
 when the top hypothesis clears ``open_threshold`` it opens a run, unless a run of the
-same fingerprint (host, family, culprit) is open and was touched within
-``attach_window_s``: then the sighting is attached to it and recorded.
+same fingerprint (host, family, culprit) was touched within ``attach_window_s``
+(finished or not): then the sighting is attached to it and recorded. A new run of
+that shape opens only once it has gone unseen for the window, and consults the
+incident memory the earlier one left.
 
 Durability (DESIGN.md): for each stage the artifact JSON is written to the payload
 store first, then its metadata row and the run's new stage count commit in one
@@ -46,9 +48,12 @@ ATTACH = text("INSERT INTO workflow_attachments (run_id, at, detail) VALUES (:r,
 BUMP_ATTACHMENTS = text(
     "UPDATE workflow_runs SET attachments = attachments + 1, updated_at = :at WHERE run_id = :r"
 )
+# An incident stays open while it keeps being seen: a run of its shape touched within the
+# attach window takes the sighting, whether its stages are done or not (a dry run completes
+# at once, and a fault that lasts an hour is one incident, not 3,600).
 OPEN_RUN_OF = text(
-    "SELECT run_id FROM workflow_runs WHERE fingerprint = :fp AND status != 'completed' "
-    "AND status != 'failed' AND updated_at >= :since ORDER BY created_at DESC LIMIT 1"
+    "SELECT run_id FROM workflow_runs WHERE fingerprint = :fp AND status != 'failed' "
+    "AND updated_at >= :since ORDER BY created_at DESC LIMIT 1"
 )
 INSERT_RUN = text(
     "INSERT INTO workflow_runs (run_id, workflow_id, incident_id, correlation_id, host_id, "

@@ -125,7 +125,9 @@ def test_runs_filter_by_status_host_and_time_and_page_without_gaps(api: tuple[ht
     )
     assert client.get("/api/v1/agent/workflow/runs", params={"cursor": "%%%"}, headers=OPS).status_code == 400
     assert client.get("/api/v1/agent/workflow/runs", params={"limit": 0}, headers=OPS).status_code == 422
-    assert client.get("/api/v1/status", headers=OPS).json()["open_runs"] == 1
+    status = client.get("/api/v1/status", headers=OPS).json()
+    assert status["open_runs"] == 1
+    assert status["workflow"]["runs_opened"] == 5 and status["workflow"]["queue_overflow"] == 0
 
 
 def test_a_run_its_chain_and_its_evidence(api: tuple[httpx.Client, Runtime]) -> None:
