@@ -87,7 +87,8 @@ def test_without_capabilities_the_collector_falls_back_and_says_why() -> None:
     assert (procs["status"], procs["path"]) == ("fallback", "file")
     assert "CAP_NET_ADMIN" in procs["reason"]
     assert procs["data"]["rows"] and procs["data"]["delay_source"] == "schedstat"
-    assert procs["data"]["rows"][0]["delay_pct"]["cpu"] is not None
+    # A rate needs two readings: a process born between the passes (busy CI) has none yet.
+    assert any(r["delay_pct"]["cpu"] is not None for r in procs["data"]["rows"])
     assert (ebpf["status"], ebpf["path"]) == ("fallback", "file")
     assert "CAP_BPF" in ebpf["reason"]
     assert ebpf["data"]["counts"]["fork"] is not None
