@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from sqlalchemy import text
 
 from collector.wire import validate_batch
 from controller.artifacts import CHAIN_CAP, KINDS, encode, verify_chain
@@ -29,9 +30,12 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[WorkflowEngine]:
-    db = make_engine(f"sqlite:///{tmp_path / 'agent' / 'workflow_runs.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowEngine]:
+    if request.param == "sqlite":
+        db = make_engine(f"sqlite:///{tmp_path / 'agent' / 'workflow_runs.db'}")
+    else:
+        db = make_engine(request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+psycopg://"))
     migrate(db)
     hot = HotState(
         HotStateSettings(samples_per_host=1000, bytes_per_host=64 << 20), clock=lambda: 1_800_000_160.0
@@ -104,8 +108,8 @@ def test_a_run_awaiting_approval_takes_sightings_too(engine: WorkflowEngine) -> 
     feed(engine, "fd_exhaustion")
     run_id = engine.evaluate("node-a")
     with engine.db.begin() as conn:
-        conn.exec_driver_sql(
-            "UPDATE workflow_runs SET status = 'awaiting_approval' WHERE run_id = ?", (run_id,)
+        conn.execute(
+            text("UPDATE workflow_runs SET status = 'awaiting_approval' WHERE run_id = :r"), {"r": run_id}
         )
     assert engine.evaluate("node-a") == run_id and engine.runs_opened == 1
 
