@@ -1,8 +1,10 @@
 """cgroup: the heaviest leaf cgroups by memory and by CPU, on cgroup v2, v1, or a hybrid of both.
 
 Each pass walks the leaves of the memory (or unified) hierarchy reading one usage
-file and one CPU counter each, bounded to MAX_CGROUPS, then reads the full detail
-(throttling, memory events and OOM kills, IO, pids, PSI) for the top rows only.
+file and one CPU counter each, bounded to MAX_CGROUPS (on v1 also the cpu tree,
+whose cgroups need not match the memory tree's), then reads the full detail
+(throttling, memory events and OOM kills, IO, pids, PSI) for the top rows only:
+by memory, by CPU, and on v1 by throttled time.
 Kubernetes pod UID, container id and QoS class are parsed from kubepods paths.
 """
 
@@ -243,10 +245,29 @@ class CgroupSource(Source):
             ns = self._cpu_usage_ns(version, rel)
             cpu_rate = None if ns is None else self._rates.rate(f"{rel}.cpu_ns", ns)
             usage[rel] = (mem, cpu_rate)
+        # On v1 each controller has its own tree: a cgroup may exist only under cpu (a quota set
+        # there alone), and a process's cpu path need not match its memory path. Walk that tree too
+        # and keep its most throttled leaves.
+        throttle: dict[str, float] = {}
+        cpu_root = self._layout.v1.get("cpu") if version == 1 else None
+        if cpu_root is not None and cpu_root != root:
+            cpu_leaves, cut = walk_leaves(cpu_root, MAX_CGROUPS)
+            truncated = truncated or cut
+            for rel in cpu_leaves:
+                stat = parse_flat_keyed(_read(cpu_root / rel.lstrip("/") / "cpu.stat") or "")
+                if "throttled_time" in stat:
+                    t = self._rates.rate(f"{rel}.throttled_rank_ns", stat["throttled_time"])
+                    if t:
+                        throttle[rel] = t
+                if rel not in usage:
+                    ns = self._cpu_usage_ns(version, rel)
+                    mem = _int(root / rel.lstrip("/") / usage_file)
+                    usage[rel] = (mem, None if ns is None else self._rates.rate(f"{rel}.cpu_ns", ns))
         by_mem = sorted(usage, key=lambda r: usage[r][0] or 0, reverse=True)[:TOP_CGROUPS]
         by_cpu = sorted(usage, key=lambda r: usage[r][1] or 0.0, reverse=True)[:TOP_CGROUPS]
+        by_throttle = sorted(throttle, key=lambda r: throttle[r], reverse=True)[:TOP_CGROUPS]
         rows = []
-        for rel in dict.fromkeys(by_mem + by_cpu):
+        for rel in dict.fromkeys(by_mem + by_cpu + by_throttle):
             detail = self._detail(version, rel, usage[rel][0])
             cpu_rate = usage[rel][1]
             detail["cpu"]["usage_pct"] = None if cpu_rate is None else round(cpu_rate / 1e7, 3)
@@ -255,7 +276,7 @@ class CgroupSource(Source):
         data = {
             "mode": self._layout.mode,
             "memory_hierarchy": f"v{version}",
-            "leaves": len(leaves),
+            "leaves": len(usage),
             "truncated": truncated,
             "cgroups": rows,
         }

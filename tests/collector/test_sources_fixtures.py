@@ -338,6 +338,45 @@ def test_cgroup_v1_hybrid_fixture(modern_host: Path) -> None:
     assert row["cpu"]["quota_cores"] == 2.0
 
 
+def test_cgroup_v1_separate_cpu_tree_finds_a_cgroup_only_cpu_has(modern_host: Path) -> None:
+    # As on this build machine: cpu, cpuacct and memory each mounted alone, and a quota set on a
+    # cgroup that exists only in the cpu tree (its processes sit elsewhere in the memory tree).
+    _mountinfo(
+        modern_host,
+        [
+            "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755",
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu",
+            "33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct",
+            "34 31 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory",
+        ],
+    )
+    cg = modern_host / "sys" / "fs" / "cgroup"
+    mem = cg / "memory" / "sandbox" / "a"
+    capped = cg / "cpu" / "capped"
+    idle = cg / "cpu" / "idle"
+    for d in (mem, capped, idle, cg / "cpuacct"):
+        d.mkdir(parents=True)
+    (mem / "memory.usage_in_bytes").write_text(f"{50 << 20}\n")
+    (capped / "cpu.cfs_quota_us").write_text("20000\n")
+    (capped / "cpu.cfs_period_us").write_text("100000\n")
+    (idle / "cpu.cfs_quota_us").write_text("-1\n")
+    for d in (capped, idle):
+        (d / "cpu.stat").write_text("nr_periods 100\nnr_throttled 0\nthrottled_time 0\n")
+    clock = FakeClock()
+    src = CgroupSource(ctx_with_clock(modern_host, clock))
+    src.sample()
+    (capped / "cpu.stat").write_text("nr_periods 110\nnr_throttled 9\nthrottled_time 700000000\n")
+    (idle / "cpu.stat").write_text("nr_periods 100\nnr_throttled 0\nthrottled_time 0\n")
+    clock.t += 1.0
+    r = src.sample()
+    rows = {row["path"]: row for row in r.data["cgroups"]}
+    assert "/sandbox/a" in rows and r.data["leaves"] == 3
+    cpu = rows["/capped"]["cpu"]
+    assert cpu["quota_cores"] == 0.2
+    assert cpu["throttled_periods_pct"] == 90.0 and cpu["throttled_pct"] == 70.0
+    assert rows["/capped"]["memory"]["current"] is None  # not in the memory tree
+
+
 def test_cgroup_unavailable_without_a_memory_hierarchy(modern_host: Path) -> None:
     _mountinfo(modern_host, ["35 31 0:32 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd"])
     src = CgroupSource(context_for(modern_host))
