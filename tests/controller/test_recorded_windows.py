@@ -45,9 +45,14 @@ def batches(snapshots: list[dict[str, Any]]) -> list[bytes]:
 
 
 @pytest.mark.parametrize(
-    ("family", "culprit_comm"), [("cpu_saturation", "sha256sum"), ("runaway_forks", "bash")]
+    ("family", "culprit"),
+    [
+        ("cpu_saturation", "sha256sum"),
+        ("runaway_forks", "bash"),
+        ("cgroup_cpu_throttling", "/ilab-throttled"),
+    ],
 )
-def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit_comm: str) -> None:
+def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit: str) -> None:
     lines = gzip.decompress((WINDOWS / f"{family}.jsonl.gz").read_bytes()).splitlines()
     snapshots = [json.loads(line) for line in lines]
     last = snapshots[-1]["ts"]
@@ -61,4 +66,4 @@ def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit_comm
     assert hyps, "no detector fired"
     top = hyps[0]
     assert top.family == family, [(h.family, h.confidence) for h in hyps]
-    assert culprit_comm in top.culprit["id"], top.culprit
+    assert culprit in top.culprit["id"], top.culprit
