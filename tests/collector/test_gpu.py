@@ -19,15 +19,18 @@ from collector.sources.gpu import GpuSource
 from .conftest import context_for
 
 
-def test_without_a_gpu_the_source_is_unavailable_with_the_reason() -> None:
+def test_the_source_answers_what_this_machine_has() -> None:
+    """No GPU: unavailable with NVML's reason. A GPU: NVML's devices (bench/gpu_check.py goes further)."""
     present, _ = nvml_presence()
-    if present:
-        pytest.skip("this machine has a GPU: bench/gpu_check.py covers the real path")
     src = GpuSource(context_for(Path("/")))
     r = src.sample()
-    assert r.status == "unavailable" and r.path == "none"
-    assert r.reason is not None and "NVML" in r.reason
-    assert src.plan().path == "none"
+    if present:
+        assert r.status == "ok" and r.path == "kernel" and src.plan().path == "kernel"
+        assert r.data["devices"] and r.data["driver"]
+    else:
+        assert r.status == "unavailable" and r.path == "none"
+        assert r.reason is not None and "NVML" in r.reason
+        assert src.plan().path == "none"
     src.close()
 
 
