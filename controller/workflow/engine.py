@@ -405,6 +405,9 @@ class WorkflowEngine:
         original = {a.kind: a.artifact_id for a in stored}
         ev = self.load_evidence(run_id)
         memory = _recorded_memory(stored)
+        # The advisor is an outside input, like the memory: a replay reuses what it said then.
+        said = next((a.payload.get("advisor") for a in stored if a.kind == "root_cause_hypothesis"), None)
+        advisor = _RecordedAdvice(said) if said is not None else None
         chain: list[Artifact] = []
         for kind in KINDS:
             ctx = StageContext(
@@ -416,7 +419,7 @@ class WorkflowEngine:
                 posture=self.opts.posture,
                 memory=memory,
                 replay_of=original,
-                advisor=self.advisor,
+                advisor=advisor,
             )
             chain.append(role_for(kind).run(ctx))
         rows = []
@@ -485,3 +488,13 @@ def _recorded_memory(chain: list[Artifact]) -> dict[str, Any] | None:
                     "resolution": mem["last_resolution"],
                 }
     return None
+
+
+class _RecordedAdvice:
+    """Stands in for the advisor in a replay: answers what the original run recorded."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def annotate(self, chain: list[Artifact], hypotheses: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.record

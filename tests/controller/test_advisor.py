@@ -186,3 +186,33 @@ def test_the_runtime_builds_the_advisor_only_when_configured(tmp_path: Path) -> 
     assert isinstance(on.workflow.advisor, Advisor)
     on.stop()
     off.stop()
+
+
+class Fickle:
+    """An advisor that never says the same thing twice."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def annotate(self, chain: list[Any], hypotheses: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls += 1
+        return {
+            "advice": True,
+            "model": "m",
+            "status": "ok",
+            "annotations": [],
+            "rerank": [],
+            "n": self.calls,
+        }
+
+
+def test_a_replay_reuses_the_recorded_advice_and_stays_deterministic(tmp_path: Path) -> None:
+    fickle = Fickle()
+    eng = engine_with(tmp_path, fickle)  # type: ignore[arg-type]
+    chain = run_once(eng)
+    run_id = eng.list_runs()[0]["run_id"]
+    first = eng.replay(run_id, clock=lambda: 1_800_001_000.0)
+    second = eng.replay(run_id, clock=lambda: 1_800_001_000.0)
+    assert fickle.calls == 1 and chain[2].payload["advisor"]["n"] == 1
+    assert first[2].payload["advisor"] == chain[2].payload["advisor"]
+    assert [a.sha256 for a in first] == [a.sha256 for a in second]
