@@ -285,7 +285,13 @@ class WorkflowEngine:
     def load_chain(self, run_id: str, replay: bool = False) -> list[Artifact]:
         with self.db.connect() as conn:
             rows = conn.execute(CHAIN_PATHS, {"r": run_id, "rp": replay}).all()
-        return [artifacts.decode(self.store.get(r[0])) for r in rows]
+        chain = []
+        for (key,) in rows:
+            try:
+                chain.append(artifacts.decode(self.store.get(key)))
+            except artifacts.ArtifactError as exc:  # say which file, so it can be found and looked at
+                raise artifacts.ArtifactError(f"run {run_id}, {key}: {exc}") from exc
+        return chain
 
     def _memory(self, fingerprint: str) -> dict[str, Any] | None:
         with self.db.connect() as conn:

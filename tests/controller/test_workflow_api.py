@@ -159,3 +159,12 @@ def test_replay_with_a_fixed_clock_is_deterministic_and_recorded(api: tuple[http
     stored = client.get(f"/api/v1/agent/workflow/runs/{run_id}", headers=OPS).json()
     assert [a["sha256"] for a in stored["replay"]["chain"]] == [a["sha256"] for a in other["chain"]]
     assert client.post("/api/v1/agent/workflow/runs/run-nope/replay", json={}, headers=OPS).status_code == 404
+
+
+def test_a_corrupt_stored_artifact_is_named_in_the_error(api: tuple[httpx.Client, Runtime]) -> None:
+    client, rt = api
+    run_id = incident(rt, "nic_errors", "node-a")
+    key = f"workflows/messages/{run_id}/02-root_cause_hypothesis.json"
+    rt.workflow.store.put(key, b'{"schema_version": "incidentlab.artifact/v1", "trunc')
+    r = client.get(f"/api/v1/agent/workflow/runs/{run_id}", headers=OPS)
+    assert r.status_code == 500 and key in r.json()["detail"]
