@@ -107,6 +107,16 @@ class CollectorSettings(EnvOverYaml):
     # /proc/PID/stat files kept open between passes (a third cheaper per pid); the
     # collector raises its open-file limit to fit, or keeps fewer when it cannot.
     process_stat_fds: int = Field(default=8192, ge=0, le=65536)
+    # The processes holding the most open files are found by a second /proc walk (one
+    # stat per pid), at most this often: fd counts move slowly, and an idle process that
+    # hoards sockets never reaches the CPU-ranked rows. 0: every pass.
+    fd_scan_interval_s: float = Field(default=30.0, ge=0, le=3600)
+    fd_holders: int = Field(default=5, ge=0, le=100)
+    # Likewise the heaviest readers and writers (a process blocked on direct IO uses no CPU):
+    # a separate scanner reads /proc/PID/io of every pid at most this often and ranks the
+    # IO rates over its own interval. io_top 0 turns it off.
+    io_scan_interval_s: float = Field(default=10.0, ge=0, le=3600)
+    io_top: int = Field(default=5, ge=0, le=100)
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     transport: TransportSettings = Field(default_factory=TransportSettings)

@@ -663,6 +663,7 @@ NB_MODULE(probe_core, m) {
     res[key("primary")] = kstr(probe::primary_cgroup(entries));
     return res;
   }, "text"_a);
+  m.def("parse_nofile_limit", [](const std::string& text) { return opt(probe::parse_nofile_limit(text)); }, "text"_a);
   m.def("parse_smaps_rollup", [](const std::string& text) { return counters(probe::parse_smaps_rollup(text), false); }, "text"_a);
 
   // --- processes ------------------------------------------------------------------
@@ -683,7 +684,22 @@ NB_MODULE(probe_core, m) {
         auto r = without_gil([&] { return s.scan(k, top_n, enrich); });
         return scan_result(r, ::sysconf(_SC_CLK_TCK));
       }, "key"_a = "cpu", "top_n"_a = 20, "enrich"_a = true,
-      "Walk /proc once; return totals and the top_n rows by key (cpu, rss, io, fds, majflt).");
+      "Walk /proc once; return totals and the top_n rows by key (cpu, rss, io, fds, majflt).")
+      .def("fd_holders", [](probe::ProcessScanner& s, std::size_t top_n) {
+        if (top_n > 100000) throw std::invalid_argument("top_n must be at most 100000");
+        auto holders = without_gil([&] { return s.fd_holders(top_n); });
+        nb::list out;
+        for (const auto& h : holders) {
+          nb::dict d;
+          d[key("pid")] = h.pid;
+          d[key("comm")] = kstr(h.comm);
+          d[key("num_fds")] = h.num_fds;
+          d[key("fd_limit")] = opt(h.fd_limit);
+          out.append(d);
+        }
+        return out;
+      }, "top_n"_a = 5,
+      "The top_n processes by open files, with their soft RLIMIT_NOFILE (None: unlimited or unreadable).");
 
   // --- perf -----------------------------------------------------------------------
   nb::class_<probe::PerfCounters>(m, "PerfCounters",

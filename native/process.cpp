@@ -168,6 +168,22 @@ Counters parse_smaps_rollup(std::string_view text) {
   return out;
 }
 
+std::optional<std::uint64_t> parse_nofile_limit(std::string_view text) {
+  constexpr std::string_view label = "Max open files";
+  std::size_t at = text.find(label);
+  if (at == std::string_view::npos) throw ParseError("limits: no 'Max open files' line");
+  std::string_view rest = text.substr(at + label.size());
+  rest = rest.substr(0, rest.find('\n'));
+  std::size_t b = rest.find_first_not_of(' ');
+  if (b == std::string_view::npos) throw ParseError("limits: 'Max open files' has no value");
+  rest = rest.substr(b);
+  std::string_view soft = rest.substr(0, rest.find(' '));
+  if (soft == "unlimited") return std::nullopt;
+  std::uint64_t v = 0;
+  if (!parse_u64(soft, v)) throw ParseError("limits: bad 'Max open files' value '" + std::string(soft) + "'");
+  return v;
+}
+
 SortKey parse_sort_key(std::string_view key) {
   if (key == "cpu") return SortKey::cpu;
   if (key == "rss") return SortKey::rss;
@@ -442,6 +458,55 @@ ScanResult ProcessScanner::scan(SortKey key, std::size_t top_n, bool enrich) {
   stat_fds_.swap(kept);
   prev_time_ = res.monotonic_s;
   return res;
+}
+
+std::vector<FdHolder> ProcessScanner::fd_holders(std::size_t top_n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int dfd = ::openat(proc_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) throw ReadError(errno, join_root(root_, "/proc"));
+  DIR* dir = ::fdopendir(dfd);
+  if (dir == nullptr) {
+    int err = errno;
+    ::close(dfd);
+    throw ReadError(err, join_root(root_, "/proc"));
+  }
+  std::vector<std::pair<std::uint64_t, int>> counts;
+  while (dirent* e = ::readdir(dir)) {
+    const char* name = e->d_name;
+    if (name[0] < '1' || name[0] > '9') continue;
+    std::uint64_t pid64 = 0;
+    if (!parse_u64(name, pid64) || pid64 > INT32_MAX) continue;
+    // EACCES on other users' fd directories without CAP_SYS_PTRACE: skipped, not zero.
+    if (auto n = count_fds(static_cast<int>(pid64))) counts.emplace_back(*n, static_cast<int>(pid64));
+  }
+  ::closedir(dir);
+  std::size_t top = std::min(top_n, counts.size());
+  std::partial_sort(counts.begin(), counts.begin() + static_cast<std::ptrdiff_t>(top), counts.end(),
+                    [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  std::vector<FdHolder> out;
+  char path[64];
+  char buf[2048];
+  std::string text;
+  for (std::size_t i = 0; i < top; ++i) {
+    FdHolder h;
+    h.num_fds = counts[i].first;
+    h.pid = counts[i].second;
+    long n = read_at(proc_fd_, pid_path(path, h.pid, "stat"), buf, sizeof buf);
+    if (n <= 0) continue;  // exited since it was counted
+    try {
+      h.comm = parse_pid_stat(std::string_view(buf, static_cast<std::size_t>(n))).comm;
+    } catch (const ParseError&) {
+      continue;
+    }
+    if (read_at_all(proc_fd_, pid_path(path, h.pid, "limits"), text)) {
+      try {
+        h.fd_limit = parse_nofile_limit(text);
+      } catch (const ParseError&) {
+      }
+    }
+    out.push_back(std::move(h));
+  }
+  return out;
 }
 
 }  // namespace probe

@@ -46,6 +46,8 @@ std::vector<CgroupEntry> parse_pid_cgroup(std::string_view text);
 // v1 memory or cpu hierarchy (hybrid hosts keep resource control there).
 std::string primary_cgroup(const std::vector<CgroupEntry>& entries);
 Counters parse_smaps_rollup(std::string_view text);
+// The soft "Max open files" of /proc/PID/limits; nullopt when "unlimited".
+std::optional<std::uint64_t> parse_nofile_limit(std::string_view text);
 
 enum class SortKey { cpu, rss, io, fds, majflt };
 SortKey parse_sort_key(std::string_view key);
@@ -62,6 +64,14 @@ struct ProcRow {
   std::optional<double> majflt_per_s, minflt_per_s;
   std::optional<double> read_bytes_per_s, write_bytes_per_s;
   double rank = 0;  // the value the rows were sorted by
+};
+
+// One process by open file count, with its soft RLIMIT_NOFILE when readable.
+struct FdHolder {
+  int pid = 0;
+  std::string comm;
+  std::uint64_t num_fds = 0;
+  std::optional<std::uint64_t> fd_limit;  // nullopt: unreadable or unlimited
 };
 
 struct ProcTotals {
@@ -88,6 +98,10 @@ class ProcessScanner {
   ProcessScanner& operator=(const ProcessScanner&) = delete;
 
   ScanResult scan(SortKey key, std::size_t top_n, bool enrich);
+  // The processes holding the most open files, for fd exhaustion: an idle process
+  // hoarding sockets never reaches the CPU-ranked rows. One stat of /proc/PID/fd per
+  // pid on Linux 6.2+ (a listing before); leaves the rate state of scan() alone.
+  std::vector<FdHolder> fd_holders(std::size_t top_n);
   const std::string& root() const { return root_; }
   double cold_ttl_s() const { return cold_ttl_s_; }
   std::size_t open_fds() const { return stat_fds_.size(); }

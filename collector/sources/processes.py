@@ -4,7 +4,9 @@ Kernel path: taskstats over generic netlink (needs CAP_NET_ADMIN) gives CPU
 run-queue, block IO, swap-in, memory reclaim, thrashing and compaction delays
 of each top process. Fallback: /proc/PID/task/*/schedstat gives the run-queue
 delay only; the other delays are None. smaps_rollup and fd counts are read for
-the top rows only.
+the top rows only; `fd_holders`, the processes with the most open files whatever
+their CPU, comes from a separate walk at most every fd_scan_interval_s, and `io_top`,
+the heaviest readers and writers, from a second scanner every io_scan_interval_s.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class ProcessesSource(Source):
             keep_fds=fd_budget(ctx.settings.process_stat_fds),
         )
         self._rates = Rates(ctx.clock)
+        self._fd_holders: list[dict[str, Any]] = []
+        self._fd_scanned_at: float | None = None
+        # Its own scanner: IO rates over its own, longer interval, leaving the CPU ranking's alone.
+        self._io_scanner = probe_core.ProcessScanner(ctx.host_root, cold_ttl_s=ctx.settings.cold_ttl_s)
+        self._io_top: list[dict[str, Any]] = []
+        self._io_scanned_at: float | None = None
         self._taskstats: probe_core.Taskstats | None = None
         self._why_file: str | None = None
         if ctx.fallback_forced(self.name):
@@ -121,6 +129,39 @@ class ProcessesSource(Source):
             except (OSError, ValueError):
                 continue  # the thread exited between listdir and open
         return {"cpu": wait} | {name: None for name, _ in DELAY_FIELDS[1:]}
+
+    def _holders(self) -> list[dict[str, Any]]:
+        settings = self.ctx.settings
+        now = self.ctx.clock()
+        if settings.fd_holders == 0:
+            return []
+        if self._fd_scanned_at is None or now - self._fd_scanned_at >= settings.fd_scan_interval_s:
+            self._fd_scanned_at = now
+            self._fd_holders = [
+                {**h, "fd_pct": round(100 * h["num_fds"] / h["fd_limit"], 2) if h["fd_limit"] else None}
+                for h in self._scanner.fd_holders(settings.fd_holders)
+            ]
+        return self._fd_holders
+
+    def _io(self) -> list[dict[str, Any]]:
+        settings = self.ctx.settings
+        now = self.ctx.clock()
+        if settings.io_top == 0:
+            return []
+        if self._io_scanned_at is None or now - self._io_scanned_at >= settings.io_scan_interval_s:
+            self._io_scanned_at = now
+            rows = self._io_scanner.scan("io", settings.io_top, enrich=False)["rows"]
+            self._io_top = [
+                {
+                    "pid": r["pid"],
+                    "comm": r["comm"],
+                    "read_bytes_per_s": r["read_bytes_per_s"],
+                    "write_bytes_per_s": r["write_bytes_per_s"],
+                }
+                for r in rows
+                if r["read_bytes_per_s"] or r["write_bytes_per_s"]  # None on the first pass: no rate yet
+            ]
+        return self._io_top
 
     def sample(self) -> SourceResult:
         scan = self._scanner.scan("cpu", self.ctx.settings.top_n)
@@ -168,6 +209,15 @@ class ProcessesSource(Source):
             "vanished": scan["vanished"],
             "sort_key": "cpu",
             "rows": rows,
+            "fd_holders": self._holders(),
+            # How old the fd walk is (it runs at most every fd_scan_interval_s).
+            "fd_holders_age_s": None
+            if self._fd_scanned_at is None
+            else round(self.ctx.clock() - self._fd_scanned_at, 3),
+            "io_top": self._io(),
+            "io_top_age_s": None
+            if self._io_scanned_at is None
+            else round(self.ctx.clock() - self._io_scanned_at, 3),
             "delay_source": "taskstats" if self._taskstats else "schedstat",
             "delay_accounting": delay_accounting_state(self.ctx.host_root),
         }

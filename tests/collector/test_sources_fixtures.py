@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,56 @@ def test_processes_fallback_reads_schedstat(modern_host: Path) -> None:
     assert odd["pod_uid"] == "1f2e3d4c-aaaa-bbbb-cccc-000000000001" and odd["container_id"] is None
     assert odd["smaps"]["Pss"] == 9000 * 1024
     assert second.data["totals"]["processes"] == 5
+
+
+def test_processes_fd_holders_rank_by_open_files_at_most_every_interval(modern_host: Path) -> None:
+    fd_dir = modern_host / "proc" / "100" / "fd"
+    fd_dir.mkdir(exist_ok=True)
+    for i in range(40):
+        (fd_dir / str(i)).touch()
+    (modern_host / "proc" / "100" / "limits").write_text(
+        "Limit  Soft Limit  Hard Limit  Units\nMax open files      50      4096      files\n"
+    )
+    clock = FakeClock()
+    src = ProcessesSource(ctx_with_clock(modern_host, clock, fd_scan_interval_s=30.0, fd_holders=2))
+    first = src.sample().data
+    top = first["fd_holders"][0]
+    assert top["pid"] == 100 and top["num_fds"] == 40 and top["fd_limit"] == 50 and top["fd_pct"] == 80.0
+    assert len(first["fd_holders"]) <= 2 and first["fd_holders_age_s"] == 0.0
+    for i in range(40, 45):
+        (fd_dir / str(i)).touch()
+    clock.t += 10
+    held = src.sample().data
+    assert held["fd_holders"][0]["num_fds"] == 40 and held["fd_holders_age_s"] == 10.0  # not re-walked yet
+    clock.t += 20
+    assert src.sample().data["fd_holders"][0]["num_fds"] == 45
+    off = ProcessesSource(ctx_with_clock(modern_host, clock, fd_holders=0)).sample().data
+    assert off["fd_holders"] == []
+
+
+def test_processes_io_top_ranks_by_io_rate_over_its_own_interval(modern_host: Path) -> None:
+    io = modern_host / "proc" / "100" / "io"
+    text = io.read_text()
+
+    def set_written(n: int) -> None:
+        io.write_text(
+            "\n".join(
+                f"write_bytes: {n}" if line.startswith("write_bytes") else line for line in text.splitlines()
+            )
+            + "\n"
+        )
+
+    set_written(0)
+    clock = FakeClock()
+    src = ProcessesSource(ctx_with_clock(modern_host, clock, io_scan_interval_s=10.0, io_top=3))
+    first = src.sample().data
+    assert first["io_top"] == [] and first["io_top_age_s"] == 0.0  # one pass: no rate yet
+    set_written(50 << 20)
+    clock.t += 10
+    time.sleep(0.2)  # the scanner times its passes with the monotonic clock
+    top = src.sample().data["io_top"]
+    assert top[0]["pid"] == 100 and top[0]["write_bytes_per_s"] > 0
+    assert len(top) <= 3
 
 
 def test_parse_schedstat() -> None:

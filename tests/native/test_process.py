@@ -241,3 +241,57 @@ def test_kept_stat_file_of_an_exited_process_is_dropped() -> None:
     assert scanner.open_fds <= before - 1
     fds = os.listdir("/proc/self/fd")
     assert len(fds) < 100000
+
+
+LIMITS = """Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max open files            1024                 524288               files
+Max locked memory         8388608              8388608              bytes
+"""
+
+
+def test_parse_nofile_limit() -> None:
+    assert probe_core.parse_nofile_limit(LIMITS) == 1024
+    assert probe_core.parse_nofile_limit(LIMITS.replace("1024 ", "unlimited")) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "Max cpu time  unlimited  unlimited  seconds\n", "Max open files\n", "Max open files  lots  x\n"],
+)
+def test_parse_nofile_limit_rejects_garbage(text: str) -> None:
+    with pytest.raises(probe_core.ParseError):
+        probe_core.parse_nofile_limit(text)
+
+
+def test_live_fd_holders_rank_an_idle_hoarder_and_leave_scan_rates_alone(
+    tmp_path: Path, cpu_hog: subprocess.Popen[bytes]
+) -> None:
+    # A sleeping child with 3,000 open files: nowhere near the CPU-ranked rows.
+    code = (
+        "import resource, sys, time\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (4000, 4000))\n"
+        f"fs = [open({str(tmp_path / 'f')!r}, 'w') for _ in range(3000)]\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    hoarder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert hoarder.stdout is not None and hoarder.stdout.readline() == b"ready\n"
+        scanner = probe_core.ProcessScanner()
+        scanner.scan("cpu", top_n=3)
+        time.sleep(0.3)
+        holders = scanner.fd_holders(3)
+        assert len(holders) <= 3
+        top = holders[0]
+        assert top["pid"] == hoarder.pid and top["comm"].startswith("python")
+        assert top["num_fds"] == len(os.listdir(f"/proc/{hoarder.pid}/fd")) and top["num_fds"] >= 3000
+        assert top["fd_limit"] == 4000
+        # fd_holders did not reset the previous pass: the hog still gets a rate.
+        row = next(r for r in scanner.scan("cpu", top_n=3)["rows"] if r["pid"] == cpu_hog.pid)
+        assert row["cpu_percent"] is not None and row["cpu_percent"] > 30
+        assert scanner.fd_holders(0) == []
+    finally:
+        hoarder.kill()
+        hoarder.wait()
+        assert hoarder.stdout is not None
+        hoarder.stdout.close()

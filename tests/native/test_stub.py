@@ -153,6 +153,7 @@ def test_returned_keys_match_typeddicts(modern_root: str) -> None:
     _check_keys(dict(scan), "ScanResult")
     _check_keys(dict(scan["totals"]), "ProcTotals")
     _check_keys(dict(scan["rows"][0]), "ProcRow")
+    _check_keys(dict(probe_core.ProcessScanner().fd_holders(1)[0]), "FdHolder")
 
 
 @pytest.mark.root
