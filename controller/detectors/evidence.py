@@ -142,10 +142,16 @@ def snapshot_signals(
         tables["top_retrans"] = (socks.get("top_retrans") or [])[:MAX_ROWS]
     if (procs := data("processes")) is not None:
         rows = [r for r in procs.get("rows", []) if isinstance(r, dict)]
-        fds = [f for r in rows if (f := _num(r.get("num_fds"))) is not None]
+        holders = [h for h in procs.get("fd_holders") or [] if isinstance(h, dict)]
+        fds = [f for r in rows + holders if (f := _num(r.get("num_fds"))) is not None]
         if fds:
             _add(series, "max_process_fds", ts, max(fds))
+        pcts = [p for h in holders if (p := _num(h.get("fd_pct"))) is not None]
+        if pcts:
+            _add(series, "max_process_fd_pct", ts, max(pcts))
         tables["processes"] = rows[:MAX_ROWS]
+        tables["fd_holders"] = holders[:MAX_ROWS]
+        tables["io_top"] = [r for r in procs.get("io_top") or [] if isinstance(r, dict)][:MAX_ROWS]
         _add(series, "processes", ts, _num(_get(procs, "totals", "processes")))
     if (cg := data("cgroup")) is not None:
         rows = [r for r in cg.get("cgroups", []) if isinstance(r, dict)]

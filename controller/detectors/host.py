@@ -26,6 +26,7 @@ PSI_IO_SOME = 30.0
 DISK_UTIL_PCT = 90.0
 IOWAIT_PCT = 30.0
 PROCESS_FDS = 50_000  # far past any sane service, and a tenth of a default fs.nr_open
+PROCESS_FD_PCT = 80.0  # of the process's own soft RLIMIT_NOFILE: EMFILE is near
 CGROUP_THROTTLED_PCT = 25.0
 FORKS_PER_S = 50.0
 
@@ -123,10 +124,11 @@ def io_pressure(ev: Evidence) -> list[Finding]:
         return []
     disks = ev.tables.get("disks", [])
     disk = disks[0] if disks else None
+    # io_top ranks every process by IO; the CPU-ranked rows miss one blocked on direct IO.
     writer = max(
         (
             r
-            for r in ev.tables.get("processes", [])
+            for r in ev.tables.get("io_top", []) + ev.tables.get("processes", [])
             if r.get("write_bytes_per_s") or r.get("read_bytes_per_s")
         ),
         key=lambda r: (r.get("write_bytes_per_s") or 0) + (r.get("read_bytes_per_s") or 0),
@@ -170,29 +172,43 @@ def fd_exhaustion(ev: Evidence) -> list[Finding]:
     latest = recent(fds, 2)
     if latest is None:
         return []
+    pct = recent(ev.values("max_process_fd_pct"), 2)
     z = robust_z(fds)
     growing = z is not None and z[0] >= 6 and latest >= 2 * max(z[1], 1000)
-    if latest < PROCESS_FDS and not growing:
+    near_limit = pct is not None and pct >= PROCESS_FD_PCT
+    if latest < PROCESS_FDS and not growing and not near_limit:
         return []
-    row = top_row(ev.tables.get("processes", []), "num_fds")
+    # fd_holders ranks every process by open files; the CPU-ranked rows are the fallback
+    # for collectors that do not send it.
+    row = top_row(ev.tables.get("fd_holders", []), "num_fds") or top_row(
+        ev.tables.get("processes", []), "num_fds"
+    )
+    if near_limit:
+        method, signal, value, threshold = "threshold", "max_process_fd_pct", pct or 0.0, PROCESS_FD_PCT
+        score = clamp(0.6 + (pct or 0) / 250)
+    elif latest >= PROCESS_FDS:
+        method, signal, value, threshold = "threshold", "max_process_fds", latest, PROCESS_FDS
+        score = clamp(latest / (PROCESS_FDS * 1.5))
+    else:
+        method, signal, value, threshold = "robust_z", "max_process_fds", latest, PROCESS_FDS
+        score = clamp(0.55 + min(z[0], 20) / 50) if z else 0.5
+    culprit = process_culprit(row, "no process table")
+    if row and row.get("fd_limit"):
+        culprit.detail["fd_limit"] = row.get("fd_limit")
+    limit = f" of {row['fd_limit']}" if row and row.get("fd_limit") else ""
     return [
         Finding(
             family="fd_exhaustion",
-            method="threshold" if latest >= PROCESS_FDS else "robust_z",
-            signal="max_process_fds",
-            value=latest,
+            method=method,
+            signal=signal,
+            value=value,
             baseline=z[1] if z else None,
-            threshold=PROCESS_FDS,
-            score=clamp(
-                latest / (PROCESS_FDS * 1.5)
-                if latest >= PROCESS_FDS
-                else 0.55 + min(z[0], 20) / 50
-                if z
-                else 0.5
-            ),
-            culprit=process_culprit(row, "no process table"),
-            summary=f"a process holds {latest:.0f} open files" + (f" ({row.get('comm')})" if row else ""),
-            supporting=["max_process_fds"],
+            threshold=threshold,
+            score=score,
+            culprit=culprit,
+            summary=f"a process holds {latest:.0f}{limit} open files"
+            + (f" ({row.get('comm')})" if row else ""),
+            supporting=["max_process_fds", "max_process_fd_pct"],
             expected=["EMFILE errors in the process", "socket count growing"],
         )
     ]

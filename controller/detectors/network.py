@@ -33,6 +33,14 @@ def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
         else Culprit("host", "network", {})
     )
     drops = recent(ev.values("nic_drops_per_s"), 3) or 0.0
+    score = clamp(0.5 + min(latest, 500) / 1000 + backoff / 40)
+    contradicting = []
+    full = _full_listener(ev, peer)
+    if full is not None:
+        # Connects to a listener whose accept queue is full: the kernel drops the SYNs (or
+        # the final ACKs) and clients retransmit. A symptom of the listen-queue overflow.
+        score *= 0.6
+        contradicting.append(f"retransmits go to {full}, a local listener with a full accept queue")
     return [
         Finding(
             family="tcp_retransmit_surge",
@@ -41,9 +49,10 @@ def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
             value=latest,
             baseline=z[1] if z else None,
             threshold=RETRANS_PER_S,
-            score=clamp(0.5 + min(latest, 500) / 1000 + backoff / 40),
+            score=score,
             culprit=culprit,
             summary=f"{latest:.0f} TCP retransmits per sample, {backoff:.0f} sockets in RTO backoff",
+            contradicting=contradicting,
             supporting=["ebpf_tcp_retransmit", "tcp_in_rto_backoff"] + (["nic_drops_per_s"] if drops else []),
             expected=[
                 "retransmits concentrated on one peer",
@@ -52,6 +61,15 @@ def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
             ],
         )
     ]
+
+
+def _full_listener(ev: Evidence, peer: dict[str, object] | None) -> str | None:
+    if peer is None:
+        return None
+    for lst in ev.tables.get("listeners_near_backlog", []):
+        if lst.get("sport") == peer.get("dport") and lst.get("saddr") in (peer.get("daddr"), "0.0.0.0", "::"):
+            return f"{peer.get('daddr')}:{peer.get('dport')}"
+    return None
 
 
 @detector("listen_queue_overflow")

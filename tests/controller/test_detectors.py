@@ -83,3 +83,35 @@ def test_statistics_helpers() -> None:
     r = pearson([float(i) for i in range(20)], [float(-i) for i in range(20)])
     assert r is not None and r < -0.99
     assert pearson([1.0] * 10, [float(i) for i in range(10)]) is None
+
+
+def test_an_idle_fd_hoarder_near_its_limit_is_found_through_fd_holders() -> None:
+    """900 of 1,024 files, below the absolute threshold and absent from the CPU-ranked
+    rows: only the fd_holders walk sees it, and its own limit makes it urgent."""
+    snaps = window(None)
+    for i, snap in enumerate(snaps[-10:]):
+        procs = snap.sources["processes"].data
+        procs["fd_holders"] = [
+            {
+                "pid": 4242,
+                "comm": "idle-leaker",
+                "num_fds": 880 + 2 * i,
+                "fd_limit": 1024,
+                "fd_pct": round(100 * (880 + 2 * i) / 1024, 2),
+            },
+            {"pid": 1, "comm": "systemd", "num_fds": 120, "fd_limit": 524288, "fd_pct": 0.02},
+        ]
+    assert all(r["comm"] != "idle-leaker" for s in snaps for r in s.sources["processes"].data["rows"])
+    top = analyse(snaps)[0]
+    assert top.family == "fd_exhaustion"
+    assert top.culprit["id"] == "idle-leaker[4242]" and top.culprit["fd_limit"] == 1024
+    assert top.confidence >= 0.9
+
+
+def test_fd_holders_far_from_their_limit_are_not_an_incident() -> None:
+    snaps = window(None)
+    for snap in snaps:
+        snap.sources["processes"].data["fd_holders"] = [
+            {"pid": 7, "comm": "nginx", "num_fds": 4000, "fd_limit": 65536, "fd_pct": 6.1}
+        ]
+    assert analyse(snaps) == []

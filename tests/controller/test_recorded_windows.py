@@ -50,6 +50,16 @@ def batches(snapshots: list[dict[str, Any]]) -> list[bytes]:
         ("cpu_saturation", "sha256sum"),
         ("runaway_forks", "bash"),
         ("cgroup_cpu_throttling", "/ilab-throttled"),
+        # Idle, so never among the CPU-ranked rows: found by the fd_holders walk.
+        ("fd_exhaustion", "conn-leaker"),
+        # A listener with a backlog of 16 that never accepts.
+        ("listen_queue_overflow", "127.0.0.1:18080"),
+        # Bulk TCP into a namespace behind a veth that drops 8% of TCP packets.
+        ("tcp_retransmit_surge", "10.123.0.2:5201"),
+        # A program allocating past its cgroup's 128 MiB limit, OOM-killed and restarted.
+        ("memory_pressure", "mem-hog"),
+        # Direct 1 MiB writes: the writer waits on the disk, not the CPU, so io_top names it.
+        ("io_pressure", "io-writer"),
     ],
 )
 def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit: str) -> None:
