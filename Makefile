@@ -23,7 +23,7 @@ $(STAMP): $(NATIVE_SRC) | $(PY)
 	@scripts/ensure-system.sh build
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev,gpu,postgres,s3]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev,gpu,postgres,s3,kube]'
 	@scripts/ensure-bpf.sh $(VENV)
 	@touch $@
 

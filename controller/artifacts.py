@@ -49,12 +49,12 @@ CONSUMERS = {
 }
 # Bytes of canonical payload per kind; together with the envelopes a chain stays under 64 KiB.
 PAYLOAD_CAPS = {
-    "observation_summary": 12 * 1024,
+    "observation_summary": 11 * 1024,
     "anomaly_finding": 8 * 1024,
     "root_cause_hypothesis": 10 * 1024,
     "remediation_proposal": 6 * 1024,
-    "execution_plan": 5 * 1024,
-    "execution_result": 4 * 1024,
+    "execution_plan": 6 * 1024,
+    "execution_result": 7 * 1024,
     "verification_result": 3 * 1024,
     "incident_report": 6 * 1024,
 }

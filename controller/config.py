@@ -100,6 +100,42 @@ class AdvisorSettings(_Strict):
             raise ConfigError(f"advisor: cannot read {self.api_key_file}: {exc.strerror}") from exc
 
 
+class KubernetesSettings(_Strict):
+    """The API server the cluster actuators (restart a pod, quarantine a node) call."""
+
+    host: str = Field(pattern=r"^https?://")
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    verify_ssl: bool = True
+
+
+class ExecutionSettings(_Strict):
+    """The posture: what the executor may do. The defaults change nothing on any host."""
+
+    dry_run: bool = True
+    approval_required: bool = True
+    allow_safe_reversible: bool = False
+    allow_impacting: bool = False  # an impacting action without rollback data stays a proposal anyway
+    # destructive actions are always proposal-only, and validation is always read-only: not settable.
+    approval_ttl_s: float = Field(default=900.0, gt=0, le=86_400)
+    action_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    max_concurrent_actions: int = Field(default=2, ge=1, le=64)
+    tool_call_budget: int = Field(default=12, ge=0, le=1000)  # read-only validation calls per run
+    iteration_budget: int = Field(default=3, ge=0, le=100)  # rounds of validation per run
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0)  # a key older than this acts again
+    # The verifier waits verify_settle_s after the action, then wants verify_min_samples fresh
+    # samples; past verify_deadline_s it says inconclusive.
+    verify_settle_s: float = Field(default=5.0, ge=0, le=3600)
+    verify_min_samples: int = Field(default=5, ge=1, le=1000)
+    verify_deadline_s: float = Field(default=300.0, gt=0, le=86_400)
+    rollback_on_not_improved: bool = True
+    # Hosts whose processes and cgroups this controller can reach (it runs on them, or in their
+    # pid and cgroup namespaces); actions for any other host are blocked. None: this host's name.
+    local_hosts: list[str] | None = None
+    host_root: Path = Path("/")  # where this host's /proc and /sys are (a container mounts them)
+    kubernetes: KubernetesSettings | None = None
+
+
 class WorkflowSettings(_Strict):
     enabled: bool = True
     window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
@@ -107,9 +143,13 @@ class WorkflowSettings(_Strict):
     attach_window_s: float = Field(default=900.0, ge=0, le=86_400)  # same shape within this: attach
     queue_max: int = Field(default=1024, ge=1, le=1_000_000)  # hosts waiting for evaluation
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
-    # Fault injection for the crash tests: "<artifact kind>:before_commit|after_commit" makes the
-    # process SIGKILL itself there. Never set in production.
-    failpoint: str | None = Field(default=None, pattern=r"^[a-z_]+:(before_commit|after_commit)$")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    # Fault injection for the crash tests: "<artifact kind>:before_commit|after_commit", or
+    # "execution_result:after_intent|after_apply" around a side effect, makes the process
+    # SIGKILL itself there. Never set in production.
+    failpoint: str | None = Field(
+        default=None, pattern=r"^[a-z_]+:(before_commit|after_commit|after_intent|after_apply)$"
+    )
 
 
 class HASettings(_Strict):

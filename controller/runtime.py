@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
+import time
+from pathlib import Path
 
 from sqlalchemy import Engine
 
+from controller.actuators import KubeTarget, host_env
 from controller.artifacts import KINDS
 from controller.auth import Authenticator
 from controller.config import ControllerSettings
@@ -21,6 +26,8 @@ from controller.store.db import make_engine, migrate, schema_version
 from controller.store.payloads import PayloadStore
 from controller.workflow.advisor import Advisor
 from controller.workflow.engine import Failpoint, WorkflowEngine, WorkflowOptions
+from controller.workflow.execution import ExecutionOptions, ExecutionService
+from controller.workflow.roles import Posture
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,26 @@ class Runtime:
         self.workflow_store = PayloadStore(
             settings.payload_url or str(settings.data_dir / "agent"), settings.payload_options
         )
+        x = w.execution
+        failpoint = _failpoint(w.failpoint)
+        self.execution = ExecutionService(
+            self.engine,
+            host_env(x.host_root, self._kube()),
+            ExecutionOptions(
+                approval_ttl_s=x.approval_ttl_s,
+                action_timeout_s=x.action_timeout_s,
+                max_concurrent_actions=x.max_concurrent_actions,
+                tool_call_budget=x.tool_call_budget,
+                iteration_budget=x.iteration_budget,
+                idempotency_ttl_s=x.idempotency_ttl_s,
+                verify_settle_s=x.verify_settle_s,
+                verify_min_samples=x.verify_min_samples,
+                verify_deadline_s=x.verify_deadline_s,
+                rollback_on_not_improved=x.rollback_on_not_improved,
+            ),
+            clock=time.time,
+            failpoint=failpoint,
+        )
         self.workflow = WorkflowEngine(
             self.engine,
             self.workflow_store,
@@ -59,9 +86,19 @@ class Runtime:
                 open_threshold=w.open_threshold,
                 attach_window_s=w.attach_window_s,
                 queue_max=w.queue_max,
+                posture=Posture(
+                    dry_run=x.dry_run,
+                    approval_required=x.approval_required,
+                    allow_safe_reversible=x.allow_safe_reversible,
+                    allow_impacting=x.allow_impacting,
+                    local_hosts=tuple(
+                        x.local_hosts if x.local_hosts is not None else local_host_ids(x.host_root)
+                    ),
+                ),
             ),
             advisor=self._advisor(),
-            failpoint=_failpoint(w.failpoint),
+            failpoint=failpoint,
+            execution=self.execution,
         )
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
@@ -76,6 +113,16 @@ class Runtime:
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         self.schema_version = 0
         self.ready = False
+
+    def _kube(self) -> KubeTarget | None:
+        k = self.settings.workflow.execution.kubernetes
+        if k is None:
+            return None
+        try:
+            token = k.token_file.read_text().strip() if k.token_file else None
+        except OSError as exc:
+            raise ConfigError(f"execution.kubernetes: cannot read {k.token_file}: {exc.strerror}") from exc
+        return KubeTarget(k.host, token, k.verify_ssl, str(k.ca_file) if k.ca_file else None)
 
     def _advisor(self) -> Advisor | None:
         a = self.settings.workflow.advisor
@@ -101,9 +148,19 @@ class Runtime:
         self.ready = False
         self.leadership.stop()
         self.workflow.stop()
+        self.execution.close()
         if self.workflow.advisor is not None:
             self.workflow.advisor.close()
         self.engine.dispose()
+
+
+def local_host_ids(root: Path) -> list[str]:
+    """The names a collector on this host reports it as: its machine id (the default
+    host_id) and its hostname (the usual override)."""
+    ids = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        ids.insert(0, (root / "etc" / "machine-id").read_text().strip())
+    return [i for i in ids if i]
 
 
 def _failpoint(spec: str | None) -> Failpoint | None:

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from controller import artifacts
+from controller import artifacts, audit
 from controller.api.routes import require, runtime
 from controller.artifacts import Artifact
 from controller.auth import Principal
@@ -19,7 +20,19 @@ from controller.runtime import Runtime
 from controller.workflow.analysis import detect, rank
 from controller.workflow.engine import WorkflowEngine, evidence_key
 
-RunStatus = Literal["running", "awaiting_approval", "completed", "failed"]
+RunStatus = Literal["running", "awaiting_approval", "verifying", "completed", "failed"]
+AuditKind = Literal[
+    "gate_decision",
+    "approval",
+    "rejection",
+    "approval_expired",
+    "execution_intent",
+    "execution_result",
+    "execution_settled",
+    "idempotent_reuse",
+    "rollback",
+    "verification",
+]
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("write"))]
 Rt = Annotated[Runtime, Depends(runtime)]
@@ -136,6 +149,118 @@ def get_run(rt: Rt, _: Reader, run_id: str) -> dict[str, Any]:
         "attachments": wf.attachments(run_id),
         **chain_body(wf.load_chain(run_id)),
         "replay": chain_body(replay) if replay else None,
+        "actions": rt.execution.intents(run_id),
+    }
+
+
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    plan_hash: str = Field(min_length=64, max_length=64, description="the execution_plan's plan_hash")
+    steps: list[int] | None = Field(
+        default=None, max_length=64, description="approve only these steps; all that need approval if absent"
+    )
+    reason: str = Field(default="", max_length=2000)
+
+
+class RejectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+    plan_hash: str | None = Field(default=None, min_length=64, max_length=64)
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+def _plan(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
+    run = _run_or_404(wf, run_id)
+    plan = next((a.payload for a in wf.load_chain(run_id) if a.kind == "execution_plan"), None)
+    if run["status"] != "awaiting_approval" or plan is None:
+        raise HTTPException(409, f"run {run_id} is {run['status']}, not awaiting approval")
+    return plan
+
+
+@router.post("/workflow/runs/{run_id}/approve")
+def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, Any]:
+    """Approve the run's plan: bound to its hash, valid for execution.approval_ttl_s. The run
+    resumes at the executor. A plan that changed since it was read needs a new approval."""
+    plan = _plan(rt.workflow, run_id)
+    if body.plan_hash != plan["plan_hash"]:
+        raise HTTPException(
+            409,
+            f"stale plan: the approval names {body.plan_hash[:12]}..., "
+            f"the plan is {plan['plan_hash'][:12]}...",
+        )
+    if body.steps is not None and not set(body.steps) <= set(plan["needs_approval"]):
+        raise HTTPException(400, f"only steps {plan['needs_approval']} need approval")
+    decision = rt.execution.decide(
+        run_id, plan["plan_hash"], approve=True, actor=who.name, reason=body.reason, steps=body.steps
+    )
+    rt.workflow.schedule(run_id)
+    return decision
+
+
+@router.post("/workflow/runs/{run_id}/reject")
+def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]:
+    """Reject the run's plan with a reason: nothing in it runs; the run completes, saying so."""
+    plan = _plan(rt.workflow, run_id)
+    if body.plan_hash is not None and body.plan_hash != plan["plan_hash"]:
+        raise HTTPException(409, "stale plan: the rejection names another plan hash")
+    decision = rt.execution.decide(
+        run_id, plan["plan_hash"], approve=False, actor=who.name, reason=body.reason, steps=None
+    )
+    rt.workflow.schedule(run_id)
+    return decision
+
+
+@router.post("/workflow/runs/{run_id}/rollback")
+def rollback(rt: Rt, who: Writer, run_id: str, body: RollbackBody) -> dict[str, Any]:
+    """Undo every applied step of the run that has rollback data (each once), recorded in the audit log."""
+    wf = rt.workflow
+    _run_or_404(wf, run_id)
+    chain = wf.load_chain(run_id)
+    results = next((a.payload["results"] for a in chain if a.kind == "execution_result"), None)
+    plan = next((a.payload for a in chain if a.kind == "execution_plan"), None)
+    if results is None or plan is None:
+        raise HTTPException(409, f"run {run_id} has executed nothing")
+    params = {s["step"]: s["parameters"] for s in plan["steps"]}
+    done = [
+        rt.execution.rollback(run_id, r, params[r["step"]], actor=who.name, why=body.reason)
+        for r in results
+        if r.get("changed_host") and r.get("rollback")
+    ]
+    return {"run_id": run_id, "rollbacks": done}
+
+
+@router.get("/workflow/audit")
+def get_audit(
+    rt: Rt,
+    _: Reader,
+    run_id: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=128)] = None,
+    kind: Annotated[AuditKind | None, Query()] = None,
+    since: Annotated[float | None, Query(description="at or after (Unix seconds)")] = None,
+    until: Annotated[float | None, Query(description="before (Unix seconds)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+) -> dict[str, Any]:
+    """The audit log, oldest first (the order things happened); ``next_cursor`` pages on."""
+    rows = audit.query(
+        rt.engine,
+        run_id=run_id,
+        actor=actor,
+        kind=kind,
+        since=since,
+        until=until,
+        after_id=int(cursor) if cursor else None,
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    return {
+        "entries": page,
+        "count": len(page),
+        "next_cursor": str(page[-1]["id"]) if len(rows) > limit else None,
     }
 
 

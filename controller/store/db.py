@@ -20,6 +20,9 @@ from sqlmodel import SQLModel
 
 from controller.errors import StoreError
 from controller.store.models import (
+    ActionIntent,
+    Approval,
+    AuditEntry,
     ControllerLeader,
     IncidentMemory,
     IngestStream,
@@ -39,6 +42,36 @@ def _create(*tables: type[SQLModel]) -> Callable[[Connection], None]:
     return run
 
 
+def _append_only(conn: Connection) -> None:
+    """The audit log refuses UPDATE and DELETE, in the database itself."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'audit_log is append-only'; END; $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+                "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+            )
+        )
+        return
+    for op in ("UPDATE", "DELETE"):
+        conn.execute(
+            text(
+                f"CREATE TRIGGER audit_log_no_{op.lower()} BEFORE {op} ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+            )
+        )
+
+
+def _execution(conn: Connection) -> None:
+    _create(ActionIntent, Approval, AuditEntry)(conn)
+    _append_only(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
     (
@@ -46,6 +79,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         "workflow runs, artifacts, attachments, incident memory",
         _create(WorkflowRun, WorkflowArtifact, WorkflowAttachment, IncidentMemory),
     ),
+    (3, "governed execution: action intents, approvals, the append-only audit log", _execution),
 ]
 
 

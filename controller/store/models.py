@@ -107,3 +107,52 @@ class IncidentMemory(SQLModel, table=True):
     occurrences: int = 1
     last_run_id: str = Field(max_length=64)
     resolution: str = "{}"
+
+
+class ActionIntent(SQLModel, table=True):
+    """One side effect, keyed by its idempotency key: the intent is committed before the
+    action runs and the result after; an intent without a result is settled by a probe."""
+
+    __tablename__ = "action_intents"
+    idempotency_key: str = Field(primary_key=True, max_length=64)
+    run_id: str = Field(index=True, max_length=64)
+    step: int
+    action: str = Field(max_length=64)
+    params: str = "{}"
+    before: str = "{}"  # the live state the actuator read just before acting
+    intent_at: float
+    outcome: str | None = Field(default=None, max_length=32)
+    result: str | None = None  # JSON, the result record
+    result_at: float | None = None
+    rolled_back_at: float | None = None
+    rollback_result: str | None = None
+
+
+class Approval(SQLModel, table=True):
+    """An operator's decision on a plan: bound to the plan's hash, valid until expires_at."""
+
+    __tablename__ = "approvals"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    plan_hash: str = Field(max_length=64)
+    decision: str = Field(max_length=16)  # approved | rejected
+    actor: str = Field(max_length=128)
+    reason: str = ""
+    steps: str | None = None  # JSON list of approved steps; None: all that needed approval
+    at: float
+    expires_at: float | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Append-only (triggers refuse UPDATE and DELETE): every gate decision, approval,
+    rejection, execution and rollback, with its actor, time and plan hash."""
+
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    actor: str = Field(max_length=128)
+    kind: str = Field(index=True, max_length=32)
+    run_id: str | None = Field(default=None, index=True, max_length=64)
+    plan_hash: str | None = Field(default=None, max_length=64)
+    step: int | None = None
+    detail: str = "{}"

@@ -18,7 +18,9 @@ committed is simply overwritten by the rerun (the ids are deterministic).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
 import json
 import logging
 import threading
@@ -31,14 +33,16 @@ from typing import Any
 import msgspec
 from sqlalchemy import Connection, Engine, text
 
-from controller import artifacts
+from controller import artifacts, audit
+from controller.actuators import host_env
 from controller.artifacts import KINDS, Artifact
 from controller.detectors import Evidence, build_evidence
 from controller.errors import UnknownRun
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.workflow.analysis import detect, rank
-from controller.workflow.roles import Posture, StageContext, role_for
+from controller.workflow.execution import ExecutionService
+from controller.workflow.roles import NotReady, Posture, StageContext, role_for
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "incidentlab-workflow/0.1.0"
@@ -81,7 +85,10 @@ REMEMBER = text(
     "occurrences = incident_memory.occurrences + 1, last_run_id = excluded.last_run_id, "
     "resolution = excluded.resolution"
 )
-RUNNING = text("SELECT run_id FROM workflow_runs WHERE status = 'running' ORDER BY created_at")
+RUNNING = text(
+    "SELECT run_id FROM workflow_runs WHERE status IN ('running', 'verifying') ORDER BY created_at"
+)
+SET_STATUS = text("UPDATE workflow_runs SET status = :s, updated_at = :at WHERE run_id = :run")
 OPEN_RUNS = text("SELECT COUNT(*) FROM workflow_runs WHERE status != 'completed' AND status != 'failed'")
 FORGET_REPLAY = text("DELETE FROM workflow_artifacts WHERE run_id = :r AND replay = :rp")
 ATTACHMENTS_OF = text(
@@ -124,6 +131,11 @@ def evidence_key(run_id: str) -> str:
     return f"workflows/evidence/{run_id}/package.json"
 
 
+def after_key(run_id: str) -> str:
+    """The window the verifier compared against: kept so a replay compares the same."""
+    return f"workflows/evidence/{run_id}/after.json"
+
+
 class WorkflowEngine:
     def __init__(
         self,
@@ -136,8 +148,11 @@ class WorkflowEngine:
         advisor: Any = None,
         code_version: str = CODE_VERSION,
         failpoint: Failpoint | None = None,
+        execution: ExecutionService | None = None,
     ) -> None:
         self.db = db
+        # Without one passed in: this host's interfaces, default options (the posture still decides).
+        self.execution = execution or ExecutionService(db, host_env(), clock=clock)
         self.store = store
         self.hot = hot
         self.opts = options or WorkflowOptions()
@@ -152,6 +167,8 @@ class WorkflowEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._due: list[tuple[float, str]] = []  # (when, run_id): approved runs, verifier retries
+        self._after: dict[str, Evidence] = {}  # run_id -> the window the verifier last read
         self.overflow = 0
         self.evaluations = 0
         self.runs_opened = 0
@@ -185,10 +202,34 @@ class WorkflowEngine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
+    def schedule(self, run_id: str, when: float | None = None) -> None:
+        """Continue a run on the worker at ``when`` (now if None): after an approval, or to
+        retry a verification. Bounded like the trigger queue; overflow is counted."""
+        with self._lock:
+            if any(r == run_id for _, r in self._due):
+                return
+            if len(self._due) >= self.opts.queue_max:
+                self.overflow += 1
+                return
+            heapq.heappush(self._due, (when if when is not None else self.clock(), run_id))
+        self._wake.set()
+
+    def _next_due(self) -> str | None:
+        with self._lock:
+            if self._due and self._due[0][0] <= self.clock():
+                return heapq.heappop(self._due)[1]
+        return None
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(0.25 if self._due else 1.0)
             self._wake.clear()
+            while (run_id := self._next_due()) is not None and not self._stop.is_set():
+                try:
+                    self.execute(run_id)
+                except Exception:
+                    self.failures += 1
+                    log.exception("continuing run %s failed", run_id)
             while not self._stop.is_set():
                 with self._lock:
                     if not self._queue:
@@ -303,16 +344,25 @@ class WorkflowEngine:
         return mem
 
     def execute(self, run_id: str, stop_after: int | None = None) -> list[Artifact]:
-        """Run the stages a run has not committed yet, in order, each durably."""
+        """Run the stages a run has not committed yet, in order, each durably. Stops at the
+        executor while the plan awaits a decision, and at the verifier while it waits for
+        fresh samples (the run is scheduled again)."""
         run = self.load_run(run_id)
         if run is None:
             raise UnknownRun(run_id)
+        if run["status"] in ("completed", "failed"):
+            return self.load_chain(run_id)
         ev = self.load_evidence(run_id)
         chain = self.load_chain(run_id)
         memory = self._memory(run["fingerprint"])
         for index in range(len(chain), len(KINDS)):
             if stop_after is not None and index > stop_after:
                 break
+            approval = None
+            if KINDS[index] == "execution_result":
+                wait, approval = self._approval_gate(run_id, chain[-1])
+                if wait:
+                    return chain
             ctx = StageContext(
                 run=run,
                 evidence=ev,
@@ -322,17 +372,56 @@ class WorkflowEngine:
                 posture=self.opts.posture,
                 memory=memory,
                 advisor=self.advisor,
+                actions=self.execution,
+                approval=approval,
+                fresh=functools.partial(self._fresh, run_id, run["host_id"]),
             )
-            art = role_for(KINDS[index]).run(ctx)
+            try:
+                art = role_for(KINDS[index]).run(ctx)
+            except NotReady as wait:
+                self._set_status(run_id, "verifying")
+                self.schedule(run_id, wait.retry_at)
+                return chain
             self.commit(run, art, chain, ev)
             chain = [*chain, art]
         return chain
+
+    def _set_status(self, run_id: str, status: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(SET_STATUS, {"s": status, "at": self.clock(), "run": run_id})
+
+    def _approval_gate(self, run_id: str, plan_art: Artifact) -> tuple[bool, dict[str, Any] | None]:
+        """(wait, the operator's decision on this plan); wait: the run is parked until one comes."""
+        plan = plan_art.payload
+        if not plan.get("needs_approval") or self.execution is None:
+            return False, None
+        decision = self.execution.decision(run_id, plan["plan_hash"])
+        if decision is None:
+            self.execution.wait_for_approval(run_id)
+            return True, None
+        if decision["decision"] == "approved" and decision["expires_at"] < self.clock():
+            self.execution.expire(run_id, plan["plan_hash"], decision)
+            return True, None
+        return False, decision
+
+    def _fresh(self, run_id: str, host_id: str, since: float) -> Evidence | None:
+        window = [s for s in self.hot.window(host_id, self.opts.window_s) if s.ts >= since]
+        if not window:
+            return None
+        host = self.hot.host(host_id)
+        events = [e for e in (host.events if host is not None else []) if float(e.get("ts", 0)) >= since]
+        ev = build_evidence(host_id, window, events, self.hot.freshness(host_id))
+        self._after[run_id] = ev
+        return ev
 
     def commit(
         self, run: dict[str, Any], art: Artifact, chain: list[Artifact], ev: Evidence | None = None
     ) -> None:
         run_id = run["run_id"]
         key = message_key(run_id, art)
+        after = self._after.pop(run_id, None)
+        if art.kind == "verification_result" and after is not None:
+            self.store.put(after_key(run_id), msgspec.json.encode(after.to_dict(), order="sorted"))
         self.store.put(key, artifacts.encode(art))  # the payload first
         now = self.clock()
         final = art.kind == KINDS[-1]
@@ -342,6 +431,7 @@ class WorkflowEngine:
             self.failpoint(art.kind, "before_commit")
         with self.db.begin() as conn:  # then the metadata and the stage, in one transaction
             conn.execute(INSERT_ARTIFACT, artifact_row(run_id, art, key, replay=False, at=now))
+            self._audit_stage(conn, run_id, art, now)
             conn.execute(
                 ADVANCE_RUN,
                 {
@@ -356,6 +446,37 @@ class WorkflowEngine:
                 self._remember(conn, run, art, now)
         if self.failpoint is not None:
             self.failpoint(art.kind, "after_commit")
+
+    @staticmethod
+    def _audit_stage(conn: Connection, run_id: str, art: Artifact, now: float) -> None:
+        """Gate decisions and verdicts enter the audit log with the artifact that holds them."""
+        if art.kind == "execution_plan":
+            for step in art.payload.get("steps", []):
+                audit.record(
+                    conn,
+                    at=now,
+                    actor="policy_gate",
+                    kind="gate_decision",
+                    run_id=run_id,
+                    plan_hash=art.payload["plan_hash"],
+                    step=step["step"],
+                    detail={
+                        "action": step["action"],
+                        "target": step["target"],
+                        "safety_class": step["safety_class"],
+                        "decision": step["decision"],
+                        "reason": step["reason"],
+                    },
+                )
+        elif art.kind == "verification_result" and art.payload.get("verdict") != "skipped":
+            audit.record(
+                conn,
+                at=now,
+                actor="verifier",
+                kind="verification",
+                run_id=run_id,
+                detail={"verdict": art.payload.get("verdict"), "reason": art.payload.get("reason")},
+            )
 
     @staticmethod
     def _remember(conn: Connection, run: dict[str, Any], report: Artifact, now: float) -> None:
@@ -414,6 +535,7 @@ class WorkflowEngine:
         # The advisor is an outside input, like the memory: a replay reuses what it said then.
         said = next((a.payload.get("advisor") for a in stored if a.kind == "root_cause_hypothesis"), None)
         advisor = _RecordedAdvice(said) if said is not None else None
+        actions = _RecordedExecution(stored)
         chain: list[Artifact] = []
         for kind in KINDS:
             ctx = StageContext(
@@ -426,6 +548,7 @@ class WorkflowEngine:
                 memory=memory,
                 replay_of=original,
                 advisor=advisor,
+                actions=actions,
             )
             chain.append(role_for(kind).run(ctx))
         rows = []
@@ -504,3 +627,15 @@ class _RecordedAdvice:
 
     def annotate(self, chain: list[Artifact], hypotheses: list[dict[str, Any]]) -> dict[str, Any]:
         return self.record
+
+
+class _RecordedExecution:
+    """Stands in for the execution service in a replay: a replay never acts and never
+    reads live state, so the executor and verifier answer what the run recorded."""
+
+    def __init__(self, chain: list[Artifact]) -> None:
+        by_kind = {a.kind: a.payload for a in chain}
+        results = by_kind.get("execution_result", {}).get("results", [])
+        self.recorded_results = {r["idempotency_key"]: r for r in results}
+        verification = by_kind.get("verification_result")
+        self.recorded_verification = verification

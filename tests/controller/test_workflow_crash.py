@@ -8,7 +8,10 @@ per stage and a chain whose sha256s and input ids link up.
 from __future__ import annotations
 
 import gzip
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -76,3 +79,73 @@ def test_a_kill_at_a_stage_boundary_leaves_one_complete_valid_chain(
     assert sorted(p.name for p in messages.iterdir()) == [f"{i:02d}-{k}.json" for i, k in enumerate(KINDS)]
     package = ctl.get(f"/api/v1/agent/workflow/evidence/{run_id}").json()
     assert package["manifest"] == body["manifest"]
+
+
+@pytest.mark.parametrize("where", ["after_intent", "after_apply"])
+def test_a_kill_between_intent_and_result_never_applies_the_action_twice(
+    controller_factory: Callable[..., ControllerProc], tmp_path: Path, where: str
+) -> None:
+    """The culprit is a live process and the action a real renice. Killed after the intent
+    (before the action) or after the action (before its result), the restarted controller
+    settles the intent by probing: a change made by hand in between stays, proof that the
+    action was not run again."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        time.sleep(0.1)
+        data = tmp_path / "data"
+        execution = {
+            "dry_run": False,
+            "approval_required": False,
+            "allow_safe_reversible": True,
+            "local_hosts": ["node-a"],
+        }
+        doomed = controller_factory(
+            base_config(data, workflow={"failpoint": f"execution_result:{where}", "execution": execution}),
+            name="doomed",
+        )
+        batch = batch_for("cpu_saturation", "node-a", shift_s=time.time() - T0 - 160)
+        for snap in batch["snapshots"]:
+            for row in snap["sources"]["processes"]["data"]["rows"]:
+                if row["pid"] == 4242:
+                    row.update(pid=sleeper.pid, comm="python", cgroup=None)
+        r = httpx.post(
+            doomed.url + "/api/v1/ingest",
+            content=gzip.compress(msgspec.json.encode(batch)),
+            headers={"Authorization": f"Bearer {COLLECTOR_TOKEN}", "Content-Encoding": "gzip"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert doomed.proc is not None
+        wait_for(lambda: doomed.proc is not None and doomed.proc.poll() is not None, 30, "the failpoint")
+        assert doomed.proc.returncode == -9
+        assert os.getpriority(os.PRIO_PROCESS, sleeper.pid) == (10 if where == "after_apply" else 0)
+        if where == "after_intent":
+            os.setpriority(os.PRIO_PROCESS, sleeper.pid, 5)  # someone else's change, in between
+
+        ctl = controller_factory(base_config(data, workflow={"execution": execution}), name="after")
+
+        def runs() -> list[dict[str, object]]:
+            found: list[dict[str, object]] = ctl.get("/api/v1/agent/workflow/runs").json()["runs"]
+            return found
+
+        wait_for(lambda: [r["status"] for r in runs()] in (["completed"], ["verifying"]), 30, "the executor")
+        run_id = str(runs()[0]["run_id"])
+        body = ctl.get(f"/api/v1/agent/workflow/runs/{run_id}").json()
+        result = next(a for a in body["chain"] if a["kind"] == "execution_result")["payload"]
+        renice = next(x for x in result["results"] if x["action"] == "renice")
+        if where == "after_apply":
+            assert renice["outcome"] == "settled_applied"
+            assert os.getpriority(os.PRIO_PROCESS, sleeper.pid) == 10
+        else:
+            assert renice["outcome"] == "settled_unknown"  # neither the old value nor the wanted one
+            assert os.getpriority(os.PRIO_PROCESS, sleeper.pid) == 5  # not run again over it
+        entries = ctl.get(f"/api/v1/agent/workflow/audit?run_id={run_id}").json()["entries"]
+        done = [e["kind"] for e in entries if e["kind"].startswith("execution")]
+        assert done == ["execution_intent", "execution_settled"]
+        (action,) = body["actions"]
+        assert (
+            action["outcome"] == renice["outcome"] and action["idempotency_key"] == renice["idempotency_key"]
+        )
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -5,6 +5,6 @@ Importing this package registers them all."""
 from __future__ import annotations
 
 from controller.workflow.roles import analyzer, executor, memory, observer, planner, policy_gate, verifier  # noqa: F401
-from controller.workflow.roles.base import ROLES, Posture, StageContext, role_for
+from controller.workflow.roles.base import ROLES, NotReady, Posture, StageContext, role_for
 
-__all__ = ["ROLES", "Posture", "StageContext", "role_for"]
+__all__ = ["ROLES", "NotReady", "Posture", "StageContext", "role_for"]

@@ -21,12 +21,32 @@ from controller.errors import ControllerError
 
 @dataclass(frozen=True)
 class Posture:
-    """What execution may do. The defaults are the safe ones; issue 7's gate reads them."""
+    """What execution may do; the defaults change nothing. Destructive actions are always
+    proposal-only and validation always read-only: neither is a setting."""
 
     dry_run: bool = True
     approval_required: bool = True
     allow_safe_reversible: bool = False
     allow_impacting: bool = False
+    local_hosts: tuple[str, ...] = ()  # hosts whose processes and cgroups this controller reaches
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "approval_required": self.approval_required,
+            "allow_safe_reversible": self.allow_safe_reversible,
+            "allow_impacting": self.allow_impacting,
+            "destructive": "proposal_only",
+            "validation": "read_only",
+        }
+
+
+class NotReady(Exception):
+    """A stage that must wait (the verifier for fresh samples): the engine retries it at ``retry_at``."""
+
+    def __init__(self, retry_at: float, why: str) -> None:
+        super().__init__(why)
+        self.retry_at = retry_at
 
 
 @dataclass
@@ -40,6 +60,11 @@ class StageContext:
     memory: dict[str, Any] | None = None  # incident memory of this fingerprint, if any
     replay_of: dict[str, str] = field(default_factory=dict)  # kind -> original artifact id
     advisor: Any = None
+    # Governed execution: the service (or, in a replay, the recorded results), the operator's
+    # decision on this plan, and a reader of samples newer than a time (the verifier's).
+    actions: Any = None
+    approval: dict[str, Any] | None = None
+    fresh: Callable[[float], Evidence | None] | None = None
 
     def previous(self, kind: str) -> Artifact:
         for art in self.chain:

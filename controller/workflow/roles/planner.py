@@ -19,13 +19,19 @@ def _pid(culprit: dict[str, Any]) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
-def actions_for(h: dict[str, Any]) -> list[dict[str, Any]]:
+def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
     fam, c = h["family"], h["culprit"]
     pid, cgroup = _pid(c), c.get("cgroup")
+    if cgroup is None and c.get("kind") == "cgroup":
+        cgroup = c.get("id")
+    comm = c.get("comm")
     check = {
         "action": "validate_state",
         "target": c.get("id"),
-        "parameters": {"family": fam},
+        "parameters": {
+            "family": fam,
+            "culprit": {k: c.get(k) for k in ("kind", "id", "pid", "comm", "cgroup")},
+        },
         "safety_class": "read_only",
         "expected_effect": "confirm the culprit is still the cause",
         "rollback": None,
@@ -37,7 +43,7 @@ def actions_for(h: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "action": "renice",
                 "target": f"pid:{pid}",
-                "parameters": {"pid": pid, "nice": 10},
+                "parameters": {"pid": pid, "comm": comm, "nice": 10},
                 "safety_class": "safe_reversible",
                 "expected_effect": "other work gets the CPU back",
                 "rollback": {"restore": "previous nice value, read before the change"},
@@ -72,7 +78,7 @@ def actions_for(h: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "action": "ionice",
                 "target": f"pid:{pid}",
-                "parameters": {"pid": pid, "class": "idle"},
+                "parameters": {"pid": pid, "comm": comm, "class": "idle"},
                 "safety_class": "safe_reversible",
                 "expected_effect": "other IO gets the disk back",
                 "rollback": {"restore": "previous IO class and priority"},
@@ -83,7 +89,7 @@ def actions_for(h: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "action": "sigterm",
                 "target": f"pid:{pid}",
-                "parameters": {"pid": pid},
+                "parameters": {"pid": pid, "comm": comm},
                 "safety_class": "impacting",
                 "expected_effect": "the process exits and frees what it holds",
                 "rollback": None,
@@ -95,19 +101,54 @@ def actions_for(h: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "action": "sigkill",
                 "target": f"pid:{pid}",
-                "parameters": {"pid": pid},
+                "parameters": {"pid": pid, "comm": comm},
                 "safety_class": "destructive",
                 "expected_effect": "the fork loop stops",
                 "rollback": None,
                 "rollback_none_reason": "a killed process cannot be restored",
             }
         )
+    if fam == "runaway_forks" and cgroup and cgroup != "/":
+        acts.append(
+            {
+                "action": "cgroup_freeze",
+                "target": f"cgroup:{cgroup}",
+                "parameters": {"cgroup": cgroup},
+                "safety_class": "impacting",
+                "expected_effect": "the fork loop pauses with everything it started",
+                "rollback": {"undo": "thaw the cgroup"},
+            }
+        )
+    if fam == "memory_pressure" and not cgroup:
+        acts.append(
+            {
+                "action": "drop_page_cache",
+                "target": "host",
+                "parameters": {"what": 1},
+                "safety_class": "impacting",
+                "expected_effect": "free clean page cache at once; it refills as files are read",
+                "rollback": None,
+                "rollback_none_reason": "a dropped cache cannot be put back",
+            }
+        )
+    if c.get("kind") == "pod" and fam in ("memory_pressure", "cpu_saturation", "cgroup_cpu_throttling"):
+        acts.append(
+            {
+                "action": "restart_pod",
+                "target": f"pod:{c.get('id')}",
+                "parameters": {"uid": c.get("id"), "node": host_id},
+                "safety_class": "impacting",
+                "expected_effect": "the pod's controller starts a fresh replica",
+                "rollback": None,
+                "rollback_none_reason": "a deleted pod is replaced, not restored",
+            }
+        )
     if fam in ("gpu_xid", "gpu_ecc") and c.get("kind") == "device":
         acts.append(
             {
                 "action": "cordon_and_taint",
-                "target": "node",
-                "parameters": {"reason": fam, "gpu": c.get("id")},
+                "target": f"node:{host_id}",
+                "parameters": {"node": host_id, "value": fam.replace("_", "-")},
                 "safety_class": "impacting",
                 "expected_effect": "no new work lands on the faulty GPU",
                 "rollback": {"undo": "uncordon and remove the taint"},
@@ -124,7 +165,7 @@ class Planner(Role):
         hyps = ctx.previous("root_cause_hypothesis").payload.get("hypotheses", [])
         proposals = []
         for h in hyps[:2]:
-            for a in actions_for(h):
+            for a in actions_for(h, ctx.run["host_id"]):
                 proposals.append({"for_family": h["family"], "for_rank": h["rank"], **a})
         return Output(
             payload={"actions": proposals[:8]},

@@ -1,9 +1,13 @@
 """policy gate -> execution_plan: a decision per proposed step, its idempotency key, the plan hash.
 
-Under the default posture (dry run, approval required, safe_reversible and impacting
-off, destructive always proposal-only) nothing would run: read-only checks are
-allowed as a dry run, everything else is blocked with the reason, or needs approval
-where the posture lets it through.
+Only this code decides what may run; a model's or a rule's proposal is an input.
+Per step, in order: an unknown action or parameters its actuator refuses are
+blocked; destructive actions are always proposal-only; an impacting action without
+rollback data stays a proposal; classes the posture turns off are blocked; a step
+for a host this controller cannot reach is blocked; read-only validation is allowed
+(also in a dry run); the rest needs approval when the posture says so, and is a dry
+run when dry_run is on. The plan hash covers every step, so an approval binds to
+exactly this plan.
 """
 
 from __future__ import annotations
@@ -11,12 +15,28 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from controller.actuators import ACTUATORS, ActuatorError, HostEnv
 from controller.artifacts import canonical
 from controller.workflow.roles.base import Output, Posture, Role, StageContext, register
 
+VALIDATE = "validate_state"
+CLUSTER_ACTIONS = ("restart_pod", "cordon_and_taint")  # act through the Kubernetes API, from anywhere
 
-def decide(action: dict[str, Any], posture: Posture) -> tuple[str, str | None]:
-    cls = action["safety_class"]
+
+def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple[str, str | None]:
+    name, cls = action["action"], action["safety_class"]
+    if name != VALIDATE:
+        known = ACTUATORS.get(name)
+        if known is None:
+            return "blocked", f"no actuator {name!r}"
+        if known.safety_class != cls:
+            return "blocked", f"{name} is {known.safety_class}, not {cls} as proposed"
+        try:
+            known(HostEnv()).validate(action["parameters"])
+        except ActuatorError as exc:
+            return "blocked", str(exc)
+    elif cls != "read_only":
+        return "blocked", "validation must be read_only"
     if cls == "destructive":
         return "blocked", "destructive actions are proposal-only"
     if cls == "impacting" and action.get("rollback") is None:
@@ -25,11 +45,17 @@ def decide(action: dict[str, Any], posture: Posture) -> tuple[str, str | None]:
         return "blocked", "impacting actions are off (posture.allow_impacting)"
     if cls == "safe_reversible" and not posture.allow_safe_reversible:
         return "blocked", "safe_reversible actions are off (posture.allow_safe_reversible)"
+    if name not in CLUSTER_ACTIONS and host_id not in posture.local_hosts:
+        return "blocked", f"host {host_id} is not reachable from this controller (execution.local_hosts)"
     if cls == "read_only":
-        return "allowed_dry_run" if posture.dry_run else "allowed", None
+        return "allowed", None
     if posture.approval_required:
         return "approval_required", None
     return "allowed_dry_run" if posture.dry_run else "allowed", None
+
+
+def idempotency_key(fingerprint: str, action: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical([fingerprint, action["action"], action["parameters"]])).hexdigest()[:32]
 
 
 @register
@@ -38,32 +64,28 @@ class PolicyGate(Role):
 
     def compute(self, ctx: StageContext) -> Output:
         actions = ctx.previous("remediation_proposal").payload.get("actions", [])
-        fp = ctx.run["fingerprint"]
+        fp, host = ctx.run["fingerprint"], ctx.run["host_id"]
         steps = []
         for i, a in enumerate(actions):
-            decision, reason = decide(a, ctx.posture)
-            key = hashlib.sha256(canonical([fp, a["action"], a["parameters"]])).hexdigest()[:32]
+            decision, reason = decide(a, ctx.posture, host)
             steps.append(
                 {
                     "step": i,
                     "action": a["action"],
                     "target": a["target"],
+                    "parameters": a["parameters"],
                     "safety_class": a["safety_class"],
                     "decision": decision,
                     "reason": reason,
-                    "idempotency_key": key,
+                    "idempotency_key": idempotency_key(fp, a),
+                    "reversible": a.get("rollback") is not None,
                 }
             )
         plan_hash = hashlib.sha256(canonical(steps)).hexdigest()
         needs = [s["step"] for s in steps if s["decision"] == "approval_required"]
         return Output(
             payload={
-                "posture": {
-                    "dry_run": ctx.posture.dry_run,
-                    "approval_required": ctx.posture.approval_required,
-                    "allow_safe_reversible": ctx.posture.allow_safe_reversible,
-                    "allow_impacting": ctx.posture.allow_impacting,
-                },
+                "posture": ctx.posture.public(),
                 "steps": steps,
                 "needs_approval": needs,
                 "plan_hash": plan_hash,

@@ -1,0 +1,161 @@
+"""Kubernetes actuators through the official client: restart a pod (impacting, no
+rollback: the pod's controller makes a new one), and quarantine a node for a failing
+GPU by cordoning and tainting it (impacting; rollback restores the node's earlier
+schedulability and taints). Node updates carry the resourceVersion they were computed
+from, so a concurrent change answers 409 instead of being overwritten."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from pydantic import Field
+
+from controller.actuators.base import Actuator, ActuatorError, Applied, KubeTarget, Params, actuator
+
+MAX_TAINTS = 32  # the taint list travels in the intent and the result: bounded
+NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class PodParams(Params):
+    # The collector sees a pod by its UID (from the cgroup path) on a node: the pod is
+    # looked up among that node's pods, so a recreated pod (new UID) is never touched.
+    uid: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    node: str = Field(pattern=NAME)
+
+
+class QuarantineParams(Params):
+    node: str = Field(pattern=NAME)
+    key: str = Field(default="incidentlab.io/quarantine", max_length=253)
+    value: str = Field(default="gpu", max_length=63, pattern=r"^[A-Za-z0-9_.-]*$")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+@contextmanager
+def core_api(target: KubeTarget | None) -> Iterator[Any]:
+    """A CoreV1Api whose connection pool is closed after use (one action, a few calls)."""
+    if target is None:
+        raise ActuatorError("no Kubernetes API configured (execution.kubernetes.host)")
+    try:
+        from kubernetes import client
+    except ImportError:
+        raise ActuatorError(
+            "the kubernetes client is not installed (pip install 'incidentlab[kube]')"
+        ) from None
+    cfg = client.Configuration()
+    cfg.host = target.host
+    cfg.verify_ssl = target.verify_ssl
+    cfg.ssl_ca_cert = target.ca_file
+    cfg.retries = 1
+    if target.token:
+        # "BearerToken" since client 36 (it still reads the older "authorization" key, but
+        # then takes the prefix from the new one: without it the header lacks "Bearer").
+        cfg.api_key = {"BearerToken": target.token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    api_client = client.ApiClient(cfg)
+    try:
+        yield client.CoreV1Api(api_client)
+    finally:
+        api_client.close()
+
+
+def _api_error(what: str, exc: Exception) -> ActuatorError:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None) or str(exc)
+    return ActuatorError(f"{what}: Kubernetes API answered {status or 'nothing'}: {reason}")
+
+
+def _call(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw, _request_timeout=10)
+    except Exception as exc:  # ApiException, urllib3 errors: all become one clear error
+        raise _api_error(what, exc) from None
+
+
+@actuator
+class RestartPod(Actuator):
+    name = "restart_pod"
+    safety_class = "impacting"
+    params_model = PodParams
+
+    def describe(self, p: PodParams) -> str:
+        return f"delete pod {p.uid} on node {p.node} so that its controller starts a new one"
+
+    def probe(self, p: PodParams) -> dict[str, Any]:
+        with core_api(self.env.kube) as api:
+            pods = _call(
+                f"listing the pods of node {p.node}",
+                api.list_pod_for_all_namespaces,
+                field_selector=f"spec.nodeName={p.node}",
+            )
+        for pod in pods.items:
+            # A pod being deleted (deletionTimestamp set) counts as gone: the delete took.
+            if pod.metadata.uid == p.uid and not pod.metadata.deletion_timestamp:
+                return {"exists": True, "namespace": pod.metadata.namespace, "name": pod.metadata.name}
+        return {"exists": False}
+
+    def desired(self, p: PodParams, before: dict[str, Any]) -> dict[str, Any]:
+        return {"exists": False}
+
+    def apply(self, p: PodParams, before: dict[str, Any]) -> Applied:
+        if not before.get("exists"):
+            raise ActuatorError(f"pod {p.uid} is not on node {p.node}")
+        what = f"deleting pod {before['namespace']}/{before['name']}"
+        with core_api(self.env.kube) as api:
+            _call(what, api.delete_namespaced_pod, before["name"], before["namespace"])
+        return Applied(self.probe(p), None)
+
+
+@actuator
+class CordonAndTaint(Actuator):
+    name = "cordon_and_taint"
+    safety_class = "impacting"
+    params_model = QuarantineParams
+    reversible = True
+
+    def describe(self, p: QuarantineParams) -> str:
+        return f"cordon node {p.node} and taint it {p.key}={p.value}:{p.effect}"
+
+    def _node(self, p: QuarantineParams) -> Any:
+        with core_api(self.env.kube) as api:
+            return _call(f"reading node {p.node}", api.read_node, p.node)
+
+    def probe(self, p: QuarantineParams) -> dict[str, Any]:
+        node = self._node(p)
+        taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in (node.spec.taints or [])]
+        if len(taints) > MAX_TAINTS:
+            raise ActuatorError(f"node {p.node} has {len(taints)} taints, more than this actuator rewrites")
+        return {
+            "unschedulable": bool(node.spec.unschedulable),
+            "tainted": any(t["key"] == p.key and t["effect"] == p.effect for t in taints),
+            "taints": taints,
+            "resource_version": node.metadata.resource_version,
+        }
+
+    def desired(self, p: QuarantineParams, before: dict[str, Any]) -> dict[str, Any]:
+        return {"unschedulable": True, "tainted": True}
+
+    def _patch(self, p: QuarantineParams, rv: str, unschedulable: bool, taints: list[dict[str, Any]]) -> None:
+        body = {
+            "metadata": {"resourceVersion": rv},
+            "spec": {"unschedulable": unschedulable, "taints": taints},
+        }
+        with core_api(self.env.kube) as api:
+            _call(f"patching node {p.node}", api.patch_node, p.node, body)
+
+    def apply(self, p: QuarantineParams, before: dict[str, Any]) -> Applied:
+        taints = [t for t in before["taints"] if not (t["key"] == p.key and t["effect"] == p.effect)]
+        taints.append({"key": p.key, "value": p.value, "effect": p.effect})
+        self._patch(p, before["resource_version"], True, taints)
+        return Applied(
+            self.probe(p), {"unschedulable": before["unschedulable"], "had_taint": before["tainted"]}
+        )
+
+    def rollback(self, p: QuarantineParams, data: dict[str, Any]) -> dict[str, Any]:
+        now = self.probe(p)
+        taints = now["taints"]
+        if not data["had_taint"]:
+            taints = [t for t in taints if not (t["key"] == p.key and t["effect"] == p.effect)]
+        self._patch(p, now["resource_version"], bool(data["unschedulable"]), taints)
+        return self.probe(p)

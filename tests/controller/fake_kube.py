@@ -1,0 +1,127 @@
+"""A small Kubernetes API server for the actuator tests: answers the calls the official
+client makes for nodes and pods, keeps state, checks resourceVersion on patches, and
+records every request (method, path, Authorization header)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+POD_UID = "0b1c2d3e-aaaa-bbbb-cccc-000000000042"
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.node: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "node-1", "uid": "n-1", "resourceVersion": "1"},
+            "spec": {
+                "unschedulable": False,
+                "taints": [{"key": "team", "value": "ml", "effect": "NoSchedule"}],
+            },
+        }
+        self.pods: list[dict[str, Any]] = [self._pod("trainer-0", POD_UID)]
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def _pod(name: str, uid: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ml", "uid": uid},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "trainer:1"}]},
+            "status": {"phase": "Running"},
+        }
+
+    def __enter__(self) -> FakeKube:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        kube = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, reason: str) -> None:
+                self._send(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": reason,
+                        "code": code,
+                    },
+                )
+
+            def _record(self) -> urllib.parse.SplitResult:
+                kube.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                return urllib.parse.urlsplit(self.path)
+
+            def do_GET(self) -> None:
+                url = self._record()
+                with kube.lock:
+                    if url.path == "/api/v1/nodes/node-1":
+                        return self._send(200, kube.node)
+                    if url.path == "/api/v1/pods":
+                        sel = urllib.parse.parse_qs(url.query).get("fieldSelector", [""])[0]
+                        items = [
+                            p for p in kube.pods if sel in ("", f"spec.nodeName={p['spec']['nodeName']}")
+                        ]
+                        return self._send(
+                            200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
+                        )
+                return self._status(404, "NotFound")
+
+            def do_PATCH(self) -> None:
+                url = self._record()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with kube.lock:
+                    if url.path != "/api/v1/nodes/node-1":
+                        return self._status(404, "NotFound")
+                    rv = body.get("metadata", {}).get("resourceVersion")
+                    if rv is not None and rv != kube.node["metadata"]["resourceVersion"]:
+                        return self._status(409, "Conflict")
+                    kube.node["spec"].update(body.get("spec", {}))
+                    kube.node["metadata"]["resourceVersion"] = str(
+                        int(kube.node["metadata"]["resourceVersion"]) + 1
+                    )
+                    return self._send(200, kube.node)
+
+            def do_DELETE(self) -> None:
+                url = self._record()
+                with kube.lock:
+                    for pod in kube.pods:
+                        m = pod["metadata"]
+                        if url.path == f"/api/v1/namespaces/{m['namespace']}/pods/{m['name']}":
+                            kube.pods.remove(pod)
+                            # Its ReplicaSet makes a replacement with a new UID.
+                            kube.pods.append(
+                                kube._pod(m["name"] + "-new", "0b1c2d3e-aaaa-bbbb-cccc-000000000043")
+                            )
+                            return self._send(200, pod)
+                return self._status(404, "NotFound")
+
+        return Handler
