@@ -100,6 +100,7 @@ class Runtime:
             failpoint=failpoint,
             execution=self.execution,
         )
+        self.workflow.active = lambda: self.leadership.is_leader
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
             on_accepted=self.workflow.notify if w.enabled else None,

@@ -177,8 +177,8 @@ class CgroupMemorySoftLimit(_CgroupActuator):
         return self.probe(p)
 
     def settle(self, p: MemorySoftParams, before: dict[str, Any], now: dict[str, Any]) -> Any:
-        # Usage moves on its own: only the limit tells.
-        return super().settle(p, {"limit": before["limit"]}, now)
+        # Usage moves on its own: only the limit tells (desired() names only the limit).
+        return super().settle(p, before, now)
 
 
 @actuator

@@ -38,6 +38,8 @@ def psi_now(env: HostEnv, resource: str) -> dict[str, Any]:
 
 
 def cgroup_stats_now(env: HostEnv, cgroup: str) -> dict[str, Any]:
+    if not cgroup.startswith("/") or ".." in cgroup.split("/"):
+        raise ActuatorError(f"cgroup_stats_now: {cgroup!r} is not an absolute cgroup path")
     out: dict[str, Any] = {"cgroup": cgroup}
     layout = env.cgroups
     rel = cgroup.lstrip("/")

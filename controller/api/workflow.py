@@ -19,6 +19,8 @@ from controller.errors import UnknownRun
 from controller.runtime import Runtime
 from controller.workflow.analysis import detect, rank
 from controller.workflow.engine import WorkflowEngine, evidence_key
+from controller.workflow.execution import DecisionConflict
+from controller.workflow.roles.policy_gate import CLUSTER_ACTIONS
 
 RunStatus = Literal["running", "awaiting_approval", "verifying", "completed", "failed"]
 AuditKind = Literal[
@@ -173,6 +175,26 @@ class RollbackBody(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+def _leader(rt: Runtime) -> None:
+    """Decisions and side effects happen on the leader, whose engine runs the stages."""
+    if not rt.leadership.is_leader:
+        url = rt.leadership.leader_url
+        raise HTTPException(
+            503,
+            "this controller is a follower" + (f"; the leader is at {url}" if url else ""),
+            headers={"X-Incidentlab-Leader": url} if url else None,
+        )
+
+
+def _decide(rt: Runtime, run_id: str, plan_hash: str, **kw: Any) -> dict[str, Any]:
+    try:
+        decision = rt.execution.decide(run_id, plan_hash, **kw)
+    except DecisionConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+    rt.workflow.schedule(run_id)
+    return decision
+
+
 def _plan(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
     run = _run_or_404(wf, run_id)
     plan = next((a.payload for a in wf.load_chain(run_id) if a.kind == "execution_plan"), None)
@@ -185,6 +207,7 @@ def _plan(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
 def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, Any]:
     """Approve the run's plan: bound to its hash, valid for execution.approval_ttl_s. The run
     resumes at the executor. A plan that changed since it was read needs a new approval."""
+    _leader(rt)
     plan = _plan(rt.workflow, run_id)
     if body.plan_hash != plan["plan_hash"]:
         raise HTTPException(
@@ -194,42 +217,52 @@ def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, An
         )
     if body.steps is not None and not set(body.steps) <= set(plan["needs_approval"]):
         raise HTTPException(400, f"only steps {plan['needs_approval']} need approval")
-    decision = rt.execution.decide(
-        run_id, plan["plan_hash"], approve=True, actor=who.name, reason=body.reason, steps=body.steps
+    return _decide(
+        rt, run_id, plan["plan_hash"], approve=True, actor=who.name, reason=body.reason, steps=body.steps
     )
-    rt.workflow.schedule(run_id)
-    return decision
 
 
 @router.post("/workflow/runs/{run_id}/reject")
 def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]:
     """Reject the run's plan with a reason: nothing in it runs; the run completes, saying so."""
+    _leader(rt)
     plan = _plan(rt.workflow, run_id)
     if body.plan_hash is not None and body.plan_hash != plan["plan_hash"]:
         raise HTTPException(409, "stale plan: the rejection names another plan hash")
-    decision = rt.execution.decide(
-        run_id, plan["plan_hash"], approve=False, actor=who.name, reason=body.reason, steps=None
+    return _decide(
+        rt, run_id, plan["plan_hash"], approve=False, actor=who.name, reason=body.reason, steps=None
     )
-    rt.workflow.schedule(run_id)
-    return decision
 
 
 @router.post("/workflow/runs/{run_id}/rollback")
 def rollback(rt: Rt, who: Writer, run_id: str, body: RollbackBody) -> dict[str, Any]:
     """Undo every applied step of the run that has rollback data (each once), recorded in the audit log."""
+    _leader(rt)
     wf = rt.workflow
-    _run_or_404(wf, run_id)
+    run = _run_or_404(wf, run_id)
     chain = wf.load_chain(run_id)
     results = next((a.payload["results"] for a in chain if a.kind == "execution_result"), None)
     plan = next((a.payload for a in chain if a.kind == "execution_plan"), None)
     if results is None or plan is None:
         raise HTTPException(409, f"run {run_id} has executed nothing")
-    params = {s["step"]: s["parameters"] for s in plan["steps"]}
-    done = [
-        rt.execution.rollback(run_id, r, params[r["step"]], actor=who.name, why=body.reason)
-        for r in results
-        if r.get("changed_host") and r.get("rollback")
-    ]
+    local = run["host_id"] in wf.opts.posture.local_hosts
+    done = []
+    for r in results:
+        if not (r.get("changed_host") and r.get("rollback")):
+            continue
+        if not local and r["action"] not in CLUSTER_ACTIONS:
+            done.append(
+                {
+                    "step": r["step"],
+                    "action": r["action"],
+                    "outcome": "not_run",
+                    "reason": f"host {run['host_id']} is not reachable from this controller",
+                }
+            )
+            continue
+        done.append(
+            rt.execution.rollback(run_id, r, actor=who.name, why=body.reason, plan_hash=plan["plan_hash"])
+        )
     return {"run_id": run_id, "rollbacks": done}
 
 

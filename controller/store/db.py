@@ -57,6 +57,12 @@ def _append_only(conn: Connection) -> None:
                 "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
             )
         )
+        conn.execute(
+            text(
+                "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+                "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()"
+            )
+        )
         return
     for op in ("UPDATE", "DELETE"):
         conn.execute(

@@ -43,6 +43,7 @@ from controller.store.payloads import PayloadStore
 from controller.workflow.analysis import detect, rank
 from controller.workflow.execution import ExecutionService
 from controller.workflow.roles import NotReady, Posture, StageContext, role_for
+from controller.workflow.roles.base import recorded_posture
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "incidentlab-workflow/0.1.0"
@@ -167,6 +168,8 @@ class WorkflowEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Whether this controller may run stages now (the HA leader); a deposed leader stops.
+        self.active: Callable[[], bool] = lambda: True
         self._due: list[tuple[float, str]] = []  # (when, run_id): approved runs, verifier retries
         self._after: dict[str, Evidence] = {}  # run_id -> the window the verifier last read
         self.overflow = 0
@@ -224,6 +227,8 @@ class WorkflowEngine:
         while not self._stop.is_set():
             self._wake.wait(0.25 if self._due else 1.0)
             self._wake.clear()
+            if not self.active():
+                continue
             while (run_id := self._next_due()) is not None and not self._stop.is_set():
                 try:
                     self.execute(run_id)
@@ -399,7 +404,9 @@ class WorkflowEngine:
         if decision is None:
             self.execution.wait_for_approval(run_id)
             return True, None
-        if decision["decision"] == "approved" and decision["expires_at"] < self.clock():
+        # Expiry counts only before anything ran: a stage rerun after a crash finishes what began.
+        started = bool(self.execution.intents(run_id))
+        if decision["decision"] == "approved" and decision["expires_at"] < self.clock() and not started:
             self.execution.expire(run_id, plan["plan_hash"], decision)
             return True, None
         return False, decision
@@ -524,6 +531,19 @@ class WorkflowEngine:
         """Re-run every stage from the stored evidence with the current code; stored apart
         (the latest replay of a run replaces the one before), each artifact carrying
         replay_of. Same inputs and clock: same sha256s."""
+        chain = self.compute_replay(run_id, clock)
+        rows = []
+        for art in chain:
+            key = message_key(run_id, art, replay=True)
+            self.store.put(key, artifacts.encode(art))
+            rows.append(artifact_row(run_id, art, key, replay=True, at=art.finished_at))
+        with self.db.begin() as conn:
+            conn.execute(FORGET_REPLAY, {"r": run_id, "rp": True})
+            conn.execute(INSERT_ARTIFACT, rows)
+        return chain
+
+    def compute_replay(self, run_id: str, clock: Callable[[], float] | None = None) -> list[Artifact]:
+        """The replayed chain, written nowhere: what a read-only workbench compares."""
         clock = clock or self.clock
         run = self.load_run(run_id)
         if run is None:
@@ -536,6 +556,9 @@ class WorkflowEngine:
         said = next((a.payload.get("advisor") for a in stored if a.kind == "root_cause_hypothesis"), None)
         advisor = _RecordedAdvice(said) if said is not None else None
         actions = _RecordedExecution(stored)
+        # The posture is an outside input too: the plan is re-decided under the recorded one.
+        plan = next((a.payload for a in stored if a.kind == "execution_plan"), None)
+        posture = recorded_posture(plan, run["host_id"]) if plan is not None else self.opts.posture
         chain: list[Artifact] = []
         for kind in KINDS:
             ctx = StageContext(
@@ -544,21 +567,13 @@ class WorkflowEngine:
                 chain=chain,
                 clock=clock,
                 code_version=self.code_version,
-                posture=self.opts.posture,
+                posture=posture,
                 memory=memory,
                 replay_of=original,
                 advisor=advisor,
                 actions=actions,
             )
             chain.append(role_for(kind).run(ctx))
-        rows = []
-        for art in chain:
-            key = message_key(run_id, art, replay=True)
-            self.store.put(key, artifacts.encode(art))
-            rows.append(artifact_row(run_id, art, key, replay=True, at=art.finished_at))
-        with self.db.begin() as conn:
-            conn.execute(FORGET_REPLAY, {"r": run_id, "rp": True})
-            conn.execute(INSERT_ARTIFACT, rows)
         return chain
 
     # --- reads for the API ------------------------------------------------------------------------

@@ -27,18 +27,26 @@ from controller.actuators.validate import Toolbox
 log = logging.getLogger(__name__)
 
 SELECT_INTENT = text("SELECT * FROM action_intents WHERE idempotency_key = :k")
+# Claiming a key: a plain insert (a second controller's insert of the same key fails), or
+# taking over an expired or unusable intent only if it is still the one that was read.
 INSERT_INTENT = text(
     "INSERT INTO action_intents (idempotency_key, run_id, step, action, params, before, intent_at) "
-    "VALUES (:k, :run, :step, :action, :params, :before, :at) "
-    "ON CONFLICT (idempotency_key) DO UPDATE SET run_id = excluded.run_id, step = excluded.step, "
-    "params = excluded.params, before = excluded.before, intent_at = excluded.intent_at, "
-    "outcome = NULL, result = NULL, result_at = NULL, rolled_back_at = NULL, rollback_result = NULL"
+    "VALUES (:k, :run, :step, :action, :params, :before, :at) ON CONFLICT (idempotency_key) DO NOTHING"
+)
+RECLAIM_INTENT = text(
+    "UPDATE action_intents SET run_id = :run, step = :step, params = :params, before = :before, "
+    "intent_at = :at, outcome = NULL, result = NULL, result_at = NULL, rolled_back_at = NULL, "
+    "rollback_result = NULL WHERE idempotency_key = :k AND intent_at = :old"
 )
 SET_RESULT = text(
     "UPDATE action_intents SET outcome = :o, result = :r, result_at = :at WHERE idempotency_key = :k"
 )
-SET_ROLLBACK = text(
-    "UPDATE action_intents SET rolled_back_at = :at, rollback_result = :r WHERE idempotency_key = :k"
+CLAIM_ROLLBACK = text(
+    "UPDATE action_intents SET rolled_back_at = :at WHERE idempotency_key = :k AND rolled_back_at IS NULL"
+)
+SET_ROLLBACK = text("UPDATE action_intents SET rollback_result = :r WHERE idempotency_key = :k")
+RELEASE_ROLLBACK = text(
+    "UPDATE action_intents SET rolled_back_at = NULL, rollback_result = :r WHERE idempotency_key = :k"
 )
 INTENTS_OF = text("SELECT * FROM action_intents WHERE run_id = :run ORDER BY step")
 LATEST_DECISION = text(
@@ -49,6 +57,11 @@ INSERT_DECISION = text(
     "VALUES (:run, :plan, :decision, :actor, :reason, :steps, :at, :exp)"
 )
 SET_STATUS = text("UPDATE workflow_runs SET status = :s, updated_at = :at WHERE run_id = :run")
+RESUME_AWAITING = text(
+    "UPDATE workflow_runs SET status = 'running', updated_at = :at "
+    "WHERE run_id = :run AND status = 'awaiting_approval'"
+)
+REUSABLE = ("applied", "settled_applied")
 EXECUTOR = "executor"
 VERIFIER = "verifier"
 Failpoint = Callable[[str, str], None]
@@ -66,6 +79,10 @@ class ExecutionOptions:
     verify_min_samples: int = 5
     verify_deadline_s: float = 300.0
     rollback_on_not_improved: bool = True
+
+
+class DecisionConflict(ActuatorError):
+    """The run is no longer awaiting a decision (another one got there first)."""
 
 
 class ExecutionService:
@@ -117,6 +134,9 @@ class ExecutionService:
         now = self.clock()
         expires = now + self.opts.approval_ttl_s if approve else None
         with self.db.begin() as conn:
+            # First the status, conditionally: of two concurrent decisions only one moves the run.
+            if conn.execute(RESUME_AWAITING, {"at": now, "run": run_id}).rowcount != 1:
+                raise DecisionConflict(f"run {run_id} is not awaiting approval (decided already?)")
             conn.execute(
                 INSERT_DECISION,
                 {
@@ -130,7 +150,6 @@ class ExecutionService:
                     "exp": expires,
                 },
             )
-            conn.execute(SET_STATUS, {"s": "running", "at": now, "run": run_id})
             audit.record(
                 conn,
                 at=now,
@@ -215,77 +234,112 @@ class ExecutionService:
         """Run one allowed, approved step for real, exactly once per idempotency key."""
         key, action, index = step["idempotency_key"], step["action"], step["step"]
         base = {"step": index, "action": action, "target": step["target"], "idempotency_key": key}
-        act = get(action, self.env)
-        p = act.validate(params)
+        try:
+            act = get(action, self.env)
+            p = act.validate(params)
+        except ActuatorError as exc:
+            return base | {"outcome": "failed", "error": str(exc), "changed_host": False}
         now = self.clock()
         row = self._intent(key)
         if row is not None and row["intent_at"] >= now - self.opts.idempotency_ttl_s:
             before = json.loads(row["before"])
-            if row["result"] is not None:
-                earlier: dict[str, Any] = json.loads(row["result"])
-                if row["run_id"] != run_id:
-                    with self.db.begin() as conn:
-                        audit.record(
-                            conn,
-                            at=now,
-                            actor=EXECUTOR,
-                            kind="idempotent_reuse",
-                            run_id=run_id,
-                            plan_hash=plan_hash,
-                            step=index,
-                            detail={"key": key, "earlier_run": row["run_id"]},
-                        )
-                    return earlier | {"reused_from": row["run_id"]}
-                return earlier
-            # An intent without a result: the action may or may not have run. Look, do not redo.
-            return self._settle(run_id, plan_hash, base, act, p, before, why="intent without a result")
+            if row["result"] is None:
+                # An intent without a result: the action may or may not have run. Look, do not redo.
+                return self._settle(run_id, plan_hash, base, act, p, before, why="intent without a result")
+            earlier: dict[str, Any] = json.loads(row["result"])
+            if row["run_id"] == run_id:
+                return earlier | base  # this run's own result, found again on a rerun of the stage
+            if earlier["outcome"] in REUSABLE and row["rolled_back_at"] is None:
+                with self.db.begin() as conn:
+                    audit.record(
+                        conn,
+                        at=now,
+                        actor=EXECUTOR,
+                        kind="idempotent_reuse",
+                        run_id=run_id,
+                        plan_hash=plan_hash,
+                        step=index,
+                        detail={"key": key, "earlier_run": row["run_id"]},
+                    )
+                return earlier | base | {"reused_from": row["run_id"]}
+            # The earlier attempt failed, changed nothing, or was rolled back: act anew.
         try:
             before = act.probe(p)
         except ActuatorError as exc:
             return base | {"outcome": "failed", "error": str(exc), "changed_host": False}
+        intent = {
+            "k": key,
+            "run": run_id,
+            "step": index,
+            "action": action,
+            "params": json.dumps(params, sort_keys=True),
+            "before": json.dumps(before, default=str),
+            "at": now,
+        }
         with self.db.begin() as conn:
-            conn.execute(
-                INSERT_INTENT,
-                {
-                    "k": key,
-                    "run": run_id,
-                    "step": index,
-                    "action": action,
-                    "params": json.dumps(params, sort_keys=True),
-                    "before": json.dumps(before, default=str),
-                    "at": now,
-                },
-            )
-            audit.record(
-                conn,
-                at=now,
-                actor=EXECUTOR,
-                kind="execution_intent",
-                run_id=run_id,
-                plan_hash=plan_hash,
-                step=index,
-                detail={"action": action, "params": params, "before": before},
-            )
+            if row is None:
+                claimed = conn.execute(INSERT_INTENT, intent).rowcount == 1
+            else:
+                claimed = conn.execute(RECLAIM_INTENT, intent | {"old": row["intent_at"]}).rowcount == 1
+            if claimed:
+                audit.record(
+                    conn,
+                    at=now,
+                    actor=EXECUTOR,
+                    kind="execution_intent",
+                    run_id=run_id,
+                    plan_hash=plan_hash,
+                    step=index,
+                    detail={"action": action, "params": params, "before": before},
+                )
+        if not claimed:  # another controller (a deposed leader) claimed it first: never act twice
+            return base | {
+                "outcome": "not_run",
+                "reason": "another controller holds this key",
+                "changed_host": False,
+            }
         if self.failpoint is not None:
             self.failpoint("execution_result", "after_intent")
+        result = self._run(base, act, p, before)
+        if result is None:
+            return self._settle(run_id, plan_hash, base, act, p, before, why="timed out")
+        if self.failpoint is not None:
+            self.failpoint("execution_result", "after_apply")
+        self._finish(key, run_id, plan_hash, index, "execution_result", result)
+        return result
+
+    def _run(self, base: dict[str, Any], act: Any, p: Any, before: dict[str, Any]) -> dict[str, Any] | None:
+        """The action in the bounded pool; None when it outlived its timeout and a grace."""
         with self._slots:
             future = self._pool.submit(act.apply, p, before)
             try:
                 applied = future.result(timeout=self.opts.action_timeout_s)
             except concurrent.futures.TimeoutError:
-                return self._settle(run_id, plan_hash, base, act, p, before, why="timed out")
-            except ActuatorError as exc:
-                result = base | {
+                if future.cancel():  # it never started: nothing happened
+                    return base | {
+                        "outcome": "failed",
+                        "error": "timed out before it started",
+                        "changed_host": False,
+                    }
+                try:  # started: let it finish before looking, or a probe races it
+                    applied = future.result(timeout=self.opts.action_timeout_s)
+                except concurrent.futures.TimeoutError:
+                    return None
+                except Exception as exc:
+                    return base | {
+                        "outcome": "failed",
+                        "error": str(exc),
+                        "changed_host": False,
+                        "before": before,
+                    }
+            except Exception as exc:  # ActuatorError, or a bug: recorded, never fatal to the run
+                return base | {
                     "outcome": "failed",
                     "error": str(exc),
                     "changed_host": False,
                     "before": before,
                 }
-                self._finish(key, run_id, plan_hash, index, "execution_result", result)
-                return result
-        if self.failpoint is not None:
-            self.failpoint("execution_result", "after_apply")
-        result = base | {
+        return base | {
             "outcome": "applied",
             "changed_host": True,
             "before": before,
@@ -293,8 +347,6 @@ class ExecutionService:
             "rollback": applied.rollback,
             "applied_at": self.clock(),
         }
-        self._finish(key, run_id, plan_hash, index, "execution_result", result)
-        return result
 
     def _settle(
         self,
@@ -310,7 +362,7 @@ class ExecutionService:
         try:
             now_state = act.probe(p)
             state = act.settle(p, before, now_state)
-        except ActuatorError as exc:
+        except Exception as exc:  # a probe that fails leaves the outcome unknown, not the run stuck
             now_state, state = {"error": str(exc)}, "unknown"
         result = base | {
             "outcome": f"settled_{state}",
@@ -326,43 +378,49 @@ class ExecutionService:
         return result
 
     def rollback(
-        self, run_id: str, result: dict[str, Any], params: dict[str, Any], *, actor: str, why: str
+        self,
+        run_id: str,
+        result: dict[str, Any],
+        *,
+        actor: str,
+        why: str,
+        plan_hash: str | None = None,
     ) -> dict[str, Any]:
-        """Undo one applied step from its recorded rollback data; recorded and audited."""
+        """Undo one applied step from its recorded rollback data, once (claimed in the store
+        first, so the verifier and an operator cannot both do it); recorded and audited."""
         key = result["idempotency_key"]
+        out: dict[str, Any] = {"step": result["step"], "action": result["action"]}
         row = self._intent(key)
-        if row is not None and row["rolled_back_at"] is not None:
+        if row is None or not result.get("rollback"):
+            return out | {"outcome": "no_rollback"}
+        if row["rolled_back_at"] is not None:
             done: dict[str, Any] = json.loads(row["rollback_result"] or "{}")
             return done | {"already": True}
-        act = get(result["action"], self.env)
-        if not act.reversible or not result.get("rollback"):
-            return {"step": result["step"], "action": result["action"], "outcome": "no_rollback"}
-        p = act.validate(params)
-        try:
-            after = act.rollback(p, result["rollback"])
-            out = {
-                "step": result["step"],
-                "action": result["action"],
-                "outcome": "rolled_back",
-                "after": after,
-            }
-        except ActuatorError as exc:
-            out = {
-                "step": result["step"],
-                "action": result["action"],
-                "outcome": "rollback_failed",
-                "error": str(exc),
-            }
         now = self.clock()
         with self.db.begin() as conn:
+            if conn.execute(CLAIM_ROLLBACK, {"at": now, "k": key}).rowcount != 1:
+                return out | {"outcome": "rolled_back", "already": True}
+        try:
+            act = get(result["action"], self.env)
+            if not act.reversible:
+                raise ActuatorError(f"{act.name} has no rollback")
+            after = act.rollback(act.validate(json.loads(row["params"])), result["rollback"])
+            out |= {"outcome": "rolled_back", "state": after}
+        except Exception as exc:  # recorded; the claim is released so it can be tried again
+            out |= {"outcome": "rollback_failed", "error": str(exc)}
+        with self.db.begin() as conn:
+            encoded = json.dumps(out, default=str)
             if out["outcome"] == "rolled_back":
-                conn.execute(SET_ROLLBACK, {"at": now, "r": json.dumps(out, default=str), "k": key})
+                conn.execute(SET_ROLLBACK, {"r": encoded, "k": key})
+            else:
+                conn.execute(RELEASE_ROLLBACK, {"r": encoded, "k": key})
             audit.record(
                 conn,
-                at=now,
+                at=self.clock(),
                 actor=actor,
                 kind="rollback",
                 run_id=run_id,
+                plan_hash=plan_hash,
                 step=result["step"],
                 detail={
                     "action": result["action"],
@@ -371,7 +429,8 @@ class ExecutionService:
                     "error": out.get("error"),
                 },
             )
-        return out
+        # The state after goes to the audit trail's intents row, not the (capped) artifact.
+        return {k: v for k, v in out.items() if k != "state"}
 
     def intents(self, run_id: str) -> list[dict[str, Any]]:
         with self.db.connect() as conn:
@@ -396,5 +455,5 @@ def _rollback_from(act: Any, before: dict[str, Any]) -> dict[str, Any] | None:
     if name in ("renice", "ionice"):
         # Per-thread values were not recorded before the crash: restore the main thread's.
         value = [before["io_class"], before["level"]] if name == "ionice" else before["nice"]
-        return {"pid": before["pid"], "value": value, "differing": {}}
+        return {"pid": before["pid"], "start_time": before.get("start_time"), "value": value, "differing": {}}
     return None

@@ -324,3 +324,17 @@ def test_no_kubernetes_api_configured_is_a_clear_error() -> None:
     act = get("restart_pod", HostEnv())
     with pytest.raises(ActuatorError, match="no Kubernetes API configured"):
         act.probe(act.validate({"uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000042", "node": "n"}))
+
+
+def test_a_pid_reused_by_a_program_of_the_same_name_is_refused(sleeper: subprocess.Popen[bytes]) -> None:
+    act = get("renice", ENV)
+    p = act.validate({"pid": sleeper.pid, "comm": comm(sleeper.pid), "nice": 5})
+    before = act.probe(p)
+    assert before["start_time"] is not None
+    with pytest.raises(ActuatorError, match="reused by another process"):
+        act.apply(p, before | {"start_time": before["start_time"] - 1})
+    assert os.getpriority(os.PRIO_PROCESS, sleeper.pid) == before["nice"]
+    kill = get("sigkill", ENV)
+    with pytest.raises(ActuatorError, match="reused by another process"):
+        kill.apply(kill.validate({"pid": sleeper.pid}), {"start_time": 1})
+    assert sleeper.poll() is None

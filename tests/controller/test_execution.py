@@ -285,6 +285,12 @@ def test_not_improved_rolls_back(db: Engine, tmp_path: Path, sleeper: subprocess
     assert [r["outcome"] for r in verdict["rollbacks"]] == ["rolled_back"]
     assert nice(sleeper) == original
     assert ("rollback", "renice") in kinds(db, run_id)
+    # Claimed once: a second rollback (an operator's, say) does nothing and says so.
+    result = next(r for r in eng.load_chain(run_id)[5].payload["results"] if r["action"] == "renice")
+    os.setpriority(os.PRIO_PROCESS, sleeper.pid, 4)
+    again = eng.execution.rollback(run_id, result, actor="ops", why="again")
+    assert again["already"] is True and nice(sleeper) == 4
+    assert [k for k, _ in kinds(db, run_id)].count("rollback") == 1
 
 
 def test_too_few_samples_by_the_deadline_is_inconclusive(
@@ -388,7 +394,8 @@ def test_an_intent_without_a_result_is_settled_by_probing_not_rerun(
     (run_id,) = eng.resume()
     renice = next(r for r in eng.load_chain(run_id)[5].payload["results"] if r["action"] == "renice")
     assert renice["outcome"] == "settled_applied" and renice["settled_because"] == "intent without a result"
-    assert renice["rollback"] == {"pid": sleeper.pid, "value": 0, "differing": {}}
+    assert renice["rollback"]["value"] == 0 and renice["rollback"]["pid"] == sleeper.pid
+    assert renice["rollback"]["start_time"] is not None
     assert [k for k, _ in kinds(db, run_id) if k.startswith("execution")] == [
         "execution_intent",
         "execution_settled",

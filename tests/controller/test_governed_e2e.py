@@ -36,17 +36,23 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 @pytest.fixture
-def hog_cgroup() -> Iterator[str]:
-    """Two busy processes in /ilab-e2e-PID, made in the v1 cpu and memory hierarchies
-    (this machine kind's layout), so the process's cgroup names the quota's cgroup."""
+def hog_cgroup() -> Iterator[tuple[str, Callable[[], None]]]:
+    """/ilab-e2e-PID in the v1 cpu and memory hierarchies (this machine kind's layout), so
+    the process's cgroup names the quota's cgroup, and a function that starts two busy
+    processes in it (after the controller and collector have settled: their start-up
+    would otherwise top the CPU table)."""
     name = f"ilab-e2e-{os.getpid()}"
     dirs = [CGROUP_FS / c / name for c in ("cpu", "memory")]
     for d in dirs:
         d.mkdir()
     join = "; ".join(f"echo $$ > {d / 'cgroup.procs'}" for d in dirs)
-    hogs = [subprocess.Popen(["bash", "-c", f"{join}; exec sha256sum /dev/zero"]) for _ in range(2)]
+    hogs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        hogs.extend(subprocess.Popen(["bash", "-c", f"{join}; exec sha256sum /dev/zero"]) for _ in range(2))
+
     try:
-        yield "/" + name
+        yield "/" + name, start
     finally:
         for h in hogs:
             h.kill()
@@ -63,9 +69,12 @@ def hog_cgroup() -> Iterator[str]:
 @pytest.mark.root
 @pytest.mark.slow
 def test_a_cpu_quota_cap_is_approved_applied_verified_and_rolled_back(
-    controller_factory: Callable[..., ControllerProc], tmp_path: Path, hog_cgroup: str
+    controller_factory: Callable[..., ControllerProc],
+    tmp_path: Path,
+    hog_cgroup: tuple[str, Callable[[], None]],
 ) -> None:
-    quota = CGROUP_FS / "cpu" / hog_cgroup.lstrip("/") / "cpu.cfs_quota_us"
+    cgroup, start_hogs = hog_cgroup
+    quota = CGROUP_FS / "cpu" / cgroup.lstrip("/") / "cpu.cfs_quota_us"
     assert quota.read_text().strip() == "-1"
     execution = {
         "dry_run": False,
@@ -102,6 +111,13 @@ def test_a_cpu_quota_cap_is_approved_applied_verified_and_rolled_back(
     api = httpx.Client(base_url=ctl.url, headers=OPS, timeout=30)
     try:
 
+        def shipped() -> bool:
+            hosts = api.get("/api/v1/ingest/status").json().get("hosts", [])
+            return any(h["host_id"] == HOST and h["samples"] >= 3 for h in hosts)
+
+        wait_for(shipped, 60, "the collector to ship its first batches")
+        start_hogs()
+
         def waiting() -> dict[str, Any] | None:
             runs = api.get("/api/v1/agent/workflow/runs", params={"status": "awaiting_approval"}).json()[
                 "runs"
@@ -114,7 +130,7 @@ def test_a_cpu_quota_cap_is_approved_applied_verified_and_rolled_back(
         body = api.get(f"/api/v1/agent/workflow/runs/{run_id}").json()
         plan = next(a["payload"] for a in body["chain"] if a["kind"] == "execution_plan")
         cap = next(s for s in plan["steps"] if s["action"] == "cgroup_cpu_quota")
-        assert cap["target"] == f"cgroup:{hog_cgroup}" and cap["decision"] == "approval_required"
+        assert cap["target"] == f"cgroup:{cgroup}" and cap["decision"] == "approval_required"
         assert quota.read_text().strip() == "-1"  # nothing before the approval
 
         url = f"/api/v1/agent/workflow/runs/{run_id}/approve"
@@ -136,7 +152,7 @@ def test_a_cpu_quota_cap_is_approved_applied_verified_and_rolled_back(
             return got if got["run"]["status"] == "completed" else None
 
         done = wait_for(completed, 90, "the run to complete")
-        period = int((CGROUP_FS / "cpu" / hog_cgroup.lstrip("/") / "cpu.cfs_period_us").read_text())
+        period = int((CGROUP_FS / "cpu" / cgroup.lstrip("/") / "cpu.cfs_period_us").read_text())
         assert quota.read_text().strip() == str(period)  # one core
         result = next(a["payload"] for a in done["chain"] if a["kind"] == "execution_result")
         applied = {r["action"]: r for r in result["results"]}

@@ -41,6 +41,18 @@ class Posture:
         }
 
 
+def recorded_posture(plan: dict[str, Any], host_id: str) -> Posture:
+    """The posture an execution_plan was decided under: a replay decides under it too."""
+    p = plan.get("posture") or {}
+    return Posture(
+        dry_run=bool(p.get("dry_run", True)),
+        approval_required=bool(p.get("approval_required", True)),
+        allow_safe_reversible=bool(p.get("allow_safe_reversible", False)),
+        allow_impacting=bool(p.get("allow_impacting", False)),
+        local_hosts=(host_id,) if p.get("host_reachable") else (),
+    )
+
+
 class NotReady(Exception):
     """A stage that must wait (the verifier for fresh samples): the engine retries it at ``retry_at``."""
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from controller.actuators import ActuatorError, get
-from controller.actuators.validate import BudgetExhausted, checks_for
+from controller.actuators.validate import BudgetExhausted, Toolbox, checks_for
 from controller.artifacts import PAYLOAD_CAPS, canonical
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
 
-def validate(ctx: StageContext, step: dict[str, Any]) -> dict[str, Any]:
-    box = ctx.actions.toolbox()
+def validate(box: Toolbox, step: dict[str, Any]) -> dict[str, Any]:
     params = step["parameters"]
     if not box.iteration():
         return {"outcome": "not_run", "reason": "iteration budget spent"}
@@ -79,10 +78,12 @@ class Executor(Role):
 
     def compute(self, ctx: StageContext) -> Output:
         plan = ctx.previous("execution_plan").payload
-        dry = ctx.posture.dry_run
+        # The stricter of the posture the plan was approved under and the one in force now.
+        dry = ctx.posture.dry_run or bool(plan.get("posture", {}).get("dry_run", True))
         # A replay never acts and never reads live state: it reuses what the run recorded.
         recorded = getattr(ctx.actions, "recorded_results", None)
         results = []
+        box = ctx.actions.toolbox() if ctx.actions is not None and recorded is None else None
         for step in plan.get("steps", []):
             base = {
                 "step": step["step"],
@@ -105,7 +106,8 @@ class Executor(Role):
                 results.append(base | {"outcome": "not_run", "reason": step["reason"]})
                 continue
             if step["action"] == "validate_state":
-                results.append(base | validate(ctx, step))
+                assert box is not None
+                results.append(base | validate(box, step))
                 continue
             if decision == "approval_required":
                 ok, why = approved(ctx, step)

@@ -51,7 +51,10 @@ def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
         )
     if fam in ("cpu_saturation", "cgroup_cpu_throttling") and cgroup:
         quota = c.get("quota_cores")
-        params = {"cgroup": cgroup, "cores": 1.0 if fam == "cpu_saturation" else round((quota or 0.5) * 2, 2)}
+        params = {
+            "cgroup": cgroup,
+            "cores": 1.0 if fam == "cpu_saturation" else max(0.01, round((quota or 0.5) * 2, 2)),
+        }
         acts.append(
             {
                 "action": "cgroup_cpu_quota",

@@ -39,7 +39,8 @@ def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple
         return "blocked", "validation must be read_only"
     if cls == "destructive":
         return "blocked", "destructive actions are proposal-only"
-    if cls == "impacting" and action.get("rollback") is None:
+    reversible = name in ACTUATORS and ACTUATORS[name].reversible
+    if cls == "impacting" and (action.get("rollback") is None or not reversible):
         return "blocked", "an impacting action without rollback data stays a proposal"
     if cls == "impacting" and not posture.allow_impacting:
         return "blocked", "impacting actions are off (posture.allow_impacting)"
@@ -81,11 +82,13 @@ class PolicyGate(Role):
                     "reversible": a.get("rollback") is not None,
                 }
             )
-        plan_hash = hashlib.sha256(canonical(steps)).hexdigest()
+        posture = ctx.posture.public() | {"host_reachable": host in ctx.posture.local_hosts}
+        # The posture is in the hash: an approval of a dry-run plan never approves a live one.
+        plan_hash = hashlib.sha256(canonical({"posture": posture, "steps": steps})).hexdigest()
         needs = [s["step"] for s in steps if s["decision"] == "approval_required"]
         return Output(
             payload={
-                "posture": ctx.posture.public(),
+                "posture": posture,
                 "steps": steps,
                 "needs_approval": needs,
                 "plan_hash": plan_hash,

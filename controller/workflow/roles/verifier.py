@@ -93,26 +93,17 @@ class Verifier(Role):
         payload["regression_hints"] = regressions(ctx, after_ev, skip=signal) if after_ev is not None else []
         rollbacks = []
         if verdict == "not_improved" and opts.rollback_on_not_improved:
+            plan_hash = ctx.previous("execution_plan").payload.get("plan_hash")
             for r in applied:
                 if r.get("rollback"):
+                    why = f"not improved: {reason}"
                     rollbacks.append(
                         ctx.actions.rollback(
-                            ctx.run["run_id"],
-                            r,
-                            _params(ctx, r),
-                            actor="verifier",
-                            why=f"not improved: {reason}",
+                            ctx.run["run_id"], r, actor="verifier", why=why, plan_hash=plan_hash
                         )
                     )
         payload["rollbacks"] = rollbacks
         return Output(payload=payload, status="ok" if verdict == "improved" else "degraded")
-
-
-def _params(ctx: StageContext, result: dict[str, Any]) -> dict[str, Any]:
-    for step in ctx.previous("execution_plan").payload.get("steps", []):
-        if step["step"] == result["step"]:
-            return dict(step["parameters"])
-    return {}
 
 
 def regressions(ctx: StageContext, after_ev: Any, skip: str | None) -> list[dict[str, Any]]:
