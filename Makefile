@@ -23,7 +23,7 @@ $(STAMP): $(NATIVE_SRC) | $(PY)
 	@scripts/ensure-system.sh build
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev,gpu,postgres,s3,kube]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev,gpu,postgres,s3,kube,workbench]'
 	@scripts/ensure-bpf.sh $(VENV)
 	@touch $@
 
@@ -64,11 +64,11 @@ bench: install ## run the benchmarks against their peers; JSON lands in bench/re
 	$(PY) -m bench.spool_bench || status=1; \
 	$(PY) -m bench.ingest_bench || status=1; \
 	$(PY) -m bench.workflow_bench || status=1; \
+	$(PY) -m bench.workbench_bench || status=1; \
 	$(PY) -m bench.report; exit $$status
 
-demo: ## start a controller and a collector, inject a fault, write the postmortem (not built yet)
-	@echo "make demo: not built yet: the demo arrives with the workbench issue (see README)" >&2
-	@exit 1
+demo: install ## start a controller and a collector, inject a fault, write the postmortem
+	$(PY) -m pipelines.demo
 
 clean: ## remove .venv and build output (keeps data/)
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,92 @@
-"""incidentlab workbench: pandas frames, replay and ipywidgets for operators.
+"""incidentlab workbench: runs as pandas frames, evidence plots, replay diffs, and
+ipywidgets to step through and approve runs.
 
-Arrives with its own issue; this package holds only its docstring until then.
+    from workbench import Workbench
+    wb = Workbench("data")                        # a local data directory, read only
+    wb = Workbench("https://ctl:8443", token=...)  # or a controller, to approve
+    wb.runs()                                     # one row per run
+    wb.chain(run_id); wb.evidence(run_id); wb.hypotheses(run_id); wb.audit(); wb.replay(run_id)
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench import frames
+from workbench.client import ApiSource, LocalSource, Source, open_source
+from workbench.errors import WorkbenchError
+
+__all__ = ["ApiSource", "LocalSource", "Workbench", "WorkbenchError"]
+
+
+class Workbench:
+    def __init__(self, source: str | Path | Source, token: str | None = None) -> None:
+        self.source = open_source(source, token)
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Workbench:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def runs(
+        self,
+        *,
+        status: str | None = None,
+        host: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int = 100_000,
+    ) -> pd.DataFrame:
+        """One row per run, newest first; since and until take datetimes, strings or Unix seconds."""
+        return frames.runs_frame(
+            self.source.list_runs(
+                status=status, host=host, since=_unix(since), until=_unix(until), limit=limit
+            )
+        )
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """The run as the API answers it: run, chain, manifest, problems, actions."""
+        return self.source.run(run_id)
+
+    def chain(self, run_id: str) -> pd.DataFrame:
+        return frames.chain_frame(self.source.run(run_id)["chain"])
+
+    def hypotheses(self, run_id: str) -> pd.DataFrame:
+        return frames.hypotheses_frame(self.source.run(run_id)["chain"])
+
+    def evidence(self, run_id: str, signals: list[str] | None = None) -> pd.DataFrame:
+        """Tidy (ts, signal, value, window) of the run's evidence window and the verifier's after it."""
+        return frames.evidence_frame(self.source.evidence(run_id), self.source.after(run_id), signals)
+
+    def audit(self, **filters: Any) -> pd.DataFrame:
+        return frames.audit_frame(self.source.audit(**filters))
+
+    def replay(self, run_id: str) -> pd.DataFrame:
+        """Re-run the stages with the current code; the fields whose value differs from the record."""
+        recorded = self.source.run(run_id)["chain"]
+        return frames.diff_frame(recorded, self.source.replay(run_id))
+
+    def plot(self, run_id: str, signals: list[str] | None = None) -> Any:
+        from workbench.plots import plot_run
+
+        return plot_run(self, run_id, signals)
+
+
+def _unix(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return float(ts.timestamp())

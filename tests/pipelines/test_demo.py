@@ -1,0 +1,34 @@
+"""make demo, shortened only by the detectors' own pace: a controller, a collector, two CPU
+hogs in a cgroup of their own, the run to its incident report, the postmortem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_make_demo_reports_the_injected_cause(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.demo", "--data", str(data), "--timeout", "90"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "cause      cpu_saturation: sha256sum[" in done.stdout
+    (report,) = (data / "reports").glob("run-*/postmortem.html")
+    html = report.read_text()
+    assert "cpu_saturation" in html and "sha256sum" in html and "chain intact" in html
+    assert not Path("/sys/fs/cgroup/cpu/ilab-demo").exists()  # it cleans up after itself
+    # Everything it started is gone: no hog is left running.
+    left = subprocess.run(["pgrep", "-f", "sha256sum /dev/zero"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""

@@ -1,0 +1,84 @@
+"""incidentlab-report end to end: papermill runs postmortem.ipynb for a run of the recorded
+store, nbconvert writes the HTML with the code hidden; a failing notebook becomes an error
+naming the cell; reruns replace the reports whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pipelines.cli import main
+from pipelines.errors import PipelineError
+from pipelines.report import POSTMORTEM, render
+
+Store = tuple[Path, dict[str, str]]
+
+
+def test_a_postmortem_report_for_a_run(store: Store, tmp_path: Path) -> None:
+    data, ids = store
+    out = tmp_path / "reports"
+    report = render(ids["completed"], str(data), out)
+    html = report.html.read_text()
+    assert report.html == out / ids["completed"] / "postmortem.html" and report.notebook.is_file()
+    assert "chain intact: 8 artifacts" in html and "cpu_saturation" in html and "verdict: skipped" in html
+    assert 'class="jp-CodeMirrorEditor' not in html  # input cells hidden by default
+    nb = nbformat.read(report.notebook, as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert ids["completed"] in injected.source and str(data) in injected.source
+    first = report.html.stat().st_mtime_ns
+    again = render(ids["completed"], str(data), out, show_input=True)
+    assert again.html == report.html and again.html.stat().st_mtime_ns >= first
+    assert 'class="jp-CodeMirrorEditor' in again.html.read_text()
+    assert sorted(p.name for p in (out / ids["completed"]).iterdir()) == [
+        "postmortem.html",
+        "postmortem.ipynb",
+    ]
+
+
+def test_a_failing_notebook_is_a_clear_error_naming_the_cell(store: Store, tmp_path: Path) -> None:
+    data, _ = store
+    with pytest.raises(
+        PipelineError, match=r"postmortem of run-nope: cell \d+ .* raised WorkbenchError: no workflow run"
+    ):
+        render("run-nope", str(data), tmp_path / "reports")
+    assert not (tmp_path / "reports" / "run-nope" / "postmortem.html").exists()
+    broken = tmp_path / "broken.ipynb"
+    nb = nbformat.read(POSTMORTEM, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('boom in the last cell')"))
+    nbformat.write(nb, broken)
+    with pytest.raises(
+        PipelineError,
+        match=rf"cell {len(nb.cells) - 1} \(\"raise RuntimeError.*\) raised RuntimeError: boom in the last",
+    ):
+        render(_ids(store)["completed"], str(data), tmp_path / "reports", notebook=broken)
+
+
+def _ids(store: Store) -> dict[str, str]:
+    return store[1]
+
+
+def test_the_cli_reports_all_closed_runs_once(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, ids = store
+    out = tmp_path / "reports"
+    assert main(["--all-closed", "--source", str(data), "--out", str(out)]) == 0
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([ids["completed"], ids["memory"]])  # the awaiting run is not closed
+    assert main(["--all-closed", "--source", str(data), "--out", str(out)]) == 0
+    assert "no completed run without a report" in capsys.readouterr().out
+    assert main(["run-nope", "--source", str(data), "--out", str(out)]) == 1
+    assert "incidentlab-report: postmortem of run-nope: cell" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--source", str(data)])  # neither a run nor --all-closed
+
+
+@pytest.mark.parametrize("name", ["investigate.ipynb", "postmortem.ipynb"])
+def test_notebooks_have_one_parameters_cell_and_no_stored_outputs(name: str) -> None:
+    nb = nbformat.read(POSTMORTEM.parent / name, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)

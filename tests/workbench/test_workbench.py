@@ -1,0 +1,176 @@
+"""The workbench on a store the real workflow made from recorded telemetry: typed frames,
+evidence, replay diffs, plots, and the stepper's logic against a real controller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.controller.conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN, ControllerProc, base_config
+from workbench import Workbench, WorkbenchError
+from workbench.widgets import BrowserState, RunBrowser, RunStepper, StepperState
+
+Store = tuple[Path, dict[str, str]]
+
+
+def test_runs_is_one_typed_row_per_run(store: Store) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        df = wb.runs()
+    assert set(df["run_id"]) == set(ids.values())
+    assert str(df["created_at"].dtype) == "datetime64[ns, UTC]"
+    assert isinstance(df["status"].dtype, pd.CategoricalDtype) and isinstance(
+        df["family"].dtype, pd.CategoricalDtype
+    )
+    assert df["confidence"].dtype == "float64" and df["stage"].dtype == "int64"
+    assert list(df["created_at"]) == sorted(df["created_at"], reverse=True)
+    rows = {str(r["run_id"]): r for r in df.to_dict("records")}
+    assert rows[ids["awaiting"]]["status"] == "awaiting_approval"
+    assert str(rows[ids["completed"]]["culprit"]).startswith("sha256sum[")
+    assert pd.isna(rows[ids["awaiting"]]["closed_at"])
+    with Workbench(data) as wb:
+        assert set(wb.runs(status="completed")["run_id"]) == {ids["completed"], ids["memory"]}
+        assert list(wb.runs(host="recorded-throttle")["run_id"]) == [ids["awaiting"]]
+        assert wb.runs(since=pd.Timestamp.now(tz="UTC")).empty
+
+
+def test_chain_is_one_row_per_artifact_in_stage_order(store: Store) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        chain = wb.chain(ids["completed"])
+    assert list(chain["stage_index"]) == list(range(8))
+    summaries = list(chain["summary"])
+    assert summaries[2].startswith("cpu_saturation: sha256sum[") and summaries[6] == "skipped: dry_run"
+    first = chain["payload"].iloc[0]
+    assert isinstance(first, dict) and "signals" in first
+    assert (chain["finished_at"] >= chain["started_at"]).all()
+
+
+def test_evidence_hypotheses_and_audit_frames(store: Store) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        ev = wb.evidence(ids["completed"])
+        hyps = wb.hypotheses(ids["completed"])
+        audit = wb.audit(run_id=ids["completed"])
+        only = wb.evidence(ids["completed"], signals=["cpu_busy_pct"])
+    assert list(ev.columns) == ["ts", "signal", "value", "window"]
+    assert {"cpu_busy_pct", "psi_cpu_some"} <= set(ev["signal"].astype(str))
+    assert set(only["signal"].astype(str)) == {"cpu_busy_pct"} and only["value"].max() > 90
+    assert hyps.loc[0, "family"] == "cpu_saturation" and hyps.loc[0, "rank"] == 1
+    assert set(audit["kind"].astype(str)) == {"gate_decision"}
+    assert str(audit["at"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_replay_diff_is_empty_with_the_same_code_and_names_what_changes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        assert wb.replay(ids["completed"]).empty
+        monkeypatch.setattr("controller.detectors.host.CPU_BUSY_PCT", 95.0)
+        diff = wb.replay(ids["completed"])
+    assert not diff.empty and "anomaly_finding" in set(diff["kind"])
+    assert list(diff.columns) == ["kind", "field", "recorded", "replayed"]
+
+
+def test_plot_marks_the_anomaly_window(store: Store) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        fig = wb.plot(ids["completed"])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "cpu_busy_pct"
+    assert any(p.get_label() == "anomaly" for p in ax.patches)
+
+
+def test_local_sources_explain_what_they_cannot_do(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(WorkbenchError, match="no run store"):
+        Workbench(tmp_path / "nothing")
+    data, ids = store
+    with Workbench(data) as wb:
+        with pytest.raises(WorkbenchError, match="no workflow run"):
+            wb.chain("run-nope")
+        state = StepperState(wb, ids["awaiting"])
+        assert state.can_decide()
+        with pytest.raises(WorkbenchError, match="read-only"):
+            state.approve("looks right")
+    with pytest.raises(WorkbenchError, match="needs a token"):
+        Workbench("http://127.0.0.1:1")
+
+
+def test_stepper_steps_and_enables_decisions_only_while_awaiting(store: Store) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        done = StepperState(wb, ids["completed"])
+        assert done.index == 0 and not done.can_prev() and done.can_next()
+        for _ in range(10):
+            done.next()
+        assert done.index == 7 and not done.can_next() and done.stage is not None
+        assert done.stage["kind"] == "incident_report" and '"kind": "incident_report"' in done.json()
+        done.prev()
+        assert done.stage is not None and done.stage["kind"] == "verification_result"
+        assert not done.can_decide()
+        with pytest.raises(WorkbenchError, match="not awaiting approval"):
+            done.reject("no")
+        assert done.replay().empty and done.message == "replay: no conclusion changed"
+        waiting = StepperState(wb, ids["awaiting"])
+        assert waiting.can_decide() and len(waiting.chain) == 5  # parked before the executor
+
+        widget = RunStepper(wb, ids["awaiting"])  # the widgets draw the same state, no browser needed
+        assert widget.prev_button.disabled and not widget.approve_button.disabled
+        widget.next_button.click()
+        assert widget.state.index == 1 and not widget.prev_button.disabled
+        assert "anomaly_finding" in widget.summary.value
+        browser = BrowserState(wb, status="awaiting_approval")
+        assert list(browser.table()["run_id"]) == [ids["awaiting"]]
+        assert list(RunBrowser(wb).pick.options)  # the table fills the picker
+
+
+@pytest.fixture
+def controller_on(tmp_path: Path) -> Iterator[Callable[[Path], ControllerProc]]:
+    started: list[ControllerProc] = []
+
+    def start(data: Path) -> ControllerProc:
+        c = ControllerProc(tmp_path, base_config(data), "wb")
+        started.append(c)
+        return c.start()
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+def test_approve_through_the_stepper_reaches_the_controller(
+    store: Store, controller_on: Callable[[Path], ControllerProc]
+) -> None:
+    data, ids = store
+    ctl = controller_on(data)
+    with Workbench(ctl.url, token=OPERATOR_TOKEN) as wb:
+        state = StepperState(wb, ids["awaiting"])
+        assert state.can_decide()
+        answer = state.approve("the cap is right")
+        assert answer["actor"] == "ops" and answer["decision"] == "approved"
+        assert "approved by ops" in state.message
+        audit = wb.audit(run_id=ids["awaiting"], kind="approval")
+        assert list(audit["actor"]) == ["ops"]
+    with Workbench(ctl.url, token=COLLECTOR_TOKEN) as intruder, pytest.raises(WorkbenchError, match="403"):
+        intruder.runs()
+
+
+def test_reject_through_the_widget_reaches_the_controller(
+    store: Store, controller_on: Callable[[Path], ControllerProc]
+) -> None:
+    data, ids = store
+    ctl = controller_on(data)
+    with Workbench(ctl.url, token=OPERATOR_TOKEN) as wb:
+        widget = RunStepper(wb, ids["awaiting"])
+        widget.reject_button.click()  # no reason: refused in the widget, nothing sent
+        assert "needs a reason" in widget.status.value
+        widget.reason.value = "not during the training run"
+        widget.reject_button.click()
+        assert "rejected by ops" in widget.status.value
+        rejections = wb.audit(run_id=ids["awaiting"], kind="rejection")
+        (rejection,) = rejections["detail"]
+        assert rejection["reason"] == "not during the training run"

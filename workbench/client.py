@@ -1,0 +1,297 @@
+"""Where the workbench reads runs from: a controller's API (with a token) or a local data
+directory or database, read-only and with no controller running.
+
+Both sources answer the same plain dicts, shaped as the API answers them; frames.py
+turns them into DataFrames. Only the API source can approve or reject (a decision is
+the controller's to record).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+
+from controller import artifacts
+from controller.config import HotStateSettings
+from controller.hotstate import HotState
+from controller.store.db import make_engine
+from controller.store.payloads import PayloadStore
+from controller.workflow.engine import WorkflowEngine, after_key, evidence_key
+from workbench.errors import WorkbenchError
+
+MAX_RUNS = 100_000  # runs() reads at most this many rows
+
+
+class Source(Protocol):
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        host: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = MAX_RUNS,
+    ) -> list[dict[str, Any]]: ...
+    def run(self, run_id: str) -> dict[str, Any]: ...
+    def evidence(self, run_id: str) -> dict[str, Any]: ...
+    def after(self, run_id: str) -> dict[str, Any] | None: ...
+    def audit(self, **filters: Any) -> list[dict[str, Any]]: ...
+    def replay(self, run_id: str) -> list[dict[str, Any]]: ...
+    def approve(
+        self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str
+    ) -> dict[str, Any]: ...
+    def reject(self, run_id: str, reason: str) -> dict[str, Any]: ...
+
+
+class ApiSource:
+    """A controller's HTTP API with an operator (or admin) token."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0, verify: bool | str = True) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s, verify=verify
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, "/api/v1/agent" + path, **kw)
+        except httpx.HTTPError as exc:
+            raise WorkbenchError(f"controller at {self.url} unreachable: {exc}") from exc
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise WorkbenchError(f"{method} {path}: {r.status_code} {detail}", status=r.status_code)
+        return r.json()
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        host: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = MAX_RUNS,
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {
+            k: v
+            for k, v in {"status": status, "host": host, "since": since, "until": until}.items()
+            if v is not None
+        }
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while len(out) < limit:
+            page = self._call(
+                "GET",
+                "/workflow/runs",
+                params=params
+                | {"limit": min(500, limit - len(out))}
+                | ({"cursor": cursor} if cursor else {}),
+            )
+            out.extend(page["runs"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return out
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._call("GET", f"/workflow/runs/{run_id}")
+        return body
+
+    def evidence(self, run_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._call("GET", f"/workflow/evidence/{run_id}")
+        return body
+
+    def after(self, run_id: str) -> dict[str, Any] | None:
+        return None  # the API serves the verifier's comparison in the verification_result itself
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self._call(
+                "GET",
+                "/workflow/audit",
+                params=params | {"limit": 1000} | ({"cursor": cursor} if cursor else {}),
+            )
+            out.extend(page["entries"])
+            cursor = page["next_cursor"]
+            if cursor is None or len(out) >= MAX_RUNS:
+                return out
+
+    def replay(self, run_id: str) -> list[dict[str, Any]]:
+        chain: list[dict[str, Any]] = self._call("POST", f"/workflow/runs/{run_id}/replay", json={})["chain"]
+        return chain
+
+    def approve(self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"plan_hash": plan_hash, "reason": reason}
+        if steps is not None:
+            body["steps"] = steps
+        answer: dict[str, Any] = self._call("POST", f"/workflow/runs/{run_id}/approve", json=body)
+        return answer
+
+    def reject(self, run_id: str, reason: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "POST", f"/workflow/runs/{run_id}/reject", json={"reason": reason}
+        )
+        return answer
+
+
+class LocalSource:
+    """A controller's data directory (SQLite and payload files) or database URL, read only."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        database_url: str | None = None,
+        payload_url: str | None = None,
+    ) -> None:
+        if data_dir is None and (database_url is None or payload_url is None):
+            raise WorkbenchError("a local source needs a data directory, or a database URL and a payload URL")
+        root = Path(data_dir) if data_dir is not None else None
+        if database_url is None:
+            assert root is not None
+            db_file = root / "agent" / "workflow_runs.db"
+            if not db_file.is_file():
+                raise WorkbenchError(f"no run store at {db_file}")
+            database_url = f"sqlite:///{db_file}"
+        elif database_url.startswith("postgresql://"):
+            database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+        self.db = make_engine(database_url)
+        self.store = PayloadStore(payload_url or str(Path(str(root)) / "agent"))
+        self._engine: WorkflowEngine | None = None
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def _sql(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        from sqlalchemy import text
+
+        with self.db.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        host: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = MAX_RUNS,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: dict[str, Any] = {"n": limit}
+        for column, op, key, value in (
+            ("status", "=", "status", status),
+            ("host_id", "=", "host", host),
+            ("created_at", ">=", "since", since),
+            ("created_at", "<", "until", until),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} :{key}")
+                params[key] = value
+        sql = "SELECT * FROM workflow_runs" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._sql(sql + " ORDER BY created_at DESC, run_id DESC LIMIT :n", params)
+        for r in rows:
+            r["culprit"] = json.loads(r["culprit"])
+        return rows
+
+    def _chain(self, run_id: str, replay: bool) -> list[dict[str, Any]]:
+        rows = self._sql(
+            "SELECT path FROM workflow_artifacts WHERE run_id = :r AND replay = :rp ORDER BY stage_index",
+            {"r": run_id, "rp": replay},
+        )
+        chain = []
+        for row in rows:
+            try:
+                art = artifacts.decode(self.store.get(row["path"]))
+            except (artifacts.ArtifactError, OSError) as exc:
+                raise WorkbenchError(f"run {run_id}, {row['path']}: {exc}") from exc
+            chain.append(msgspec.to_builtins(art))
+        return chain
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        found = self._sql("SELECT * FROM workflow_runs WHERE run_id = :r", {"r": run_id})
+        if not found:
+            raise WorkbenchError(f"no workflow run {run_id!r}", status=404)
+        run = found[0] | {"culprit": json.loads(found[0]["culprit"])}
+        chain = self._chain(run_id, replay=False)
+        decoded = [artifacts.decode(msgspec.json.encode(a)) for a in chain]
+        actions = self._sql("SELECT * FROM action_intents WHERE run_id = :r ORDER BY step", {"r": run_id})
+        for a in actions:
+            for k in ("params", "before", "result", "rollback_result"):
+                a[k] = json.loads(a[k]) if a[k] else None
+        return {
+            "run": run,
+            "chain": chain,
+            "manifest": artifacts.manifest(decoded) if decoded else None,
+            "problems": artifacts.verify_chain(decoded) if decoded else [],
+            "actions": actions,
+        }
+
+    def evidence(self, run_id: str) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = msgspec.json.decode(self.store.get(evidence_key(run_id)))
+        except OSError as exc:
+            raise WorkbenchError(f"run {run_id!r} has no evidence package: {exc}", status=404) from exc
+        return doc
+
+    def after(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = msgspec.json.decode(self.store.get(after_key(run_id)))
+        except OSError:
+            return None
+        return doc
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        from controller import audit
+
+        return audit.query(
+            self.db,
+            run_id=filters.get("run_id"),
+            actor=filters.get("actor"),
+            kind=filters.get("kind"),
+            since=filters.get("since"),
+            until=filters.get("until"),
+            limit=MAX_RUNS,
+        )
+
+    def replay(self, run_id: str) -> list[dict[str, Any]]:
+        """The stages re-run with the current code, written nowhere."""
+        if self._engine is None:
+            self._engine = WorkflowEngine(self.db, self.store, HotState(HotStateSettings()))
+        if not self._sql("SELECT run_id FROM workflow_runs WHERE run_id = :r", {"r": run_id}):
+            raise WorkbenchError(f"no workflow run {run_id!r}", status=404)
+        return [msgspec.to_builtins(a) for a in self._engine.compute_replay(run_id)]
+
+    def approve(self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str) -> dict[str, Any]:
+        raise WorkbenchError("a local source is read-only: approve through the controller's API")
+
+    def reject(self, run_id: str, reason: str) -> dict[str, Any]:
+        raise WorkbenchError("a local source is read-only: reject through the controller's API")
+
+
+def open_source(source: str | Path | Source, token: str | None = None) -> Source:
+    """A URL (http or https, with a token), a data directory, or a database URL."""
+    if not isinstance(source, (str, Path)):
+        return source
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        if not token:
+            raise WorkbenchError("a controller URL needs a token (an operator's)")
+        return ApiSource(text, token)
+    if text.startswith(("sqlite:", "postgresql")):
+        raise WorkbenchError(
+            "a database URL needs payload_url too: use LocalSource(database_url=..., payload_url=...)"
+        )
+    return LocalSource(text)
