@@ -8,11 +8,13 @@ the state never disagree after a crash. The database refuses UPDATE and DELETE.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import Connection, Engine, text
 
-KINDS = (
+from controller.store.repo import where
+
+AuditKind = Literal[
     "gate_decision",
     "approval",
     "rejection",
@@ -23,7 +25,8 @@ KINDS = (
     "idempotent_reuse",
     "rollback",
     "verification",
-)
+]
+KINDS: tuple[str, ...] = get_args(AuditKind)
 INSERT = text(
     "INSERT INTO audit_log (at, actor, kind, run_id, plan_hash, step, detail) "
     "VALUES (:at, :actor, :kind, :run, :plan, :step, :detail)"
@@ -69,20 +72,18 @@ def query(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Oldest first (the order things happened); ``after_id`` pages on."""
-    where: list[str] = []
-    params: dict[str, Any] = {"n": limit}
-    for column, op, key, value in (
-        ("run_id", "=", "run", run_id),
-        ("actor", "=", "actor", actor),
-        ("kind", "=", "kind", kind),
-        ("at", ">=", "since", since),
-        ("at", "<", "until", until),
-        ("id", ">", "after", after_id),
-    ):
-        if value is not None:
-            where.append(f"{column} {op} :{key}")
-            params[key] = value
-    sql = "SELECT * FROM audit_log" + (" WHERE " + " AND ".join(where) if where else "")
+    clauses, params = where(
+        [
+            ("run_id", "=", "run", run_id),
+            ("actor", "=", "actor", actor),
+            ("kind", "=", "kind", kind),
+            ("at", ">=", "since", since),
+            ("at", "<", "until", until),
+            ("id", ">", "after", after_id),
+        ]
+    )
+    params["n"] = limit
+    sql = "SELECT * FROM audit_log" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     sql += " ORDER BY id LIMIT :n"
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(text(sql), params)]

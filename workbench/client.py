@@ -189,19 +189,7 @@ class LocalSource:
         until: float | None = None,
         limit: int = MAX_RUNS,
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        params: dict[str, Any] = {"n": limit}
-        for column, op, key, value in (
-            ("status", "=", "status", status),
-            ("host_id", "=", "host", host),
-            ("created_at", ">=", "since", since),
-            ("created_at", "<", "until", until),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} :{key}")
-                params[key] = value
-        sql = "SELECT * FROM workflow_runs" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self._sql(sql + " ORDER BY created_at DESC, run_id DESC LIMIT :n", params)
+        rows = self._workflow().list_runs(status=status, host_id=host, since=since, until=until, limit=limit)
         for r in rows:
             r["culprit"] = json.loads(r["culprit"])
         return rows
@@ -266,13 +254,17 @@ class LocalSource:
             limit=MAX_RUNS,
         )
 
-    def replay(self, run_id: str) -> list[dict[str, Any]]:
-        """The stages re-run with the current code, written nowhere."""
+    def _workflow(self) -> WorkflowEngine:
+        """The engine's reads and its replay, on this store; it never runs stages here."""
         if self._engine is None:
             self._engine = WorkflowEngine(self.db, self.store, HotState(HotStateSettings()))
+        return self._engine
+
+    def replay(self, run_id: str) -> list[dict[str, Any]]:
+        """The stages re-run with the current code, written nowhere."""
         if not self._sql("SELECT run_id FROM workflow_runs WHERE run_id = :r", {"r": run_id}):
             raise WorkbenchError(f"no workflow run {run_id!r}", status=404)
-        return [msgspec.to_builtins(a) for a in self._engine.compute_replay(run_id)]
+        return [msgspec.to_builtins(a) for a in self._workflow().compute_replay(run_id)]
 
     def approve(self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str) -> dict[str, Any]:
         raise WorkbenchError("a local source is read-only: approve through the controller's API")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller import artifacts, audit
 from controller.api.routes import require, runtime
 from controller.artifacts import Artifact
+from controller.audit import AuditKind
 from controller.auth import Principal
 from controller.errors import UnknownRun
 from controller.runtime import Runtime
@@ -23,18 +24,6 @@ from controller.workflow.execution import DecisionConflict
 from controller.workflow.roles.policy_gate import CLUSTER_ACTIONS
 
 RunStatus = Literal["running", "awaiting_approval", "verifying", "completed", "failed"]
-AuditKind = Literal[
-    "gate_decision",
-    "approval",
-    "rejection",
-    "approval_expired",
-    "execution_intent",
-    "execution_result",
-    "execution_settled",
-    "idempotent_reuse",
-    "rollback",
-    "verification",
-]
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("write"))]
 Rt = Annotated[Runtime, Depends(runtime)]

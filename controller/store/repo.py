@@ -3,6 +3,7 @@ sessions, because the ingest path calls them once per batch)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, select, text
@@ -40,6 +41,18 @@ UPSERT_STREAM = text(
     'ON CONFLICT ("host_id", "stream_id") DO UPDATE SET '
     + ", ".join(f'"{c}" = excluded."{c}"' for c in _STREAM_COLUMNS[2:])
 )
+
+
+def where(conditions: Iterable[tuple[str, str, str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions and their parameters from (column, operator, parameter, value),
+    skipping those whose value is None: the optional filters of the listing queries."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for column, op, key, value in conditions:
+        if value is not None:
+            clauses.append(f"{column} {op} :{key}")
+            params[key] = value
+    return clauses, params
 
 
 def _insert(conn: Connection, table: Any) -> Any:

@@ -40,6 +40,7 @@ from controller.detectors import Evidence, build_evidence
 from controller.errors import UnknownRun
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
+from controller.store.repo import where
 from controller.workflow.analysis import detect, rank
 from controller.workflow.execution import ExecutionService
 from controller.workflow.roles import NotReady, Posture, StageContext, role_for
@@ -598,23 +599,21 @@ class WorkflowEngine:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Newest first; ``after`` is the (created_at, run_id) of the last row of the previous page."""
-        where: list[str] = []
-        params: dict[str, Any] = {"n": limit}
-        for column, op, key, value in (
-            ("status", "=", "status", status),
-            ("host_id", "=", "host", host_id),
-            ("created_at", ">=", "since", since),
-            ("created_at", "<", "until", until),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} :{key}")
-                params[key] = value
+        clauses, params = where(
+            [
+                ("status", "=", "status", status),
+                ("host_id", "=", "host", host_id),
+                ("created_at", ">=", "since", since),
+                ("created_at", "<", "until", until),
+            ]
+        )
+        params["n"] = limit
         if after is not None:
-            where.append("(created_at < :ac OR (created_at = :ac AND run_id < :ar))")
+            clauses.append("(created_at < :ac OR (created_at = :ac AND run_id < :ar))")
             params |= {"ac": after[0], "ar": after[1]}
         sql = "SELECT * FROM workflow_runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY created_at DESC, run_id DESC LIMIT :n"
         with self.db.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(text(sql), params)]

@@ -7,41 +7,17 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import pytest
 
-from collector.wire import BATCH_SCHEMA, validate_batch
+from collector.wire import validate_batch
 from controller.config import HotStateSettings
 from controller.detectors import build_evidence
 from controller.hotstate import HotState
 from controller.workflow.analysis import detect, rank
+from tests.fixtures.store import batches
 
 WINDOWS = Path(__file__).resolve().parents[1] / "fixtures" / "windows"
-
-
-def batches(snapshots: list[dict[str, Any]]) -> list[bytes]:
-    """One batch per snapshot, eBPF events lifted out of the snapshot as the agent does."""
-    out = []
-    for seq, snap in enumerate(snapshots, 1):
-        ebpf = snap["sources"].get("ebpf")
-        events = ebpf["data"].pop("events", []) if ebpf and ebpf["status"] == "ok" else []
-        out.append(
-            msgspec.json.encode(
-                {
-                    "schema": BATCH_SCHEMA,
-                    "host_id": "recorded",
-                    "boot_id": "b",
-                    "stream_id": "s",
-                    "seq": seq,
-                    "sent_at": snap["ts"],
-                    "snapshots": [snap],
-                    "events": events,
-                }
-            )
-        )
-    return out
 
 
 @pytest.mark.parametrize(
@@ -67,7 +43,7 @@ def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit: str
     snapshots = [json.loads(line) for line in lines]
     last = snapshots[-1]["ts"]
     hot = HotState(HotStateSettings(samples_per_host=1000, bytes_per_host=256 << 20), clock=lambda: last + 1)
-    for raw in batches(snapshots):
+    for raw in batches(snapshots, "recorded"):
         hot.ingest(validate_batch(raw), raw)
     host = hot.host("recorded")
     assert host is not None
