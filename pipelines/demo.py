@@ -10,10 +10,12 @@ postmortem (papermill and nbconvert) and prints a summary and the paths.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from pipelines.report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP = "ilab-demo"
+MARKER = ".incidentlab-demo"
 
 
 def say(msg: str) -> None:
@@ -52,7 +55,9 @@ def wait(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5
 
 
 class Fault:
-    """Two CPU hogs, in a cgroup of their own where the host lets us make one."""
+    """A CPU hog per CPU, in a cgroup of their own where the host lets us make one.
+    Niced (the controller and collector keep running) and bounded in time (timeout 300),
+    so even a demo killed outright leaves nothing spinning for long."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -70,13 +75,18 @@ class Fault:
             for d in self.dirs:
                 d.mkdir(exist_ok=True)
             join = "; ".join(f"echo $$ > {d / 'cgroup.procs'}" for d in self.dirs) + "; "
-        for _ in range(2):
-            self.procs.append(subprocess.Popen(["bash", "-c", f"{join}exec sha256sum /dev/zero"]))
-        return f"two CPU hogs (sha256sum) in cgroup /{CGROUP}" if self.dirs else "two CPU hogs (sha256sum)"
+        n = os.cpu_count() or 2
+        for _ in range(n):
+            cmd = f"{join}exec timeout 300 nice -n 19 sha256sum /dev/zero"
+            # A process group each: stop() kills timeout and the hog under it together.
+            self.procs.append(subprocess.Popen(["bash", "-c", cmd], start_new_session=True))
+        where = f" in cgroup /{CGROUP}" if self.dirs else ""
+        return f"{n} CPU hogs (sha256sum, one per CPU){where}"
 
     def stop(self) -> None:
         for p in self.procs:
-            p.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         for d in self.dirs:
             for _ in range(50):
@@ -107,16 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--data", type=Path, default=ROOT / "data" / "demo", help="where the demo keeps everything"
     )
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the incident report")
+    ap.add_argument("--timeout", type=float, default=150.0, help="seconds, start to incident report, at most")
     args = ap.parse_args(argv)
     began = time.monotonic()
+    # SIGTERM (a CI timeout, a kill) unwinds like Ctrl-C: the finally below stops what started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     data: Path = args.data.resolve()
     if data.exists():
+        if not (data / MARKER).exists():
+            raise PipelineError(f"{data} exists and is not a demo directory: refusing to delete it")
         shutil.rmtree(data)  # a demo starts from nothing
     data.mkdir(parents=True)
+    (data / MARKER).write_text("made by make demo; deleted by the next one\n")
     operator, collector_token = secrets.token_hex(16), secrets.token_hex(16)
-    (data / "collector.token").write_text(collector_token)
-    (data / "operator.token").write_text(operator)
+    for name, secret in (("collector.token", collector_token), ("operator.token", operator)):
+        fd = os.open(data / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     (data / "controller.yaml").write_text(
@@ -183,12 +200,21 @@ def main(argv: list[str] | None = None) -> int:
             return sum(h["samples"] for h in hosts)
 
         wait(lambda: shipped() >= 5, 60, "the first samples")
-        say(f"baseline: {shipped()} samples shipped; injecting the fault")
+
+        def calm() -> bool:
+            hosts = api.get("/api/v1/agent/rca").json()["hosts"]
+            return bool(hosts) and all(not h["hypotheses"] for h in hosts)
+
+        say(f"baseline: {shipped()} samples shipped; waiting for the host to be calm")
+        wait(calm, 60, "a calm baseline (something else is loading this host)", every=1.0)
+        say("calm; injecting the fault")
+        injected_at = time.time()
         what = fault.start()
         say(f"fault: {what}")
 
         def reported() -> dict[str, Any] | None:
-            runs = api.get("/api/v1/agent/workflow/runs").json()["runs"]
+            since = {"since": injected_at}
+            runs = api.get("/api/v1/agent/workflow/runs", params=since).json()["runs"]
             for r in runs:
                 if r["status"] == "completed":
                     return dict(r)
@@ -199,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return None
 
-        run = wait(reported, args.timeout, "the incident report", every=2.0)
+        left = args.timeout - (time.monotonic() - began)
+        run = wait(reported, max(10.0, left), "the incident report", every=2.0)
         say(f"run {run['run_id']} reached its incident report")
         body = api.get(f"/api/v1/agent/workflow/runs/{run['run_id']}").json()
     finally:

@@ -10,6 +10,7 @@ ipywidgets to step through and approve runs.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ class Workbench:
         until: Any = None,
         limit: int = 100_000,
     ) -> pd.DataFrame:
-        """One row per run, newest first; since and until take datetimes, strings or Unix seconds."""
+        """One row per run, newest first; since and until take datetimes, strings or Unix
+        seconds (a time without a zone is UTC)."""
         return frames.runs_frame(
             self.source.list_runs(
                 status=status, host=host, since=_unix(since), until=_unix(until), limit=limit
@@ -68,6 +70,10 @@ class Workbench:
         return frames.evidence_frame(self.source.evidence(run_id), self.source.after(run_id), signals)
 
     def audit(self, **filters: Any) -> pd.DataFrame:
+        """Oldest first; filters run_id, actor, kind, since, until (times as for runs())."""
+        for key in ("since", "until"):
+            if key in filters:
+                filters[key] = _unix(filters[key])
         return frames.audit_frame(self.source.audit(**filters))
 
     def replay(self, run_id: str) -> pd.DataFrame:
@@ -84,7 +90,7 @@ class Workbench:
 def _unix(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, numbers.Real):  # numpy integers and floats too
         return float(value)
     ts = pd.Timestamp(value)
     if ts.tzinfo is None:

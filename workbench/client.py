@@ -14,16 +14,38 @@ from typing import Any, Protocol
 
 import httpx
 import msgspec
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
 
 from controller import artifacts
 from controller.config import HotStateSettings
+from controller.errors import StoreError
 from controller.hotstate import HotState
-from controller.store.db import make_engine
 from controller.store.payloads import PayloadStore
 from controller.workflow.engine import WorkflowEngine, after_key, evidence_key
 from workbench.errors import WorkbenchError
 
 MAX_RUNS = 100_000  # runs() reads at most this many rows
+
+
+def read_only_engine(url: str) -> Engine:
+    """An engine that cannot write: SQLite with query_only (and no journal-mode change),
+    PostgreSQL with read-only transactions. Nothing is created if the store is missing."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgresql"):
+        return create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    if not url.startswith("sqlite:///"):
+        raise WorkbenchError("database_url must be sqlite:///... or postgresql://...")
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    return engine
 
 
 class Source(Protocol):
@@ -44,7 +66,7 @@ class Source(Protocol):
     def approve(
         self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str
     ) -> dict[str, Any]: ...
-    def reject(self, run_id: str, reason: str) -> dict[str, Any]: ...
+    def reject(self, run_id: str, reason: str, plan_hash: str | None = None) -> dict[str, Any]: ...
 
 
 class ApiSource:
@@ -111,7 +133,8 @@ class ApiSource:
         return body
 
     def after(self, run_id: str) -> dict[str, Any] | None:
-        return None  # the API serves the verifier's comparison in the verification_result itself
+        after: dict[str, Any] | None = self.evidence(run_id).get("after")
+        return after
 
     def audit(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
@@ -139,10 +162,9 @@ class ApiSource:
         answer: dict[str, Any] = self._call("POST", f"/workflow/runs/{run_id}/approve", json=body)
         return answer
 
-    def reject(self, run_id: str, reason: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self._call(
-            "POST", f"/workflow/runs/{run_id}/reject", json={"reason": reason}
-        )
+    def reject(self, run_id: str, reason: str, plan_hash: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} | ({"plan_hash": plan_hash} if plan_hash else {})
+        answer: dict[str, Any] = self._call("POST", f"/workflow/runs/{run_id}/reject", json=body)
         return answer
 
 
@@ -165,20 +187,26 @@ class LocalSource:
             if not db_file.is_file():
                 raise WorkbenchError(f"no run store at {db_file}")
             database_url = f"sqlite:///{db_file}"
-        elif database_url.startswith("postgresql://"):
-            database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
-        self.db = make_engine(database_url)
-        self.store = PayloadStore(payload_url or str(Path(str(root)) / "agent"))
+        self.db = read_only_engine(database_url)
+        payloads = payload_url or str(Path(str(root)) / "agent")
+        if "://" not in payloads and not Path(payloads).is_dir():
+            raise WorkbenchError(f"no payload store at {payloads}")
+        self.store = PayloadStore(payloads)
         self._engine: WorkflowEngine | None = None
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.execution.close()
         self.db.dispose()
 
     def _sql(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         from sqlalchemy import text
 
-        with self.db.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+        try:
+            with self.db.connect() as conn:
+                return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+        except SQLAlchemyError as exc:
+            raise WorkbenchError(f"the run store cannot answer: {exc}") from exc
 
     def list_runs(
         self,
@@ -230,15 +258,17 @@ class LocalSource:
     def evidence(self, run_id: str) -> dict[str, Any]:
         try:
             doc: dict[str, Any] = msgspec.json.decode(self.store.get(evidence_key(run_id)))
-        except OSError as exc:
-            raise WorkbenchError(f"run {run_id!r} has no evidence package: {exc}", status=404) from exc
+        except (OSError, StoreError, msgspec.DecodeError) as exc:
+            raise WorkbenchError(
+                f"run {run_id!r} has no readable evidence package: {exc}", status=404
+            ) from exc
         return doc
 
     def after(self, run_id: str) -> dict[str, Any] | None:
         try:
             doc: dict[str, Any] = msgspec.json.decode(self.store.get(after_key(run_id)))
-        except OSError:
-            return None
+        except (OSError, StoreError, msgspec.DecodeError):
+            return None  # no verification window (nothing changed), or unreadable: none to draw
         return doc
 
     def audit(self, **filters: Any) -> list[dict[str, Any]]:
@@ -264,12 +294,15 @@ class LocalSource:
         """The stages re-run with the current code, written nowhere."""
         if not self._sql("SELECT run_id FROM workflow_runs WHERE run_id = :r", {"r": run_id}):
             raise WorkbenchError(f"no workflow run {run_id!r}", status=404)
-        return [msgspec.to_builtins(a) for a in self._workflow().compute_replay(run_id)]
+        try:
+            return [msgspec.to_builtins(a) for a in self._workflow().compute_replay(run_id)]
+        except (OSError, StoreError, SQLAlchemyError, artifacts.ArtifactError) as exc:
+            raise WorkbenchError(f"replay of {run_id} failed: {exc}") from exc
 
     def approve(self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str) -> dict[str, Any]:
         raise WorkbenchError("a local source is read-only: approve through the controller's API")
 
-    def reject(self, run_id: str, reason: str) -> dict[str, Any]:
+    def reject(self, run_id: str, reason: str, plan_hash: str | None = None) -> dict[str, Any]:
         raise WorkbenchError("a local source is read-only: reject through the controller's API")
 
 

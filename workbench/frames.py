@@ -31,7 +31,8 @@ RUN_COLUMNS = [
 
 
 def _times(values: Any) -> pd.Series:
-    return pd.to_datetime(pd.Series(values, dtype="float64"), unit="s", utc=True)
+    # Always nanoseconds: pandas 3 picks a coarser unit for whole seconds or all-NaN input.
+    return pd.to_datetime(pd.Series(values, dtype="float64"), unit="s", utc=True).dt.as_unit("ns")
 
 
 def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -95,6 +96,36 @@ def summary_of(kind: str, p: dict[str, Any]) -> str:
     return ""
 
 
+CHAIN_COLUMNS = [
+    "stage_index",
+    "kind",
+    "status",
+    "producer",
+    "summary",
+    "artifact_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "freshness",
+    "coverage",
+    "replay_of",
+    "sha256",
+    "payload",
+]
+HYPOTHESIS_COLUMNS = [
+    "rank",
+    "family",
+    "confidence",
+    "culprit_kind",
+    "culprit",
+    "summary",
+    "method",
+    "supporting",
+    "contradicting",
+    "expected_signals",
+]
+
+
 def chain_frame(chain: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per artifact, in stage order; `payload` keeps the whole payload."""
     rows = []
@@ -118,9 +149,10 @@ def chain_frame(chain: list[dict[str, Any]]) -> pd.DataFrame:
                 "payload": a["payload"],
             }
         )
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
+    df = pd.DataFrame(rows, columns=CHAIN_COLUMNS)
+    df["stage_index"] = df["stage_index"].astype("int64")
+    df["duration_ms"] = df["duration_ms"].astype("float64")
+    df["coverage"] = df["coverage"].astype("float64")
     df["started_at"] = _times(df["started_at"])
     df["finished_at"] = _times(df["finished_at"])
     for col in ("kind", "status", "producer", "freshness"):
@@ -147,10 +179,12 @@ def hypotheses_frame(chain: list[dict[str, Any]]) -> pd.DataFrame:
                 "expected_signals": h["expected_signals"],
             }
             for h in hyps
-        ]
+        ],
+        columns=HYPOTHESIS_COLUMNS,
     )
-    if not df.empty:
-        df["family"] = df["family"].astype("category")
+    df["rank"] = df["rank"].astype("int64")
+    df["confidence"] = df["confidence"].astype("float64")
+    df["family"] = df["family"].astype("category")
     return df
 
 
@@ -173,10 +207,16 @@ def evidence_frame(
                 parts.append(frame)
     if not parts:
         return pd.DataFrame(
-            {"ts": pd.Series(dtype="datetime64[ns, UTC]"), "signal": [], "value": [], "window": []}
+            {
+                "ts": pd.Series(dtype="datetime64[ns, UTC]"),
+                "signal": pd.Series(dtype="category"),
+                "value": pd.Series(dtype="float64"),
+                "window": pd.Series(dtype="category"),
+            }
         )
     df = pd.concat(parts, ignore_index=True)
     df["ts"] = _times(df["ts"])
+    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
     df["signal"] = df["signal"].astype("category")
     df["window"] = df["window"].astype("category")
     return df[["ts", "signal", "value", "window"]].sort_values(["signal", "ts"], ignore_index=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)  # headless unless a notebook chose a backend
+# No backend chosen here: a notebook's inline backend draws, headless runs get Agg.
 import matplotlib.pyplot as plt
 import pandas as pd
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from controller.errors import ControllerError
 from workbench import frames
 from workbench.errors import WorkbenchError
 
@@ -103,7 +104,8 @@ class StepperState:
         if not reason.strip():
             raise WorkbenchError("a rejection needs a reason")
         try:
-            answer = self.wb.source.reject(self.run_id, reason)
+            plan = self.plan()
+            answer = self.wb.source.reject(self.run_id, reason, plan["plan_hash"] if plan else None)
         finally:
             self.refresh()
         self.message = f"rejected by {answer['actor']}: {reason}"
@@ -183,7 +185,7 @@ class RunStepper:
     def _act(self, action: Any) -> None:
         try:
             action()
-        except WorkbenchError as exc:
+        except (WorkbenchError, ControllerError) as exc:
             self.state.message = f"refused: {exc}"
         self.render()
 
@@ -206,7 +208,11 @@ class RunStepper:
         with self.plot:
             import matplotlib.pyplot as plt
 
-            fig = s.wb.plot(s.run_id)
+            try:
+                fig = s.wb.plot(s.run_id)
+            except (WorkbenchError, ControllerError) as exc:
+                print(f"no evidence plot: {exc}")
+                return
             plt.show()
             plt.close(fig)
 

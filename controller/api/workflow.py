@@ -19,7 +19,7 @@ from controller.auth import Principal
 from controller.errors import UnknownRun
 from controller.runtime import Runtime
 from controller.workflow.analysis import detect, rank
-from controller.workflow.engine import WorkflowEngine, evidence_key
+from controller.workflow.engine import WorkflowEngine, after_key, evidence_key
 from controller.workflow.execution import DecisionConflict
 from controller.workflow.roles.policy_gate import CLUSTER_ACTIONS
 
@@ -288,15 +288,20 @@ def get_audit(
 
 @router.get("/workflow/evidence/{run_id}", response_class=Response)
 def get_evidence(rt: Rt, _: Reader, run_id: str) -> Response:
-    """The evidence package: the chain, its manifest and the window its refs point at.
-    Before a run completes, the window alone."""
+    """The evidence package: the chain, its manifest and the window its refs point at
+    (before a run completes, the window alone), and `after`, the window the verifier
+    compared, when the run changed something."""
     wf = rt.workflow
     _run_or_404(wf, run_id)
     try:
         body = wf.store.get(evidence_key(run_id))
     except FileNotFoundError as exc:
         raise HTTPException(404, f"run {run_id!r} has no evidence package") from exc
-    return Response(body, media_type="application/json")
+    try:  # the window the verifier compared, when something was changed
+        after = wf.store.get(after_key(run_id))
+    except FileNotFoundError:
+        return Response(body, media_type="application/json")
+    return Response(body[:-1] + b',"after":' + after + b"}", media_type="application/json")
 
 
 @router.post("/workflow/runs/{run_id}/replay")

@@ -20,6 +20,7 @@ from controller.detectors.evidence import Evidence
 
 CPU_BUSY_PCT = 90.0  # sustained over the last 5 samples
 PSI_CPU_SOME = 40.0
+PSI_NEEDS_BUSY_PCT = 60.0
 MEM_AVAILABLE_PCT = 5.0
 PSI_MEMORY_SOME = 20.0
 PSI_IO_SOME = 30.0
@@ -35,7 +36,10 @@ FORKS_PER_S = 50.0
 def cpu_saturation(ev: Evidence) -> list[Finding]:
     busy = recent(ev.values("cpu_busy_pct"))
     psi = recent(ev.values("psi_cpu_some"))
-    if (busy is None or busy < CPU_BUSY_PCT) and (psi is None or psi < PSI_CPU_SOME):
+    # PSI's avg10 trails a load that has ended by tens of seconds: without the CPUs busy
+    # now, pressure alone is the echo of a past load, not saturation.
+    pressured = psi is not None and psi >= PSI_CPU_SOME and (busy is None or busy >= PSI_NEEDS_BUSY_PCT)
+    if (busy is None or busy < CPU_BUSY_PCT) and not pressured:
         return []
     rows = ev.tables.get("processes", [])
     hog = top_row(rows, "cpu_pct")

@@ -49,7 +49,9 @@ def hog_cgroup() -> Iterator[tuple[str, Callable[[], None]]]:
     hogs: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
-        hogs.extend(subprocess.Popen(["bash", "-c", f"{join}; exec sha256sum /dev/zero"]) for _ in range(2))
+        # One per CPU: saturation must be reached whatever the machine's size.
+        cmd = ["bash", "-c", f"{join}; exec sha256sum /dev/zero"]
+        hogs.extend(subprocess.Popen(cmd) for _ in range(os.cpu_count() or 2))
 
     try:
         yield "/" + name, start

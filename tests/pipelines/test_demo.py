@@ -3,6 +3,8 @@ hogs in a cgroup of their own, the run to its incident report, the postmortem.""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +18,22 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_make_demo_reports_the_injected_cause(tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.demo", "--data", str(data), "--timeout", "90"],
+    # Its own session: on a timeout the whole group goes, hogs included.
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.demo", "--data", str(data), "--timeout", "120"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "cause      cpu_saturation: sha256sum[" in done.stdout
+    try:
+        out, err = demo.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGKILL)
+        out, err = demo.communicate()
+    assert demo.returncode == 0, out[-3000:] + err[-3000:]
+    assert "cause      cpu_saturation: sha256sum[" in out
     (report,) = (data / "reports").glob("run-*/postmortem.html")
     html = report.read_text()
     assert "cpu_saturation" in html and "sha256sum" in html and "chain intact" in html

@@ -25,6 +25,9 @@ def test_a_postmortem_report_for_a_run(store: Store, tmp_path: Path) -> None:
     assert "chain intact: 8 artifacts" in html and "cpu_saturation" in html and "verdict: skipped" in html
     assert 'class="jp-CodeMirrorEditor' not in html  # input cells hidden by default
     nb = nbformat.read(report.notebook, as_version=4)
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, "the evidence plot did not render"
+    assert "<img" in html
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert ids["completed"] in injected.source and str(data) in injected.source
     first = report.html.stat().st_mtime_ns

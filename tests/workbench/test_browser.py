@@ -30,6 +30,7 @@ Store = tuple[Path, dict[str, str]]
 def test_approve_from_the_stepper_in_jupyterlab(store: Store, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (scripts/ensure-system.sh build installs it)")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     data, ids = store
@@ -87,8 +88,17 @@ def test_approve_from_the_stepper_in_jupyterlab(store: Store, tmp_path: Path) ->
                 page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
                     timeout=60_000
                 )
-                page.get_by_role("menuitem", name="Run", exact=True).click()
-                page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+                # Run All Cells, again if the first click came before the notebook had focus
+                # (a loaded machine): the first cell's prompt shows it took.
+                page.locator(".jp-Cell").first.click()
+                for _ in range(3):
+                    page.get_by_role("menuitem", name="Run", exact=True).click()
+                    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+                    try:
+                        page.locator(".jp-InputPrompt", has_text="[1]").first.wait_for(timeout=20_000)
+                        break
+                    except PlaywrightTimeout:
+                        page.keyboard.press("Escape")
                 approve = page.get_by_role("button", name="Approve").first
                 approve.wait_for(timeout=90_000)
                 approve.scroll_into_view_if_needed()
@@ -97,6 +107,9 @@ def test_approve_from_the_stepper_in_jupyterlab(store: Store, tmp_path: Path) ->
                 approve.click()
                 page.get_by_text("approved by ops").first.wait_for(timeout=30_000)
                 page.screenshot(path=str(ARTIFACTS / "stepper.png"), full_page=False)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "stepper-failure.png"), full_page=True)
+                raise
             finally:
                 browser.close()
         audit = httpx.get(

@@ -174,3 +174,40 @@ def test_reject_through_the_widget_reaches_the_controller(
         rejections = wb.audit(run_id=ids["awaiting"], kind="rejection")
         (rejection,) = rejections["detail"]
         assert rejection["reason"] == "not during the training run"
+
+
+def test_frames_keep_their_columns_and_types_when_empty(tmp_path: Path) -> None:
+    from controller.store.db import make_engine, migrate
+    from workbench import frames
+
+    data = tmp_path / "empty"
+    db = make_engine(f"sqlite:///{data / 'agent' / 'workflow_runs.db'}")
+    migrate(db)
+    db.dispose()
+    with Workbench(data) as wb:
+        runs = wb.runs()
+    assert runs.empty and list(runs.columns) == frames.RUN_COLUMNS
+    assert str(runs["created_at"].dtype) == "datetime64[ns, UTC]" and str(runs["closed_at"].dtype) == str(
+        runs["created_at"].dtype
+    )
+    chain = frames.chain_frame([])
+    assert (
+        list(chain.columns) == frames.CHAIN_COLUMNS
+        and str(chain["finished_at"].dtype) == "datetime64[ns, UTC]"
+    )
+    hyps = frames.hypotheses_frame([])
+    assert list(hyps.columns) == frames.HYPOTHESIS_COLUMNS
+    ev = frames.evidence_frame({})
+    assert list(ev.columns) == ["ts", "signal", "value", "window"] and ev["value"].dtype == "float64"
+
+
+def test_a_local_source_never_writes(store: Store) -> None:
+    data, ids = store
+    db_file = data / "agent" / "workflow_runs.db"
+    before = db_file.stat().st_mtime_ns
+    with Workbench(data) as wb:
+        wb.runs()
+        wb.replay(ids["completed"])
+        with pytest.raises(WorkbenchError, match="cannot answer"):
+            wb.source._sql("DELETE FROM workflow_runs", {})  # type: ignore[attr-defined]
+    assert db_file.stat().st_mtime_ns == before
