@@ -76,15 +76,17 @@ def test_kill_9_loop(tmp_path: Path) -> None:
             checked += len(posted)
             acked_floor = max(acked_floor, persisted_ack(spool))
         # A last, clean run drains everything that is left.
+        began = time.time()
         final = subprocess.Popen(
             [*cmd, str(write_config(tmp_path, srv.url, "always"))], stderr=subprocess.PIPE
         )
-        time.sleep(0.5)
         deadline = time.monotonic() + 30
         state = json.loads((spool / "status.json").read_text())
         while time.monotonic() < deadline:
             state = json.loads((spool / "status.json").read_text())
-            if state["unacked_records"] <= 1:
+            # Its own status (the killed agents' file is there too): only then is its SIGTERM
+            # handler installed, and only its count says what is left.
+            if state["written_at"] >= began and state["unacked_records"] <= 1:
                 break
             time.sleep(0.1)
         final.send_signal(signal.SIGTERM)
