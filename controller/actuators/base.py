@@ -101,6 +101,11 @@ class Actuator(ABC):
         """The state apply leads to, for settle; None when it cannot be told from a probe."""
         return None
 
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any] | None:
+        """What rollback needs, from the state read before the change; None: no undo. Apply
+        records it, and so does settling an intent that had no result (crash, timeout)."""
+        return None
+
     def rollback(self, p: Any, data: dict[str, Any]) -> dict[str, Any]:
         raise ActuatorError(f"{self.name} has no rollback")
 

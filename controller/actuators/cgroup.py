@@ -120,7 +120,10 @@ class CgroupCpuQuota(_CgroupActuator):
 
     def apply(self, p: CpuQuotaParams, before: dict[str, Any]) -> Applied:
         self._set(p, self._quota(p, before), before["period_us"])
-        return Applied(self.probe(p), {"quota_us": before["quota_us"], "period_us": before["period_us"]})
+        return Applied(self.probe(p), self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"quota_us": before["quota_us"], "period_us": before["period_us"]}
 
     def rollback(self, p: CpuQuotaParams, data: dict[str, Any]) -> dict[str, Any]:
         self._set(p, data["quota_us"], data["period_us"])
@@ -170,7 +173,10 @@ class CgroupMemorySoftLimit(_CgroupActuator):
 
     def apply(self, p: MemorySoftParams, before: dict[str, Any]) -> Applied:
         self._set(p, self._target(p, before))
-        return Applied(self.probe(p), {"limit": before["limit"]})
+        return Applied(self.probe(p), self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"limit": before["limit"]}
 
     def rollback(self, p: MemorySoftParams, data: dict[str, Any]) -> dict[str, Any]:
         self._set(p, data["limit"])
@@ -218,7 +224,10 @@ class CgroupFreeze(_CgroupActuator):
         return state
 
     def apply(self, p: CgroupParams, before: dict[str, Any]) -> Applied:
-        return Applied(self._set(p, True), {"frozen": before["frozen"]})
+        return Applied(self._set(p, True), self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"frozen": before["frozen"]}
 
     def rollback(self, p: CgroupParams, data: dict[str, Any]) -> dict[str, Any]:
         return self._set(p, bool(data["frozen"]))

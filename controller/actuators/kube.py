@@ -148,9 +148,10 @@ class CordonAndTaint(Actuator):
         taints = [t for t in before["taints"] if not (t["key"] == p.key and t["effect"] == p.effect)]
         taints.append({"key": p.key, "value": p.value, "effect": p.effect})
         self._patch(p, before["resource_version"], True, taints)
-        return Applied(
-            self.probe(p), {"unschedulable": before["unschedulable"], "had_taint": before["tainted"]}
-        )
+        return Applied(self.probe(p), self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"unschedulable": before["unschedulable"], "had_taint": before["tainted"]}
 
     def rollback(self, p: QuarantineParams, data: dict[str, Any]) -> dict[str, Any]:
         now = self.probe(p)

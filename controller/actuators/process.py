@@ -13,6 +13,7 @@ import os
 import platform
 import signal
 import time
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,14 +143,23 @@ class _PerThread(Actuator):
     safety_class = "safe_reversible"
     reversible = True
 
-    def read(self, tid: int) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, tid: int) -> Any: ...
 
-    def write(self, tid: int, value: Any) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write(self, tid: int, value: Any) -> None: ...
 
+    @abstractmethod
     def wanted(self, p: Any) -> Any:
-        raise NotImplementedError
+        """The value every thread gets."""
+
+    @abstractmethod
+    def main_value(self, before: dict[str, Any]) -> Any:
+        """The main thread's value in a probe's state."""
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        # Only the main thread's value is in a probe: apply records every thread's (compact()).
+        return compact(before["pid"], {str(before["pid"]): self.main_value(before)}, before.get("start_time"))
 
     def apply(self, p: Any, before: dict[str, Any]) -> Applied:
         check_target(self.env.proc_root, p, before)
@@ -194,6 +204,9 @@ class Renice(_PerThread):
     def wanted(self, p: ReniceParams) -> int:
         return p.nice
 
+    def main_value(self, before: dict[str, Any]) -> int:
+        return int(before["nice"])
+
     def describe(self, p: ReniceParams) -> str:
         return f"set the nice value of every thread of pid {p.pid} ({p.comm or '?'}) to {p.nice}"
 
@@ -227,6 +240,9 @@ class Ionice(_PerThread):
 
     def wanted(self, p: IoniceParams) -> list[Any]:
         return [p.io_class, p.level]
+
+    def main_value(self, before: dict[str, Any]) -> list[Any]:
+        return [before["io_class"], before["level"]]
 
     def describe(self, p: IoniceParams) -> str:
         return f"set the IO class of every thread of pid {p.pid} ({p.comm or '?'}) to {p.io_class} {p.level}"

@@ -371,7 +371,7 @@ class ExecutionService:
             "before": before,
             "after": now_state,
             # Rollback data is what apply would have returned: the state before the change.
-            "rollback": _rollback_from(act, before) if state == "applied" and act.reversible else None,
+            "rollback": act.rollback_data(before) if state == "applied" else None,
             "applied_at": self.clock() if state == "applied" else None,
         }
         self._finish(base["idempotency_key"], run_id, plan_hash, base["step"], "execution_settled", result)
@@ -439,21 +439,3 @@ class ExecutionService:
             for k in ("params", "before", "result", "rollback_result"):
                 r[k] = json.loads(r[k]) if r[k] else None
         return rows
-
-
-def _rollback_from(act: Any, before: dict[str, Any]) -> dict[str, Any] | None:
-    """Rollback data rebuilt from the recorded before-state, for an intent settled as applied."""
-    name = act.name
-    if name == "cgroup_cpu_quota":
-        return {"quota_us": before["quota_us"], "period_us": before["period_us"]}
-    if name == "cgroup_memory_soft_limit":
-        return {"limit": before["limit"]}
-    if name == "cgroup_freeze":
-        return {"frozen": before["frozen"]}
-    if name == "cordon_and_taint":
-        return {"unschedulable": before["unschedulable"], "had_taint": before["tainted"]}
-    if name in ("renice", "ionice"):
-        # Per-thread values were not recorded before the crash: restore the main thread's.
-        value = [before["io_class"], before["level"]] if name == "ionice" else before["nice"]
-        return {"pid": before["pid"], "start_time": before.get("start_time"), "value": value, "differing": {}}
-    return None
