@@ -102,6 +102,14 @@ def feed(
     eng.hot.ingest(validate_batch(raw), raw)
 
 
+def awaiting(eng: WorkflowEngine, sleeper: subprocess.Popen[bytes]) -> tuple[str, dict[str, Any]]:
+    """A cpu_saturation run on the live sleeper, parked for approval: its id and plan."""
+    feed(eng, "cpu_saturation", 0, sleeper, 1)
+    run_id = eng.evaluate(HOST)
+    assert run_id is not None
+    return run_id, eng.load_chain(run_id)[4].payload
+
+
 def nice(p: subprocess.Popen[bytes]) -> int:
     return os.getpriority(os.PRIO_PROCESS, p.pid)
 
@@ -268,11 +276,8 @@ def test_approval_runs_the_plan_once_verifies_and_the_audit_holds_it_all_in_orde
 def test_not_improved_rolls_back(db: Engine, tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
     clock = Clock(T0 + 151)
     eng = make(db, tmp_path, OPEN, clock)
-    feed(eng, "cpu_saturation", 0, sleeper, 1)
     original = nice(sleeper)
-    run_id = eng.evaluate(HOST)
-    assert run_id is not None
-    plan = eng.load_chain(run_id)[4].payload
+    run_id, plan = awaiting(eng, sleeper)
     eng.execution.decide(run_id, plan["plan_hash"], approve=True, actor="alice", reason="", steps=None)
     eng.execute(run_id)
     assert nice(sleeper) == 10
@@ -298,10 +303,7 @@ def test_too_few_samples_by_the_deadline_is_inconclusive(
 ) -> None:
     clock = Clock(T0 + 151)
     eng = make(db, tmp_path, OPEN, clock)
-    feed(eng, "cpu_saturation", 0, sleeper, 1)
-    run_id = eng.evaluate(HOST)
-    assert run_id is not None
-    plan = eng.load_chain(run_id)[4].payload
+    run_id, plan = awaiting(eng, sleeper)
     eng.execution.decide(run_id, plan["plan_hash"], approve=True, actor="alice", reason="", steps=None)
     eng.execute(run_id)
     clock.t += 120  # past verify_deadline_s with no sample since the action
@@ -316,11 +318,8 @@ def test_an_expired_approval_sends_the_run_back_to_waiting(
 ) -> None:
     clock = Clock(T0 + 151)
     eng = make(db, tmp_path, OPEN, clock, approval_ttl_s=60.0)
-    feed(eng, "cpu_saturation", 0, sleeper, 1)
     original = nice(sleeper)
-    run_id = eng.evaluate(HOST)
-    assert run_id is not None
-    plan = eng.load_chain(run_id)[4].payload
+    run_id, plan = awaiting(eng, sleeper)
     eng.execution.decide(run_id, plan["plan_hash"], approve=True, actor="alice", reason="", steps=None)
     clock.t += 61
     eng.execute(run_id)
@@ -335,11 +334,8 @@ def test_a_rejection_completes_the_run_with_nothing_run(
 ) -> None:
     clock = Clock(T0 + 151)
     eng = make(db, tmp_path, OPEN, clock)
-    feed(eng, "cpu_saturation", 0, sleeper, 1)
     original = nice(sleeper)
-    run_id = eng.evaluate(HOST)
-    assert run_id is not None
-    plan = eng.load_chain(run_id)[4].payload
+    run_id, plan = awaiting(eng, sleeper)
     eng.execution.decide(run_id, plan["plan_hash"], approve=False, actor="bob", reason="not now", steps=None)
     chain = eng.execute(run_id)
     assert (eng.load_run(run_id) or {})["status"] == "completed" and len(chain) == 8

@@ -38,13 +38,8 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize(("kind", "where"), BOUNDARIES, ids=[f"{k}-{w}" for k, w in BOUNDARIES])
-def test_a_kill_at_a_stage_boundary_leaves_one_complete_valid_chain(
-    controller_factory: Callable[..., ControllerProc], tmp_path: Path, kind: str, where: str
-) -> None:
-    data = tmp_path / "data"
-    doomed = controller_factory(base_config(data, workflow={"failpoint": f"{kind}:{where}"}), name="doomed")
-    batch = batch_for("cpu_saturation", "node-a", shift_s=time.time() - T0 - 160)
+def ingest_until_the_failpoint(doomed: ControllerProc, batch: dict[str, object]) -> None:
+    """Ship the batch; the controller must then SIGKILL itself at its failpoint."""
     r = httpx.post(
         doomed.url + "/api/v1/ingest",
         content=gzip.compress(msgspec.json.encode(batch)),
@@ -55,6 +50,16 @@ def test_a_kill_at_a_stage_boundary_leaves_one_complete_valid_chain(
     assert doomed.proc is not None
     wait_for(lambda: doomed.proc is not None and doomed.proc.poll() is not None, 30, "the failpoint")
     assert doomed.proc.returncode == -9
+
+
+@pytest.mark.parametrize(("kind", "where"), BOUNDARIES, ids=[f"{k}-{w}" for k, w in BOUNDARIES])
+def test_a_kill_at_a_stage_boundary_leaves_one_complete_valid_chain(
+    controller_factory: Callable[..., ControllerProc], tmp_path: Path, kind: str, where: str
+) -> None:
+    data = tmp_path / "data"
+    doomed = controller_factory(base_config(data, workflow={"failpoint": f"{kind}:{where}"}), name="doomed")
+    batch = batch_for("cpu_saturation", "node-a", shift_s=time.time() - T0 - 160)
+    ingest_until_the_failpoint(doomed, batch)
     assert "failpoint" in doomed.log.read_text()
 
     ctl = controller_factory(base_config(data), name="after")
@@ -108,16 +113,7 @@ def test_a_kill_between_intent_and_result_never_applies_the_action_twice(
             for row in snap["sources"]["processes"]["data"]["rows"]:
                 if row["pid"] == 4242:
                     row.update(pid=sleeper.pid, comm="python", cgroup=None)
-        r = httpx.post(
-            doomed.url + "/api/v1/ingest",
-            content=gzip.compress(msgspec.json.encode(batch)),
-            headers={"Authorization": f"Bearer {COLLECTOR_TOKEN}", "Content-Encoding": "gzip"},
-            timeout=30,
-        )
-        assert r.status_code == 200, r.text
-        assert doomed.proc is not None
-        wait_for(lambda: doomed.proc is not None and doomed.proc.poll() is not None, 30, "the failpoint")
-        assert doomed.proc.returncode == -9
+        ingest_until_the_failpoint(doomed, batch)
         assert os.getpriority(os.PRIO_PROCESS, sleeper.pid) == (10 if where == "after_apply" else 0)
         if where == "after_intent":
             os.setpriority(os.PRIO_PROCESS, sleeper.pid, 5)  # someone else's change, in between
