@@ -18,6 +18,7 @@
 #include "crc32c.hpp"
 #include "events.hpp"
 #include "gzip.hpp"
+#include "json_check.hpp"
 #include "perf.hpp"
 #include "process.hpp"
 #include "readers.hpp"
@@ -766,6 +767,21 @@ NB_MODULE(probe_core, m) {
     auto out = without_gil([&] { return probe::gzip_decompress(view(data), max_output); });
     return nb::bytes(out.data(), out.size());
   }, "data"_a, "max_output"_a, "Decompress gzip; raises OutputLimitError past max_output bytes.");
+
+  // --- json ---------------------------------------------------------------------------
+  m.def("json_check", [](const nb::bytes& data, std::size_t max_depth, std::size_t max_nodes) {
+    const std::string_view text = view(data);  // data's reference keeps the buffer alive
+    auto r = without_gil([&] { return probe::json_check(text, max_depth, max_nodes); });
+    nb::dict d;
+    d[key("ok")] = r.ok;
+    d[key("nodes")] = r.nodes;
+    d[key("depth")] = r.depth;
+    d[key("error")] = r.ok ? nb::none() : nb::cast(r.error);
+    d[key("path")] = r.ok ? nb::none() : nb::object(kstr(r.path));
+    d[key("offset")] = r.ok ? nb::none() : nb::cast(r.offset);
+    return d;
+  }, "data"_a, "max_depth"_a, "max_nodes"_a,
+  "Strict RFC 8259 check of one JSON document without the GIL; the first problem's reason, path and offset.");
 
   // --- events -----------------------------------------------------------------------
   m.def("encode_events", [](const nb::list& events) {

@@ -280,6 +280,14 @@ class CapSets(TypedDict):
     permitted: int
     inheritable: int
 
+class JsonCheck(TypedDict):
+    ok: bool
+    nodes: int
+    depth: int
+    error: str | None
+    path: str | None
+    offset: int | None
+
 # Event dicts differ by "type"; see docs/event-format.md for the fields of each.
 Event = dict[str, Any]
 
@@ -341,6 +349,7 @@ def crc32c_hardware() -> bool: ...
 def _crc32c_software(data: bytes, value: int = 0) -> int: ...  # the table path, for tests
 def gzip_compress(data: bytes, level: int = 6) -> bytes: ...
 def gzip_decompress(data: bytes, max_output: int) -> bytes: ...
+def json_check(data: bytes, max_depth: int, max_nodes: int) -> JsonCheck: ...
 def encode_events(events: list[Event]) -> bytes: ...
 def decode_events(data: bytes) -> list[Event]: ...
 
