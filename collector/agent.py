@@ -3,8 +3,9 @@
 The sampling loop turns each snapshot into one batch and appends it to the spool
 (seq assigned there); the shipping thread sends the oldest unacknowledged record,
 moves the acknowledged offset only when the ack answers that very batch, moves a
-permanent rejection to the dead-letter file, and otherwise leaves the record
-where it is and retries with backoff. At most one batch is in flight; the spool
+permanent rejection (a rejected ack for it, or HTTP 500 on it
+``transport.dead_letter_after_500`` times in a row) to the dead-letter file, and
+otherwise leaves the record where it is and retries with backoff. At most one batch is in flight; the spool
 bounds everything waiting. SIGTERM finishes the write in progress, flushes the
 spool and persists the offsets before exiting.
 
@@ -66,6 +67,7 @@ def transport_options(settings: CollectorSettings) -> TransportOptions:
         max_attempts=t.max_attempts,
         backoff_base_s=t.backoff_base_s,
         backoff_max_s=t.backoff_max_s,
+        dead_letter_after_500=t.dead_letter_after_500,
         allow_http=t.allow_http,
     )
 

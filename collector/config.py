@@ -8,16 +8,21 @@ This is the only module that reads the environment; everything else gets the obj
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from collector.errors import ConfigError
 from collector.settings_io import EnvOverYaml, describe, read_yaml_mapping
 
 ENV_PREFIX = "INCIDENTLAB_COLLECTOR_"
+# The wire contract's id rule, repeated from collector/wire.py `_ID` (keep the two equal):
+# \Z, not $, so "host\n" is refused; no "/", since ids name files and keys downstream.
+# Checked with Python's re: pydantic's own `pattern` engine has no \Z.
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
 
 
 class _Strict(BaseModel):
@@ -52,7 +57,15 @@ class SpoolSettings(_Strict):
 
 
 class TransportSettings(_Strict):
-    """Where and how batches go; the token is read from a file so it stays out of configs."""
+    """Where and how batches go; the token is read from a file so it stays out of configs.
+
+    ``dead_letter_after_500``: a batch the controller answers HTTP 500 on this many
+    attempts in a row (counted across sends; any other answer, the batch settling or
+    another batch going out starts the count again) goes to the dead-letter file, so
+    one batch the controller keeps failing on cannot stop the stream. 502, 503 and 504
+    (the controller or a proxy is away) are retried for ever. 0 turns it off. At the
+    default backoff (0.5 s doubling to 30 s, full jitter) 20 attempts are some minutes.
+    """
 
     url: str | None = None
     fallback_urls: list[str] = Field(
@@ -68,6 +81,7 @@ class TransportSettings(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_base_s: float = Field(default=0.5, gt=0, le=60)
     backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    dead_letter_after_500: int = Field(default=20, ge=0, le=1_000_000)
     allow_http: bool = False
 
     @model_validator(mode="after")
@@ -97,6 +111,7 @@ class CollectorSettings(EnvOverYaml):
     top_n: int = Field(default=20, ge=1, le=1000)
     # Each source's time budget per sample; None: half the interval, at most 2 s.
     source_timeout_s: float | None = Field(default=None, gt=0, le=60)
+    # The wire contract's rule (_HOST_ID): refused at start, not batch by batch at the controller.
     host_id: str | None = Field(default=None, min_length=1, max_length=128)
     procfs_root: Path = Path("/proc")
     sysfs_root: Path = Path("/sys")
@@ -121,6 +136,16 @@ class CollectorSettings(EnvOverYaml):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     transport: TransportSettings = Field(default_factory=TransportSettings)
     external: list[ExternalCommand] = Field(default_factory=list)
+
+    @field_validator("host_id")
+    @classmethod
+    def _check_host_id(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_ID.match(value):
+            raise ValueError(
+                f"{value!r} is not a wire host id: 1-128 of letters, digits and _.:@-, "
+                "starting with a letter or digit"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> CollectorSettings:

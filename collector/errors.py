@@ -10,6 +10,7 @@
     +-- SpoolError             the disk spool cannot be opened or written
     +-- TransportError         a batch could not be delivered this attempt
         +-- PermanentRejection the receiver named the batch invalid: retrying cannot help
+            +-- PoisonBatch    the receiver failed (HTTP 500) on the batch too often in a row
 
 Foreign exceptions (OSError, probe_core.ProbeError, pyroute2's NetlinkError,
 pynvml's NVMLError) are translated at the source boundary with ``raise ... from``.
@@ -63,9 +64,21 @@ class TransportError(CollectorError):
 
 
 class PermanentRejection(TransportError):
-    """The receiver named the batch invalid (a 4xx ack with status rejected)."""
+    """The receiver named the batch invalid (an ack for it with status rejected)."""
 
     def __init__(self, status_code: int, reason: str) -> None:
         super().__init__(f"rejected with HTTP {status_code}: {reason}")
         self.status_code = status_code
         self.reason = reason
+
+
+class PoisonBatch(PermanentRejection):
+    """The receiver answered HTTP 500 to this batch on too many attempts in a row: it keeps
+    failing on this batch, and retrying it for ever would stop the stream behind it."""
+
+    def __init__(self, attempts: int, detail: str) -> None:
+        super().__init__(500, f"controller answered HTTP 500 {attempts} times: {detail}")
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return self.reason  # the dead-letter reason, as it is

@@ -21,11 +21,40 @@ are unsynced, whichever comes first, and a background flusher bounds the time
 when appends stop: a crash loses at most that window. The ``acked`` and ``state``
 files are replaced atomically (temp file, fsync, rename, directory fsync).
 
-On open, the last segment is scanned: a torn or corrupt tail is truncated and the
-reason counted (short_header, bad_magic, bad_length, bad_seq, bad_crc). Older
-segments are checked record by record when read: a record whose CRC fails is
-skipped and counted, never shipped. When the spool is full, whole oldest segments
-are dropped and the unacknowledged records in them counted as evicted.
+Damage. Records are never rewritten: a damaged one stays where it is, and the spool
+knows its seq as lost. Within a segment seqs only grow, but not always by one: a seq
+lost to damage is never reused, and the first append after an open continues above
+everything acknowledged, evicted or known lost. A reader (the scan of the active
+segment at open, and ``_step`` for every segment when shipping) takes a record that
+is whole, has a good CRC and a seq above the last good one; anything else at that
+offset (bad magic, impossible length, a seq that does not grow, a bad CRC) makes it
+resynchronise: search forward for the next offset holding such a record, and count
+the seqs between the two good records as lost. Only a tail with no valid record
+after it is truncated (a write a crash tore); the seqs its headers still show are
+lost too, so that no seq that may already have reached the controller is reused,
+and next_seq starts above them. A header is believed only within the window a real
+record could have: the first record of a segment has the segment's seq, and any
+other either follows the record before it or opens a later process's appends, at
+max(acked, evicted, lost) + 1; a header outside it whose magic is intact still shows
+that a record was begun there, so that window's top is taken.
+
+Counting. ``state.lost`` holds the seqs counted lost, as inclusive ranges above the
+persisted floor (acked or evicted). A seq is added to ``corrupt_records`` only when
+it is not there yet, in the same state write, so damage found at open, found again
+when read, or found again after a restart is counted exactly once; a seq already
+acknowledged is never counted (the batch got through before the damage). The agent
+ships ``corrupt_records`` as ``dropped.spool_corrupt``, so the gap the controller
+sees in the seqs is explained. ``recovered`` counts the open-time findings by
+reason (short_header, bad_magic, bad_length, bad_seq, bad_crc): a truncated tail
+always, damage left in place when it loses a seq not counted before.
+
+Eviction. When the spool is full, whole oldest segments are dropped and their
+unacknowledged records counted as evicted, less those already counted lost and less
+the record in flight (handed out by next_unacked, not yet acknowledged), which stays
+deliverable from memory. Its seq is saved as ``evicted_pending`` with the eviction;
+it is counted evicted only if it is not then acknowledged: at close, or at the next
+open after a crash (pending above the persisted acked offset). Its ack is persisted
+at once, before the pending mark goes, so a crash cannot count a delivered record.
 """
 
 from __future__ import annotations
@@ -49,7 +78,10 @@ from collector.errors import SpoolError
 
 MAGIC = 0x50534C49  # "ILSP" little-endian
 HEADER = struct.Struct("<IIQQI")
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
 _SEQ_TS = struct.Struct("<QQ")
+_SEQ = struct.Struct("<Q")
+_NO_SEQ_ABOVE = 1 << 64  # seq is a u64: no upper bound
 _crc32c = probe_core.crc32c
 HEADER_SIZE = HEADER.size  # 28
 SEG_SUFFIX = ".seg"
@@ -82,14 +114,19 @@ class SpoolState:
     corrupt_records: int = 0
     dead_letters: int = 0
     recovered: dict[str, int] = field(default_factory=dict)
+    # Seqs counted in corrupt_records, as sorted, disjoint, inclusive [lo, hi] ranges above
+    # the persisted floor: what makes each loss count once, and keeps its seq from reuse.
+    lost: list[list[int]] = field(default_factory=list)
+    # The record that was in flight when its segment was evicted: counted evicted unless acked.
+    evicted_pending: int | None = None
 
 
 @dataclass
 class _Reader:
     first: int  # the segment's first seq
     fd: int
-    offset: int  # where the record `next` starts
-    next: int
+    offset: int  # where the next record starts
+    next: int  # the lowest seq it may have: one above the last good one
 
 
 @dataclass(frozen=True)
@@ -117,6 +154,52 @@ def check_record(buf: bytes | memoryview, offset: int, size: int, max_record: in
     if probe_core.crc32c(payload, probe_core.crc32c(struct.pack("<QQ", seq, ts_ns))) != crc:
         return "bad_crc", HEADER_SIZE + length
     return None, HEADER_SIZE + length
+
+
+def valid_record_at(
+    buf: bytes, offset: int, after: int, below: int, max_record: int
+) -> tuple[str | None, int, int]:
+    """(problem, seq, total length) of the record at offset; problem is None for a whole
+    record with a good CRC and after < seq < below."""
+    problem, total = check_record(buf, offset, len(buf), max_record)
+    if problem is not None:
+        return problem, 0, total
+    (seq,) = _SEQ.unpack_from(buf, offset + 8)
+    if not after < seq < below:
+        return "bad_seq", seq, total
+    return None, seq, total
+
+
+def find_record(buf: bytes, start: int, after: int, below: int, max_record: int) -> int | None:
+    """Resynchronise: the first offset at or after start holding a valid record with
+    after < seq < below, or None. A false match needs "ILSP", a fitting length and a
+    matching CRC-32C at once: about 2**-32 per stray magic."""
+    at = buf.find(_MAGIC_BYTES, start)
+    while at != -1:
+        if valid_record_at(buf, at, after, below, max_record)[0] is None:
+            return at
+        at = buf.find(_MAGIC_BYTES, at + 1)
+    return None
+
+
+def add_range(ranges: list[list[int]], lo: int, hi: int) -> int:
+    """Add seqs lo..hi (inclusive) to sorted, disjoint ranges; returns how many were new."""
+    if lo > hi:
+        return 0
+    known = count_in(ranges, lo, hi)
+    merged: list[list[int]] = []
+    for a, b in sorted([*ranges, [lo, hi]]):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    ranges[:] = merged
+    return hi - lo + 1 - known
+
+
+def count_in(ranges: list[list[int]], lo: int, hi: int) -> int:
+    """How many seqs of lo..hi (inclusive) the ranges hold."""
+    return sum(max(0, min(hi, b) - max(lo, a) + 1) for a, b in ranges)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -192,6 +275,8 @@ class Spool:
         self._ack_saved_at = 0.0
         raw = _read_json(self.dir / "state") or {}
         self.state = SpoolState(**raw)
+        # A record in flight when its segment was evicted, and the process died before its ack.
+        self._settle_evicted_pending()
         segments = self._segments()
         # Finish an eviction or compaction a crash interrupted.
         floor = max(self.acked, self.state.evicted_through)
@@ -202,7 +287,7 @@ class Spool:
         self._active_bytes = 0
         if segments:
             last = segments[-1]
-            self.next_seq = self._recover_tail(last)
+            self.next_seq = self._recover_active(last)
             self._fd = os.open(self.dir / self._seg_name(last), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._active_first: int | None = last
             self._active_bytes = os.fstat(self._fd).st_size
@@ -210,32 +295,83 @@ class Spool:
             self.next_seq = floor + 1
             self._active_first = None
         self._total = self.total_bytes()
-        self.next_seq = max(self.next_seq, floor + 1)
-        self._send_from = self.acked + 1
+        # Above everything acknowledged, evicted or lost: no seq the controller may have seen is reused.
+        self.next_seq = max(self.next_seq, floor + 1, self._max_lost() + 1)
+        self._send_from = floor + 1
 
-    def _recover_tail(self, first: int) -> int:
+    def _recover_active(self, first: int) -> int:
+        """Scan the active segment; returns the seq after the last one it holds or shows."""
         path = self.dir / self._seg_name(first)
         data = path.read_bytes()
-        offset, seq = 0, first
-        problem: str | None = None
+        max_record = self.opts.max_record_bytes
+        offset, last = 0, first - 1  # last: the seq of the last good record
         while offset < len(data):
-            problem, total = check_record(data, offset, len(data), self.opts.max_record_bytes)
+            problem, seq, total = valid_record_at(data, offset, last, _NO_SEQ_ABOVE, max_record)
             if problem is None:
-                (got,) = struct.unpack_from("<Q", data, offset + 8)
-                if got != seq:
-                    problem = "bad_seq"
-            if problem is not None:
-                break
-            offset += total
-            seq += 1
-        if problem is not None:
-            self.state.recovered[problem] = self.state.recovered.get(problem, 0) + 1
-            self._save_state()
+                offset, last = offset + total, seq
+                continue
+            found = find_record(data, offset + 1, last, _NO_SEQ_ABOVE, max_record)
+            if found is not None:
+                # Damage mid-segment: left in place, the seqs up to the next good record lost.
+                (nxt,) = _SEQ.unpack_from(data, found + 8)
+                if self._count_lost(last + 1, nxt):
+                    self._note_recovered(problem)
+                offset = found
+                continue
+            # A tail with no valid record after it: a write a crash tore (or damage at the end).
+            shown = self._tail_seq(data, offset, first, last)
+            self._count_lost(last + 1, shown + 1)
+            self._note_recovered(problem)
             with open(path, "r+b") as f:
                 f.truncate(offset)
                 f.flush()
                 os.fsync(f.fileno())
-        return seq
+            return shown + 1
+        return last + 1
+
+    def _tail_seq(self, data: bytes, at: int, first: int, last: int) -> int:
+        """The highest seq the headers of a tail from `at` show, following their lengths
+        (`last` when none can be believed: see the module docstring for the window)."""
+        ceiling = max(self.acked, self.state.evicted_through, self._max_lost())
+        top = last
+        while len(data) - at >= HEADER_SIZE:
+            magic, length, seq, _ts, _crc = HEADER.unpack_from(data, at)
+            limit = first if at == 0 else max(top, ceiling) + 1
+            if top < seq <= limit:
+                top = seq
+            elif magic == MAGIC:
+                return max(top, limit)  # a record was begun here; its seq field is damaged
+            if magic != MAGIC or length > self.opts.max_record_bytes:
+                break
+            at += HEADER_SIZE + length
+        return top
+
+    def _note_recovered(self, problem: str) -> None:
+        self.state.recovered[problem] = self.state.recovered.get(problem, 0) + 1
+        self._save_state()
+
+    def _settle_evicted_pending(self) -> None:
+        pending = self.state.evicted_pending
+        if pending is None:
+            return
+        if pending > self.acked:  # never acknowledged: its data went with the segment
+            self.state.evicted_records += 1
+        self.state.evicted_pending = None
+        self._save_state()
+
+    # --- lost seqs -------------------------------------------------------------------------------
+
+    def _max_lost(self) -> int:
+        return self.state.lost[-1][1] if self.state.lost else 0
+
+    def _count_lost(self, lo: int, hi: int) -> int:
+        """Count seqs lo..hi-1 as lost, less any acknowledged, evicted or counted before."""
+        lo = max(lo, self.acked + 1, self.state.evicted_through + 1)
+        new = add_range(self.state.lost, lo, hi - 1)
+        if new:
+            self.state.corrupt_records += new
+            self._save_state()
+        return new
 
     # --- naming and accounting -----------------------------------------------------------
 
@@ -251,6 +387,10 @@ class Spool:
         return sorted(out)
 
     def _save_state(self) -> None:
+        # Lost seqs at or below the persisted floor are never read again: forget them. Not the
+        # in-memory acked: after a crash the reader starts again from the persisted one.
+        floor = max(self._acked_saved, self.state.evicted_through)
+        self.state.lost = [[max(a, floor + 1), b] for a, b in self.state.lost if b > floor]
         atomic_write_json(self.dir / "state", self.state.__dict__)
 
     def total_bytes(self) -> int:
@@ -329,7 +469,14 @@ class Spool:
         while self._total + need > self.opts.max_bytes and len(segments) > 1:
             first = segments.pop(0)
             last = segments[0] - 1
-            lost = max(0, last - max(first - 1, self.acked, self.state.evicted_through))
+            settled = max(first - 1, self.acked, self.state.evicted_through)  # seqs above are unsettled
+            lost = max(0, last - settled) - count_in(self.state.lost, settled + 1, last)
+            rec = self._last
+            in_flight = rec is not None and settled < rec.seq <= last
+            if in_flight:
+                assert rec is not None
+                lost -= 1  # still deliverable from memory: counted only if never acknowledged
+                self.state.evicted_pending = rec.seq
             size = (self.dir / self._seg_name(first)).stat().st_size
             # Count first, then unlink: a crash in between finishes the unlink on open.
             self.state.evicted_through = max(self.state.evicted_through, last)
@@ -337,7 +484,8 @@ class Spool:
             self._save_state()
             (self.dir / self._seg_name(first)).unlink()
             self._drop_reader(first)
-            self._send_from = max(self._send_from, last + 1)
+            if self._last is None:  # a record handed out stays next until it is acknowledged
+                self._send_from = max(self._send_from, last + 1)
             self._total -= size
 
     def _flush_loop(self) -> None:
@@ -366,8 +514,12 @@ class Spool:
 
     def _next_unacked(self) -> Record | None:
         while self._send_from < self.next_seq:
+            if self._last is not None and self._last.seq == self._send_from:
+                return self._last  # handed out before and not yet acknowledged: a retry
             rec = self._read(self._send_from)
             if rec is not None:
+                self._send_from = rec.seq
+                self._last = rec
                 return rec
         return None
 
@@ -377,61 +529,59 @@ class Spool:
             self._reader = None
 
     def _read(self, seq: int) -> Record | None:
-        """The record seq, or None after counting it (or the rest of its segment) as corrupt."""
-        if self._last is not None and self._last.seq == seq:
-            return self._last  # handed out before and not yet acknowledged: a retry
+        """The first record at or after seq in seq's segment, counting the seqs it skips as lost;
+        None after moving _send_from past the rest of the segment (lost or evicted)."""
         segments = self._segments()
         first = max((s for s in segments if s <= seq), default=None)
         if first is None:
             self._send_from = segments[0] if segments else self.next_seq  # evicted meanwhile
             return None
+        later = [s for s in segments if s > first]
+        end = later[0] if later else self.next_seq  # the segment's seqs are below end
         r = self._reader
         if r is None or r.first != first or r.next > seq:
             self._drop_reader()
             fd = os.open(self.dir / self._seg_name(first), os.O_RDONLY | os.O_CLOEXEC)
-            self._reader = _Reader(first, fd, 0, first)
-        assert self._reader is not None
-        while self._reader is not None and self._reader.next < seq:
-            if self._step(self._reader.next, payload=False) is None:
+            r = self._reader = _Reader(first, fd, 0, first)
+        while True:
+            rec = self._step(r, end)
+            if rec is None:
+                self._count_lost(seq, end)
+                self._send_from = end
+                self._drop_reader()
                 return None
-        rec = self._step(seq, payload=True)
-        if rec is not None:
-            self._last = rec
-        return rec
+            if rec.seq >= seq:
+                self._count_lost(seq, rec.seq)
+                return rec
 
-    def _step(self, seq: int, payload: bool) -> Record | None:
-        r = self._reader
-        assert r is not None
-        head = os.pread(r.fd, HEADER_SIZE, r.offset)
+    def _step(self, r: _Reader, end: int) -> Record | None:
+        """The segment's next valid record (whole, good CRC, seq in [r.next, end)), after
+        resynchronising over any damage at the reader's offset; None at the end of the segment.
+
+        Skipped records are checked too: a damaged length believed unchecked could step over
+        a good record. It costs reading the segment once when a reader is repositioned.
+        """
         size = os.fstat(r.fd).st_size
-        if len(head) < HEADER_SIZE:
-            self._abandon_segment(seq, r.first)
-            return None
-        magic, length, got_seq, ts_ns, crc = HEADER.unpack(head)
-        broken = magic != MAGIC or got_seq != seq or length > self.opts.max_record_bytes
-        if broken or r.offset + HEADER_SIZE + length > size:
-            self._abandon_segment(seq, r.first)
-            return None
-        body_at = r.offset + HEADER_SIZE
-        r.offset, r.next = body_at + length, seq + 1
-        if not payload:
-            return Record(seq, ts_ns, b"")
-        body = os.pread(r.fd, length, body_at)
-        if probe_core.crc32c(body, probe_core.crc32c(struct.pack("<QQ", seq, ts_ns))) != crc:
-            self.state.corrupt_records += 1
-            self._save_state()
-            self._send_from = seq + 1
-            return None
-        return Record(seq, ts_ns, body)
-
-    def _abandon_segment(self, seq: int, first: int) -> None:
-        """A broken structure mid-segment: the rest of it cannot be framed, count it lost."""
-        later = [s for s in self._segments() if s > first]
-        end = later[0] if later else self.next_seq
-        self.state.corrupt_records += max(0, end - seq)
-        self._save_state()
-        self._send_from = end
-        self._drop_reader()
+        for _ in range(2):  # after a resynchronisation the record at the offset is valid
+            head = os.pread(r.fd, HEADER_SIZE, r.offset)
+            if not head:
+                return None
+            if len(head) == HEADER_SIZE:
+                magic, length, seq, ts_ns, crc = HEADER.unpack(head)
+                body_at = r.offset + HEADER_SIZE
+                framed = magic == MAGIC and length <= self.opts.max_record_bytes and body_at + length <= size
+                if framed and r.next <= seq < end:
+                    body = os.pread(r.fd, length, body_at)
+                    if _crc32c(body, _crc32c(_SEQ_TS.pack(seq, ts_ns))) == crc:
+                        r.offset, r.next = body_at + length, seq + 1
+                        return Record(seq, ts_ns, body)
+            rest = os.pread(r.fd, size - r.offset, r.offset)
+            found = find_record(rest, 1, r.next - 1, end, self.opts.max_record_bytes)
+            if found is None:
+                r.offset = size
+                return None
+            r.offset += found
+        raise SpoolError(f"segment {self._seg_name(r.first)} changed while it was read")
 
     def ack(self, seq: int) -> None:
         """Everything up to seq is acknowledged: persisted atomically before anything is compacted."""
@@ -447,7 +597,14 @@ class Spool:
         if self._last is not None and self._last.seq <= seq:
             self._last = None
         self._send_from = max(self._send_from, seq + 1)
-        if (time.monotonic() - self._ack_saved_at) * 1000 >= self.opts.ack_persist_ms:
+        pending = self.state.evicted_pending
+        if pending is not None and pending <= seq:
+            # Delivered after its segment went: the ack on disk first, then the mark, so a crash
+            # in between cannot count it evicted.
+            self._persist_ack()
+            self.state.evicted_pending = None
+            self._save_state()
+        elif (time.monotonic() - self._ack_saved_at) * 1000 >= self.opts.ack_persist_ms:
             self._persist_ack()
 
     def _persist_ack(self) -> None:
@@ -457,6 +614,8 @@ class Spool:
         atomic_write_json(self.dir / "acked", {"seq": self.acked})
         self._acked_saved = self.acked
         self._ack_saved_at = time.monotonic()
+        if self.state.lost and self.state.lost[0][0] <= self._acked_saved:
+            self._save_state()  # forgets the lost seqs now acknowledged past
         self._compact()
 
     def _compact(self) -> None:
@@ -515,6 +674,7 @@ class Spool:
             self._closed = True
             self._sync()
             self._persist_ack()
+            self._settle_evicted_pending()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

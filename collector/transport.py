@@ -4,16 +4,24 @@ One ``send`` delivers one record: compressed (gzip by default, zstd when
 configured), bearer token, mTLS with the CA bundle and client certificate
 reloaded when their files change, connect and read timeouts, and at most
 ``max_attempts`` tries with exponential backoff and full jitter. A 503 naming a
-leader is followed; a 429 waits for its Retry-After (capped). A 4xx whose body
-is an ack with status ``rejected`` is permanent and raises PermanentRejection,
-so the caller dead-letters the record instead of retrying for ever. Anything
-else that is not an ack answering this very batch raises TransportError: the
-record stays in the spool and the acknowledged offset does not move.
+leader is followed; a 429 waits for its Retry-After (capped). An answer whose
+body is an ack for this very batch with status ``rejected`` (and no leader) is
+permanent whatever its status, 4xx or 5xx, and raises PermanentRejection, so the
+caller dead-letters the record instead of retrying for ever; only 401, 403, 404,
+408, 409 and 429 are about the request, not the batch, and never are. A batch
+answered HTTP 500 on ``dead_letter_after_500`` attempts in a row (counted across
+send() calls; any other answer, the batch settling or another batch being sent
+starts again) raises PoisonBatch, a PermanentRejection: the controller keeps
+failing on that batch, and the stream must not stop behind it. 502, 503 and 504
+mean the controller or a proxy is away, and are retried for ever. Anything else
+that is not an ack answering this very batch raises TransportError: the record
+stays in the spool and the acknowledged offset does not move.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import socket
 import ssl
@@ -26,11 +34,15 @@ from typing import Literal
 import httpx
 import probe_core
 
-from collector.errors import PermanentRejection, TransportError, WireError
+from collector.errors import PermanentRejection, PoisonBatch, TransportError, WireError
 from collector.wire import Ack, BatchKey, validate_ack
 
 INGEST_PATH = "/api/v1/ingest"
 LEADER_HEADER = "X-Incidentlab-Leader"
+# Answers about the request rather than the batch (the token, the route, a timeout, a
+# conflict, a throttle): even an ack in one of them never makes a batch permanent.
+_ABOUT_THE_REQUEST = frozenset({401, 403, 404, 408, 409, 429})
+_DETAIL_CHARS = 300  # of a 500's body, kept for the dead-letter reason
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class TransportOptions:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_leader_hops: int = 3
+    # A batch answered HTTP 500 this many attempts in a row is permanent (PoisonBatch); 0: never.
+    dead_letter_after_500: int = 20
     allow_http: bool = False  # plain HTTP only for loopback tests and trusted networks
     reload_check_s: float = 5.0
 
@@ -59,6 +73,7 @@ class _Outcome:
     ack: Ack | None = None
     wait: float | None = None  # a server-given delay (Retry-After); None: our own backoff
     follow: bool = False  # retry at once: the leader moved
+    server_error: str | None = None  # an HTTP 500: its detail
 
 
 @dataclass
@@ -132,6 +147,9 @@ class Transport:
         self._files: tuple[object, ...] = ()
         self._checked_at = -1e18
         self._token: str | None = None
+        # The batch the last attempts answered HTTP 500 to, and how many in a row.
+        self._failing: BatchKey | None = None
+        self._500s = 0
         self._ensure_client()
 
     def _check_url(self, url: str) -> None:
@@ -189,6 +207,8 @@ class Transport:
         """Deliver one batch; returns its ack (accepted or duplicate) or raises."""
         payload = compress(body, self.opts.encoding)
         headers = {"Content-Type": "application/json", "Content-Encoding": self.opts.encoding}
+        if self._failing != key:
+            self._failing, self._500s = key, 0  # another record: its own count
         hops = 0
         attempt = 0
         reason = "no attempt made"
@@ -200,6 +220,7 @@ class Transport:
             start = self._clock()
             self.stats.sent += 1
             wait: float | None = None
+            server_error: str | None = None
             try:
                 resp = self._client.post(self.url + INGEST_PATH, content=payload, headers=headers)
             except httpx.TimeoutException as exc:
@@ -210,16 +231,23 @@ class Transport:
             except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
-                out = self._answer(resp, key, self._clock() - start)
+                try:
+                    out = self._answer(resp, key, self._clock() - start)
+                except PermanentRejection:
+                    self._500s = 0  # settled
+                    raise
                 if out.ack is not None:
+                    self._500s = 0  # settled
                     return out.ack
-                reason, wait = out.reason, out.wait
+                reason, wait, server_error = out.reason, out.wait, out.server_error
                 if out.follow and hops < self.opts.max_leader_hops:
                     hops += 1
+                    self._500s = 0
                     continue  # a new leader: try it now, without spending an attempt
             attempt += 1
             self.stats.retries += 1
             self.stats.last_error = reason
+            self._count_500(server_error)
             if attempt < self.opts.max_attempts:
                 self._sleep(
                     min(wait, self.opts.backoff_max_s) if wait is not None else self._backoff(attempt)
@@ -227,6 +255,17 @@ class Transport:
         raise TransportError(
             f"batch {key.seq} not delivered after {self.opts.max_attempts} attempts: {reason}"
         )
+
+    def _count_500(self, detail: str | None) -> None:
+        """One more attempt for the current batch: only an unbroken run of HTTP 500s counts."""
+        if detail is None:
+            self._500s = 0
+            return
+        self._500s += 1
+        limit = self.opts.dead_letter_after_500
+        if limit and self._500s >= limit:
+            n, self._500s = self._500s, 0
+            raise PoisonBatch(n, detail)
 
     def _next_candidate(self) -> None:
         """After a connect failure, the next configured controller (a leader may have died)."""
@@ -254,39 +293,56 @@ class Transport:
                 self.stats.accepted += 1
             self.stats.last_error = None
             return _Outcome("ok", ack=ack)
+        named = self._ack_in(resp, key)  # an ack for this batch, in a non-200
         if code == 503:
-            leader = resp.headers.get(LEADER_HEADER) or self._leader_from_body(resp, key)
-            if not leader:
-                return _Outcome("HTTP 503 without a leader hint")
-            try:
-                self._check_url(leader)
-            except TransportError as exc:
-                return _Outcome(str(exc))
-            if leader.rstrip("/") == self.url:
-                return _Outcome("HTTP 503 naming this controller as the leader")
-            self.url = leader.rstrip("/")
-            self.stats.leader_hops += 1
-            return _Outcome(f"leader moved to {self.url}", follow=True)
+            leader = resp.headers.get(LEADER_HEADER) or (named.leader if named is not None else None)
+            if leader:
+                try:
+                    self._check_url(leader)
+                except TransportError as exc:
+                    return _Outcome(str(exc))
+                if leader.rstrip("/") == self.url:
+                    return _Outcome("HTTP 503 naming this controller as the leader")
+                self.url = leader.rstrip("/")
+                self.stats.leader_hops += 1
+                return _Outcome(f"leader moved to {self.url}", follow=True)
+        rejected = named is not None and named.status == "rejected" and named.leader is None
+        if named is not None and rejected and code not in _ABOUT_THE_REQUEST:
+            # The controller named this very batch invalid: 4xx or 5xx, retrying cannot help.
+            self.stats.rejected += 1
+            raise PermanentRejection(code, named.reason or f"HTTP {code}")
+        if code == 503:
+            return _Outcome("HTTP 503 without a leader hint")
         if code == 429:
             after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
             return _Outcome("HTTP 429: throttled", wait=after)
-        if 400 <= code < 500 and code not in (401, 403, 404, 408, 409):
-            try:
-                ack = validate_ack(resp.content, key)
-            except WireError:
+        if 400 <= code < 500 and code not in _ABOUT_THE_REQUEST:
+            if named is None:
                 return _Outcome(f"HTTP {code} without an ack")
-            if ack.status == "rejected":
-                self.stats.rejected += 1
-                raise PermanentRejection(code, ack.reason or f"HTTP {code}")
-            return _Outcome(f"HTTP {code} with ack status {ack.status}")
+            return _Outcome(f"HTTP {code} with ack status {named.status}")
+        if code == 500:
+            return _Outcome("HTTP 500", server_error=self._detail(resp))
         return _Outcome(f"HTTP {code}")
 
     @staticmethod
-    def _leader_from_body(resp: httpx.Response, key: BatchKey) -> str | None:
+    def _ack_in(resp: httpx.Response, key: BatchKey) -> Ack | None:
+        """The body as an ack answering this very batch, or None."""
         try:
-            return validate_ack(resp.content, key).leader
+            return validate_ack(resp.content, key)
         except WireError:
             return None
+
+    @staticmethod
+    def _detail(resp: httpx.Response) -> str:
+        """What a 500 said: its JSON ``detail``, else its text (bounded)."""
+        text = resp.content[: _DETAIL_CHARS * 4].decode("utf-8", "replace")
+        try:
+            body = json.loads(resp.content)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+            text = body["detail"]
+        return " ".join(text.split())[:_DETAIL_CHARS] or "no detail"
 
     def close(self) -> None:
         if self._client is not None:

@@ -105,9 +105,12 @@ def test_kill_9_loop(tmp_path: Path) -> None:
         assert delivered == sorted(delivered)
         assert len(delivered) == len(set(delivered))
         assert delivered[-1] == last["acked"]
-        # kill -9 is not a power cut: the page cache keeps every completed write, and a write
-        # torn by the kill is truncated on open and its seq reused, so there are no gaps.
+        # kill -9 is not a power cut: the page cache keeps every completed write. A write the
+        # kill tore is truncated on open; the seq its header still shows is never reused (after a
+        # power cut it may have reached the controller) and is counted lost instead. So the only
+        # gaps are those torn writes, each counted once: the controller is told of every one.
         gaps = set(range(1, last["acked"] + 1)) - set(delivered)
-        assert not gaps, sorted(gaps)[:10]
-        assert last["evicted_records"] == 0 and last["corrupt_records"] == 0
+        assert len(gaps) == last["corrupt_records"], sorted(gaps)[:10]
+        assert len(gaps) <= sum(last["recovered"].values())  # each a torn tail found at an open
+        assert last["evicted_records"] == 0
         assert acked_floor >= KILLS  # the loop made real progress

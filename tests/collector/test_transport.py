@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from collector.agent import Agent
 from collector.config import CollectorSettings
 from collector.errors import PermanentRejection, TransportError
 from collector.sampler import Sampler
+from collector.spool import HEADER, HEADER_SIZE
 from collector.transport import Transport, TransportOptions, parse_retry_after
-from collector.wire import BATCH_SCHEMA, BatchKey, encode, validate_batch
+from collector.wire import BATCH_SCHEMA, BatchKey, encode, make_ack, validate_batch
 
 from .conftest import NO_CAPS
 from .ingest_server import IngestServer
@@ -221,19 +225,27 @@ def test_server_certificate_must_chain_to_the_ca(tmp_path: Path) -> None:
 # --- the agent ----------------------------------------------------------------------------------
 
 
-def agent_settings(tmp_path: Path, url: str, **spool: Any) -> CollectorSettings:
+def agent_settings(
+    tmp_path: Path, url: str, transport: dict[str, Any] | None = None, **spool: Any
+) -> CollectorSettings:
     return CollectorSettings.model_validate(
         {
             "interval_s": 1.0,
             "enabled_sources": ["psi", "host"],
             "spool": {"dir": tmp_path / "spool", "fsync": "always", **spool},
-            "transport": {"url": url, "allow_http": True, "max_attempts": 1, "backoff_base_s": 0.01},
+            "transport": {
+                "url": url,
+                "allow_http": True,
+                "max_attempts": 1,
+                "backoff_base_s": 0.01,
+                **(transport or {}),
+            },
         }
     )
 
 
-def make_agent(settings: CollectorSettings) -> Agent:
-    return Agent(settings, sampler=Sampler(settings, capabilities=NO_CAPS))
+def make_agent(settings: CollectorSettings, transport: Transport | None = None) -> Agent:
+    return Agent(settings, sampler=Sampler(settings, capabilities=NO_CAPS), transport=transport)
 
 
 def free_url() -> str:
@@ -340,3 +352,130 @@ def test_run_loop_ships_and_writes_status(tmp_path: Path) -> None:
         assert srv.seqs()[:2] == [1, 2]
     status = read_status(tmp_path / "spool")
     assert status["next_seq"] == 4 and status["agent"]["leader"] == srv.url
+
+
+def test_corrupt_batches_leave_a_gap_the_controller_sees_and_counts(tmp_path: Path) -> None:
+    agent = make_agent(agent_settings(tmp_path, free_url()))
+    try:
+        for _ in range(20):
+            agent.sample_once()  # the controller is away: all 20 wait in the active segment
+    finally:
+        agent.close()
+    (seg,) = (tmp_path / "spool").glob("*.seg")
+    data = bytearray(seg.read_bytes())
+    at, seq = 0, 1
+    while at < len(data):
+        _magic, length, got, _ts, _crc = HEADER.unpack_from(data, at)
+        assert got == seq
+        if seq == 3:
+            data[at + HEADER_SIZE + length // 2] ^= 0x01  # a flipped bit in batch 3's payload
+        if seq == 9:
+            data[at] ^= 0x01  # and batch 9's framing broken (its magic)
+        at, seq = at + HEADER_SIZE + length, seq + 1
+    seg.write_bytes(bytes(data))
+    with IngestServer() as srv:
+        agent = make_agent(agent_settings(tmp_path, srv.url))
+        try:
+            while agent.ship_once():
+                pass
+            # The lost seqs are never sent, nothing after them is lost.
+            assert srv.seqs() == [s for s in range(1, 21) if s not in (3, 9)]
+            assert srv.received.invalid == []
+            agent.sample_once()
+            assert agent.ship_once() is True
+            newest = srv.received.batches[-1]
+            assert newest.seq == 21  # 3 and 9 are not reused: the controller sees a gap
+            assert newest.dropped["spool_corrupt"] == 2  # and the batch after it says why
+        finally:
+            agent.close()
+
+
+class TwinController:
+    """An in-memory controller that acks every batch, and can run something mid-request."""
+
+    def __init__(self) -> None:
+        self.delivered: list[int] = []
+        self.dropped: dict[str, int] = {}
+        self.during: Any = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        batch = json.loads(gzip.decompress(request.content))
+        key = BatchKey(batch["host_id"], batch["stream_id"], batch["seq"])
+        if self.during is not None:
+            during, self.during = self.during, None
+            during(key)  # may raise, as a dropped connection would
+        if key.seq not in self.delivered:
+            self.delivered.append(key.seq)
+            self.dropped = batch["dropped"]
+        return httpx.Response(200, content=encode(make_ack(key, "accepted")))
+
+
+def small_spool_agent(tmp_path: Path, twin: TwinController) -> Agent:
+    settings = agent_settings(
+        tmp_path,
+        "https://controller.test",
+        max_bytes=1 << 20,
+        segment_bytes=64 << 10,
+        max_record_bytes=32 << 10,
+        fsync="interval",
+    )
+    t = Transport(
+        TransportOptions(url="https://controller.test", max_attempts=1),
+        http_transport=httpx.MockTransport(twin),
+    )
+    return make_agent(settings, transport=t)
+
+
+@pytest.mark.parametrize("send_fails", [False, True])
+def test_a_batch_in_flight_when_its_segment_is_evicted_is_not_counted_lost(
+    tmp_path: Path, send_fails: bool
+) -> None:
+    twin = TwinController()
+    agent = small_spool_agent(tmp_path, twin)
+
+    def fill_until_evicted(key: BatchKey) -> None:
+        # While batch 1 is on the wire the controller stalls and the spool fills past max_bytes.
+        while agent.spool.state.evicted_through < key.seq:
+            agent.sample_once()
+        if send_fails:
+            raise httpx.ConnectError("connection reset while the spool was evicting")
+
+    try:
+        for _ in range(5):
+            agent.sample_once()
+        twin.during = fill_until_evicted
+        assert agent.ship_once() is (not send_fails)
+        while agent.ship_once():
+            pass
+        total = agent.spool.next_seq - 1
+        evicted = agent.spool.state.evicted_records
+        assert twin.delivered[0] == 1  # the batch in flight got through (after a retry, if it failed)
+        assert twin.delivered == sorted(twin.delivered)
+        assert len(twin.delivered) + evicted == total  # each batch delivered or counted, never both
+        agent.sample_once()
+        assert agent.ship_once() is True
+        assert twin.dropped["spool_evicted"] == evicted  # what the controller is told
+    finally:
+        agent.close()
+
+
+def test_a_batch_the_controller_keeps_failing_on_goes_to_the_dead_letters(tmp_path: Path) -> None:
+    with IngestServer() as srv:
+        agent = make_agent(agent_settings(tmp_path, srv.url, transport={"dead_letter_after_500": 3}))
+        try:
+            agent.sample_once()
+            agent.sample_once()
+            srv.faults.extend([("status", 500)] * 3)  # the controller fails on batch 1, every time
+            assert [agent.ship_once() for _ in range(3)] == [False, False, True]
+            assert agent.ship_once() is True  # the stream moves on
+            assert srv.seqs() == [2]
+            assert agent.spool.stats()["dead_letters"] == 1
+            agent.sample_once()
+            assert agent.ship_once() is True
+            assert srv.received.batches[-1].dropped["dead_letters"] == 1
+        finally:
+            agent.close()
+    (line,) = (tmp_path / "spool" / "deadletter.log").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["seq"] == 1
+    assert entry["reason"] == "controller answered HTTP 500 3 times: injected"
