@@ -13,6 +13,11 @@ Batch (sent gzip- or zstd-compressed to POST /api/v1/ingest):
     stream and whenever it changes), agent (the agent's own health).
 Ack: schema, host_id, stream_id, seq, status (accepted, duplicate, rejected),
     reason, leader (the writer's URL when the answering controller is a follower).
+
+Before msgspec builds anything, probe_core.json_check reads the bytes once without
+the GIL: strict JSON, valid UTF-8 (no lone surrogates), every number finite and
+every integer within 64 bits, nesting and value count bounded (Limits). A batch
+that passes it cannot make a later decode fail or hold the GIL for long.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import probe_core
 
 from collector.errors import AckMismatch, WireError
 
 BATCH_SCHEMA = "incidentlab.batch/v1"
 ACK_SCHEMA = "incidentlab.ack/v1"
 MAX_SEQ = 2**63 - 1
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline, and "host\n" would be another host.
+# No "/": ids name files and keys downstream, and "a/../b" must not be a path.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_NAME_RULE = "1-64 characters of a-z, 0-9 and _.-"
 _PATH = re.compile(r"`\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[[^\]]*\])*)`")
 
 Status = Literal["ok", "fallback", "unavailable", "error"]
@@ -83,9 +93,10 @@ class SnapshotEnvelope(msgspec.Struct, forbid_unknown_fields=True):
 
 class BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True):
     """The batch as the controller's ingest validates it: the same fields and rules as
-    Batch, but each source's data kept as raw JSON, so a 64 KiB batch does not become a
-    tree of Python objects on the request path. Hot state keeps the bytes; windows are
-    decoded into Batch later, when a workflow reads them."""
+    Batch, but each source's data, each event and the collector and agent objects kept
+    as raw JSON, so a 64 KiB batch does not become a tree of Python objects on the
+    request path. Hot state keeps the bytes (and counts each one); windows are decoded
+    into Batch later, when a workflow reads them."""
 
     schema: str
     host_id: str
@@ -94,10 +105,25 @@ class BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True):
     seq: int
     sent_at: float
     snapshots: list[SnapshotEnvelope]
-    events: list[dict[str, Any]] = []
+    events: list[msgspec.Raw] = []
     dropped: dict[str, int] = {}
-    collector: dict[str, Any] | None = None
-    agent: dict[str, Any] | None = None
+    collector: msgspec.Raw = msgspec.Raw(b"null")
+    agent: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class EventHead(msgspec.Struct):
+    """The event fields the controller reads (detectors key on them), typed; the rest of
+    an event is free-form (docs/event-format.md)."""
+
+    type: str = ""
+    pid: int = 0
+    ppid: int = 0
+    comm: str = ""
+    ts_ns: int = 0
+
+
+class _Events(msgspec.Struct):
+    events: list[EventHead] = []
 
 
 class Ack(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,11 +138,23 @@ class Ack(msgspec.Struct, forbid_unknown_fields=True):
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on one batch; the defaults fit a minute of 1 s snapshots with room to spare."""
+    """Bounds on one batch; the defaults fit a minute of 1 s snapshots with room to spare.
+
+    max_depth: a real batch nests 9 deep (batch, snapshots, sources, data, tables, rows).
+    max_nodes: a 1 s snapshot of a busy host is 3-11 k JSON values and 20,000 exec events
+    about 340 k; 500 k values take msgspec about 30 ms to build, the longest a later
+    decode of one batch may hold the GIL. The object caps are 10-50x what an agent sends.
+    """
 
     max_snapshots: int = 600
     max_events: int = 20_000
     max_sources: int = 64
+    max_depth: int = 32
+    max_nodes: int = 500_000
+    max_event_bytes: int = 4096
+    max_info_bytes: int = 64 << 10  # each of collector and agent
+    max_reason_chars: int = 4096
+    max_dropped_keys: int = 32
 
 
 @dataclass(frozen=True)
@@ -137,12 +175,17 @@ def _field_of(exc: msgspec.ValidationError) -> str:
     return f"{where}.{named.group(1)}" if named else where
 
 
+def _first(raw: msgspec.Raw) -> bytes:
+    """The first byte of a raw JSON value (msgspec has already skipped leading whitespace)."""
+    return memoryview(raw)[:1].tobytes()
+
+
 def _check(batch: B, limits: Limits) -> B:
     if batch.schema != BATCH_SCHEMA:
         raise WireError("$.schema", f"expected {BATCH_SCHEMA!r}, got {batch.schema!r}")
     for name in ("host_id", "boot_id", "stream_id"):
         if not _ID.match(getattr(batch, name)):
-            raise WireError(f"$.{name}", "must be 1-128 characters of letters, digits and _.:@/-")
+            raise WireError(f"$.{name}", "must be 1-128 characters of letters, digits and _.:@-")
     if not 0 <= batch.seq <= MAX_SEQ:
         raise WireError("$.seq", f"must be between 0 and {MAX_SEQ}")
     if not math.isfinite(batch.sent_at) or batch.sent_at < 0:
@@ -155,44 +198,119 @@ def _check(batch: B, limits: Limits) -> B:
     for i, snap in enumerate(batch.snapshots):
         if len(snap.sources) > limits.max_sources:
             raise WireError(f"$.snapshots[{i}].sources", f"more than {limits.max_sources} sources")
-        if not math.isfinite(snap.ts):
-            raise WireError(f"$.snapshots[{i}].ts", "must be finite")
+        if not math.isfinite(snap.ts) or snap.ts < 0:
+            raise WireError(f"$.snapshots[{i}].ts", "must be a finite, non-negative Unix time")
+        for name, entry in snap.sources.items():
+            if not _NAME.match(name):
+                raise WireError(f"$.snapshots[{i}].sources", f"source name {name[:64]!r} is not {_NAME_RULE}")
+            if entry.reason is not None and len(entry.reason) > limits.max_reason_chars:
+                where = f"$.snapshots[{i}].sources.{name}.reason"
+                raise WireError(where, f"over {limits.max_reason_chars} characters")
+            # Batch (what windows decode into) wants an object: refuse here what would fail there.
+            if isinstance(entry.data, msgspec.Raw) and _first(entry.data) != b"{":
+                raise WireError(f"$.snapshots[{i}].sources.{name}.data", "must be an object")
+            if entry.duration_s is not None and not (
+                math.isfinite(entry.duration_s) and entry.duration_s >= 0
+            ):
+                raise WireError(f"$.snapshots[{i}].sources.{name}.duration_s", "must be finite, >= 0")
+    if len(batch.dropped) > limits.max_dropped_keys:
+        raise WireError("$.dropped", f"more than {limits.max_dropped_keys} counters")
     for key, value in batch.dropped.items():
-        if value < 0:
-            raise WireError(f"$.dropped.{key}", "counts cannot be negative")
+        if not _NAME.match(key):
+            raise WireError("$.dropped", f"counter name {key[:64]!r} is not {_NAME_RULE}")
+        if not 0 <= value <= MAX_SEQ:
+            raise WireError(f"$.dropped.{key}", f"counts must be between 0 and {MAX_SEQ}")
+    if isinstance(batch, BatchEnvelope):
+        for i, raw in enumerate(batch.events):
+            if len(raw) > limits.max_event_bytes:
+                raise WireError(f"$.events[{i}]", f"{len(raw)} bytes, over {limits.max_event_bytes}")
+            if _first(raw) != b"{":
+                raise WireError(f"$.events[{i}]", "an event must be an object")
+        for name in ("collector", "agent"):
+            raw = getattr(batch, name)
+            if len(raw) > limits.max_info_bytes:
+                raise WireError(f"$.{name}", f"{len(raw)} bytes, over {limits.max_info_bytes}")
+            if _first(raw) not in (b"{", b"n"):  # json_check has proven it is JSON: null or an object
+                raise WireError(f"$.{name}", "must be an object or null")
+    else:
+        for name in ("collector", "agent"):
+            obj = getattr(batch, name)
+            if obj is not None and len(_ENCODER.encode(obj)) > limits.max_info_bytes:
+                raise WireError(f"$.{name}", f"over {limits.max_info_bytes} bytes")
     return batch
 
 
 B = TypeVar("B", Batch, BatchEnvelope)
 _BATCH_DECODER = msgspec.json.Decoder(Batch)
 _ENVELOPE_DECODER = msgspec.json.Decoder(BatchEnvelope)
+_EVENTS_DECODER = msgspec.json.Decoder(_Events)
 _ACK_DECODER = msgspec.json.Decoder(Ack)
 _ENCODER = msgspec.json.Encoder()
 
 
-def validate_batch(body: bytes | dict[str, Any], limits: Limits | None = None) -> Batch:
-    """A Batch from JSON bytes (decoded and validated in one pass) or from a dict."""
+def check_json(body: bytes, limits: Limits) -> None:
+    """Refuse what msgspec must never see: bad JSON, bad UTF-8, non-finite or out-of-range
+    numbers, and documents too deep or too many values to build quickly."""
+    verdict = probe_core.json_check(body, limits.max_depth, limits.max_nodes)
+    if not verdict["ok"]:
+        error = verdict["error"] or "refused"
+        bound = error.startswith(("nested deeper", "more than"))
+        message = (
+            f"{error} (byte {verdict['offset']})"
+            if bound
+            else f"not valid JSON: {error} (byte {verdict['offset']})"
+        )
+        raise WireError(verdict["path"] or "$", message)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
-        if isinstance(body, bytes | bytearray):
-            batch = _BATCH_DECODER.decode(body)
-        else:
-            batch = msgspec.convert(body, Batch)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise WireError(_field_of(exc), str(exc).split(" - at ")[0]) from exc
     except msgspec.DecodeError as exc:
         raise WireError("$", f"not valid JSON: {exc}") from exc
-    return _check(batch, limits or Limits())
+
+
+def _check_events(body: bytes) -> None:
+    _decode(_EVENTS_DECODER, body)  # the typed fields of every event (the rest is skipped)
+
+
+def validate_batch(body: bytes | dict[str, Any], limits: Limits | None = None) -> Batch:
+    """A Batch from JSON bytes (checked, then decoded and validated in one pass) or from a dict."""
+    limits = limits or Limits()
+    if isinstance(body, bytes | bytearray):
+        body = bytes(body)
+        check_json(body, limits)
+        batch: Batch = _decode(_BATCH_DECODER, body)
+        _check_events(body)
+    else:
+        try:
+            batch = msgspec.convert(body, Batch)
+        except msgspec.ValidationError as exc:
+            raise WireError(_field_of(exc), str(exc).split(" - at ")[0]) from exc
+        check_json(_ENCODER.encode(batch), limits)
+        try:
+            msgspec.convert({"events": batch.events}, _Events)
+        except msgspec.ValidationError as exc:
+            raise WireError(_field_of(exc), str(exc).split(" - at ")[0]) from exc
+    return _check(batch, limits)
 
 
 def validate_envelope(body: bytes, limits: Limits | None = None) -> BatchEnvelope:
-    """validate_batch for ingest: the same refusals, each source's data left as raw JSON."""
-    try:
-        env = _ENVELOPE_DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise WireError(_field_of(exc), str(exc).split(" - at ")[0]) from exc
-    except msgspec.DecodeError as exc:
-        raise WireError("$", f"not valid JSON: {exc}") from exc
-    return _check(env, limits or Limits())
+    """validate_batch for ingest: the same refusals, raw JSON kept where it is only stored."""
+    limits = limits or Limits()
+    check_json(body, limits)
+    env: BatchEnvelope = _decode(_ENVELOPE_DECODER, body)
+    if env.events:
+        _check_events(body)
+    return _check(env, limits)
+
+
+def raw_or_none(raw: msgspec.Raw) -> bytes | None:
+    """A copy of a raw JSON value (a Raw keeps the whole request body alive), None for null."""
+    out = bytes(raw)
+    return None if out == b"null" else out
 
 
 def encode(obj: Batch | Ack) -> bytes:

@@ -16,8 +16,10 @@ from collector.wire import (
     Limits,
     encode,
     make_ack,
+    raw_or_none,
     validate_ack,
     validate_batch,
+    validate_envelope,
 )
 
 
@@ -112,3 +114,70 @@ def test_ack_must_answer_the_batch_sent() -> None:
         validate_ack(b"<html>502 Bad Gateway</html>", key)
     with pytest.raises(WireError, match="schema"):
         validate_ack({"schema": "x", "host_id": "h1", "stream_id": "s1", "seq": 9, "status": "accepted"}, key)
+
+
+# --- the rules a hostile batch met (issue 12) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        ({"host_id": "host\n"}, "$.host_id"),  # `$` let a trailing newline through
+        ({"host_id": "a/../../etc/passwd"}, "$.host_id"),
+        ({"dropped": {"Bad Name": 1}}, "$.dropped"),
+        ({"dropped": {f"k{i}": 1 for i in range(40)}}, "$.dropped"),
+        ({"events": [{"type": 5}]}, "$.events[0].type"),
+        ({"events": [{"type": "exec", "ppid": [1]}]}, "$.events[0].ppid"),
+        ({"agent": {"blob": "x" * (65 << 10)}}, "$.agent"),
+    ],
+)
+def test_hostile_fields_are_refused_by_name(mutate: dict[str, Any], field: str) -> None:
+    for body in (batch(**mutate), msgspec.json.encode(batch(**mutate))):
+        with pytest.raises(WireError) as exc:
+            validate_batch(body)
+        assert exc.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "needle"),
+    [
+        (b'"data": {}', "$.snapshots[0].sources.host.data.x", "number out of range"),
+        (b'"data": {}', "$.snapshots[0].sources.host.data.x", "integer out of range"),
+        (b'"data": {}', "$.snapshots[0].sources.host.data.x", "invalid UTF-8"),
+        (b'"data": {}', "$.snapshots[0].sources.host.data", "must be an object"),
+    ],
+)
+def test_the_envelope_checks_what_it_keeps_raw(raw: bytes, field: str, needle: str) -> None:
+    value = {
+        "number out of range": b'"data": {"x": 1e999}',
+        "integer out of range": b'"data": {"x": 18446744073709551616}',
+        "invalid UTF-8": b'"data": {"x": "\xc0\xaf"}',
+        "must be an object": b'"data": [1, 2]',
+    }[needle]
+    body = msgspec.json.encode(batch()).replace(b'"data":{}', value.replace(b": ", b":"))
+    with pytest.raises(WireError) as exc:
+        validate_envelope(body)
+    assert exc.value.field == field and needle in str(exc.value), exc.value
+    with pytest.raises(WireError) as exc:  # the full decode refuses the same (msgspec names it its way)
+        validate_batch(body)
+    assert exc.value.field.startswith("$.snapshots[0].sources")
+
+
+def test_depth_and_value_count_are_bounded() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    body = msgspec.json.encode(batch(agent={"deep": deep}))
+    with pytest.raises(WireError, match="nested deeper than 32"):
+        validate_envelope(body)
+    many = msgspec.json.encode(batch(events=[{"type": "x", "v": list(range(1000))}] * 10))
+    with pytest.raises(WireError, match="more than 5000 values"):
+        validate_envelope(many, Limits(max_nodes=5000))
+    assert validate_envelope(many).host_id  # the defaults take it
+
+
+def test_the_envelope_keeps_raw_copies_and_validates_the_same() -> None:
+    body = msgspec.json.encode(batch(agent={"a": 1}, collector=None))
+    env = validate_envelope(body)
+    assert raw_or_none(env.agent) == b'{"a":1}' and raw_or_none(env.collector) is None
+    assert [bytes(e) for e in env.events] == [b'{"type":"exec","pid":1}']
