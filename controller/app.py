@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from controller import __version__
 from controller.api.fast_ingest import FastIngest
-from controller.api.routes import router
+from controller.api.routes import BadParameter, router
 from controller.api.workflow import router as workflow_router
 from controller.artifacts import ArtifactError
 from controller.config import ControllerSettings
@@ -21,9 +21,12 @@ from controller.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ControllerSettings, runtime: Runtime | None = None) -> FastIngest:
-    """The FastAPI app behind the lean ingest path; ``.app`` is the FastAPI object (OpenAPI lives there)."""
-    rt = runtime or Runtime(settings)
+def create_app(
+    settings: ControllerSettings, runtime: Runtime | None = None, *, init_store: bool = False
+) -> FastIngest:
+    """The FastAPI app behind the front door; ``.app`` is the FastAPI object (OpenAPI lives there).
+    ``init_store`` lets start initialise an empty database file instead of refusing it."""
+    rt = runtime or Runtime(settings, init_store=init_store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +42,9 @@ def create_app(settings: ControllerSettings, runtime: Runtime | None = None) -> 
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Starlette's slash redirect builds its Location from the Host and X-Forwarded-Proto
+        # headers the client sent: a 404 is the honest answer.
+        redirect_slashes=False,
     )
     api.state.runtime = rt
 
@@ -49,6 +55,10 @@ def create_app(settings: ControllerSettings, runtime: Runtime | None = None) -> 
         log.error("%s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=500)
 
+    @api.exception_handler(BadParameter)
+    async def _bad_parameter(_: Request, exc: BadParameter) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=400)
+
     api.include_router(router)
     api.include_router(workflow_router)
-    return FastIngest(api, rt.ingest, settings.ingest.max_body_bytes)
+    return FastIngest(api, rt.ingest, rt.auth, rt.guard, settings.ingest.max_body_bytes, rt.pool)

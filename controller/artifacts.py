@@ -66,6 +66,15 @@ class ArtifactError(ControllerError):
     """An artifact that breaks the contract (a size cap, a broken chain, a wrong hash)."""
 
 
+class ArtifactTampered(ArtifactError):
+    """A stored artifact whose content no longer hashes to what was committed for it."""
+
+    def __init__(self, run_id: str, kind: str, key: str, why: str) -> None:
+        super().__init__(f"run {run_id}: the stored {kind} ({key}) {why}")
+        self.run_id = run_id
+        self.kind = kind
+
+
 class EvidenceRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     evidence_id: str
     kind: str  # "window" (snapshots), "events", "process", "cgroup", "socket", "device"

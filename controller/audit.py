@@ -25,6 +25,7 @@ AuditKind = Literal[
     "idempotent_reuse",
     "rollback",
     "verification",
+    "integrity_failure",
 ]
 KINDS: tuple[str, ...] = get_args(AuditKind)
 INSERT = text(

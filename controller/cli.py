@@ -14,16 +14,27 @@ from controller.errors import ControllerError
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from controller.api.server import guarded_protocol
     from controller.app import create_app
 
     settings = load_settings(args.config)
-    app = create_app(settings)
+    app = create_app(settings, init_store=args.init)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.tls_cert_file is None:
+        logging.getLogger(__name__).warning(
+            "serving plain HTTP on %s:%d (server.allow_http): tokens and telemetry travel in the clear",
+            settings.host,
+            settings.port,
+        )
+    srv = settings.server
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         workers=1,
+        http=guarded_protocol(app.guard),
+        limit_concurrency=srv.max_connections,
+        timeout_keep_alive=max(1, round(srv.keep_alive_s)),
         log_level="warning",
         access_log=False,
         ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
@@ -40,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the API under uvicorn (one worker)")
     serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument(
+        "--init",
+        action="store_true",
+        help="initialise an empty (0-byte or table-less) database file instead of refusing it",
+    )
     serve.set_defaults(func=cmd_serve)
     return parser
 

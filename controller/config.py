@@ -8,6 +8,7 @@ module that reads the environment.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,28 +25,56 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MIN_TOKEN, MAX_TOKEN = 16, 4096
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")  # RFC 6750 b64token
+# Host patterns are host ids with shell wildcards (* ? [..]): fnmatch, case-sensitive.
+HOST_PATTERN = re.compile(r"[A-Za-z0-9_.:@*?\[\]!-]{1,128}\Z")
+
+
 class TokenSpec(_Strict):
-    """One bearer token: given inline (env or YAML) or in a file; stored only as its SHA-256."""
+    """One bearer token: given inline (env or YAML) or in a file; stored only as its SHA-256.
+    ``hosts`` binds a collector token to the host ids it may write (patterns allowed)."""
 
     name: str = Field(min_length=1, max_length=64)
     role: Role
     token: SecretStr | None = None
     token_file: Path | None = None
+    hosts: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
 
     @model_validator(mode="after")
     def _one_source(self) -> TokenSpec:
         if (self.token is None) == (self.token_file is None):
             raise ValueError(f"token {self.name!r}: give exactly one of token and token_file")
+        for p in self.hosts or []:
+            if not HOST_PATTERN.match(p):
+                raise ValueError(f"token {self.name!r}: {p!r} is not a host id or pattern")
         return self
 
     def secret(self) -> str:
+        """The token, checked by the same rules however it is given; ConfigError names it."""
         if self.token is not None:
-            return self.token.get_secret_value()
-        assert self.token_file is not None
-        try:
-            return self.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"token {self.name!r}: cannot read {self.token_file}: {exc.strerror}") from exc
+            value, where = self.token.get_secret_value(), "the inline token"
+        else:
+            assert self.token_file is not None
+            where = f"token_file {self.token_file}"
+            try:
+                value = self.token_file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"token {self.name!r}: cannot read {self.token_file}: {exc}") from exc
+            value = value.strip("\r\n")  # the newline an editor or `echo` leaves, nothing else
+        if not value:
+            raise ConfigError(f"token {self.name!r}: {where} is empty")
+        if not MIN_TOKEN <= len(value) <= MAX_TOKEN:
+            raise ConfigError(
+                f"token {self.name!r}: {where} holds {len(value)} characters; "
+                f"tokens are {MIN_TOKEN} to {MAX_TOKEN}"
+            )
+        if not TOKEN_CHARS.match(value):
+            raise ConfigError(
+                f"token {self.name!r}: {where} holds characters outside A-Z a-z 0-9 - . _ ~ + / "
+                "(and trailing =)"
+            )
+        return value
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.secret().encode()).digest()
@@ -55,12 +84,70 @@ class AuthSettings(_Strict):
     enabled: bool = True
     tokens: list[TokenSpec] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _tokens(self) -> AuthSettings:
+        if not self.enabled:
+            return self
+        if not self.tokens:
+            raise ValueError("auth is on but no tokens are configured (auth.tokens)")
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        seen: dict[bytes, str] = {}
+        for t in self.tokens:
+            try:
+                digest = t.digest()
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+            if digest in seen:
+                # Alike secrets would authenticate as whichever is listed last: refuse both names.
+                raise ValueError(f"tokens {seen[digest]!r} and {t.name!r} are the same secret")
+            seen[digest] = t.name
+        return self
+
+
+class ServerSettings(_Strict):
+    """The HTTP front door: what one slow, idle or hostile client may hold.
+
+    A connection has ``header_timeout_s`` to send a complete request head (the head is at
+    most 16 KiB, h11's cap) and at most ``max_pending_connections`` connections may be
+    waiting for one at a time; past that new connections get 503 and are closed. A body
+    must keep arriving: ``body_timeout_s`` without a byte, or slower than
+    ``body_min_rate_bytes_s`` once ``body_timeout_s`` has passed, ends it with 408 (the
+    model of Apache's mod_reqtimeout). Tokens are checked before a body is read, and the
+    bodies being read or decoded at once are bounded by ``max_inflight_body_bytes`` and
+    ``max_inflight_batches`` (past either: 429 with Retry-After).
+    """
+
+    allow_http: bool = False  # plain HTTP without TLS: loopback tests and a trusted network only
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # 16 KiB/s: a 64 KiB batch over a 128 kbit/s link still makes it; a stalled sender does not.
+    body_min_rate_bytes_s: int = Field(default=16 << 10, ge=1, le=1 << 30)
+    max_pending_connections: int = Field(default=256, ge=1, le=100_000)
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)
+    keep_alive_s: float = Field(default=5.0, gt=0, le=300)
+    max_inflight_body_bytes: int = Field(default=64 << 20, ge=1 << 16, le=16 << 30)
+    max_inflight_batches: int = Field(default=64, ge=1, le=100_000)
+    # Decode and validation run on these threads; gzip and the JSON check release the GIL.
+    decode_workers: int = Field(default=2, ge=1, le=64)
+    # Every route but ingest takes small JSON (approvals, replay clocks).
+    max_api_body_bytes: int = Field(default=64 << 10, ge=1 << 10, le=16 << 20)
+
 
 class IngestSettings(_Strict):
-    # A 1 s snapshot batch is 5-70 KiB compressed; 16 MiB leaves room for catch-up batches.
-    max_body_bytes: int = Field(default=16 << 20, ge=1 << 10, le=1 << 30)
-    max_decompressed_bytes: int = Field(default=64 << 20, ge=1 << 10, le=4 << 30)
+    # An agent's batch is one snapshot: 5-90 KiB of JSON, 2-25 KiB compressed. The spool
+    # refuses records past 4 MiB by default (spool.max_record_bytes), so 8 MiB decompressed
+    # is twice what any agent sends and bounds what one hostile body can cost.
+    max_body_bytes: int = Field(default=8 << 20, ge=1 << 10, le=1 << 30)
+    max_decompressed_bytes: int = Field(default=8 << 20, ge=1 << 10, le=4 << 30)
     dedupe_window: int = Field(default=4096, ge=16, le=1 << 20)
+    # A sample or sent_at further ahead of this controller's clock is refused (a rejected ack).
+    max_clock_skew_s: float = Field(default=120.0, ge=1, le=86_400)
+    # Bounds on one batch (collector.wire.Limits).
+    max_depth: int = Field(default=32, ge=8, le=256)
+    max_nodes: int = Field(default=500_000, ge=1000, le=10_000_000)
+    max_events: int = Field(default=20_000, ge=0, le=1_000_000)
 
 
 class HotStateSettings(_Strict):
@@ -176,6 +263,7 @@ class ControllerSettings(EnvOverYaml):
     payload_url: str | None = None
     payload_options: dict[str, Any] = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     hot_state: HotStateSettings = Field(default_factory=HotStateSettings)
     ha: HASettings = Field(default_factory=HASettings)
@@ -183,22 +271,17 @@ class ControllerSettings(EnvOverYaml):
 
     @model_validator(mode="after")
     def _safe(self) -> ControllerSettings:
-        if self.auth.enabled and not self.auth.tokens:
-            raise ValueError("auth is on but no tokens are configured (auth.tokens)")
-        names = [t.name for t in self.auth.tokens]
-        if len(set(names)) != len(names):
-            raise ValueError("token names must be unique")
-        inline = [t.token.get_secret_value() for t in self.auth.tokens if t.token is not None]
-        if any(len(t) < 16 for t in inline):
-            raise ValueError("tokens must be at least 16 characters")
-        if len(set(inline)) != len(inline):
-            raise ValueError("two tokens are the same secret")
         if self.ingest.max_decompressed_bytes < self.ingest.max_body_bytes:
             raise ValueError("ingest.max_decompressed_bytes must be at least ingest.max_body_bytes")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.database_url is not None and not self.database_url.startswith(("sqlite", "postgresql")):
             raise ValueError("database_url must be sqlite:///... or postgresql://...")
+        if self.tls_cert_file is None and not self.server.allow_http:
+            raise ValueError(
+                "no tls_cert_file and tls_key_file: the controller serves HTTPS only "
+                "(set server.allow_http for plain HTTP on loopback or a trusted network)"
+            )
         return self
 
     @property

@@ -5,6 +5,7 @@ ControllerError
 +-- AuthError          a missing or unknown bearer token (401)
 |   +-- Forbidden      a known token whose role may not do this (403)
 +-- IngestError        a batch refused at the door, with the HTTP status it maps to
++-- SeqRefused         a far-ahead seq the ledger will not take (a rejected ack)
 +-- StoreError         the database or the payload store failed
 +-- NotLeader          this controller is a follower; carries the leader's URL (503)
 +-- UnknownRun         no workflow run has this id (404)
@@ -36,6 +37,11 @@ class IngestError(ControllerError):
         super().__init__(message)
         self.status = status
         self.field = field
+
+
+class SeqRefused(ControllerError):
+    """The ledger refuses a seq so far ahead of its stream that accepting it would turn the
+    stream's real batches into duplicates."""
 
 
 class StoreError(ControllerError):

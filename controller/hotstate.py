@@ -1,21 +1,27 @@
 """Bounded hot state: the recent telemetry of each host, in memory.
 
-Each accepted batch is kept as the JSON it arrived as (already validated), with
-its time range and snapshot count; windows are decoded on demand. That keeps the
-memory a host costs equal to what is counted, and keeps ingest from building a
-second object graph. Per host the ring is bounded by snapshots
-(``samples_per_host``) and bytes (``bytes_per_host``); the whole state by hosts
-(``max_hosts``) and bytes (``max_total_bytes``), the least recently seen host going
-first, counted. Events are kept decoded, bounded by ``events_per_host``.
+Each accepted batch is kept as the JSON it arrived as (already checked and
+validated: json_check has bounded its depth and value count), with its time range
+and snapshot and event counts; windows, events included, are decoded on demand.
+The host's latest ``collector`` and ``agent`` objects are kept as raw JSON too.
+Every byte kept is counted, so what a host costs is what ``bytes`` says: per host the
+ring is bounded by snapshots (``samples_per_host``) and bytes (``bytes_per_host``,
+batches plus the two objects); the whole state by hosts (``max_hosts``) and bytes
+(``max_total_bytes``), the least recently seen host going first, counted. A read
+takes at most ``events_per_host`` events, the newest of its window.
 
 Freshness per source: ``fresh`` within stale_after_s of its last ok or fallback
 answer, ``stale`` until missing_after_s, ``missing`` after that or if it never
 answered; ``unavailable`` when it never answered and says it cannot here (no GPU,
-nothing configured): a host is not faulted for what it does not have.
+nothing configured): a host is not faulted for what it does not have. The time of an
+answer is the earlier of its sample time and when this controller received it, so a
+clock running ahead cannot keep a dead host fresh and a catch-up batch of old
+samples does not make a host look current.
 """
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections import OrderedDict, deque
@@ -25,11 +31,12 @@ from typing import Any, Literal
 
 import msgspec
 
-from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope
+from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope, raw_or_none
 from controller.config import HotStateSettings
 
 Freshness = Literal["fresh", "stale", "missing", "unavailable"]
 _DECODE = msgspec.json.Decoder(Batch)
+_ENCODE = msgspec.json.Encoder()
 
 
 @dataclass
@@ -37,6 +44,7 @@ class Entry:
     ts_min: float
     ts_max: float
     snapshots: int
+    events: int
     raw: bytes  # the batch's JSON, validated at ingest
 
 
@@ -46,16 +54,30 @@ class HostState:
     boot_id: str = ""
     entries: deque[Entry] = field(default_factory=deque)
     snapshots: int = 0
-    bytes: int = 0
-    events: deque[dict[str, Any]] = field(default_factory=deque)
+    events: int = 0
+    bytes: int = 0  # entries plus the raw collector and agent objects
     last_seen: float = 0.0
-    collector: dict[str, Any] | None = None
-    agent: dict[str, Any] | None = None
+    collector: builtins.bytes | None = None  # raw JSON
+    agent: builtins.bytes | None = None  # raw JSON
     dropped: dict[str, int] = field(default_factory=dict)
     source_ok_at: dict[str, float] = field(default_factory=dict)
     source_status: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     evicted_snapshots: int = 0
     evicted_events: int = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    snapshots: list[Snapshot]
+    events: list[dict[str, Any]]
+
+
+def _raw(value: msgspec.Raw | dict[str, Any] | None) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, msgspec.Raw):
+        return raw_or_none(value)
+    return _ENCODE.encode(value)
 
 
 class HotState:
@@ -67,37 +89,37 @@ class HotState:
         self.evicted_hosts = 0
         self.total_bytes = 0
 
-    def ingest(self, batch: BatchEnvelope | Batch, raw: bytes) -> None:
+    def ingest(self, batch: BatchEnvelope | Batch, raw: bytes, received_at: float | None = None) -> None:
         s = self.settings
+        now = self._clock() if received_at is None else received_at
+        collector, agent = _raw(batch.collector), _raw(batch.agent)
         with self._lock:
             host = self._hosts.get(batch.host_id)
             if host is None:
                 host = self._hosts[batch.host_id] = HostState(batch.host_id)
             else:
                 self._hosts.move_to_end(batch.host_id)
-            host.last_seen = self._clock()
+            host.last_seen = now
             host.boot_id = batch.boot_id
             host.dropped = batch.dropped
-            if batch.collector is not None:
-                host.collector = batch.collector
-            if batch.agent is not None:
-                host.agent = batch.agent
-            if batch.snapshots:
-                self._note_sources(host, batch)
-                ts = [snap.ts for snap in batch.snapshots]
-                host.entries.append(Entry(min(ts), max(ts), len(ts), raw))
-                host.snapshots += len(ts)
-                host.bytes += len(raw)
-                self.total_bytes += len(raw)
+            if collector is not None:
+                self._resize(host, len(collector) - len(host.collector or b""))
+                host.collector = collector
+            if agent is not None:
+                self._resize(host, len(agent) - len(host.agent or b""))
+                host.agent = agent
+            if batch.snapshots or batch.events:
+                self._note_sources(host, batch, now)
+                ts = [snap.ts for snap in batch.snapshots] or [now]
+                host.entries.append(Entry(min(ts), max(ts), len(batch.snapshots), len(batch.events), raw))
+                host.snapshots += len(batch.snapshots)
+                host.events += len(batch.events)
+                self._resize(host, len(raw))
                 # Keep at least the newest batch, however large.
                 while len(host.entries) > 1 and (
                     host.snapshots > s.samples_per_host or host.bytes > s.bytes_per_host
                 ):
                     self._drop_oldest_entry(host)
-            host.events.extend(batch.events)
-            while len(host.events) > s.events_per_host:
-                host.events.popleft()
-                host.evicted_events += 1
             while len(self._hosts) > 1 and (
                 len(self._hosts) > s.max_hosts or self.total_bytes > s.max_total_bytes
             ):
@@ -105,8 +127,12 @@ class HotState:
                 self.total_bytes -= gone.bytes
                 self.evicted_hosts += 1
 
+    def _resize(self, host: HostState, delta: int) -> None:
+        host.bytes += delta
+        self.total_bytes += delta
+
     @staticmethod
-    def _note_sources(host: HostState, batch: BatchEnvelope | Batch) -> None:
+    def _note_sources(host: HostState, batch: BatchEnvelope | Batch, now: float) -> None:
         """Latest status per source, and the newest time each answered ok or fallback.
 
         Walks snapshots newest first and stops once every source has a good answer: one
@@ -118,11 +144,12 @@ class HotState:
                 pending = set(snap.sources)
                 for name, entry in snap.sources.items():
                     host.source_status[name] = (entry.status, entry.path, entry.reason)
+            at = min(snap.ts, now)
             for name in list(pending):
                 found = snap.sources.get(name)
                 if found is not None and (found.status == "ok" or found.status == "fallback"):
-                    if snap.ts > host.source_ok_at.get(name, 0.0):
-                        host.source_ok_at[name] = snap.ts
+                    if at > host.source_ok_at.get(name, 0.0):
+                        host.source_ok_at[name] = at
                     pending.discard(name)
             if not pending:
                 break
@@ -130,9 +157,10 @@ class HotState:
     def _drop_oldest_entry(self, host: HostState) -> None:
         old = host.entries.popleft()
         host.snapshots -= old.snapshots
-        host.bytes -= len(old.raw)
-        self.total_bytes -= len(old.raw)
+        host.events -= old.events
+        self._resize(host, -len(old.raw))
         host.evicted_snapshots += old.snapshots
+        host.evicted_events += old.events
 
     def freshness(self, host_id: str) -> dict[str, Freshness]:
         now = self._clock()
@@ -153,19 +181,31 @@ class HotState:
                     out[name] = "fresh"
             return out
 
-    def window(self, host_id: str, seconds: float) -> list[Snapshot]:
-        """The host's snapshots of the last ``seconds`` before its newest one, oldest first."""
+    def read(self, host_id: str, seconds: float, since: float | None = None) -> Window:
+        """The host's snapshots of the last ``seconds`` before its newest one, oldest first
+        (only those at or after ``since`` if given), and the newest ``events_per_host``
+        events of the batches that hold them."""
         with self._lock:
             host = self._hosts.get(host_id)
             if host is None or not host.entries:
-                return []
+                return Window([], [])
             newest = max(e.ts_max for e in host.entries)
-            chosen = [e.raw for e in host.entries if e.ts_max >= newest - seconds]
-        out: list[Snapshot] = []
+            floor = newest - seconds if since is None else max(newest - seconds, since)
+            chosen = [e.raw for e in host.entries if e.ts_max >= floor]
+        snapshots: list[Snapshot] = []
+        events: list[dict[str, Any]] = []
         for raw in chosen:  # decoded outside the lock: ingest goes on meanwhile
-            out.extend(s for s in _DECODE.decode(raw).snapshots if s.ts >= newest - seconds)
-        out.sort(key=lambda s: s.ts)
-        return out
+            batch = _DECODE.decode(raw)
+            kept = [s for s in batch.snapshots if s.ts >= floor]
+            snapshots.extend(kept)
+            if kept or not batch.snapshots:
+                events.extend(batch.events)
+        snapshots.sort(key=lambda s: s.ts)
+        cap = self.settings.events_per_host
+        return Window(snapshots, events[-cap:] if cap else [])
+
+    def window(self, host_id: str, seconds: float) -> list[Snapshot]:
+        return self.read(host_id, seconds).snapshots
 
     def host(self, host_id: str) -> HostState | None:
         with self._lock:
@@ -181,7 +221,7 @@ class HotState:
             return {
                 "hosts": len(self._hosts),
                 "samples": sum(h.snapshots for h in self._hosts.values()),
-                "events": sum(len(h.events) for h in self._hosts.values()),
+                "events": sum(h.events for h in self._hosts.values()),
                 "bytes": self.total_bytes,
                 "evicted_hosts": self.evicted_hosts,
                 "bounds": {

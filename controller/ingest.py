@@ -1,15 +1,24 @@
 """Ingest: the door every batch comes through, and everything it refuses.
 
-handle() runs the whole path on bytes already read (the ASGI layer caps the body):
-token and role, leadership, Content-Encoding (gzip or zstd, decompressed under a
-hard cap: a bomb is 413, not an out-of-memory), one-pass decode and validation
-through collector.wire (400 naming the field), the durable dedupe ledger (the ack
-goes out only after its commit), hot state. Nothing is stored for a refused batch.
+Two halves. ``admit`` looks at the headers alone, before a byte of the body is read:
+the bearer token and its role, leadership (a follower answers 503 with the leader's
+URL). ``process`` runs on the bytes, off the event loop (the ASGI layer hands it to a
+bounded pool): Content-Encoding (gzip or zstd, decompressed under a hard cap: a bomb
+is 413, not an out-of-memory); the strict JSON check and one-pass validation through
+collector.wire (400 naming the field); the token's host binding (403); the clock
+(a snapshot or sent_at further ahead of this controller's clock than
+``max_clock_skew_s`` is refused: one such batch would keep a dead host fresh and
+shrink its window to that sample); the durable dedupe ledger (the ack goes out only
+after its commit; a far-ahead seq the collector's own loss counts do not explain is
+refused); hot state. Nothing is stored for a refused batch, and every refusal that
+can name the batch is an ack with status ``rejected`` (the collector dead-letters it,
+counted, and moves on).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,15 +31,17 @@ import zstandard
 from collector.errors import WireError
 from collector.transport import LEADER_HEADER
 from collector.wire import BatchEnvelope, BatchKey, Limits, batch_key, encode, make_ack, validate_envelope
-from controller.auth import Authenticator
-from controller.errors import AuthError, Forbidden, StoreError
+from controller.auth import Authenticator, Principal
+from controller.errors import AuthError, Forbidden, SeqRefused, StoreError
 from controller.hotstate import HotState
 from controller.leader import Leadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
 
+log = logging.getLogger(__name__)
 JSON = b"application/json"
 _ENC = msgspec.json.Encoder()
+CLOSE = (b"connection", b"close")
 
 
 @dataclass(frozen=True)
@@ -38,9 +49,10 @@ class Answer:
     status: int
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    accepted_host: str | None = None  # a batch was stored for this host: evaluate it once answered
 
 
-def _json(status: int, obj: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
+def json_answer(status: int, obj: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
     return Answer(status, _ENC.encode(obj), headers)
 
 
@@ -78,20 +90,33 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     raise IngestRefusal(415, f"unsupported Content-Encoding {encoding!r} (gzip, zstd or identity)")
 
 
+class _Identity(msgspec.Struct):
+    host_id: Any = None
+    stream_id: Any = None
+    seq: Any = None
+
+
+_IDENTITY = msgspec.json.Decoder(_Identity)
+
+
 def _identity(raw: bytes) -> BatchKey | None:
-    """host, stream and seq of a batch that failed validation, when they can still be read."""
+    """host, stream and seq of a batch that failed validation, when they can still be read.
+
+    Typed decode of three fields, every other value skipped: never builds (or recurses
+    into) the rest of a body that was refused for being too deep or too large."""
     try:
-        obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+        obj = _IDENTITY.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None
-    if not isinstance(obj, dict):
-        return None
-    host, stream, seq = obj.get("host_id"), obj.get("stream_id"), obj.get("seq")
+    host, stream, seq = obj.host_id, obj.stream_id, obj.seq
     if (
         isinstance(host, str)
         and isinstance(stream, str)
         and isinstance(seq, int)
         and not isinstance(seq, bool)
+        and len(host) <= 256
+        and len(stream) <= 256
+        and 0 <= seq < 2**63
     ):
         return BatchKey(host, stream, seq)
     return None
@@ -107,8 +132,10 @@ class IngestService:
         leadership: Leadership,
         metrics: Metrics,
         max_decompressed: int,
+        max_clock_skew_s: float = 120.0,
         limits: Limits | None = None,
         on_accepted: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.on_accepted = on_accepted
         self.auth = auth
@@ -117,51 +144,123 @@ class IngestService:
         self.leadership = leadership
         self.metrics = metrics
         self.max_decompressed = max_decompressed
+        self.max_clock_skew_s = max_clock_skew_s
         self.limits = limits or Limits()
+        self.clock = clock
 
-    def handle(self, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
-        start = time.perf_counter()
-        answer = self._handle(authorization, encoding, body)
-        self.metrics.requests.labels(str(answer.status)).inc()
-        self.metrics.seconds.observe(time.perf_counter() - start)
-        self.metrics.body_bytes.inc(len(body))
-        return answer
+    # --- the two halves ----------------------------------------------------------------------
 
-    def _handle(self, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
+    def admit(self, authorization: str | None) -> Principal | Answer:
+        """From the headers alone: the principal, or the answer that ends the request
+        (sent with Connection: close, so an unread body is never taken in)."""
         try:
             principal = self.auth.authenticate(authorization)
             self.auth.require(principal, "ingest")
         except Forbidden as exc:
-            return _json(403, {"detail": str(exc)})
+            return self.refuse("forbidden", json_answer(403, {"detail": str(exc)}, (CLOSE,)))
         except AuthError as exc:
-            return _json(401, {"detail": str(exc)}, ((b"www-authenticate", b"Bearer"),))
+            headers = ((b"www-authenticate", b"Bearer"), CLOSE)
+            return self.refuse("unauthenticated", json_answer(401, {"detail": str(exc)}, headers))
         if not self.leadership.is_leader:
             leader = self.leadership.leader_url
-            headers = ((LEADER_HEADER.lower().encode(), leader.encode()),) if leader else ()
-            return _json(503, {"detail": "this controller is a follower", "leader": leader}, headers)
+            hint: tuple[tuple[bytes, bytes], ...] = (
+                ((LEADER_HEADER.lower().encode(), leader.encode()), CLOSE) if leader else (CLOSE,)
+            )
+            body = {"detail": "this controller is a follower", "leader": leader}
+            return self.refuse("follower", json_answer(503, body, hint))
+        return principal
+
+    def process(self, principal: Principal, encoding: str | None, body: bytes) -> Answer:
+        """Everything after the headers, on bytes already read: run it off the event loop."""
+        start = time.perf_counter()
+        try:
+            answer = self._process(principal, encoding, body)
+        except Exception:  # a bug must answer, not hang the collector; the batch is not acked
+            log.exception("ingest failed on a batch")
+            answer = json_answer(500, {"detail": "internal error while ingesting; the batch was not stored"})
+        self.metrics.seconds.observe(time.perf_counter() - start)
+        self.metrics.body_bytes.inc(len(body))
+        return answer
+
+    def handle(self, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
+        """Both halves in one call (the documented route and the tests)."""
+        admitted = self.admit(authorization)
+        if isinstance(admitted, Answer):
+            self.count(admitted)
+            return admitted
+        answer = self.process(admitted, encoding, body)
+        self.count(answer)
+        self.answered(answer)
+        return answer
+
+    def count(self, answer: Answer) -> None:
+        self.metrics.requests.labels(str(answer.status)).inc()
+
+    def answered(self, answer: Answer) -> None:
+        """After the ack is on its way: queue the host for evaluation (cheap, bounded)."""
+        if answer.accepted_host is not None and self.on_accepted is not None:
+            self.on_accepted(answer.accepted_host)
+
+    def refuse(self, reason: str, answer: Answer) -> Answer:
+        self.metrics.refused.labels(reason).inc()
+        return answer
+
+    # --- the work --------------------------------------------------------------------------------
+
+    def _process(self, principal: Principal, encoding: str | None, body: bytes) -> Answer:
         try:
             raw = decompress(body, encoding, self.max_decompressed)
         except IngestRefusal as exc:
-            return _json(exc.status, {"detail": str(exc)})
+            reason = {413: "too_large", 415: "encoding"}.get(exc.status, "bad_encoding")
+            return self.refuse(reason, json_answer(exc.status, {"detail": str(exc)}))
         try:
             batch = validate_envelope(raw, self.limits)
         except WireError as exc:
-            key = _identity(raw)
-            if key is not None:
-                # An ack naming the batch tells the collector this is permanent: dead-letter it.
-                return Answer(400, encode(make_ack(key, "rejected", reason=str(exc))))
-            return _json(400, {"detail": str(exc), "field": exc.field})
+            return self._rejected(raw, "invalid", exc.field, str(exc))
+        try:
+            self.auth.require_host(principal, batch.host_id)
+        except Forbidden as exc:
+            # Not an ack: the batch is fine, the token is wrong for it. The collector keeps it.
+            return self.refuse("host_forbidden", json_answer(403, {"detail": str(exc)}))
+        ahead = self._ahead_of_clock(batch)
+        if ahead is not None:
+            field, by = ahead
+            message = (
+                f"{field}: {by:.0f} s ahead of the controller's clock "
+                f"(ingest.max_clock_skew_s is {self.max_clock_skew_s:.0f}); fix the host's clock"
+            )
+            return self._rejected(raw, "future", field, message, key=batch_key(batch))
         return self._accept(batch, raw)
+
+    def _ahead_of_clock(self, batch: BatchEnvelope) -> tuple[str, float] | None:
+        now = self.clock()
+        limit = now + self.max_clock_skew_s
+        if batch.sent_at > limit:
+            return "$.sent_at", batch.sent_at - now
+        for i, snap in enumerate(batch.snapshots):
+            if snap.ts > limit:
+                return f"$.snapshots[{i}].ts", snap.ts - now
+        return None
+
+    def _rejected(
+        self, raw: bytes, reason: str, field: str, message: str, key: BatchKey | None = None
+    ) -> Answer:
+        key = key or _identity(raw)
+        if key is not None:
+            # An ack naming the batch tells the collector this is permanent: dead-letter it.
+            return self.refuse(reason, Answer(400, encode(make_ack(key, "rejected", reason=message))))
+        return self.refuse(reason, json_answer(400, {"detail": message, "field": field}))
 
     def _accept(self, batch: BatchEnvelope, raw: bytes) -> Answer:
         key = batch_key(batch)
         try:
             verdict = self.ledger.record(key, batch.boot_id, batch.dropped)
+        except SeqRefused as exc:
+            return self._rejected(raw, "seq_ahead", "$.seq", str(exc), key=key)
         except StoreError as exc:
-            return _json(503, {"detail": f"cannot record the batch now: {exc}"})
+            return self.refuse("store", json_answer(503, {"detail": f"cannot record the batch now: {exc}"}))
         self.metrics.batches.labels(verdict).inc()
         if verdict == "accepted":
-            self.hot.ingest(batch, raw)
-            if self.on_accepted is not None:
-                self.on_accepted(batch.host_id)
+            self.hot.ingest(batch, raw, received_at=self.clock())
+            return Answer(200, encode(make_ack(key, verdict)), accepted_host=batch.host_id)
         return Answer(200, encode(make_ack(key, verdict)))

@@ -3,9 +3,17 @@
 Per stream: a watermark W (every seq <= W was received) and a window of the seqs
 received above it. A seq <= W or in the window is a duplicate. The window is
 bounded (``dedupe_window``): when it overflows, W jumps over the oldest hole and
-the seqs skipped are counted as missing (a batch that late is answered
+the seqs skipped are counted as given up (a batch that late is answered
 duplicate, never double counted). A seq past max_seq + 1 opens a gap, counted
-and accepted. The stream's row is written and committed before the ack goes out,
+and accepted; ``missing()`` is every seq below max_seq never received, and the
+collector's own loss counters (spool eviction and corruption, dead letters) say
+how many of them it knows it lost.
+
+A seq more than the window past max_seq, from a stream that has history, is
+refused unless the loss the collector reports since its last batch explains the
+jump: accepted, it would move the window past every real batch still to come,
+and each of them would be answered duplicate and dropped (one flood of far-ahead
+seqs would blind the stream). The stream's row is written and committed before the ack goes out,
 so a replay after a restart is still recognised. Streams live in memory (bounded,
 least recently used first out) and are loaded from the store on a miss.
 """
@@ -25,10 +33,16 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from collector.wire import BatchKey
-from controller.errors import StoreError
+from controller.errors import SeqRefused, StoreError
 from controller.store import repo
 
-Verdict = Literal["accepted", "duplicate"]
+Verdict = Literal["accepted", "duplicate", "refused"]
+# The collector's cumulative counts of batches it made and will never deliver.
+LOSS_KEYS = ("spool_evicted", "spool_corrupt", "dead_letters")
+
+
+def reported_loss(dropped: dict[str, int]) -> int:
+    return sum(int(dropped.get(k, 0)) for k in LOSS_KEYS)
 
 
 @dataclass
@@ -46,6 +60,11 @@ class StreamLedger:
     first_seen: float = 0.0
     last_seen: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # in memory: far-ahead seqs refused since this controller loaded the stream
+
+    def missing_seqs(self) -> int:
+        """Seqs below max_seq never received: holes still in the window and those given up on."""
+        return (self.max_seq - self.watermark) - len(self.window) + self.missing
 
     def row(self) -> dict[str, Any]:
         return {
@@ -83,11 +102,19 @@ class StreamLedger:
         )
 
 
-def observe(s: StreamLedger, seq: int, window_max: int) -> Verdict:
-    """Pure: update one stream's ledger for seq; the caller persists before acking."""
+def observe(s: StreamLedger, seq: int, window_max: int, loss: int | None = None) -> Verdict:
+    """Pure: update one stream's ledger for seq; the caller persists before acking.
+    ``loss`` is the batch's reported_loss(dropped); None skips the far-ahead check."""
     if seq <= s.watermark or seq in s.window:
         s.duplicates += 1
         return "duplicate"
+    if (
+        loss is not None
+        and s.accepted
+        and seq - s.max_seq - 1 > window_max + max(0, loss - reported_loss(s.dropped))
+    ):
+        s.refused += 1
+        return "refused"
     if seq > s.max_seq + 1:
         s.gaps += 1
     s.max_seq = max(s.max_seq, seq)
@@ -141,14 +168,23 @@ class Ledger:
             self.evicted += 1
         return s
 
-    def record(self, key: BatchKey, boot_id: str, dropped: dict[str, int]) -> Verdict:
+    def record(
+        self, key: BatchKey, boot_id: str, dropped: dict[str, int]
+    ) -> Literal["accepted", "duplicate"]:
         """Duplicate, or accepted and committed to the store: only then may the ack say so."""
         with self._lock:
             s = self._get(key.host_id, key.stream_id)
             before = dataclasses.replace(s, window=set(s.window), dropped=dict(s.dropped))
-            verdict = observe(s, key.seq, self._window)
+            verdict = observe(s, key.seq, self._window, reported_loss(dropped))
+            if verdict == "refused":
+                lost = max(0, reported_loss(dropped) - reported_loss(s.dropped))
+                raise SeqRefused(
+                    f"seq {key.seq} is {key.seq - s.max_seq - 1} past this stream's last seq {s.max_seq}: "
+                    f"more than the dedupe window ({self._window}) plus the {lost} batches the collector "
+                    "reports lost since; accepted, it would make the stream's next batches duplicates"
+                )
             if verdict == "duplicate":
-                return verdict
+                return "duplicate"
             now = self._clock()
             s.first_seen = s.first_seen or now
             s.last_seen = now
@@ -160,7 +196,7 @@ class Ledger:
             except SQLAlchemyError as exc:
                 self._streams[(key.host_id, key.stream_id)] = before  # not durable: not accepted
                 raise StoreError(f"cannot commit the ingest ledger: {exc}") from exc
-            return verdict
+            return "accepted"
 
     def reload(self) -> None:
         """Forget what is in memory (a new leader reads the store afresh)."""

@@ -14,6 +14,13 @@ class Metrics:
         self.requests = Counter(
             "incidentlab_ingest_requests", "Ingest requests by HTTP status", ["code"], registry=r
         )
+        self.refused = Counter(
+            "incidentlab_ingest_refused",
+            "Ingest requests refused, by reason (unauthenticated, forbidden, host_forbidden, follower, "
+            "too_large, encoding, bad_encoding, invalid, future, seq_ahead, store, busy, timeout)",
+            ["reason"],
+            registry=r,
+        )
         self.batches = Counter("incidentlab_ingest_batches", "Batches by verdict", ["verdict"], registry=r)
         self.seconds = Histogram(
             "incidentlab_ingest_seconds",
@@ -24,7 +31,11 @@ class Metrics:
         self.body_bytes = Counter("incidentlab_ingest_body_bytes", "Compressed bytes received", registry=r)
         self.leader = Gauge("incidentlab_leader", "1 when this controller holds the writer lock", registry=r)
         self.hot_hosts = Gauge("incidentlab_hot_hosts", "Hosts in hot state", registry=r)
-        self.hot_bytes = Gauge("incidentlab_hot_bytes", "Bytes of snapshots held in hot state", registry=r)
+        self.hot_bytes = Gauge(
+            "incidentlab_hot_bytes",
+            "Bytes held in hot state (batches, agent and collector objects)",
+            registry=r,
+        )
         self.hot_evicted = Gauge("incidentlab_hot_evicted_hosts", "Hosts evicted from hot state", registry=r)
 
     def bind(self, is_leader: Callable[[], bool], hot_stats: Callable[[], dict[str, int]]) -> None:

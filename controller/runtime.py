@@ -9,11 +9,14 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from collector.wire import Limits
 from controller.actuators import KubeTarget, host_env
+from controller.api.guard import Guard
 from controller.artifacts import KINDS
 from controller.auth import Authenticator
 from controller.config import ControllerSettings
@@ -23,7 +26,7 @@ from controller.ingest import IngestService
 from controller.leader import Leadership, PostgresLeadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
-from controller.store.db import make_engine, migrate, schema_version
+from controller.store.db import check_store, make_engine, migrate, schema_version
 from controller.store.payloads import PayloadStore
 from controller.workflow.advisor import Advisor
 from controller.workflow.engine import Failpoint, WorkflowEngine, WorkflowOptions
@@ -34,9 +37,15 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: ControllerSettings, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, settings: ControllerSettings, *, engine: Engine | None = None, init_store: bool = False
+    ) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.sqlalchemy_url)
+        check_store(self.engine, settings.sqlalchemy_url, init=init_store)
+        self.guard = Guard(settings.server)
+        # Ingest's decode and validation: bounded by server.max_inflight_batches at the door.
+        self.pool = ThreadPoolExecutor(settings.server.decode_workers, thread_name_prefix="ingest")
         self.payloads = PayloadStore(settings.payload_root, settings.payload_options)
         self.auth = Authenticator(settings.auth)
         self.metrics = Metrics()
@@ -111,6 +120,12 @@ class Runtime:
             leadership=self.leadership,
             metrics=self.metrics,
             max_decompressed=settings.ingest.max_decompressed_bytes,
+            max_clock_skew_s=settings.ingest.max_clock_skew_s,
+            limits=Limits(
+                max_depth=settings.ingest.max_depth,
+                max_nodes=settings.ingest.max_nodes,
+                max_events=settings.ingest.max_events,
+            ),
         )
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         self.schema_version = 0
@@ -155,6 +170,7 @@ class Runtime:
         self.leadership.stop()
         self.workflow.stop()
         self.execution.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
         if self.workflow.advisor is not None:
             self.workflow.advisor.close()
         self.engine.dispose()

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 "host": "127.0.0.1",
                 "port": port,
                 "data_dir": str(data),
+                "server": {"allow_http": True},  # loopback only
                 "auth": {
                     "tokens": [
                         {

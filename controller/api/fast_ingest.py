@@ -1,26 +1,43 @@
-"""POST /api/v1/ingest as a bare ASGI handler in front of FastAPI.
+"""The front door: a bare ASGI layer in front of FastAPI.
 
-FastAPI's per-request machinery (routing, dependency resolution, response
-models) costs more than the ingest work itself for a 64 KiB batch, so this path
-reads the body (refusing past ``max_body_bytes`` before buffering it), calls the
-same IngestService the documented FastAPI route calls, and writes the answer.
-Every other request goes to the FastAPI app unchanged.
+POST /api/v1/ingest is served here, without FastAPI's per-request machinery (it costs
+more than the ingest work itself for a 64 KiB batch): the token, its role and
+leadership are checked on the headers alone, before a byte of the body is read; an
+oversized Content-Length, or no room in the in-flight bounds (bytes and batches; a
+chunked body reserves the largest allowed), ends the request at once. The body is
+read under the Guard's timeouts and handed to a bounded thread pool for decompression,
+the JSON check, validation, the ledger and hot state, so the event loop keeps
+answering /healthz and the rest while a large batch decodes. Every early answer
+carries Connection: close, so an unread body is never taken in.
+
+Every other request that carries a body is authenticated on its headers first, read
+under the same timeouts and a small cap (max_api_body_bytes), and refused with 400
+naming the place if it is not strict JSON (depth, UTF-8, finite numbers) before
+FastAPI parses it. Requests without a body go to FastAPI unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import probe_core
+
 from collector.transport import INGEST_PATH
-from controller.ingest import Answer, IngestService
+from controller.api.guard import BodyTimeout, BodyTooLarge, ClientGone, Guard
+from controller.auth import Authenticator
+from controller.errors import AuthError
+from controller.ingest import CLOSE, Answer, IngestService, json_answer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Approval, rejection and replay bodies are a few flat fields.
+API_JSON_DEPTH, API_JSON_NODES = 16, 10_000
 
 
 async def send_answer(send: Send, answer: Answer) -> None:
@@ -30,49 +47,155 @@ async def send_answer(send: Send, answer: Answer) -> None:
     await send({"type": "http.response.body", "body": answer.body})
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None once it passes limit (the rest is not buffered)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"content-encoding", b"content-length", b"transfer-encoding"):
+            out[name] = value
+    return out
+
+
+def _length(headers: dict[bytes, bytes]) -> int | Answer | None:
+    """The declared Content-Length, None when there is none, or the answer to a bad one."""
+    raw = headers.get(b"content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        return json_answer(400, {"detail": "bad Content-Length"}, (CLOSE,))
+    return int(raw)
 
 
 class FastIngest:
-    def __init__(self, app: ASGIApp, service: IngestService, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: IngestService,
+        auth: Authenticator,
+        guard: Guard,
+        max_body: int,
+        pool: ThreadPoolExecutor,
+    ) -> None:
         self.app = app
         self.service = service
+        self.auth = auth
+        self.guard = guard
         self.max_body = max_body
+        self.pool = pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != INGEST_PATH or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        auth = enc = length = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                auth = value.decode("latin-1")
-            elif name == b"content-encoding":
-                enc = value.decode("latin-1").strip().lower()
-            elif name == b"content-length":
-                length = value
-        too_big = Answer(413, b'{"detail":"body over the ingest limit"}')
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await send_answer(
-                send, too_big if length.isdigit() else Answer(400, b'{"detail":"bad Content-Length"}')
-            )
+        headers = _headers(scope)
+        if scope["path"] == INGEST_PATH and scope["method"] == "POST":
+            await self._ingest(headers, receive, send)
+        elif b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
+            await self._with_body(scope, headers, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _answer(self, send: Send, answer: Answer) -> None:
+        self.service.count(answer)
+        await send_answer(send, answer)
+
+    async def _ingest(self, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+        auth = headers.get(b"authorization")
+        admitted = self.service.admit(auth.decode("latin-1") if auth is not None else None)
+        if isinstance(admitted, Answer):
+            await self._answer(send, admitted)
             return
-        body = await read_body(receive, self.max_body)
-        if body is None:
-            await send_answer(send, too_big)
+        length = _length(headers)
+        if isinstance(length, Answer):
+            await self._answer(send, length)
             return
-        await send_answer(send, self.service.handle(auth, enc, body))
+        if length is not None and length > self.max_body:
+            answer = json_answer(413, {"detail": "body over the ingest limit"}, (CLOSE,))
+            await self._answer(send, self.service.refuse("too_large", answer))
+            return
+        want = self.max_body if length is None else length  # chunked: room for the largest allowed
+        if not self.guard.reserve(want, batch=True):
+            await self._answer(send, self.service.refuse("busy", _busy()))
+            return
+        try:
+            try:
+                body = await self.guard.read_body(receive, want)
+            except BodyTimeout as exc:
+                answer = json_answer(408, {"detail": str(exc)}, (CLOSE,))
+                await self._answer(send, self.service.refuse("timeout", answer))
+                return
+            except BodyTooLarge:
+                answer = json_answer(413, {"detail": "body over the ingest limit"}, (CLOSE,))
+                await self._answer(send, self.service.refuse("too_large", answer))
+                return
+            except ClientGone:
+                return  # nobody to answer; not an error worth a traceback
+            enc = headers.get(b"content-encoding")
+            encoding = enc.decode("latin-1").strip().lower() if enc is not None else None
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(self.pool, self.service.process, admitted, encoding, body)
+        finally:
+            self.guard.release(want, batch=True)
+        await self._answer(send, answer)
+        self.service.answered(answer)
+
+    async def _with_body(
+        self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
+        auth = headers.get(b"authorization")
+        try:
+            self.auth.authenticate(auth.decode("latin-1") if auth is not None else None)
+        except AuthError as exc:
+            headers_out = ((b"www-authenticate", b"Bearer"), CLOSE)
+            await send_answer(send, json_answer(401, {"detail": str(exc)}, headers_out))
+            return
+        limit = self.guard.settings.max_api_body_bytes
+        length = _length(headers)
+        if isinstance(length, Answer):
+            await send_answer(send, length)
+            return
+        if length is not None and length > limit:
+            await send_answer(send, json_answer(413, {"detail": f"body over {limit} bytes"}, (CLOSE,)))
+            return
+        want = limit if length is None else length
+        if not self.guard.reserve(want, batch=False):
+            await send_answer(send, _busy())
+            return
+        try:
+            try:
+                body = await self.guard.read_body(receive, limit)
+            except BodyTimeout as exc:
+                await send_answer(send, json_answer(408, {"detail": str(exc)}, (CLOSE,)))
+                return
+            except BodyTooLarge as exc:
+                await send_answer(send, json_answer(413, {"detail": str(exc)}, (CLOSE,)))
+                return
+            except ClientGone:
+                return
+            if body:
+                verdict = probe_core.json_check(body, API_JSON_DEPTH, API_JSON_NODES)
+                if not verdict["ok"]:
+                    detail = f"not acceptable JSON: {verdict['error']} (byte {verdict['offset']})"
+                    await send_answer(send, json_answer(400, {"detail": detail, "field": verdict["path"]}))
+                    return
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.guard.release(want, batch=False)
+
+
+def _busy() -> Answer:
+    detail = {"detail": "too many bodies in flight; retry shortly"}
+    return json_answer(429, detail, ((b"retry-after", b"1"), CLOSE))
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the client's own events."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

@@ -5,17 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import artifacts, audit
-from controller.api.routes import require, runtime
-from controller.artifacts import Artifact
+from controller.api.routes import BODY_ERRORS, READ_ERRORS, BadParameter, errors, require, runtime
+from controller.artifacts import Artifact, ArtifactTampered
 from controller.audit import AuditKind
 from controller.auth import Principal
+from controller.detectors import Evidence
 from controller.errors import UnknownRun
 from controller.runtime import Runtime
 from controller.workflow.analysis import detect, rank
@@ -28,7 +30,84 @@ Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("write"))]
 Rt = Annotated[Runtime, Depends(runtime)]
 
-router = APIRouter(prefix="/api/v1/agent", tags=["workflow"])
+router = APIRouter(prefix="/api/v1/agent", tags=["workflow"], responses=READ_ERRORS)
+# Unix seconds, finite: NaN and infinity compare oddly in SQL.
+TIME: dict[str, Any] = {"ge": 0, "le": 1e11, "allow_inf_nan": False}
+log = logging.getLogger(__name__)
+MAX_ID = 2**63 - 1
+
+
+DECIDE_ERRORS = errors(400, 404, 409, 500, 503) | BODY_ERRORS
+EVIDENCE_OK: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"schema": {"type": "object"}}}}
+}
+
+
+class _Open(BaseModel):
+    """Documented fields; the answer may carry more (forward-compatible readers ignore them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class RcaHost(_Open):
+    host_id: str
+    window: dict[str, Any] | None = None
+    freshness: dict[str, str] | None = None
+    hypotheses: list[dict[str, Any]] | None = None
+    latest_run: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class RcaPage(_Open):
+    hosts: list[RcaHost]
+    count: int
+
+
+class RunsPage(_Open):
+    runs: list[dict[str, Any]]
+    count: int
+    next_cursor: str | None
+
+
+class RunDetail(_Open):
+    run: dict[str, Any]
+    attachments: list[dict[str, Any]]
+    chain: list[dict[str, Any]]
+    manifest: dict[str, Any] | None
+    problems: list[str]
+    replay: dict[str, Any] | None
+    actions: list[dict[str, Any]]
+
+
+class Decision(_Open):
+    run_id: str
+    plan_hash: str
+    decision: Literal["approved", "rejected"]
+    actor: str
+    reason: str
+    steps: list[int] | None
+    at: float
+    expires_at: float | None
+
+
+class RollbackAnswer(_Open):
+    run_id: str
+    rollbacks: list[dict[str, Any]]
+
+
+class AuditPage(_Open):
+    entries: list[dict[str, Any]]
+    count: int
+    next_cursor: str | None
+
+
+class ReplayAnswer(_Open):
+    run_id: str
+    replay_of: dict[str, str]
+    changed: list[str]
+    chain: list[dict[str, Any]]
+    manifest: dict[str, Any] | None
+    problems: list[str]
 
 
 def encode_cursor(row: dict[str, Any]) -> str:
@@ -41,7 +120,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return float(created), str(run_id)
     except (ValueError, TypeError, binascii.Error) as exc:
-        raise HTTPException(400, "cursor is not one this API gave out") from exc
+        raise BadParameter("cursor", "cursor is not one this API gave out") from exc
 
 
 def run_summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +149,7 @@ def _run_or_404(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
     return run
 
 
-@router.get("/rca")
+@router.get("/rca", response_model=RcaPage, responses=errors(404))
 def rca(
     rt: Rt,
     _: Reader,
@@ -82,36 +161,42 @@ def rca(
     hosts = [host] if host is not None else list(reversed(rt.hot.host_ids()))[:limit]
     out = []
     for host_id in hosts:
-        ev = wf.evidence_for(host_id)
-        if ev is None:
+        try:
+            ev = wf.evidence_for(host_id)
+            entry = _rca_entry(wf, host_id, ev) if ev is not None else None
+        except Exception as exc:  # one host's window must never fail the answer for every host
+            wf.record_failure(host_id, exc)
+            log.exception("RCA of host %s failed", host_id)
+            entry = {"host_id": host_id, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        if entry is None:
             if host is not None:
                 raise HTTPException(404, f"no telemetry in hot state for host {host_id!r}")
             continue
-        latest = wf.list_runs(host_id=host_id, limit=1)
-        out.append(
-            {
-                "host_id": host_id,
-                "window": {"start": ev.start, "end": ev.end, "samples": ev.samples},
-                "freshness": ev.freshness,
-                "hypotheses": [h.to_dict() for h in rank(ev, detect(ev))],
-                "latest_run": (
-                    {k: latest[0][k] for k in ("run_id", "status", "family", "created_at")}
-                    if latest
-                    else None
-                ),
-            }
-        )
+        out.append(entry)
     return {"hosts": out, "count": len(out)}
 
 
-@router.get("/workflow/runs")
+def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]:
+    latest = wf.list_runs(host_id=host_id, limit=1)
+    return {
+        "host_id": host_id,
+        "window": {"start": ev.start, "end": ev.end, "samples": ev.samples},
+        "freshness": ev.freshness,
+        "hypotheses": [h.to_dict() for h in rank(ev, detect(ev))],
+        "latest_run": (
+            {k: latest[0][k] for k in ("run_id", "status", "family", "created_at")} if latest else None
+        ),
+    }
+
+
+@router.get("/workflow/runs", response_model=RunsPage, responses=errors(400))
 def list_runs(
     rt: Rt,
     _: Reader,
     status: RunStatus | None = None,
     host: Annotated[str | None, Query(max_length=128)] = None,
-    since: Annotated[float | None, Query(description="created at or after (Unix seconds)")] = None,
-    until: Annotated[float | None, Query(description="created before (Unix seconds)")] = None,
+    since: Annotated[float | None, Query(description="created at or after (Unix seconds)", **TIME)] = None,
+    until: Annotated[float | None, Query(description="created before (Unix seconds)", **TIME)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
@@ -129,25 +214,41 @@ def list_runs(
     }
 
 
-@router.get("/workflow/runs/{run_id}")
+@router.get("/workflow/runs/{run_id}", response_model=RunDetail, responses=errors(404, 500))
 def get_run(rt: Rt, _: Reader, run_id: str) -> dict[str, Any]:
     """The run, its attachments, its chain with the manifest, and its latest replay if any."""
     wf = rt.workflow
     run = _run_or_404(wf, run_id)
     replay = wf.load_chain(run_id, replay=True)
+    body = chain_body(wf.load_chain(run_id))
+    body["problems"] = body["problems"] + wf.integrity_problems(run_id)
     return {
         "run": run_summary(run),
         "attachments": wf.attachments(run_id),
-        **chain_body(wf.load_chain(run_id)),
+        **body,
         "replay": chain_body(replay) if replay else None,
         "actions": rt.execution.intents(run_id),
     }
 
 
+PLAN_HASH = r"^[0-9a-f]{64}$"
+
+
+class ReplayBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    clock: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e11,
+        allow_inf_nan=False,
+        description="a fixed clock (Unix seconds): the same inputs then give the same sha256s",
+    )
+
+
 class ApproveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    plan_hash: str = Field(min_length=64, max_length=64, description="the execution_plan's plan_hash")
-    steps: list[int] | None = Field(
+    plan_hash: str = Field(pattern=PLAN_HASH, description="the execution_plan's plan_hash")
+    steps: list[Annotated[int, Field(ge=0, le=1000)]] | None = Field(
         default=None, max_length=64, description="approve only these steps; all that need approval if absent"
     )
     reason: str = Field(default="", max_length=2000)
@@ -156,7 +257,7 @@ class ApproveBody(BaseModel):
 class RejectBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=2000)
-    plan_hash: str | None = Field(default=None, min_length=64, max_length=64)
+    plan_hash: str | None = Field(default=None, pattern=PLAN_HASH)
 
 
 class RollbackBody(BaseModel):
@@ -184,15 +285,23 @@ def _decide(rt: Runtime, run_id: str, plan_hash: str, **kw: Any) -> dict[str, An
     return decision
 
 
+def _verified(wf: WorkflowEngine, run_id: str) -> list[Artifact]:
+    """The chain an approval or a rollback acts on: every hash recomputed (409 naming the artifact)."""
+    try:
+        return wf.verified_chain(run_id)
+    except ArtifactTampered as exc:
+        raise HTTPException(409, f"refused: {exc}") from exc
+
+
 def _plan(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
     run = _run_or_404(wf, run_id)
-    plan = next((a.payload for a in wf.load_chain(run_id) if a.kind == "execution_plan"), None)
+    plan = next((a.payload for a in _verified(wf, run_id) if a.kind == "execution_plan"), None)
     if run["status"] != "awaiting_approval" or plan is None:
         raise HTTPException(409, f"run {run_id} is {run['status']}, not awaiting approval")
     return plan
 
 
-@router.post("/workflow/runs/{run_id}/approve")
+@router.post("/workflow/runs/{run_id}/approve", response_model=Decision, responses=DECIDE_ERRORS)
 def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, Any]:
     """Approve the run's plan: bound to its hash, valid for execution.approval_ttl_s. The run
     resumes at the executor. A plan that changed since it was read needs a new approval."""
@@ -205,13 +314,13 @@ def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, An
             f"the plan is {plan['plan_hash'][:12]}...",
         )
     if body.steps is not None and not set(body.steps) <= set(plan["needs_approval"]):
-        raise HTTPException(400, f"only steps {plan['needs_approval']} need approval")
+        raise BadParameter("steps", f"only steps {plan['needs_approval']} need approval")
     return _decide(
         rt, run_id, plan["plan_hash"], approve=True, actor=who.name, reason=body.reason, steps=body.steps
     )
 
 
-@router.post("/workflow/runs/{run_id}/reject")
+@router.post("/workflow/runs/{run_id}/reject", response_model=Decision, responses=DECIDE_ERRORS)
 def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]:
     """Reject the run's plan with a reason: nothing in it runs; the run completes, saying so."""
     _leader(rt)
@@ -223,13 +332,13 @@ def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]
     )
 
 
-@router.post("/workflow/runs/{run_id}/rollback")
+@router.post("/workflow/runs/{run_id}/rollback", response_model=RollbackAnswer, responses=DECIDE_ERRORS)
 def rollback(rt: Rt, who: Writer, run_id: str, body: RollbackBody) -> dict[str, Any]:
     """Undo every applied step of the run that has rollback data (each once), recorded in the audit log."""
     _leader(rt)
     wf = rt.workflow
     run = _run_or_404(wf, run_id)
-    chain = wf.load_chain(run_id)
+    chain = _verified(wf, run_id)
     results = next((a.payload["results"] for a in chain if a.kind == "execution_result"), None)
     plan = next((a.payload for a in chain if a.kind == "execution_plan"), None)
     if results is None or plan is None:
@@ -255,17 +364,17 @@ def rollback(rt: Rt, who: Writer, run_id: str, body: RollbackBody) -> dict[str, 
     return {"run_id": run_id, "rollbacks": done}
 
 
-@router.get("/workflow/audit")
+@router.get("/workflow/audit", response_model=AuditPage, responses=errors(400))
 def get_audit(
     rt: Rt,
     _: Reader,
     run_id: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     kind: Annotated[AuditKind | None, Query()] = None,
-    since: Annotated[float | None, Query(description="at or after (Unix seconds)")] = None,
-    until: Annotated[float | None, Query(description="before (Unix seconds)")] = None,
+    since: Annotated[float | None, Query(description="at or after (Unix seconds)", **TIME)] = None,
+    until: Annotated[float | None, Query(description="before (Unix seconds)", **TIME)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+    cursor: Annotated[str | None, Query(max_length=19, pattern=r"^[0-9]{1,19}$")] = None,
 ) -> dict[str, Any]:
     """The audit log, oldest first (the order things happened); ``next_cursor`` pages on."""
     rows = audit.query(
@@ -275,7 +384,7 @@ def get_audit(
         kind=kind,
         since=since,
         until=until,
-        after_id=int(cursor) if cursor else None,
+        after_id=_audit_cursor(cursor),
         limit=limit + 1,
     )
     page = rows[:limit]
@@ -286,7 +395,20 @@ def get_audit(
     }
 
 
-@router.get("/workflow/evidence/{run_id}", response_class=Response)
+def _audit_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    value = int(cursor)
+    if value > MAX_ID:  # a row id is a signed 64-bit integer in both stores
+        raise BadParameter("cursor", f"cursor {cursor} is past the largest row id ({MAX_ID})")
+    return value
+
+
+@router.get(
+    "/workflow/evidence/{run_id}",
+    response_class=Response,
+    responses=EVIDENCE_OK | errors(404, 500),
+)
 def get_evidence(rt: Rt, _: Reader, run_id: str) -> Response:
     """The evidence package: the chain, its manifest and the window its refs point at
     (before a run completes, the window alone), and `after`, the window the verifier
@@ -304,19 +426,17 @@ def get_evidence(rt: Rt, _: Reader, run_id: str) -> Response:
     return Response(body[:-1] + b',"after":' + after + b"}", media_type="application/json")
 
 
-@router.post("/workflow/runs/{run_id}/replay")
+@router.post(
+    "/workflow/runs/{run_id}/replay", response_model=ReplayAnswer, responses=errors(404, 500) | BODY_ERRORS
+)
 def replay(
     rt: Rt,
     _: Writer,
     run_id: str,
-    clock: Annotated[
-        float | None,
-        Body(
-            embed=True, description="a fixed clock (Unix seconds): the same inputs then give the same sha256s"
-        ),
-    ] = None,
+    body: ReplayBody | None = None,
 ) -> dict[str, Any]:
     """Re-run every stage from the stored observation and evidence with the current code."""
+    clock = body.clock if body is not None else None
     wf = rt.workflow
     try:
         original = wf.load_chain(run_id)

@@ -6,6 +6,14 @@ power cut after the next checkpoint. PostgreSQL (psycopg 3) is for shared
 metadata and HA. Migrations are numbered and recorded in ``schema_migrations``;
 each pending one runs in its own transaction at start, under an advisory lock on
 PostgreSQL so two controllers starting together do not race.
+
+Start refuses a database it cannot vouch for (``check_store``): a 0-byte or table-less
+SQLite file (an empty file would silently become a new database: the ledger and the
+audit log reset, old seqs accepted again), a file that is not SQLite, a database
+holding tables but no ``schema_migrations`` (someone else's), and a schema newer
+than this code. ``init=True`` (``incidentlab-controller serve --init``) lets the
+empty cases be initialised. A missing SQLite file and an empty PostgreSQL database
+are a first start and need no flag.
 """
 
 from __future__ import annotations
@@ -14,11 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 
-from controller.errors import StoreError
+from controller.errors import ConfigError, StoreError
 from controller.store.models import (
     ActionIntent,
     Approval,
@@ -87,6 +95,56 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (3, "governed execution: action intents, approvals, the append-only audit log", _execution),
 ]
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
+
+
+def check_store(engine: Engine, url: str, *, init: bool = False) -> None:
+    """Refuse, before anything is written, a store this controller did not make (see above)."""
+    path = sqlite_path(url)
+    existed = False
+    if path is not None and path.exists():
+        existed = True
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the database file {path}: {exc.strerror}") from exc
+        if not head and not init:
+            raise ConfigError(
+                f"the database file {path} is empty (0 bytes): refusing to start on it, which would "
+                "reset the ingest ledger and the audit log; restore it, or start once with --init"
+            )
+        if head and head != SQLITE_MAGIC:
+            raise ConfigError(f"{path} is not a SQLite database; refusing to start on it")
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot inspect the metadata store: {exc}") from exc
+    if tables and "schema_migrations" not in tables:
+        raise ConfigError(
+            f"the database at {engine.url.render_as_string(hide_password=True)} holds tables "
+            f"({', '.join(sorted(tables)[:5])}) but no schema_migrations: it is not an incidentlab "
+            "store; refusing to start on it"
+        )
+    if not tables and existed and path is not None and path.stat().st_size and not init:
+        raise ConfigError(
+            f"the database file {path} holds no tables: refusing to start on it; "
+            "start once with --init to initialise it"
+        )
+    if "schema_migrations" in tables:
+        latest = max(v for v, _, _ in MIGRATIONS)
+        found = schema_version(engine)
+        if found > latest:
+            raise ConfigError(
+                f"the database's schema is version {found}, newer than this controller's {latest}: "
+                "run a controller at least as new as the one that migrated it"
+            )
 
 
 def make_engine(url: str) -> Engine:

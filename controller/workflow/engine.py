@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ from controller.workflow.analysis import detect, rank
 from controller.workflow.execution import ExecutionService
 from controller.workflow.roles import NotReady, Posture, StageContext, role_for
 from controller.workflow.roles.base import recorded_posture
+from controller.workflow.roles.policy_gate import plan_hash_of
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "incidentlab-workflow/0.1.0"
@@ -69,7 +70,10 @@ INSERT_RUN = text(
 )
 SELECT_RUN = text("SELECT * FROM workflow_runs WHERE run_id = :r")
 CHAIN_PATHS = text(
-    "SELECT path FROM workflow_artifacts WHERE run_id = :r AND replay = :rp ORDER BY stage_index"
+    "SELECT path, sha256 FROM workflow_artifacts WHERE run_id = :r AND replay = :rp ORDER BY stage_index"
+)
+FAIL_RUN = text(
+    "UPDATE workflow_runs SET status = 'failed', updated_at = :at, closed_at = :at WHERE run_id = :run"
 )
 SELECT_MEMORY = text("SELECT * FROM incident_memory WHERE fingerprint = :fp")
 INSERT_ARTIFACT = text(
@@ -97,6 +101,7 @@ ATTACHMENTS_OF = text(
     "SELECT at, detail FROM workflow_attachments WHERE run_id = :r ORDER BY at DESC LIMIT :n"
 )
 FAILPOINTS = ("before_commit", "after_commit")
+HEALTH_HOSTS = 10_000  # hosts whose evaluation record is kept (least recently failed go first)
 Failpoint = Callable[[str, str], None]
 
 
@@ -173,6 +178,8 @@ class WorkflowEngine:
         self.active: Callable[[], bool] = lambda: True
         self._due: list[tuple[float, str]] = []  # (when, run_id): approved runs, verifier retries
         self._after: dict[str, Evidence] = {}  # run_id -> the window the verifier last read
+        # host -> its evaluation record: failures, the last error and when, the last success.
+        self._health: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.overflow = 0
         self.evaluations = 0
         self.runs_opened = 0
@@ -244,9 +251,11 @@ class WorkflowEngine:
                     self._pending.discard(host)
                 try:
                     self.evaluate(host)
-                except Exception:  # one host's failure must not stop the engine for the others
-                    self.failures += 1
+                except Exception as exc:  # one host's failure must not stop the engine for the others
+                    self.record_failure(host, exc)
                     log.exception("workflow evaluation of %s failed", host)
+                else:
+                    self.record_success(host)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -260,15 +269,49 @@ class WorkflowEngine:
             "failures": self.failures,
         }
 
+    # --- per-host evaluation health -------------------------------------------------------------
+
+    def record_failure(self, host_id: str, exc: BaseException) -> None:
+        """A host whose window makes evaluation fail is recorded (and the others go on)."""
+        with self._lock:
+            self.failures += 1
+            h = self._health.pop(host_id, None) or {"failures": 0, "last_ok_at": None}
+            h["failures"] += 1
+            h["last_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            h["last_failed_at"] = self.clock()
+            self._health[host_id] = h
+            while len(self._health) > HEALTH_HOSTS:
+                self._health.popitem(last=False)
+
+    def record_success(self, host_id: str) -> None:
+        with self._lock:
+            h = self._health.get(host_id)
+            if h is not None:
+                h["last_ok_at"] = self.clock()
+
+    def failure_of(self, host_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            h = self._health.get(host_id)
+            return dict(h) if h is not None else None
+
+    def failing_hosts(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Hosts whose latest evaluation failed, most recent first."""
+        with self._lock:
+            items = list(self._health.items())
+        out = [
+            {"host_id": k} | v
+            for k, v in reversed(items)
+            if v["last_ok_at"] is None or v["last_ok_at"] < v["last_failed_at"]
+        ]
+        return out[:limit]
+
     # --- evaluation and runs --------------------------------------------------------------------
 
     def evidence_for(self, host_id: str) -> Evidence | None:
-        window = self.hot.window(host_id, self.opts.window_s)
-        if not window:
+        w = self.hot.read(host_id, self.opts.window_s)
+        if not w.snapshots:
             return None
-        host = self.hot.host(host_id)
-        events = list(host.events) if host is not None else []
-        return build_evidence(host_id, window, events, self.hot.freshness(host_id))
+        return build_evidence(host_id, w.snapshots, w.events, self.hot.freshness(host_id))
 
     def evaluate(self, host_id: str) -> str | None:
         """Open or attach a run for this host if its detectors fire; returns the run id."""
@@ -329,16 +372,68 @@ class WorkflowEngine:
         # A completed run's file is the full package; before that, the window alone.
         return Evidence.from_dict(doc["window"] if "manifest" in doc else doc)
 
-    def load_chain(self, run_id: str, replay: bool = False) -> list[Artifact]:
+    def _stored_chain(self, run_id: str, replay: bool) -> list[tuple[Artifact, str, str]]:
+        """(artifact, payload key, the sha256 its row recorded at commit), in stage order."""
         with self.db.connect() as conn:
             rows = conn.execute(CHAIN_PATHS, {"r": run_id, "rp": replay}).all()
-        chain = []
-        for (key,) in rows:
+        out = []
+        for key, sha in rows:
             try:
-                chain.append(artifacts.decode(self.store.get(key)))
+                out.append((artifacts.decode(self.store.get(key)), key, sha))
             except artifacts.ArtifactError as exc:  # say which file, so it can be found and looked at
                 raise artifacts.ArtifactError(f"run {run_id}, {key}: {exc}") from exc
+        return out
+
+    def load_chain(self, run_id: str, replay: bool = False) -> list[Artifact]:
+        """The chain as stored, unchecked (integrity_problems says what is wrong with it)."""
+        return [art for art, _, _ in self._stored_chain(run_id, replay)]
+
+    @staticmethod
+    def _tampering(run_id: str, art: Artifact, key: str, committed: str) -> str | None:
+        actual = artifacts.digest(art)
+        if actual != committed:
+            return f"hashes to {actual[:12]}..., not the {committed[:12]}... committed for it"
+        if actual != art.sha256:
+            return f"hashes to {actual[:12]}..., not the {art.sha256[:12]}... it claims"
+        if art.kind == "execution_plan":
+            p = art.payload
+            if plan_hash_of(p.get("posture", {}), p.get("steps", [])) != p.get("plan_hash"):
+                return "has a plan_hash that its posture and steps do not give"
+        return None
+
+    def integrity_problems(self, run_id: str, replay: bool = False) -> list[str]:
+        problems = []
+        for art, key, committed in self._stored_chain(run_id, replay):
+            why = self._tampering(run_id, art, key, committed)
+            if why is not None:
+                problems.append(str(artifacts.ArtifactTampered(run_id, art.kind, key, why)))
+        return problems
+
+    def verified_chain(self, run_id: str) -> list[Artifact]:
+        """The chain, each artifact's sha256 recomputed from its stored content and compared
+        with the one its row recorded at commit (and the plan's hash with its steps): what
+        approval and execution act on. Raises ArtifactTampered naming the first that differs."""
+        chain = []
+        for art, key, committed in self._stored_chain(run_id, False):
+            why = self._tampering(run_id, art, key, committed)
+            if why is not None:
+                raise artifacts.ArtifactTampered(run_id, art.kind, key, why)
+            chain.append(art)
         return chain
+
+    def fail_tampered(self, exc: artifacts.ArtifactTampered) -> None:
+        """A run whose stored chain was changed cannot go on: failed, and said so in the audit log."""
+        now = self.clock()
+        with self.db.begin() as conn:
+            conn.execute(FAIL_RUN, {"at": now, "run": exc.run_id})
+            audit.record(
+                conn,
+                at=now,
+                actor="engine",
+                kind="integrity_failure",
+                run_id=exc.run_id,
+                detail={"why": str(exc)},
+            )
 
     def _memory(self, fingerprint: str) -> dict[str, Any] | None:
         with self.db.connect() as conn:
@@ -359,7 +454,12 @@ class WorkflowEngine:
         if run["status"] in ("completed", "failed"):
             return self.load_chain(run_id)
         ev = self.load_evidence(run_id)
-        chain = self.load_chain(run_id)
+        try:
+            chain = self.verified_chain(run_id)
+        except artifacts.ArtifactTampered as exc:
+            log.error("%s: the run is failed, nothing more of it runs", exc)
+            self.fail_tampered(exc)
+            raise
         memory = self._memory(run["fingerprint"])
         for index in range(len(chain), len(KINDS)):
             if stop_after is not None and index > stop_after:
@@ -413,12 +513,10 @@ class WorkflowEngine:
         return False, decision
 
     def _fresh(self, run_id: str, host_id: str, since: float) -> Evidence | None:
-        window = [s for s in self.hot.window(host_id, self.opts.window_s) if s.ts >= since]
-        if not window:
+        w = self.hot.read(host_id, self.opts.window_s, since=since)
+        if not w.snapshots:
             return None
-        host = self.hot.host(host_id)
-        events = [e for e in (host.events if host is not None else []) if float(e.get("ts", 0)) >= since]
-        ev = build_evidence(host_id, window, events, self.hot.freshness(host_id))
+        ev = build_evidence(host_id, w.snapshots, w.events, self.hot.freshness(host_id))
         self._after[run_id] = ev
         return ev
 

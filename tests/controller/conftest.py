@@ -28,6 +28,7 @@ def base_config(data_dir: Path, **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "host": "127.0.0.1",
         "data_dir": str(data_dir),
+        "server": {"allow_http": True},
         "auth": {
             "tokens": [
                 {"name": "node", "role": "collector", "token": COLLECTOR_TOKEN},
@@ -51,11 +52,20 @@ class ControllerProc:
         self.config_path.write_text(json.dumps(cfg))
         self.log = tmp / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.args: tuple[str, ...] = ()  # extra `serve` flags, e.g. ("--init",)
 
     def start(self, timeout: float = 30) -> ControllerProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "serve", "--config", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "controller.cli",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=log,
                 cwd=ROOT,

@@ -11,13 +11,14 @@ from controller.config import AuthSettings, load_settings
 from controller.errors import AuthError, ConfigError, Forbidden
 
 TOKENS = "auth:\n  tokens:\n    - {name: a, role: collector, token: 'aaaaaaaaaaaaaaaaaaaa'}\n"
+HTTP = "server: {allow_http: true}\n"
 
 
 @pytest.mark.parametrize(
     ("yaml_text", "needle"),
     [
         ("port: 8443\n", "auth is on but no tokens"),
-        ("auth:\n  tokens:\n    - {name: a, role: collector, token: short}\n", "at least 16 characters"),
+        ("auth:\n  tokens:\n    - {name: a, role: collector, token: short}\n", "tokens are 16 to 4096"),
         (
             "auth:\n  tokens:\n    - {name: a, role: collector, token: 'aaaaaaaaaaaaaaaaaaaa'}\n"
             "    - {name: b, role: admin, token: 'aaaaaaaaaaaaaaaaaaaa'}\n",
@@ -36,6 +37,7 @@ TOKENS = "auth:\n  tokens:\n    - {name: a, role: collector, token: 'aaaaaaaaaaa
         (TOKENS + "database_url: mysql://x\n", "sqlite:///... or postgresql"),
         (TOKENS + "hot_state: {stale_after_s: 60, missing_after_s: 30}\n", "missing_after_s"),
         (TOKENS + "bogus: 1\n", "bogus: unknown key"),
+        (TOKENS, "serves HTTPS only"),
     ],
 )
 def test_unsafe_settings_are_refused(tmp_path: Path, yaml_text: str, needle: str) -> None:
@@ -46,11 +48,11 @@ def test_unsafe_settings_are_refused(tmp_path: Path, yaml_text: str, needle: str
 
 
 def test_auth_off_needs_no_tokens_and_urls_translate(tmp_path: Path) -> None:
-    s = load_settings(auth={"enabled": False}, data_dir=tmp_path)
+    plain = {"allow_http": True}
+    s = load_settings(auth={"enabled": False}, data_dir=tmp_path, server=plain)
     assert s.sqlalchemy_url == f"sqlite:///{tmp_path}/agent/workflow_runs.db"
-    assert load_settings(auth={"enabled": False}, database_url="postgresql://u@h/db").sqlalchemy_url == (
-        "postgresql+psycopg://u@h/db"
-    )
+    pg = load_settings(auth={"enabled": False}, database_url="postgresql://u@h/db", server=plain)
+    assert pg.sqlalchemy_url == ("postgresql+psycopg://u@h/db")
     assert Authenticator(s.auth).authenticate(None) == Principal("anonymous", "admin")
 
 
@@ -66,6 +68,6 @@ def test_token_file_and_roles(tmp_path: Path) -> None:
     for bad in (None, "Basic xyz", "Bearer wrong-wrong-wrong-wrong"):
         with pytest.raises(AuthError):
             auth.authenticate(bad)
-    missing = AuthSettings(tokens=[{"name": "n", "role": "collector", "token_file": tmp_path / "nope"}])  # type: ignore[list-item]
-    with pytest.raises(ConfigError, match="cannot read"):
-        Authenticator(missing)
+    missing = {"tokens": [{"name": "n", "role": "collector", "token_file": str(tmp_path / "nope")}]}
+    with pytest.raises(ConfigError, match="cannot read"):  # at start, naming the token
+        load_settings(auth=missing, server={"allow_http": True})

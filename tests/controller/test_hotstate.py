@@ -90,8 +90,12 @@ def test_freshness_states() -> None:
     assert hot.freshness("g") == {"psi": "missing"}
 
 
-def test_events_bounded() -> None:
-    hot = HotState(HotStateSettings(events_per_host=3))
+def test_events_come_from_the_window_newest_first_bounded() -> None:
+    hot = HotState(HotStateSettings(events_per_host=3, samples_per_host=2))
     hot.ingest(*make("h", 1, [1.0], events=5))
+    assert [e["pid"] for e in hot.read("h", 100).events] == [2, 3, 4]
+    hot.ingest(*make("h", 2, [2.0], events=1))
+    hot.ingest(*make("h", 3, [3.0], events=1))  # the first batch leaves the ring, its events with it
     h = hot.host("h")
-    assert h is not None and [e["pid"] for e in h.events] == [2, 3, 4] and h.evicted_events == 2
+    assert h is not None and h.events == 2 and h.evicted_events == 5
+    assert [e["pid"] for e in hot.read("h", 100).events] == [0, 0]

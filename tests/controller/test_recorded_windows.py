@@ -45,9 +45,8 @@ def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit: str
     hot = HotState(HotStateSettings(samples_per_host=1000, bytes_per_host=256 << 20), clock=lambda: last + 1)
     for raw in batches(snapshots, "recorded"):
         hot.ingest(validate_batch(raw), raw)
-    host = hot.host("recorded")
-    assert host is not None
-    ev = build_evidence("recorded", hot.window("recorded", 300), list(host.events), hot.freshness("recorded"))
+    w = hot.read("recorded", 300)
+    ev = build_evidence("recorded", w.snapshots, w.events, hot.freshness("recorded"))
     hyps = rank(ev, detect(ev))
     assert hyps, "no detector fired"
     top = hyps[0]

@@ -55,6 +55,11 @@ def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple
     return "allowed_dry_run" if posture.dry_run else "allowed", None
 
 
+def plan_hash_of(posture: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+    """The hash an approval binds to; approval and execution recompute it from the stored plan."""
+    return hashlib.sha256(canonical({"posture": posture, "steps": steps})).hexdigest()
+
+
 def idempotency_key(fingerprint: str, action: dict[str, Any]) -> str:
     return hashlib.sha256(canonical([fingerprint, action["action"], action["parameters"]])).hexdigest()[:32]
 
@@ -84,7 +89,7 @@ class PolicyGate(Role):
             )
         posture = ctx.posture.public() | {"host_reachable": host in ctx.posture.local_hosts}
         # The posture is in the hash: an approval of a dry-run plan never approves a live one.
-        plan_hash = hashlib.sha256(canonical({"posture": posture, "steps": steps})).hexdigest()
+        plan_hash = plan_hash_of(posture, steps)
         needs = [s["step"] for s in steps if s["decision"] == "approval_required"]
         return Output(
             payload={
