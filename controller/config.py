@@ -131,6 +131,10 @@ class ServerSettings(_Strict):
     max_inflight_batches: int = Field(default=64, ge=1, le=100_000)
     # Decode and validation run on these threads; gzip and the JSON check release the GIL.
     decode_workers: int = Field(default=2, ge=1, le=64)
+    # A batch that decompresses to at most this is done on the event loop itself: an agent's
+    # batch is 5-90 KiB, and the worst 256 KiB can hold (4,000 tiny source entries) is a few
+    # ms; a thread hop would cost a third of the ingest path. 0: every batch to the pool.
+    inline_decode_bytes: int = Field(default=256 << 10, ge=0, le=8 << 20)
     # Every route but ingest takes small JSON (approvals, replay clocks).
     max_api_body_bytes: int = Field(default=64 << 10, ge=1 << 10, le=16 << 20)
 

@@ -170,11 +170,18 @@ class IngestService:
             return self.refuse("follower", json_answer(503, body, hint))
         return principal
 
-    def process(self, principal: Principal, encoding: str | None, body: bytes) -> Answer:
-        """Everything after the headers, on bytes already read: run it off the event loop."""
+    def process(
+        self, principal: Principal, encoding: str | None, body: bytes, inline_limit: int | None = None
+    ) -> Answer | None:
+        """Everything after the headers, on bytes already read: run it off the event loop.
+
+        With ``inline_limit`` (the event loop's own fast path for small batches) it answers
+        None, having done nothing, when the body decompresses past that many bytes."""
         start = time.perf_counter()
         try:
-            answer = self._process(principal, encoding, body)
+            answer = self._process(principal, encoding, body, inline_limit)
+            if answer is None:
+                return None
         except Exception:  # a bug must answer, not hang the collector; the batch is not acked
             log.exception("ingest failed on a batch")
             answer = json_answer(500, {"detail": "internal error while ingesting; the batch was not stored"})
@@ -189,6 +196,7 @@ class IngestService:
             self.count(admitted)
             return admitted
         answer = self.process(admitted, encoding, body)
+        assert answer is not None
         self.count(answer)
         self.answered(answer)
         return answer
@@ -207,9 +215,19 @@ class IngestService:
 
     # --- the work --------------------------------------------------------------------------------
 
-    def _process(self, principal: Principal, encoding: str | None, body: bytes) -> Answer:
+    def _process(
+        self, principal: Principal, encoding: str | None, body: bytes, inline_limit: int | None = None
+    ) -> Answer | None:
         try:
-            raw = decompress(body, encoding, self.max_decompressed)
+            if inline_limit is not None:
+                try:
+                    raw = decompress(body, encoding, min(inline_limit, self.max_decompressed))
+                except IngestRefusal as exc:
+                    if exc.status == 413:
+                        return None  # larger than the fast path takes: the pool does it all
+                    raise
+            else:
+                raw = decompress(body, encoding, self.max_decompressed)
         except IngestRefusal as exc:
             reason = {413: "too_large", 415: "encoding"}.get(exc.status, "bad_encoding")
             return self.refuse(reason, json_answer(exc.status, {"detail": str(exc)}))

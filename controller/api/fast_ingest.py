@@ -5,9 +5,11 @@ more than the ingest work itself for a 64 KiB batch): the token, its role and
 leadership are checked on the headers alone, before a byte of the body is read; an
 oversized Content-Length, or no room in the in-flight bounds (bytes and batches; a
 chunked body reserves the largest allowed), ends the request at once. The body is
-read under the Guard's timeouts and handed to a bounded thread pool for decompression,
-the JSON check, validation, the ledger and hot state, so the event loop keeps
-answering /healthz and the rest while a large batch decodes. Every early answer
+read under the Guard's timeouts; a batch that decompresses to at most
+``inline_decode_bytes`` (256 KiB: a few milliseconds of work at the very worst) is
+done on the loop, anything larger is handed to a bounded thread pool for
+decompression, the JSON check, validation, the ledger and hot state, so the event
+loop keeps answering /healthz and the rest while a large batch decodes. Every early answer
 carries Connection: close, so an unread body is never taken in.
 
 Every other request that carries a body is authenticated on its headers first, read
@@ -81,6 +83,7 @@ class FastIngest:
         self.guard = guard
         self.max_body = max_body
         self.pool = pool
+        self.inline_bytes = guard.settings.inline_decode_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,8 +134,16 @@ class FastIngest:
                 return  # nobody to answer; not an error worth a traceback
             enc = headers.get(b"content-encoding")
             encoding = enc.decode("latin-1").strip().lower() if enc is not None else None
-            loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(self.pool, self.service.process, admitted, encoding, body)
+            result = None
+            if len(body) <= self.inline_bytes:
+                # A small batch is cheaper done here than handed to a thread and back; one
+                # that decompresses past inline_bytes is left untouched for the pool.
+                result = self.service.process(admitted, encoding, body, inline_limit=self.inline_bytes)
+            if result is None:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self.pool, self.service.process, admitted, encoding, body)
+            assert result is not None
+            answer = result
         finally:
             self.guard.release(want, batch=True)
         await self._answer(send, answer)

@@ -24,44 +24,10 @@ import httpx
 import msgspec
 import pytest
 
-from collector.wire import BATCH_SCHEMA
-
 from .conftest import ADMIN_TOKEN, COLLECTOR_TOKEN, OPERATOR_TOKEN, ROOT, ControllerProc, base_config
+from .test_ingest_http import batch, gz, post
 
 FAST = {"header_timeout_s": 1.0, "body_timeout_s": 1.0, "body_min_rate_bytes_s": 4096}
-
-
-def batch(seq: int, host: str = "host-a", stream: str = "stream-a", **kw: Any) -> dict[str, Any]:
-    now = time.time()
-    return {
-        "schema": BATCH_SCHEMA,
-        "host_id": host,
-        "boot_id": "boot-1",
-        "stream_id": stream,
-        "seq": seq,
-        "sent_at": now,
-        "snapshots": [
-            {
-                "ts": now,
-                "interval_s": 1.0,
-                "sources": {"psi": {"status": "ok", "path": "file", "reason": None, "data": {"cpu": {}}}},
-            }
-        ],
-        "dropped": {"spool_evicted": 0},
-    } | kw
-
-
-def post(
-    c: ControllerProc, body: bytes, token: str | None = COLLECTOR_TOKEN, encoding: str | None = "gzip"
-) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if encoding:
-        headers["Content-Encoding"] = encoding
-    return httpx.post(c.url + "/api/v1/ingest", content=body, headers=headers, timeout=30)
-
-
-def gz(obj: Any) -> bytes:
-    return gzip.compress(msgspec.json.encode(obj) if not isinstance(obj, bytes) else obj)
 
 
 OPEN: list[socket.socket] = []
@@ -249,7 +215,7 @@ def test_ingest_status_answers_bounded_pages(ctl: ControllerProc) -> None:
 
 def test_a_non_finite_number_is_refused_naming_its_place(ctl: ControllerProc) -> None:
     raw = msgspec.json.encode(batch(1)).replace(b'"cpu":{}', b'"cpu":{"some":1e999}')
-    r = post(ctl, gz(raw))
+    r = post(ctl, gzip.compress(raw))
     assert r.status_code == 400
     ack = r.json()
     assert ack["status"] == "rejected" and "$.snapshots[0].sources.psi.data.cpu.some" in ack["reason"]
@@ -297,7 +263,7 @@ def test_an_agent_nested_300_deep_is_refused(ctl: ControllerProc) -> None:
     raw = msgspec.json.encode(batch(1) | {"agent": {}}).replace(
         b'"agent":{}', b'"agent":' + json.dumps(deep).encode()
     )
-    r = post(ctl, gz(raw))
+    r = post(ctl, gzip.compress(raw))
     assert r.status_code == 400 and "nested deeper" in r.text
     assert ctl.get("/api/v1/ingest/status").status_code == 200
 
@@ -457,7 +423,7 @@ def test_samples_from_the_future_are_refused_and_counted(ctl: ControllerProc) ->
     ],
 )
 def test_bad_batches_answer_400_not_500(ctl: ControllerProc, body: bytes, needle: str) -> None:
-    r = post(ctl, gz(body))
+    r = post(ctl, gzip.compress(body))
     assert r.status_code == 400, r.text
     assert needle in r.text
 
