@@ -1,15 +1,20 @@
 """Controller ingest against a bare asyncio server, in one run; writes bench/results/ingest.json.
 
-(a) the controller (`incidentlab-controller serve`, one uvicorn worker, SQLite ledger,
-    bearer token, dedupe and hot state) and (b) bench/bare_server.py (gunzip, parse,
-    answer) each take the same 64 KiB JSON batch (197 snapshots, gzip, a new seq per
-    request) from bench/loadgen.py in its own process, on loopback:
-  1. peak: closed loop, 16 connections, batches per second;
+(a) the controller's ingest path (`incidentlab-controller serve`, one uvicorn worker,
+    SQLite ledger, bearer token checked before the body, the body read under the
+    front door's timeouts, decompression, probe_core.json_check, validation, dedupe
+    and hot state on the decode pool; the workflow off) and (b) bench/bare_server.py
+    (gunzip, parse, answer) each take the same 64 KiB JSON batch (197 snapshots, gzip,
+    a new seq per request) from bench/loadgen.py in its own process, on loopback:
+  1. peak: closed loop, 16 connections, batches per second; and the peak of (c), the
+     controller with default settings (the workflow on: every accepted batch queues
+     its host for an evaluation, issue 14's subject);
   2. latency: open loop at half of (a)'s peak, p50 and p99 from when each request was due;
   3. memory: 1,000 simulated hosts send for 60 s (at half of (a)'s peak, capped at one
      batch per host per second); the controller's RSS sampled each second.
-Targets (issue 5): (a) >= 75% of (b)'s peak; p99 < 10 ms at half of (a)'s peak; RSS flat
-within 10% over the last 45 s of the memory run (hot state fills in its first seconds).
+Targets (issues 5 and 12): (a) >= 75% of (b)'s peak with every hardening check on;
+p99 < 10 ms at half of (a)'s peak; RSS flat within 10% over the last 45 s of the memory
+run (hot state fills in its first seconds).
 """
 
 from __future__ import annotations
@@ -52,15 +57,20 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
     raise SystemExit(f"{url} did not come up")
 
 
-def start_controller(tmp: Path, hosts: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_controller(
+    tmp: Path, hosts: int, workflow: bool = False, extra: dict[str, Any] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A controller process on loopback with the bench token; ``extra`` overrides settings."""
     port = free_port()
-    cfg = {
+    cfg: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,
         "data_dir": str(tmp / "data"),
+        "server": {"allow_http": True},
         "auth": {"tokens": [{"name": "bench", "role": "collector", "token": TOKEN}]},
         "hot_state": {"max_hosts": max(hosts, 1000)},
-    }
+        "workflow": {"enabled": workflow},
+    } | (extra or {})
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "controller.yaml"
     path.write_text(json.dumps(cfg))
@@ -123,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="incidentlab-ingest-bench-") as tmpdir:
         tmp = Path(tmpdir)
         peak_bodies = str(int(args.duration * 4000))
+
+        def peak(url: str) -> dict[str, Any]:
+            closed = ["--mode", "closed", "--duration", str(args.duration), "--bodies", peak_bodies]
+            return loadgen(url, *closed, "--token", TOKEN)
+
         bare, bare_url = start_bare()
         try:
             step("peak of the bare asyncio server")
@@ -131,20 +146,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             stop(bare)
+        ctl, ctl_url = start_controller(tmp / "defaults", args.hosts, workflow=True)
+        try:
+            step("peak of the controller with default settings (workflow on)")
+            peak_c = peak(ctl_url)
+        finally:
+            stop(ctl)
         ctl, ctl_url = start_controller(tmp / "peak", args.hosts)
         try:
-            step("peak of the controller")
-            peak_a = loadgen(
-                ctl_url,
-                "--mode",
-                "closed",
-                "--duration",
-                str(args.duration),
-                "--bodies",
-                peak_bodies,
-                "--token",
-                TOKEN,
-            )
+            step("peak of the controller's ingest path")
+            peak_a = peak(ctl_url)
             half = peak_a["rate"] / 2
             step(f"latency at half the controller's peak ({half:.0f}/s)")
             lat = loadgen(
@@ -218,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             "snapshots": 197,
         },
         "bare_asyncio": {"peak_batches_per_s": round(peak_b["rate"], 1), "codes": peak_b["codes"]},
+        "controller_defaults": {
+            "peak_batches_per_s": round(peak_c["rate"], 1),
+            "codes": peak_c["codes"],
+            "ratio": round(peak_c["rate"] / peak_b["rate"], 3),
+        },
         "controller": {
             "peak_batches_per_s": round(peak_a["rate"], 1),
             "codes": peak_a["codes"],

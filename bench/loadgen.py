@@ -48,7 +48,7 @@ def make_snapshots(count: int, seed: int = 7) -> list[dict[str, Any]]:
         datas.append(data)
         snaps.append(
             {
-                "ts": now + i,
+                "ts": now - count + i,  # the past: a sample from the future is refused
                 "interval_s": 1.0,
                 "sources": {
                     "host": {
