@@ -533,3 +533,55 @@ def test_openapi_documents_the_bearer_scheme_and_every_status(openapi: dict[str,
     assert {"200", "400", "401", "403", "408", "413", "415", "429", "503"} <= set(ingest["responses"])
     body = ingest["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["host_id"]["pattern"] and body["properties"]["seq"]["maximum"] >= 9.2e18
+
+
+# --- 13. drop accounting after a spool-full outage -----------------------------------------------
+
+
+def test_after_a_spool_full_outage_the_controller_counts_exactly_what_was_lost(
+    controller_factory: Callable[..., ControllerProc], tmp_path: Path
+) -> None:
+    """The controller showed missing 0 and gaps 2 while 227 seqs never arrived, and the
+    collector counted one evicted batch that had in fact been delivered."""
+    from collector.agent import Agent
+    from collector.config import CollectorSettings
+    from collector.sampler import Sampler
+
+    from ..collector.conftest import NO_CAPS
+
+    c = controller_factory(start=False)  # down while the collector samples: the spool fills
+    token = tmp_path / "token"
+    token.write_text(COLLECTOR_TOKEN)
+    settings = CollectorSettings.model_validate(
+        {
+            "interval_s": 1.0,
+            "host_id": "outage-host",
+            "enabled_sources": ["host", "psi", "disk"],
+            "spool": {
+                "dir": tmp_path / "spool",
+                "max_bytes": 1 << 20,
+                "segment_bytes": 64 << 10,
+                "max_record_bytes": 32 << 10,
+            },
+            "transport": {"url": c.url, "allow_http": True, "token_file": token, "max_attempts": 1},
+        }
+    )
+    agent = Agent(settings, sampler=Sampler(settings, capabilities=NO_CAPS))
+    try:
+        assert agent.ship_once() is False  # nothing to send yet
+        agent.sample_once()
+        assert agent.ship_once() is False  # the controller is away
+        while agent.spool.state.evicted_records < 50:
+            agent.sample_once()
+        agent.sample_once()  # the newest batch carries the final counts
+        c.start()
+        while agent.ship_once():
+            pass
+        evicted = agent.spool.state.evicted_records
+        assert agent.spool.stats()["unacked_records"] == 0
+    finally:
+        agent.close()
+    (host,) = [h for h in c.get("/api/v1/ingest/status").json()["hosts"] if h["host_id"] == "outage-host"]
+    (stream,) = host["streams"]
+    assert stream["missing"] == evicted == stream["reported_lost"] and stream["unexplained_missing"] == 0
+    assert stream["accepted"] + stream["missing"] == stream["last_seq"]
