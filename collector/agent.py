@@ -166,8 +166,10 @@ class Agent:
         if rec is None:
             return False
         key = BatchKey(self._info.host_id, self.spool.stream_id, rec.seq)
+        state = self.spool.state
+        lost = state.evicted_records + state.corrupt_records + state.dead_letters
         try:
-            self.transport.send(rec.payload, key)
+            self.transport.send(rec.payload, key, lost=lost)
         except PermanentRejection as exc:
             self.spool.dead_letter(rec, str(exc))
             return True

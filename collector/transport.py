@@ -39,6 +39,10 @@ from collector.wire import Ack, BatchKey, validate_ack
 
 INGEST_PATH = "/api/v1/ingest"
 LEADER_HEADER = "X-Incidentlab-Leader"
+# The stream's loss (spool_evicted + spool_corrupt + dead_letters) when the batch is sent: the
+# body carries the counts from when it was made, which a backlog that outlived an eviction
+# understates, and the controller's far-ahead rule needs the loss that explains the gap.
+LOST_HEADER = "X-Incidentlab-Lost"
 # Answers about the request rather than the batch (the token, the route, a timeout, a
 # conflict, a throttle): even an ack in one of them never makes a batch permanent.
 _ABOUT_THE_REQUEST = frozenset({401, 403, 404, 408, 409, 429})
@@ -203,10 +207,13 @@ class Transport:
         cap = min(self.opts.backoff_max_s, self.opts.backoff_base_s * (2**attempt))
         return self._rng.uniform(0.0, cap)  # full jitter
 
-    def send(self, body: bytes, key: BatchKey) -> Ack:
-        """Deliver one batch; returns its ack (accepted or duplicate) or raises."""
+    def send(self, body: bytes, key: BatchKey, lost: int | None = None) -> Ack:
+        """Deliver one batch; returns its ack (accepted or duplicate) or raises. ``lost`` is
+        the stream's loss count now (sent as X-Incidentlab-Lost)."""
         payload = compress(body, self.opts.encoding)
         headers = {"Content-Type": "application/json", "Content-Encoding": self.opts.encoding}
+        if lost is not None:
+            headers[LOST_HEADER] = str(lost)
         if self._failing != key:
             self._failing, self._500s = key, 0  # another record: its own count
         hops = 0
@@ -311,6 +318,12 @@ class Transport:
             # The controller named this very batch invalid: 4xx or 5xx, retrying cannot help.
             self.stats.rejected += 1
             raise PermanentRejection(code, named.reason or f"HTTP {code}")
+        if code == 413:
+            # Larger than this controller takes: no retry can make it smaller.
+            self.stats.rejected += 1
+            raise PermanentRejection(
+                code, f"HTTP 413: the controller refuses a body this large ({self._detail(resp)})"
+            )
         if code == 503:
             return _Outcome("HTTP 503 without a leader hint")
         if code == 429:

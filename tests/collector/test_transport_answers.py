@@ -160,3 +160,34 @@ def test_the_detail_of_a_500_that_is_not_json_is_its_text() -> None:
     ctl = Controller(lambda _k: httpx.Response(500, text="Internal Server Error\n"))
     t = transport(ctl, dead_letter_after_500=1)
     assert send(t, A) == "permanent: controller answered HTTP 500 1 times: Internal Server Error"
+
+
+def test_413_is_permanent_no_retry_makes_a_batch_smaller() -> None:
+    """A 413 carries no ack (the body was never read); retried for ever, it stalled the stream."""
+    ctl = Controller(lambda _k: detail(413, "body over the ingest limit"))
+    result = send(transport(ctl, max_attempts=5), A)
+    assert result.startswith("permanent: rejected with HTTP 413") and "over the ingest limit" in result
+    assert ctl.posts == [1]
+
+
+def test_the_loss_now_travels_in_a_header() -> None:
+    seen: list[str | None] = []
+
+    def answer(key: BatchKey) -> httpx.Response:
+        return ack(key, "accepted")
+
+    ctl = Controller(answer)
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("X-Incidentlab-Lost"))
+        return ctl(request)
+
+    t = Transport(
+        TransportOptions(url="https://controller.test", max_attempts=1),
+        http_transport=httpx.MockTransport(record),
+        sleep=lambda _s: None,
+    )
+    OPEN.append(t)
+    t.send(body(A), A, lost=23_137)
+    t.send(body(B), B)
+    assert seen == ["23137", None]
