@@ -26,6 +26,7 @@ AuditKind = Literal[
     "rollback",
     "verification",
     "integrity_failure",
+    "stage_failure",
 ]
 KINDS: tuple[str, ...] = get_args(AuditKind)
 INSERT = text(

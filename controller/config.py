@@ -110,13 +110,15 @@ class ServerSettings(_Strict):
     """The HTTP front door: what one slow, idle or hostile client may hold.
 
     A connection has ``header_timeout_s`` to send a complete request head (the head is at
-    most 16 KiB, h11's cap) and at most ``max_pending_connections`` connections may be
-    waiting for one at a time; past that new connections get 503 and are closed. A body
-    must keep arriving: ``body_timeout_s`` without a byte, or slower than
-    ``body_min_rate_bytes_s`` once ``body_timeout_s`` has passed, ends it with 408 (the
-    model of Apache's mod_reqtimeout). Tokens are checked before a body is read, and the
-    bodies being read or decoded at once are bounded by ``max_inflight_body_bytes`` and
-    ``max_inflight_batches`` (past either: 429 with Retry-After).
+    most 16 KiB, h11's cap); at most ``max_pending_connections`` connections may be
+    waiting for one at a time, ``max_pending_per_peer`` of them from one client address;
+    past that new connections get 503 and are closed. A body must keep arriving:
+    ``body_timeout_s`` without a byte, or slower than ``body_min_rate_bytes_s`` once
+    ``body_timeout_s`` has passed, ends it with 408 (the model of Apache's
+    mod_reqtimeout). Tokens are checked before a body is read, and the bodies being read
+    or decoded at once are bounded by ``max_inflight_body_bytes`` and
+    ``max_inflight_batches``, and one client address's by its ``..._per_peer`` share
+    (past any: 429 with Retry-After); body bytes count as they arrive, not as declared.
     """
 
     allow_http: bool = False  # plain HTTP without TLS: loopback tests and a trusted network only
@@ -125,10 +127,16 @@ class ServerSettings(_Strict):
     # 16 KiB/s: a 64 KiB batch over a 128 kbit/s link still makes it; a stalled sender does not.
     body_min_rate_bytes_s: int = Field(default=16 << 10, ge=1, le=1 << 30)
     max_pending_connections: int = Field(default=256, ge=1, le=100_000)
+    # One client address's share: a collector needs one connection and one body at a time.
+    # Behind a proxy every client is one address: the shares are generous for that reason.
+    max_pending_per_peer: int = Field(default=64, ge=1, le=100_000)
     max_connections: int = Field(default=2048, ge=1, le=1_000_000)
     keep_alive_s: float = Field(default=5.0, gt=0, le=300)
     max_inflight_body_bytes: int = Field(default=64 << 20, ge=1 << 16, le=16 << 30)
     max_inflight_batches: int = Field(default=64, ge=1, le=100_000)
+    max_inflight_batches_per_peer: int = Field(default=32, ge=1, le=100_000)
+    # None: a quarter of max_inflight_body_bytes, and never less than one batch (ingest.max_body_bytes).
+    max_inflight_bytes_per_peer: int | None = Field(default=None, ge=1 << 16, le=16 << 30)
     # Decode and validation run on these threads; gzip and the JSON check release the GIL.
     decode_workers: int = Field(default=2, ge=1, le=64)
     # A batch that decompresses to at most this is done on the event loop itself: an agent's
@@ -275,6 +283,14 @@ class ControllerSettings(EnvOverYaml):
 
     @model_validator(mode="after")
     def _safe(self) -> ControllerSettings:
+        srv = self.server
+        if srv.max_inflight_body_bytes < self.ingest.max_body_bytes or not (
+            self.ingest.max_body_bytes <= self.peer_inflight_bytes <= srv.max_inflight_body_bytes
+        ):
+            raise ValueError(
+                "server.max_inflight_body_bytes and max_inflight_bytes_per_peer must hold at least one "
+                "batch (ingest.max_body_bytes), and a peer's share no more than all"
+            )
         if self.ingest.max_decompressed_bytes < self.ingest.max_body_bytes:
             raise ValueError("ingest.max_decompressed_bytes must be at least ingest.max_body_bytes")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -287,6 +303,17 @@ class ControllerSettings(EnvOverYaml):
                 "(set server.allow_http for plain HTTP on loopback or a trusted network)"
             )
         return self
+
+    @property
+    def peer_inflight_bytes(self) -> int:
+        """One client address's share of the body bytes in flight."""
+        explicit = self.server.max_inflight_bytes_per_peer
+        if explicit is not None:
+            return explicit
+        return min(
+            self.server.max_inflight_body_bytes,
+            max(self.ingest.max_body_bytes, self.server.max_inflight_body_bytes // 4),
+        )
 
     @property
     def sqlalchemy_url(self) -> str:

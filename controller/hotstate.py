@@ -3,7 +3,8 @@
 Each accepted batch is kept as the JSON it arrived as (already checked and
 validated: json_check has bounded its depth and value count), with its time range
 and snapshot and event counts; windows, events included, are decoded on demand.
-The host's latest ``collector`` and ``agent`` objects are kept as raw JSON too.
+The host's latest ``collector`` and ``agent`` objects are kept as raw JSON too, and
+the latest status of each source it reports (at most SOURCES_PER_HOST of them).
 Every byte kept is counted, so what a host costs is what ``bytes`` says: per host the
 ring is bounded by snapshots (``samples_per_host``) and bytes (``bytes_per_host``,
 batches plus the two objects); the whole state by hosts (``max_hosts``) and bytes
@@ -37,6 +38,14 @@ from controller.config import HotStateSettings
 Freshness = Literal["fresh", "stale", "missing", "unavailable"]
 _DECODE = msgspec.json.Decoder(Batch)
 _ENCODE = msgspec.json.Encoder()
+# A batch names at most 64 sources (collector.wire.Limits); a host that keeps naming new
+# ones keeps the 128 it reported last, the rest forgotten with their freshness.
+SOURCES_PER_HOST = 128
+_SOURCE_OVERHEAD = 64  # bytes a status entry costs beyond its name and reason (counted, approximate)
+
+
+def _source_cost(name: str, status: tuple[str, str, str | None]) -> int:
+    return len(name) + len(status[2] or "") + _SOURCE_OVERHEAD
 
 
 @dataclass
@@ -61,6 +70,8 @@ class HostState:
     agent: builtins.bytes | None = None  # raw JSON
     dropped: dict[str, int] = field(default_factory=dict)
     source_ok_at: dict[str, float] = field(default_factory=dict)
+    # Latest (status, path, reason) per source, least recently reported first; its bytes are
+    # in ``bytes`` and at most SOURCES_PER_HOST are kept.
     source_status: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     evicted_snapshots: int = 0
     evicted_events: int = 0
@@ -109,7 +120,7 @@ class HotState:
                 self._resize(host, len(agent) - len(host.agent or b""))
                 host.agent = agent
             if batch.snapshots or batch.events:
-                self._note_sources(host, batch, now)
+                self._resize(host, self._note_sources(host, batch, now))
                 ts = [snap.ts for snap in batch.snapshots] or [now]
                 host.entries.append(Entry(min(ts), max(ts), len(batch.snapshots), len(batch.events), raw))
                 host.snapshots += len(batch.snapshots)
@@ -132,27 +143,39 @@ class HotState:
         self.total_bytes += delta
 
     @staticmethod
-    def _note_sources(host: HostState, batch: BatchEnvelope | Batch, now: float) -> None:
-        """Latest status per source, and the newest time each answered ok or fallback.
+    def _note_sources(host: HostState, batch: BatchEnvelope | Batch, now: float) -> int:
+        """Latest status per source, and the newest time each answered ok or fallback;
+        returns the change in the bytes the status entries cost.
 
         Walks snapshots newest first and stops once every source has a good answer: one
         snapshot for the usual batch, every one only when some source keeps failing."""
+        delta = 0
+        statuses = host.source_status
         pending: set[str] | None = None
         snapshots: Sequence[SnapshotEnvelope | Snapshot] = batch.snapshots
         for snap in reversed(snapshots):
             if pending is None:
                 pending = set(snap.sources)
                 for name, entry in snap.sources.items():
-                    host.source_status[name] = (entry.status, entry.path, entry.reason)
+                    old = statuses.pop(name, None)  # re-inserted: the most recently reported last
+                    if old is not None:
+                        delta -= _source_cost(name, old)
+                    new = statuses[name] = (entry.status, entry.path, entry.reason)
+                    delta += _source_cost(name, new)
+                while len(statuses) > SOURCES_PER_HOST:
+                    gone = next(iter(statuses))
+                    delta -= _source_cost(gone, statuses.pop(gone))
+                    host.source_ok_at.pop(gone, None)
             at = min(snap.ts, now)
             for name in list(pending):
                 found = snap.sources.get(name)
                 if found is not None and (found.status == "ok" or found.status == "fallback"):
-                    if at > host.source_ok_at.get(name, 0.0):
+                    if at > host.source_ok_at.get(name, 0.0) and name in statuses:
                         host.source_ok_at[name] = at
                     pending.discard(name)
             if not pending:
                 break
+        return delta
 
     def _drop_oldest_entry(self, host: HostState) -> None:
         old = host.entries.popleft()

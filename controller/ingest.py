@@ -56,6 +56,28 @@ def json_answer(status: int, obj: dict[str, Any], headers: tuple[tuple[bytes, by
     return Answer(status, _ENC.encode(obj), headers)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch that passed every check and is ready for the ledger and hot state."""
+
+    batch: BatchEnvelope
+    raw: bytes
+
+
+def _internal_error() -> Answer:
+    log.exception("ingest failed on a batch")
+    return json_answer(500, {"detail": "internal error while ingesting; the batch was not stored"})
+
+
+def parse_lost(value: bytes | str | None) -> int:
+    """The X-Incidentlab-Lost header: a count, 0 when absent or not one."""
+    if value is None:
+        return 0
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else 0
+
+
 class IngestRefusal(Exception):
     """A refusal at the door, with the HTTP status it answers."""
 
@@ -171,23 +193,37 @@ class IngestService:
         return principal
 
     def process(
-        self, principal: Principal, encoding: str | None, body: bytes, inline_limit: int | None = None
-    ) -> Answer | None:
+        self,
+        principal: Principal,
+        encoding: str | None,
+        body: bytes,
+        lost: int = 0,
+        inline_limit: int | None = None,
+    ) -> Answer | Prepared | None:
         """Everything after the headers, on bytes already read: run it off the event loop.
 
-        With ``inline_limit`` (the event loop's own fast path for small batches) it answers
-        None, having done nothing, when the body decompresses past that many bytes."""
+        ``lost`` is the X-Incidentlab-Lost header (0 without it). With ``inline_limit``
+        (the event loop's own fast path for small batches) it stops short of the store:
+        None, having done nothing, when the body decompresses past that many bytes; else
+        a refusal, or the Prepared batch for ``commit`` to store off the loop."""
         start = time.perf_counter()
         try:
-            answer = self._process(principal, encoding, body, inline_limit)
-            if answer is None:
-                return None
+            prepared = self._prepare(principal, encoding, body, inline_limit)
+            if prepared is None or (inline_limit is not None and isinstance(prepared, Prepared)):
+                return prepared
+            answer = prepared if isinstance(prepared, Answer) else self._accept(prepared, lost)
         except Exception:  # a bug must answer, not hang the collector; the batch is not acked
-            log.exception("ingest failed on a batch")
-            answer = json_answer(500, {"detail": "internal error while ingesting; the batch was not stored"})
+            answer = _internal_error()
         self.metrics.seconds.observe(time.perf_counter() - start)
         self.metrics.body_bytes.inc(len(body))
         return answer
+
+    def commit(self, prepared: Prepared, lost: int = 0) -> Answer:
+        """The store half of a prepared batch: the ledger commit and hot state (blocking I/O)."""
+        try:
+            return self._accept(prepared, lost)
+        except Exception:
+            return _internal_error()
 
     def handle(self, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
         """Both halves in one call (the documented route and the tests)."""
@@ -196,7 +232,7 @@ class IngestService:
             self.count(admitted)
             return admitted
         answer = self.process(admitted, encoding, body)
-        assert answer is not None
+        assert isinstance(answer, Answer)
         self.count(answer)
         self.answered(answer)
         return answer
@@ -215,9 +251,9 @@ class IngestService:
 
     # --- the work --------------------------------------------------------------------------------
 
-    def _process(
+    def _prepare(
         self, principal: Principal, encoding: str | None, body: bytes, inline_limit: int | None = None
-    ) -> Answer | None:
+    ) -> Answer | Prepared | None:
         try:
             if inline_limit is not None:
                 try:
@@ -248,7 +284,7 @@ class IngestService:
                 f"(ingest.max_clock_skew_s is {self.max_clock_skew_s:.0f}); fix the host's clock"
             )
             return self._rejected(raw, "future", field, message, key=batch_key(batch))
-        return self._accept(batch, raw)
+        return Prepared(batch, raw)
 
     def _ahead_of_clock(self, batch: BatchEnvelope) -> tuple[str, float] | None:
         now = self.clock()
@@ -269,10 +305,11 @@ class IngestService:
             return self.refuse(reason, Answer(400, encode(make_ack(key, "rejected", reason=message))))
         return self.refuse(reason, json_answer(400, {"detail": message, "field": field}))
 
-    def _accept(self, batch: BatchEnvelope, raw: bytes) -> Answer:
+    def _accept(self, prepared: Prepared, lost: int) -> Answer:
+        batch, raw = prepared.batch, prepared.raw
         key = batch_key(batch)
         try:
-            verdict = self.ledger.record(key, batch.boot_id, batch.dropped)
+            verdict = self.ledger.record(key, batch.boot_id, batch.dropped, lost_now=lost)
         except SeqRefused as exc:
             return self._rejected(raw, "seq_ahead", "$.seq", str(exc), key=key)
         except StoreError as exc:

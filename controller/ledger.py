@@ -5,15 +5,19 @@ received above it. A seq <= W or in the window is a duplicate. The window is
 bounded (``dedupe_window``): when it overflows, W jumps over the oldest hole and
 the seqs skipped are counted as given up (a batch that late is answered
 duplicate, never double counted). A seq past max_seq + 1 opens a gap, counted
-and accepted; ``missing()`` is every seq below max_seq never received, and the
+and accepted; ``missing_seqs()`` is every seq below max_seq never received, and the
 collector's own loss counters (spool eviction and corruption, dead letters) say
 how many of them it knows it lost.
 
-A seq more than the window past max_seq, from a stream that has history, is
-refused unless the loss the collector reports since its last batch explains the
-jump: accepted, it would move the window past every real batch still to come,
-and each of them would be answered duplicate and dropped (one flood of far-ahead
-seqs would blind the stream). The stream's row is written and committed before the ack goes out,
+A gap is refused when, accepted, the seqs missing from a stream with history would
+pass the loss the collector reports (its cumulative spool eviction, corruption and
+dead letters, as of sending: the X-Incidentlab-Lost header, or the batch's own
+counts) by more than the window: a flood of far-ahead seqs, stepping or not, would
+otherwise move the window past every real batch still to come, and each would be
+answered duplicate and dropped. A collector that lost batches says so, and its gap
+is taken. (One that lies about its losses cannot be told from one that does not:
+tokens bound to hosts keep a token from writing any other host's stream.)
+The stream's row is written and committed before the ack goes out,
 so a replay after a restart is still recognised. Streams live in memory (bounded,
 least recently used first out) and are loaded from the store on a miss.
 """
@@ -104,17 +108,15 @@ class StreamLedger:
 
 def observe(s: StreamLedger, seq: int, window_max: int, loss: int | None = None) -> Verdict:
     """Pure: update one stream's ledger for seq; the caller persists before acking.
-    ``loss`` is the batch's reported_loss(dropped); None skips the far-ahead check."""
+    ``loss`` is the collector's cumulative reported loss; None skips the gap check."""
     if seq <= s.watermark or seq in s.window:
         s.duplicates += 1
         return "duplicate"
-    if (
-        loss is not None
-        and s.accepted
-        and seq - s.max_seq - 1 > window_max + max(0, loss - reported_loss(s.dropped))
-    ):
-        s.refused += 1
-        return "refused"
+    if loss is not None and s.accepted and seq > s.max_seq + 1:
+        unexplained = s.missing_seqs() + (seq - s.max_seq - 1) - loss
+        if unexplained > window_max:
+            s.refused += 1
+            return "refused"
     if seq > s.max_seq + 1:
         s.gaps += 1
     s.max_seq = max(s.max_seq, seq)
@@ -169,19 +171,20 @@ class Ledger:
         return s
 
     def record(
-        self, key: BatchKey, boot_id: str, dropped: dict[str, int]
+        self, key: BatchKey, boot_id: str, dropped: dict[str, int], lost_now: int = 0
     ) -> Literal["accepted", "duplicate"]:
         """Duplicate, or accepted and committed to the store: only then may the ack say so."""
         with self._lock:
             s = self._get(key.host_id, key.stream_id)
             before = dataclasses.replace(s, window=set(s.window), dropped=dict(s.dropped))
-            verdict = observe(s, key.seq, self._window, reported_loss(dropped))
+            lost = max(reported_loss(dropped), lost_now)
+            verdict = observe(s, key.seq, self._window, lost)
             if verdict == "refused":
-                lost = max(0, reported_loss(dropped) - reported_loss(s.dropped))
                 raise SeqRefused(
-                    f"seq {key.seq} is {key.seq - s.max_seq - 1} past this stream's last seq {s.max_seq}: "
-                    f"more than the dedupe window ({self._window}) plus the {lost} batches the collector "
-                    "reports lost since; accepted, it would make the stream's next batches duplicates"
+                    f"seq {key.seq} is {key.seq - s.max_seq - 1} past this stream's last seq {s.max_seq}, "
+                    f"which would leave {s.missing_seqs() + key.seq - s.max_seq - 1} seqs missing against "
+                    f"{lost} the collector reports lost: more than the dedupe window ({self._window}) "
+                    "unexplained; accepted, it would make the stream's next batches duplicates"
                 )
             if verdict == "duplicate":
                 return "duplicate"

@@ -43,7 +43,7 @@ class Runtime:
         self.settings = settings
         self.engine = engine or make_engine(settings.sqlalchemy_url)
         check_store(self.engine, settings.sqlalchemy_url, init=init_store)
-        self.guard = Guard(settings.server)
+        self.guard = Guard(settings.server, settings.peer_inflight_bytes)
         # Ingest's decode and validation: bounded by server.max_inflight_batches at the door.
         self.pool = ThreadPoolExecutor(settings.server.decode_workers, thread_name_prefix="ingest")
         self.payloads = PayloadStore(settings.payload_root, settings.payload_options)

@@ -3,13 +3,15 @@
 POST /api/v1/ingest is served here, without FastAPI's per-request machinery (it costs
 more than the ingest work itself for a 64 KiB batch): the token, its role and
 leadership are checked on the headers alone, before a byte of the body is read; an
-oversized Content-Length, or no room in the in-flight bounds (bytes and batches; a
-chunked body reserves the largest allowed), ends the request at once. The body is
+oversized Content-Length, or no decode slot left (all clients', or this client
+address's share), ends the request at once; body bytes count against the in-flight
+bounds as they arrive (429 past them). The body is
 read under the Guard's timeouts; a batch that decompresses to at most
 ``inline_decode_bytes`` (256 KiB: a few milliseconds of work at the very worst) is
-done on the loop, anything larger is handed to a bounded thread pool for
-decompression, the JSON check, validation, the ledger and hot state, so the event
-loop keeps answering /healthz and the rest while a large batch decodes. Every early answer
+checked and validated on the loop, anything larger is handed to a bounded thread
+pool for decompression, the JSON check and validation; the ledger commit and hot
+state always run on the pool (SQLite's write lock can be held by the workflow), so
+the event loop keeps answering /healthz and the rest. Every early answer
 carries Connection: close, so an unread body is never taken in.
 
 Every other request that carries a body is authenticated on its headers first, read
@@ -28,10 +30,10 @@ from typing import Any
 import probe_core
 
 from collector.transport import INGEST_PATH
-from controller.api.guard import BodyTimeout, BodyTooLarge, ClientGone, Guard
+from controller.api.guard import BodyTimeout, BodyTooLarge, ClientGone, Guard, NoRoom
 from controller.auth import Authenticator
 from controller.errors import AuthError
-from controller.ingest import CLOSE, Answer, IngestService, json_answer
+from controller.ingest import CLOSE, Answer, IngestService, Prepared, json_answer, parse_lost
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,11 +51,16 @@ async def send_answer(send: Send, answer: Answer) -> None:
     await send({"type": "http.response.body", "body": answer.body})
 
 
+_WANTED = frozenset(
+    (b"authorization", b"content-encoding", b"content-length", b"transfer-encoding", b"x-incidentlab-lost")
+)
+
+
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for name, value in scope["headers"]:
-        if name in (b"authorization", b"content-encoding", b"content-length", b"transfer-encoding"):
-            out[name] = value
+        if name in _WANTED:
+            out.setdefault(name, value)  # the first of repeated headers, as Starlette reads them
     return out
 
 
@@ -90,10 +97,12 @@ class FastIngest:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
+        client = scope.get("client")
+        peer = str(client[0]) if client else "-"
         if scope["path"] == INGEST_PATH and scope["method"] == "POST":
-            await self._ingest(headers, receive, send)
+            await self._ingest(peer, headers, receive, send)
         elif b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
-            await self._with_body(scope, headers, receive, send)
+            await self._with_body(peer, scope, headers, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -101,7 +110,7 @@ class FastIngest:
         self.service.count(answer)
         await send_answer(send, answer)
 
-    async def _ingest(self, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+    async def _ingest(self, peer: str, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         auth = headers.get(b"authorization")
         admitted = self.service.admit(auth.decode("latin-1") if auth is not None else None)
         if isinstance(admitted, Answer):
@@ -115,13 +124,15 @@ class FastIngest:
             answer = json_answer(413, {"detail": "body over the ingest limit"}, (CLOSE,))
             await self._answer(send, self.service.refuse("too_large", answer))
             return
-        want = self.max_body if length is None else length  # chunked: room for the largest allowed
-        if not self.guard.reserve(want, batch=True):
+        ticket = self.guard.admit(peer, batch=True)
+        if ticket is None:
             await self._answer(send, self.service.refuse("busy", _busy()))
             return
         try:
             try:
-                body = await self.guard.read_body(receive, want)
+                body = await self.guard.read_body(
+                    receive, length if length is not None else self.max_body, ticket
+                )
             except BodyTimeout as exc:
                 answer = json_answer(408, {"detail": str(exc)}, (CLOSE,))
                 await self._answer(send, self.service.refuse("timeout", answer))
@@ -130,27 +141,36 @@ class FastIngest:
                 answer = json_answer(413, {"detail": "body over the ingest limit"}, (CLOSE,))
                 await self._answer(send, self.service.refuse("too_large", answer))
                 return
+            except NoRoom:
+                await self._answer(send, self.service.refuse("busy", _busy()))
+                return
             except ClientGone:
                 return  # nobody to answer; not an error worth a traceback
             enc = headers.get(b"content-encoding")
             encoding = enc.decode("latin-1").strip().lower() if enc is not None else None
+            lost = parse_lost(headers.get(b"x-incidentlab-lost"))
+            loop = asyncio.get_running_loop()
             result = None
             if len(body) <= self.inline_bytes:
-                # A small batch is cheaper done here than handed to a thread and back; one
-                # that decompresses past inline_bytes is left untouched for the pool.
-                result = self.service.process(admitted, encoding, body, inline_limit=self.inline_bytes)
+                # A small batch is checked here (cheaper than a thread and back); one that
+                # decompresses past inline_bytes is left untouched for the pool.
+                result = self.service.process(admitted, encoding, body, lost, inline_limit=self.inline_bytes)
             if result is None:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self.pool, self.service.process, admitted, encoding, body)
-            assert result is not None
+                result = await loop.run_in_executor(
+                    self.pool, self.service.process, admitted, encoding, body, lost
+                )
+            if isinstance(result, Prepared):
+                # The ledger commit waits on SQLite's write lock: never on the loop.
+                result = await loop.run_in_executor(self.pool, self.service.commit, result, lost)
+            assert isinstance(result, Answer)
             answer = result
         finally:
-            self.guard.release(want, batch=True)
+            self.guard.release(ticket)
         await self._answer(send, answer)
         self.service.answered(answer)
 
     async def _with_body(
-        self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
+        self, peer: str, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
     ) -> None:
         auth = headers.get(b"authorization")
         try:
@@ -167,18 +187,19 @@ class FastIngest:
         if length is not None and length > limit:
             await send_answer(send, json_answer(413, {"detail": f"body over {limit} bytes"}, (CLOSE,)))
             return
-        want = limit if length is None else length
-        if not self.guard.reserve(want, batch=False):
-            await send_answer(send, _busy())
-            return
+        ticket = self.guard.admit(peer, batch=False)
+        assert ticket is not None  # only batches take a slot; bytes are counted as they come
         try:
             try:
-                body = await self.guard.read_body(receive, limit)
+                body = await self.guard.read_body(receive, limit, ticket)
             except BodyTimeout as exc:
                 await send_answer(send, json_answer(408, {"detail": str(exc)}, (CLOSE,)))
                 return
             except BodyTooLarge as exc:
                 await send_answer(send, json_answer(413, {"detail": str(exc)}, (CLOSE,)))
+                return
+            except NoRoom:
+                await send_answer(send, _busy())
                 return
             except ClientGone:
                 return
@@ -190,7 +211,7 @@ class FastIngest:
                     return
             await self.app(scope, _replay(body, receive), send)
         finally:
-            self.guard.release(want, batch=False)
+            self.guard.release(ticket)
 
 
 def _busy() -> Answer:

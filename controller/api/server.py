@@ -6,7 +6,8 @@ connection has none at all, so 300 half-sent heads were held for as long as thei
 senders liked. Here a connection that is waiting for a head (a new one, or a
 keep-alive one that has begun the next) has ``header_timeout_s`` to complete it,
 then gets 408 and is closed; at most ``max_pending_connections`` may wait at once,
-and the next is answered 503 and closed. Keep-alive connections idle between
+``max_pending_per_peer`` of them from one client address, and the next is answered
+503 and closed: one address cannot lock the others out. Keep-alive connections idle between
 requests are not counted: uvicorn closes them after ``keep_alive_s``.
 """
 
@@ -30,11 +31,12 @@ def guarded_protocol(guard: Guard) -> type[H11Protocol]:
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
         _pending = False
+        _peer = "-"
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if guard.pending >= guard.settings.max_pending_connections:
-                guard.count("pending_refused")
+            self._peer = self.client[0] if self.client else "-"
+            if not guard.may_wait(self._peer):
                 transport.write(FULL_503)
                 transport.close()
                 return
@@ -56,14 +58,14 @@ def guarded_protocol(guard: Guard) -> type[H11Protocol]:
         def _await_head(self) -> None:
             if not self._pending:
                 self._pending = True
-                guard.pending += 1
+                guard.waiting(self._peer, 1)
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(guard.settings.header_timeout_s, self._head_timeout)
 
         def _head_done(self) -> None:
             if self._pending:
                 self._pending = False
-                guard.pending -= 1
+                guard.waiting(self._peer, -1)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -118,9 +119,12 @@ def encode_cursor(row: dict[str, Any]) -> str:
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(created), str(run_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
+        at = float(created)
+    except (ValueError, TypeError, binascii.Error, RecursionError) as exc:
         raise BadParameter("cursor", "cursor is not one this API gave out") from exc
+    if not math.isfinite(at) or not isinstance(run_id, str):
+        raise BadParameter("cursor", "cursor is not one this API gave out")
+    return at, run_id
 
 
 def run_summary(row: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ series, MAX_ROWS per table, MAX_EVENTS events.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -69,7 +70,9 @@ def _get(d: Any, *path: str) -> Any:
 
 
 def _add(series: dict[str, Series], name: str, ts: float, value: float | None) -> None:
-    if value is not None:
+    # Finite inputs can still make an infinite ratio (-1.7e308 idle): such a point is noise,
+    # and JSON would store it as null, which no run could read back.
+    if value is not None and math.isfinite(value):
         series.setdefault(name, []).append((ts, value))
 
 

@@ -18,6 +18,8 @@ are a first start and need no flag.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +88,13 @@ def _execution(conn: Connection) -> None:
     _append_only(conn)
 
 
+def _evidence_digest(conn: Connection) -> None:
+    """workflow_runs.evidence_sha256 (a database made by this code's models has it already)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("workflow_runs")}
+    if "evidence_sha256" not in columns:
+        conn.execute(text("ALTER TABLE workflow_runs ADD COLUMN evidence_sha256 VARCHAR(64)"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
     (
@@ -94,6 +103,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
         _create(WorkflowRun, WorkflowArtifact, WorkflowAttachment, IncidentMemory),
     ),
     (3, "governed execution: action intents, approvals, the append-only audit log", _execution),
+    (4, "the evidence window's sha256 per run, checked by every stage", _evidence_digest),
 ]
 
 
@@ -108,8 +118,9 @@ def check_store(engine: Engine, url: str, *, init: bool = False) -> None:
     """Refuse, before anything is written, a store this controller did not make (see above)."""
     path = sqlite_path(url)
     existed = False
-    if path is not None and path.exists():
-        existed = True
+    if path is not None:
+        existed = _sqlite_file(path)
+    if path is not None and existed:
         try:
             with open(path, "rb") as f:
                 head = f.read(len(SQLITE_MAGIC))
@@ -145,6 +156,42 @@ def check_store(engine: Engine, url: str, *, init: bool = False) -> None:
                 f"the database's schema is version {found}, newer than this controller's {latest}: "
                 "run a controller at least as new as the one that migrated it"
             )
+
+
+def _sqlite_file(path: Path) -> bool:
+    """Whether the SQLite file exists (it must then be a regular file); refuses what would
+    hang the open or silently start a new database in the place of an old one."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"cannot look at the database file {path}: {exc.strerror}") from exc
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"the database file {path} is a link to {os.readlink(path)}, which does not exist: "
+                "refusing to start a new database in its place"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot look at the database file {path}: {exc.strerror}") from exc
+    if st is None:
+        leftovers = [
+            p.name
+            for p in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+            if os.path.lexists(p)
+        ]
+        if leftovers:
+            raise ConfigError(
+                f"the database file {path} is gone but {', '.join(leftovers)} beside it are not: they may "
+                "hold its last transactions; restore the file or move them away"
+            )
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"the database file {path} is not a regular file; refusing to open it")
+    return True
 
 
 def make_engine(url: str) -> Engine:

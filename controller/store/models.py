@@ -67,6 +67,8 @@ class WorkflowRun(SQLModel, table=True):
     updated_at: float
     closed_at: float | None = None
     code_version: str = ""
+    # sha256 of the evidence window as written when the run opened: every stage checks it.
+    evidence_sha256: str | None = Field(default=None, max_length=64)
 
 
 class WorkflowArtifact(SQLModel, table=True):

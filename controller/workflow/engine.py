@@ -32,12 +32,13 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from controller import artifacts, audit
 from controller.actuators import host_env
 from controller.artifacts import KINDS, Artifact
 from controller.detectors import Evidence, build_evidence
-from controller.errors import UnknownRun
+from controller.errors import StoreError, UnknownRun
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.store.repo import where
@@ -65,12 +66,13 @@ OPEN_RUN_OF = text(
 INSERT_RUN = text(
     "INSERT INTO workflow_runs (run_id, workflow_id, incident_id, correlation_id, host_id, "
     "fingerprint, family, culprit, confidence, status, stage, attachments, created_at, "
-    "updated_at, closed_at, code_version) VALUES (:run_id, :wf, :inc, :corr, :host, :fp, "
-    ":family, :culprit, :conf, 'running', 0, 0, :now, :now, NULL, :cv)"
+    "updated_at, closed_at, code_version, evidence_sha256) VALUES (:run_id, :wf, :inc, :corr, :host, "
+    ":fp, :family, :culprit, :conf, 'running', 0, 0, :now, :now, NULL, :cv, :esha)"
 )
 SELECT_RUN = text("SELECT * FROM workflow_runs WHERE run_id = :r")
 CHAIN_PATHS = text(
-    "SELECT path, sha256 FROM workflow_artifacts WHERE run_id = :r AND replay = :rp ORDER BY stage_index"
+    "SELECT path, sha256, kind FROM workflow_artifacts WHERE run_id = :r AND replay = :rp "
+    "ORDER BY stage_index"
 )
 FAIL_RUN = text(
     "UPDATE workflow_runs SET status = 'failed', updated_at = :at, closed_at = :at WHERE run_id = :run"
@@ -101,6 +103,8 @@ ATTACHMENTS_OF = text(
     "SELECT at, detail FROM workflow_attachments WHERE run_id = :r ORDER BY at DESC LIMIT :n"
 )
 FAILPOINTS = ("before_commit", "after_commit")
+# Stages that act on or read the live host: a failure there may be the moment, not the inputs.
+LIVE_STAGES = ("execution_result", "verification_result")
 HEALTH_HOSTS = 10_000  # hosts whose evaluation record is kept (least recently failed go first)
 Failpoint = Callable[[str, str], None]
 
@@ -343,8 +347,10 @@ class WorkflowEngine:
         seed = hashlib.sha256(f"{fp}|{now}".encode()).hexdigest()
         run_id = f"run-{seed[:16]}"
         # Evidence first: a run row never points at evidence that is not there.
-        self.store.put(evidence_key(run_id), msgspec.json.encode(ev.to_dict(), order="sorted"))
+        window = msgspec.json.encode(ev.to_dict(), order="sorted")
+        self.store.put(evidence_key(run_id), window)
         params = {
+            "esha": hashlib.sha256(window).hexdigest(),
             "run_id": run_id,
             "wf": f"wf-{seed[16:32]}",
             "inc": f"inc-{fp[:16]}",
@@ -367,21 +373,40 @@ class WorkflowEngine:
             row = conn.execute(SELECT_RUN, {"r": run_id}).first()
         return dict(row._mapping) if row else None
 
-    def load_evidence(self, run_id: str) -> Evidence:
-        doc = msgspec.json.decode(self.store.get(evidence_key(run_id)))
-        # A completed run's file is the full package; before that, the window alone.
-        return Evidence.from_dict(doc["window"] if "manifest" in doc else doc)
+    def load_evidence(self, run_id: str, committed: str | None = None) -> Evidence:
+        """The run's evidence window, its sha256 checked against the one its row recorded at
+        open (``committed``; runs from before that column are not checked). Raises
+        ArtifactTampered naming the file when it is missing, unreadable or changed."""
+        key = evidence_key(run_id)
+        try:
+            doc = msgspec.json.decode(self.store.get(key))
+            # A completed run's file is the full package; before that, the window alone.
+            window = doc["window"] if "manifest" in doc else doc
+            if committed is not None:
+                actual = hashlib.sha256(msgspec.json.encode(window, order="sorted")).hexdigest()
+                if actual != committed:
+                    why = f"hashes to {actual[:12]}..., not the {committed[:12]}... recorded at open"
+                    raise artifacts.ArtifactTampered(run_id, "evidence window", key, why)
+            return Evidence.from_dict(window)
+        except FileNotFoundError as exc:
+            raise artifacts.ArtifactTampered(run_id, "evidence window", key, "is missing") from exc
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+            raise artifacts.ArtifactTampered(
+                run_id, "evidence window", key, f"cannot be read: {exc}"
+            ) from exc
 
     def _stored_chain(self, run_id: str, replay: bool) -> list[tuple[Artifact, str, str]]:
         """(artifact, payload key, the sha256 its row recorded at commit), in stage order."""
         with self.db.connect() as conn:
             rows = conn.execute(CHAIN_PATHS, {"r": run_id, "rp": replay}).all()
         out = []
-        for key, sha in rows:
+        for key, sha, kind in rows:
             try:
                 out.append((artifacts.decode(self.store.get(key)), key, sha))
+            except FileNotFoundError as exc:  # committed, then removed: what acts on it must refuse
+                raise artifacts.ArtifactTampered(run_id, kind, key, "is missing") from exc
             except artifacts.ArtifactError as exc:  # say which file, so it can be found and looked at
-                raise artifacts.ArtifactError(f"run {run_id}, {key}: {exc}") from exc
+                raise artifacts.ArtifactTampered(run_id, kind, key, f"cannot be read: {exc}") from exc
         return out
 
     def load_chain(self, run_id: str, replay: bool = False) -> list[Artifact]:
@@ -421,19 +446,13 @@ class WorkflowEngine:
             chain.append(art)
         return chain
 
-    def fail_tampered(self, exc: artifacts.ArtifactTampered) -> None:
-        """A run whose stored chain was changed cannot go on: failed, and said so in the audit log."""
+    def fail_run(self, run_id: str, kind: str, why: str) -> None:
+        """A run that cannot go on (its stored chain changed, or a stage cannot be computed):
+        failed, and said so in the audit log, so neither the engine nor a restart retries it."""
         now = self.clock()
         with self.db.begin() as conn:
-            conn.execute(FAIL_RUN, {"at": now, "run": exc.run_id})
-            audit.record(
-                conn,
-                at=now,
-                actor="engine",
-                kind="integrity_failure",
-                run_id=exc.run_id,
-                detail={"why": str(exc)},
-            )
+            conn.execute(FAIL_RUN, {"at": now, "run": run_id})
+            audit.record(conn, at=now, actor="engine", kind=kind, run_id=run_id, detail={"why": why[:2000]})
 
     def _memory(self, fingerprint: str) -> dict[str, Any] | None:
         with self.db.connect() as conn:
@@ -453,12 +472,12 @@ class WorkflowEngine:
             raise UnknownRun(run_id)
         if run["status"] in ("completed", "failed"):
             return self.load_chain(run_id)
-        ev = self.load_evidence(run_id)
         try:
+            ev = self.load_evidence(run_id, run.get("evidence_sha256"))
             chain = self.verified_chain(run_id)
         except artifacts.ArtifactTampered as exc:
             log.error("%s: the run is failed, nothing more of it runs", exc)
-            self.fail_tampered(exc)
+            self.fail_run(run_id, "integrity_failure", str(exc))
             raise
         memory = self._memory(run["fingerprint"])
         for index in range(len(chain), len(KINDS)):
@@ -488,6 +507,13 @@ class WorkflowEngine:
                 self._set_status(run_id, "verifying")
                 self.schedule(run_id, wait.retry_at)
                 return chain
+            except (StoreError, SQLAlchemyError, OSError):
+                raise  # the store or the host hiccupped: resume tries the stage again
+            except Exception as exc:
+                if KINDS[index] not in LIVE_STAGES:
+                    # A pure stage fails the same way on the same inputs: end the run, say why.
+                    self.fail_run(run_id, "stage_failure", f"{KINDS[index]}: {type(exc).__name__}: {exc}")
+                raise
             self.commit(run, art, chain, ev)
             chain = [*chain, art]
         return chain
@@ -649,7 +675,7 @@ class WorkflowEngine:
             raise UnknownRun(run_id)
         stored = self.load_chain(run_id)
         original = {a.kind: a.artifact_id for a in stored}
-        ev = self.load_evidence(run_id)
+        ev = self.load_evidence(run_id, run.get("evidence_sha256"))
         memory = _recorded_memory(stored)
         # The advisor is an outside input, like the memory: a replay reuses what it said then.
         said = next((a.payload.get("advisor") for a in stored if a.kind == "root_cause_hypothesis"), None)

@@ -21,7 +21,7 @@ from controller.artifacts import ArtifactTampered, digest
 from controller.auth import Authenticator
 from controller.config import AuthSettings, HotStateSettings
 from controller.errors import AuthError
-from controller.hotstate import HotState
+from controller.hotstate import SOURCES_PER_HOST, HostState, HotState, _source_cost
 from controller.ledger import StreamLedger, observe
 from controller.workflow.roles.policy_gate import plan_hash_of
 
@@ -51,6 +51,10 @@ def raw_batch(host: str, seq: int, ts: list[float], **kw: Any) -> bytes:
     return msgspec.json.encode(obj)
 
 
+def sources_cost(h: HostState) -> int:
+    return sum(_source_cost(name, status) for name, status in h.source_status.items())
+
+
 def ingest(hot: HotState, raw: bytes, at: float | None = None) -> None:
     hot.ingest(validate_envelope(raw), raw, received_at=at)
 
@@ -66,9 +70,9 @@ def test_events_agent_and_collector_count_against_the_bounds() -> None:
     h = hot.host("h")
     assert h is not None
     # Before, events were kept beside the ring uncounted: 20 KiB a batch here, never in `bytes`.
-    assert h.bytes <= 64 << 10 and hot.total_bytes == h.bytes
+    assert h.bytes <= (64 << 10) + 1024 and hot.total_bytes == h.bytes
     kept = sum(len(e.raw) for e in h.entries)
-    assert h.bytes == kept + len(h.agent or b"")
+    assert h.bytes == kept + len(h.agent or b"") + sources_cost(h)
     assert h.evicted_events > 0 and h.events == 20 * len(h.entries)
 
 
@@ -101,9 +105,31 @@ def test_the_byte_count_is_exact_whatever_arrives(ops: list[tuple[str, int, int,
         h = hot.host(host_id)
         assert h is not None
         held = sum(len(e.raw) for e in h.entries) + len(h.agent or b"") + len(h.collector or b"")
+        held += sources_cost(h)
         assert h.bytes == held
         total += held
     assert hot.total_bytes == total
+
+
+def test_a_host_naming_new_sources_keeps_only_the_latest_and_counts_them() -> None:
+    hot = HotState(HotStateSettings(bytes_per_host=1 << 20), clock=lambda: T)
+    for seq in range(1, 40):
+        sources = {
+            f"s{seq}x{i}": {"status": "error", "path": "none", "reason": "r" * 4000, "data": {}}
+            for i in range(64)
+        }
+        raw = raw_batch("h", seq, [T + seq])
+        obj = msgspec.json.decode(raw)
+        obj["snapshots"][0]["sources"] = sources
+        ingest(hot, msgspec.json.encode(obj))
+    h = hot.host("h")
+    assert (
+        h is not None and len(h.source_status) == SOURCES_PER_HOST and len(h.source_ok_at) <= SOURCES_PER_HOST
+    )
+    assert next(iter(h.source_status)) == "s38x0"  # the oldest kept: two batches' worth
+    assert h.bytes == sum(len(e.raw) for e in h.entries) + sources_cost(h) and h.bytes <= (1 << 20) + (
+        1 << 20
+    )
 
 
 # --- a clock from the future --------------------------------------------------------------------
@@ -189,6 +215,43 @@ def test_an_edited_plan_is_never_approved_or_run(
     assert nice(sleeper) == before
     run = eng.load_run(run_id)
     assert run is not None and run["status"] == "failed"
+    assert [e["kind"] for e in audit.query(db, run_id=run_id, kind="integrity_failure")] == [
+        "integrity_failure"
+    ]
+
+
+def test_a_missing_or_edited_file_fails_the_run_naming_it(
+    db: Engine,  # noqa: F811
+    tmp_path: Path,
+    sleeper: subprocess.Popen[bytes],  # noqa: F811
+) -> None:
+    eng = make(db, tmp_path, OPEN, Clock(1_800_000_151.0))
+    run_id, _plan = awaiting(eng, sleeper)
+    root = Path(eng.store.root) / "workflows"
+    (root / f"messages/{run_id}/04-execution_plan.json").rename(tmp_path / "moved.json")
+    with pytest.raises(ArtifactTampered, match=r"execution_plan .* is missing"):
+        eng.verified_chain(run_id)
+    with pytest.raises(ArtifactTampered):
+        eng.execute(run_id)
+    assert (eng.load_run(run_id) or {})["status"] == "failed"
+
+
+def test_an_edited_evidence_window_is_refused(
+    db: Engine,  # noqa: F811
+    tmp_path: Path,
+    sleeper: subprocess.Popen[bytes],  # noqa: F811
+) -> None:
+    """The verifier compares against the stored window: edited, it could force a rollback or
+    keep a bad change."""
+    eng = make(db, tmp_path, OPEN, Clock(1_800_000_151.0))
+    run_id, _plan = awaiting(eng, sleeper)
+    path = Path(eng.store.root) / f"workflows/evidence/{run_id}/package.json"
+    doc = json.loads(path.read_text())
+    doc["series"]["cpu_busy_pct"] = [[t, 1.0] for t, _v in doc["series"]["cpu_busy_pct"]]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactTampered, match="evidence window"):
+        eng.execute(run_id)
+    assert (eng.load_run(run_id) or {})["status"] == "failed"
     assert [e["kind"] for e in audit.query(db, run_id=run_id, kind="integrity_failure")] == [
         "integrity_failure"
     ]

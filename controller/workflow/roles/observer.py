@@ -23,6 +23,9 @@ KEY_SIGNALS = (
     "cgroup_throttled_max_pct",
 )
 MAX_SIGNALS = 24
+# Sources named in the summary: a host has a dozen; a window of 600 snapshots may name many
+# more, and the summary must stay under its payload cap whatever the collector sent.
+MAX_LISTED = 32
 
 
 @register
@@ -35,18 +38,21 @@ class Observer(Role):
         names += sorted(n for n in ev.series if n.startswith("gpu") and n not in names)
         signals = {n: stats(ev.values(n)) for n in names[:MAX_SIGNALS]}
         missing = sorted(ev.not_fresh())
-        notes = [f"{n} is {ev.freshness[n]}" for n in missing]
+        notes = [f"{n} is {ev.freshness[n]}" for n in missing[:MAX_LISTED]]
+        if len(missing) > MAX_LISTED:
+            notes.append(f"and {len(missing) - MAX_LISTED} more sources not fresh")
+        listed = dict(sorted(ev.freshness.items())[:MAX_LISTED])
         if ev.samples < 10:
             notes.append(f"only {ev.samples} samples in the window")
         return Output(
             payload={
                 "host_id": ev.host_id,
                 "window": {"start": ev.start, "end": ev.end, "samples": ev.samples},
-                "freshness": ev.freshness,
-                "sources_seen": ev.sources_seen,
-                "missing": missing,
+                "freshness": listed,
+                "sources_seen": ev.sources_seen[:MAX_LISTED],
+                "missing": missing[:MAX_LISTED],
                 # Sources this host never had (no GPU, nothing configured): not counted against it.
-                "unavailable": sorted(n for n, s in ev.freshness.items() if s == "unavailable"),
+                "unavailable": sorted(n for n, s in ev.freshness.items() if s == "unavailable")[:MAX_LISTED],
                 "signals": signals,
                 "tables": sorted(ev.tables),
                 "events": len(ev.events),
