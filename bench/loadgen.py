@@ -106,18 +106,30 @@ def request_bytes(url: str, token: str | None, body: bytes) -> bytes:
 
 
 class Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, url: str = "") -> None:
+        self.reader, self.writer, self.url = reader, writer, url
 
     async def roundtrip(self, req: bytes) -> int:
-        self.writer.write(req)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await self.reader.readexactly(length)
+        """The answer's status; 0 when the server closed the connection (it reconnects)."""
+        try:
+            self.writer.write(req)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+                if line.lower() == b"connection: close":
+                    status = -status  # answered, then closed: reconnect below
+            await self.reader.readexactly(length)
+            if status > 0:
+                return status
+            status = -status
+        except (asyncio.IncompleteReadError, ConnectionError):
+            status = 0
+        self.writer.close()
+        parts = urlsplit(self.url)
+        self.reader, self.writer = await asyncio.open_connection(parts.hostname, parts.port)
         return status
 
 
@@ -126,7 +138,7 @@ async def connect(url: str, n: int) -> list[Conn]:
     out = []
     for _ in range(n):
         r, w = await asyncio.open_connection(parts.hostname, parts.port)
-        out.append(Conn(r, w))
+        out.append(Conn(r, w, url))
     return out
 
 

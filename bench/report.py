@@ -150,7 +150,8 @@ def _hostile(doc: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "| slowloris wave, held 20 s | RSS growth | answers | bound (docs/hardening.md) |",
+        "| slowloris wave from 8 client addresses, held 20 s | RSS growth | answers "
+        "| bound (docs/hardening.md) |",
         "|---|---:|---|---:|",
     ]
     for name, wave in slow["waves"].items():
@@ -161,7 +162,8 @@ def _hostile(doc: dict[str, Any]) -> list[str]:
         f"RSS went from {slow['rss_baseline_mb']} to at most {slow['rss_peak_mb']} MB over the three waves, "
         f"and /healthz {'answered' if slow['healthy_after'] else 'did not answer'} after them. "
         "408 is a head or body cut by its timeout, 401 a body refused before it was read, 429 no room in "
-        "the in-flight bounds, 503 past the cap on connections waiting for a head.",
+        "the in-flight bounds (all clients', or one address's share), 503 past the cap on connections "
+        "waiting for a head (all, or one address's share).",
     ]
     return lines
 
