@@ -62,6 +62,8 @@ class Prepared:
 
     batch: BatchEnvelope
     raw: bytes
+    started: float  # perf_counter when processing began: the request's time includes the commit
+    body_bytes: int
 
 
 def _internal_error() -> Answer:
@@ -208,22 +210,27 @@ class IngestService:
         a refusal, or the Prepared batch for ``commit`` to store off the loop."""
         start = time.perf_counter()
         try:
-            prepared = self._prepare(principal, encoding, body, inline_limit)
-            if prepared is None or (inline_limit is not None and isinstance(prepared, Prepared)):
-                return prepared
-            answer = prepared if isinstance(prepared, Answer) else self._accept(prepared, lost)
+            prepared = self._prepare(principal, encoding, body, start, inline_limit)
         except Exception:  # a bug must answer, not hang the collector; the batch is not acked
-            answer = _internal_error()
-        self.metrics.seconds.observe(time.perf_counter() - start)
-        self.metrics.body_bytes.inc(len(body))
-        return answer
+            prepared = _internal_error()
+        if prepared is None or (inline_limit is not None and isinstance(prepared, Prepared)):
+            return prepared  # handed on: whoever finishes it records the metrics
+        if isinstance(prepared, Prepared):
+            return self.commit(prepared, lost)
+        return self._measured(prepared, start, len(body))
 
     def commit(self, prepared: Prepared, lost: int = 0) -> Answer:
         """The store half of a prepared batch: the ledger commit and hot state (blocking I/O)."""
         try:
-            return self._accept(prepared, lost)
-        except Exception:
-            return _internal_error()
+            answer = self._accept(prepared, lost)
+        except Exception:  # a bug must answer, not hang the collector; the batch is not acked
+            answer = _internal_error()
+        return self._measured(answer, prepared.started, prepared.body_bytes)
+
+    def _measured(self, answer: Answer, started: float, body_bytes: int) -> Answer:
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.body_bytes.inc(body_bytes)
+        return answer
 
     def handle(self, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
         """Both halves in one call (the documented route and the tests)."""
@@ -252,7 +259,12 @@ class IngestService:
     # --- the work --------------------------------------------------------------------------------
 
     def _prepare(
-        self, principal: Principal, encoding: str | None, body: bytes, inline_limit: int | None = None
+        self,
+        principal: Principal,
+        encoding: str | None,
+        body: bytes,
+        started: float,
+        inline_limit: int | None = None,
     ) -> Answer | Prepared | None:
         try:
             if inline_limit is not None:
@@ -284,7 +296,7 @@ class IngestService:
                 f"(ingest.max_clock_skew_s is {self.max_clock_skew_s:.0f}); fix the host's clock"
             )
             return self._rejected(raw, "future", field, message, key=batch_key(batch))
-        return Prepared(batch, raw)
+        return Prepared(batch, raw, started, len(body))
 
     def _ahead_of_clock(self, batch: BatchEnvelope) -> tuple[str, float] | None:
         now = self.clock()

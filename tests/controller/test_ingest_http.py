@@ -204,5 +204,8 @@ def test_metrics_and_health(ctl: ControllerProc) -> None:
     post(ctl, gz(batch(1)))
     text = httpx.get(ctl.url + "/metrics").text
     assert 'incidentlab_ingest_requests_total{code="200"} 1.0' in text
+    # A small batch is checked on the loop and stored on the pool: still measured once.
+    assert "incidentlab_ingest_seconds_count 1.0" in text
+    assert "incidentlab_ingest_body_bytes_total 0.0" not in text
     assert "incidentlab_leader 1.0" in text
     assert httpx.get(ctl.url + "/readyz").json() == {"status": "ok"}
