@@ -552,6 +552,11 @@ class Spool:
                 return None
             if rec.seq >= seq:
                 self._count_lost(seq, rec.seq)
+                if self.state.lost and count_in(self.state.lost, rec.seq, rec.seq):
+                    # Counted lost once (its bytes were damaged, and may read whole again if
+                    # restored): the controller was told, so it is never sent as well.
+                    seq = rec.seq + 1
+                    continue
                 return rec
 
     def _step(self, r: _Reader, end: int) -> Record | None:
