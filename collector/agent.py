@@ -26,13 +26,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgspec
+
 from collector.config import CollectorSettings
 from collector.errors import CollectorError, PermanentRejection, SpoolError, TransportError
 from collector.info import CollectorInfo
 from collector.sampler import Sampler
 from collector.spool import Spool, SpoolOptions, atomic_write_json
 from collector.transport import Transport, TransportOptions
-from collector.wire import BATCH_SCHEMA, BatchKey, encode, validate_batch
+from collector.wire import BATCH_SCHEMA, BatchKey, validate_batch
 
 STATUS_FILE = "status.json"
 EVENT_DROPS = ("event_overflow", "perf_lost", "undecodable")
@@ -147,7 +149,8 @@ class Agent:
             "collector": info if info != self._info_sent else None,
             "agent": health,
         }
-        body = encode(validate_batch(batch))  # never spool a batch the receiver would refuse
+        body = msgspec.json.encode(batch)
+        validate_batch(body)  # never spool a batch the receiver would refuse (the bytes it will get)
         self._info_sent = info
         return body
 

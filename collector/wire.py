@@ -39,6 +39,7 @@ MAX_SEQ = 2**63 - 1
 # No "/": ids name files and keys downstream, and "a/../b" must not be a path.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+ID_RULE = "must be 1-128 characters of letters, digits and _.:@-, the first a letter or digit"
 _NAME_RULE = "1-64 characters of a-z, 0-9 and _.-"
 _PATH = re.compile(r"`\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[[^\]]*\])*)`")
 
@@ -177,7 +178,8 @@ def _field_of(exc: msgspec.ValidationError) -> str:
 
 _GOOD_NAMES: set[str] = set()
 _GOOD_NAMES_MAX = 4096  # source and counter names are a handful; a flood of new ones is not cached
-_OPEN_BRACE = ord("{")
+# A raw JSON value's first byte (msgspec has skipped the whitespace before it).
+_OPEN_BRACE, _NULL_N = ord("{"), ord("n")
 _INF = math.inf
 
 
@@ -188,17 +190,15 @@ def _check_name(name: str, where: str, what: str = "source name") -> None:
         _GOOD_NAMES.add(name)
 
 
-def _first(raw: msgspec.Raw) -> bytes:
-    """The first byte of a raw JSON value (msgspec has already skipped leading whitespace)."""
-    return memoryview(raw)[:1].tobytes()
-
-
 def _check(batch: B, limits: Limits) -> B:
     if batch.schema != BATCH_SCHEMA:
         raise WireError("$.schema", f"expected {BATCH_SCHEMA!r}, got {batch.schema!r}")
     for name in ("host_id", "boot_id", "stream_id"):
         if not _ID.match(getattr(batch, name)):
-            raise WireError(f"$.{name}", "must be 1-128 characters of letters, digits and _.:@-")
+            raise WireError(
+                f"$.{name}",
+                "must be 1-128 characters of letters, digits and _.:@-, the first a letter or digit",
+            )
     if not 0 <= batch.seq <= MAX_SEQ:
         raise WireError("$.seq", f"must be between 0 and {MAX_SEQ}")
     if not math.isfinite(batch.sent_at) or batch.sent_at < 0:
@@ -237,17 +237,18 @@ def _check(batch: B, limits: Limits) -> B:
             _check_name(key, "$.dropped", "counter name")
         if not 0 <= value <= MAX_SEQ:
             raise WireError(f"$.dropped.{key}", f"counts must be between 0 and {MAX_SEQ}")
-    if isinstance(batch, BatchEnvelope):
+    if isinstance(batch, BatchEnvelope):  # (not `envelope`: mypy narrows on isinstance)
         for i, raw in enumerate(batch.events):
             if len(raw) > limits.max_event_bytes:
                 raise WireError(f"$.events[{i}]", f"{len(raw)} bytes, over {limits.max_event_bytes}")
-            if _first(raw) != b"{":
+            if memoryview(raw)[0] != _OPEN_BRACE:
                 raise WireError(f"$.events[{i}]", "an event must be an object")
         for name in ("collector", "agent"):
             raw = getattr(batch, name)
             if len(raw) > limits.max_info_bytes:
                 raise WireError(f"$.{name}", f"{len(raw)} bytes, over {limits.max_info_bytes}")
-            if _first(raw) not in (b"{", b"n"):  # json_check has proven it is JSON: null or an object
+            # json_check has proven it is JSON: "n" can only begin null.
+            if memoryview(raw)[0] not in (_OPEN_BRACE, _NULL_N):
                 raise WireError(f"$.{name}", "must be an object or null")
     else:
         for name in ("collector", "agent"):

@@ -61,4 +61,4 @@ def create_app(
 
     api.include_router(router)
     api.include_router(workflow_router)
-    return FastIngest(api, rt.ingest, rt.auth, rt.guard, settings.ingest.max_body_bytes, rt.pool)
+    return FastIngest(api, rt.ingest, rt.guard, settings.ingest.max_body_bytes, rt.pool)

@@ -5,14 +5,14 @@ more than the ingest work itself for a 64 KiB batch): the token, its role and
 leadership are checked on the headers alone, before a byte of the body is read; an
 oversized Content-Length, or no decode slot left (all clients', or this client
 address's share), ends the request at once; body bytes count against the in-flight
-bounds as they arrive (429 past them). The body is
-read under the Guard's timeouts; a batch that decompresses to at most
-``inline_decode_bytes`` (256 KiB: a few milliseconds of work at the very worst) is
-checked and validated on the loop, anything larger is handed to a bounded thread
-pool for decompression, the JSON check and validation; the ledger commit and hot
-state always run on the pool (SQLite's write lock can be held by the workflow), so
-the event loop keeps answering /healthz and the rest. Every early answer
-carries Connection: close, so an unread body is never taken in.
+bounds as they arrive (429 past them). The body is read under the Guard's timeouts;
+a batch that decompresses to at most ``inline_decode_bytes`` (256 KiB: a few
+milliseconds of work at the very worst) is checked and validated on the loop,
+anything larger is handed to a bounded thread pool for decompression, the JSON check
+and validation; the ledger commit and hot state always run on the pool (SQLite's
+write lock can be held by the workflow), so the event loop keeps answering /healthz
+and the rest. Every early answer carries Connection: close, so an unread body is
+never taken in.
 
 Every other request that carries a body is authenticated on its headers first, read
 under the same timeouts and a small cap (max_api_body_bytes), and refused with 400
@@ -30,8 +30,7 @@ from typing import Any
 import probe_core
 
 from collector.transport import INGEST_PATH
-from controller.api.guard import BodyTimeout, BodyTooLarge, ClientGone, Guard, NoRoom
-from controller.auth import Authenticator
+from controller.api.guard import BodyTimeout, BodyTooLarge, ClientGone, Guard, NoRoom, Ticket
 from controller.errors import AuthError
 from controller.ingest import CLOSE, Answer, IngestService, Prepared, json_answer, parse_lost
 
@@ -79,14 +78,12 @@ class FastIngest:
         self,
         app: ASGIApp,
         service: IngestService,
-        auth: Authenticator,
         guard: Guard,
         max_body: int,
         pool: ThreadPoolExecutor,
     ) -> None:
         self.app = app
         self.service = service
-        self.auth = auth
         self.guard = guard
         self.max_body = max_body
         self.pool = pool
@@ -110,6 +107,27 @@ class FastIngest:
         self.service.count(answer)
         await send_answer(send, answer)
 
+    async def _read(
+        self, send: Send, receive: Receive, limit: int, ticket: Ticket, ingest: bool
+    ) -> bytes | None:
+        """The body, or None once the refusal is sent (or the client has gone); ``ingest``:
+        the refusal counts in the ingest metrics."""
+        try:
+            return await self.guard.read_body(receive, limit, ticket)
+        except BodyTimeout as exc:
+            reason, answer = "timeout", json_answer(408, {"detail": str(exc)}, (CLOSE,))
+        except BodyTooLarge as exc:
+            reason, answer = "too_large", json_answer(413, {"detail": str(exc)}, (CLOSE,))
+        except NoRoom:
+            reason, answer = "busy", _busy()
+        except ClientGone:
+            return None  # nobody to answer; not an error worth a traceback
+        if ingest:
+            await self._answer(send, self.service.refuse(reason, answer))
+        else:
+            await send_answer(send, answer)
+        return None
+
     async def _ingest(self, peer: str, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         auth = headers.get(b"authorization")
         admitted = self.service.admit(auth.decode("latin-1") if auth is not None else None)
@@ -129,23 +147,10 @@ class FastIngest:
             await self._answer(send, self.service.refuse("busy", _busy()))
             return
         try:
-            try:
-                body = await self.guard.read_body(
-                    receive, length if length is not None else self.max_body, ticket
-                )
-            except BodyTimeout as exc:
-                answer = json_answer(408, {"detail": str(exc)}, (CLOSE,))
-                await self._answer(send, self.service.refuse("timeout", answer))
+            limit = length if length is not None else self.max_body
+            body = await self._read(send, receive, limit, ticket, ingest=True)
+            if body is None:
                 return
-            except BodyTooLarge:
-                answer = json_answer(413, {"detail": "body over the ingest limit"}, (CLOSE,))
-                await self._answer(send, self.service.refuse("too_large", answer))
-                return
-            except NoRoom:
-                await self._answer(send, self.service.refuse("busy", _busy()))
-                return
-            except ClientGone:
-                return  # nobody to answer; not an error worth a traceback
             enc = headers.get(b"content-encoding")
             encoding = enc.decode("latin-1").strip().lower() if enc is not None else None
             lost = parse_lost(headers.get(b"x-incidentlab-lost"))
@@ -174,7 +179,7 @@ class FastIngest:
     ) -> None:
         auth = headers.get(b"authorization")
         try:
-            self.auth.authenticate(auth.decode("latin-1") if auth is not None else None)
+            self.service.auth.authenticate(auth.decode("latin-1") if auth is not None else None)
         except AuthError as exc:
             headers_out = ((b"www-authenticate", b"Bearer"), CLOSE)
             await send_answer(send, json_answer(401, {"detail": str(exc)}, headers_out))
@@ -190,18 +195,8 @@ class FastIngest:
         ticket = self.guard.admit(peer, batch=False)
         assert ticket is not None  # only batches take a slot; bytes are counted as they come
         try:
-            try:
-                body = await self.guard.read_body(receive, limit, ticket)
-            except BodyTimeout as exc:
-                await send_answer(send, json_answer(408, {"detail": str(exc)}, (CLOSE,)))
-                return
-            except BodyTooLarge as exc:
-                await send_answer(send, json_answer(413, {"detail": str(exc)}, (CLOSE,)))
-                return
-            except NoRoom:
-                await send_answer(send, _busy())
-                return
-            except ClientGone:
+            body = await self._read(send, receive, limit, ticket, ingest=False)
+            if body is None:
                 return
             if body:
                 verdict = probe_core.json_check(body, API_JSON_DEPTH, API_JSON_NODES)

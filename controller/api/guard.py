@@ -123,7 +123,7 @@ class Guard:
     def stats(self) -> dict[str, Any]:
         s = self.settings
         return {
-            "peers": len(self.peer_pending.keys() | self.peer_batches.keys()),
+            "peers": len(self.peer_pending.keys() | self.peer_batches.keys() | self.peer_bytes.keys()),
             "pending_connections": self.pending,
             "inflight_body_bytes": self.inflight_bytes,
             "inflight_batches": self.inflight_batches,

@@ -7,8 +7,8 @@ senders liked. Here a connection that is waiting for a head (a new one, or a
 keep-alive one that has begun the next) has ``header_timeout_s`` to complete it,
 then gets 408 and is closed; at most ``max_pending_connections`` may wait at once,
 ``max_pending_per_peer`` of them from one client address, and the next is answered
-503 and closed: one address cannot lock the others out. Keep-alive connections idle between
-requests are not counted: uvicorn closes them after ``keep_alive_s``.
+503 and closed: one address cannot lock the others out. Keep-alive connections idle
+between requests are not counted: uvicorn closes them after ``keep_alive_s``.
 """
 
 from __future__ import annotations

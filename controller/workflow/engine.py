@@ -414,7 +414,7 @@ class WorkflowEngine:
         return [art for art, _, _ in self._stored_chain(run_id, replay)]
 
     @staticmethod
-    def _tampering(run_id: str, art: Artifact, key: str, committed: str) -> str | None:
+    def _tampering(art: Artifact, committed: str) -> str | None:
         actual = artifacts.digest(art)
         if actual != committed:
             return f"hashes to {actual[:12]}..., not the {committed[:12]}... committed for it"
@@ -426,25 +426,27 @@ class WorkflowEngine:
                 return "has a plan_hash that its posture and steps do not give"
         return None
 
-    def integrity_problems(self, run_id: str, replay: bool = False) -> list[str]:
-        problems = []
+    def _checked_chain(
+        self, run_id: str, replay: bool
+    ) -> list[tuple[Artifact, artifacts.ArtifactTampered | None]]:
+        out = []
         for art, key, committed in self._stored_chain(run_id, replay):
-            why = self._tampering(run_id, art, key, committed)
-            if why is not None:
-                problems.append(str(artifacts.ArtifactTampered(run_id, art.kind, key, why)))
-        return problems
+            why = self._tampering(art, committed)
+            out.append((art, artifacts.ArtifactTampered(run_id, art.kind, key, why) if why else None))
+        return out
+
+    def integrity_problems(self, run_id: str, replay: bool = False) -> list[str]:
+        return [str(bad) for _, bad in self._checked_chain(run_id, replay) if bad is not None]
 
     def verified_chain(self, run_id: str) -> list[Artifact]:
         """The chain, each artifact's sha256 recomputed from its stored content and compared
         with the one its row recorded at commit (and the plan's hash with its steps): what
         approval and execution act on. Raises ArtifactTampered naming the first that differs."""
-        chain = []
-        for art, key, committed in self._stored_chain(run_id, False):
-            why = self._tampering(run_id, art, key, committed)
-            if why is not None:
-                raise artifacts.ArtifactTampered(run_id, art.kind, key, why)
-            chain.append(art)
-        return chain
+        checked = self._checked_chain(run_id, False)
+        bad = next((b for _, b in checked if b is not None), None)
+        if bad is not None:
+            raise bad
+        return [art for art, _ in checked]
 
     def fail_run(self, run_id: str, kind: str, why: str) -> None:
         """A run that cannot go on (its stored chain changed, or a stage cannot be computed):
