@@ -1,7 +1,7 @@
 """The incident workflow, trigger to incident_report; writes bench/results/workflow.json.
 
 Hosts are loaded into hot state with a recorded-shape window each (150 one-second
-snapshots, the fault families of tests/controller/scenarios.py in turn). For every
+snapshots, the fault families of testkit/scenarios.py in turn). For every
 host, one trigger: the engine builds evidence from hot state, runs the detectors,
 opens a run and drives its eight stages, each durably (payload file, then a SQLite
 transaction), to the incident report and the evidence package. Measured per run:
@@ -34,7 +34,7 @@ from controller.store.db import make_engine, migrate
 from controller.store.payloads import PayloadStore
 from controller.workflow.analysis import detect, rank
 from controller.workflow.engine import WorkflowEngine
-from tests.controller.scenarios import FAULTS, batch_for
+from testkit.scenarios import FAULTS, batch_for
 
 TARGET_CPU_MS = 50.0
 

@@ -1,5 +1,5 @@
 """nbval runs the notebooks against a store the real workflow made from recorded
-telemetry (tests/fixtures/store.py). Built at configure time: the kernels start
+telemetry (testkit/store.py). Built at configure time: the kernels start
 before any fixture runs, and read where it is from the environment."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from tests.fixtures.store import build
+    from testkit.store import build
 
     root = Path(tempfile.mkdtemp(prefix="incidentlab-nb-"))
     config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))

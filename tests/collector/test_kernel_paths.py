@@ -30,8 +30,7 @@ from collector.sources.network import NetworkSource
 from collector.sources.perf import PerfSource
 from collector.sources.processes import ProcessesSource
 from collector.sources.sockets import SocketsSource
-
-from .kernel_fixtures import lossy_peer, memory_cgroup
+from testkit.kernel_fixtures import lossy_peer, memory_cgroup
 
 pytestmark = pytest.mark.root
 

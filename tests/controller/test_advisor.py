@@ -22,9 +22,9 @@ from controller.store.db import make_engine, migrate
 from controller.store.payloads import PayloadStore
 from controller.workflow.advisor import Advisor, parse_answer
 from controller.workflow.engine import WorkflowEngine
+from testkit.scenarios import batch_for
 
 from .conftest import base_config
-from .scenarios import batch_for
 
 
 class FakeChat:

@@ -9,8 +9,7 @@ import pytest
 from controller.detectors import FAMILIES, build_evidence
 from controller.detectors.base import pearson, robust_z, seasonal_baseline
 from controller.workflow.analysis import STALE_CAP, detect, rank
-
-from .scenarios import FAULTS, window
+from testkit.scenarios import FAULTS, window
 
 
 def events_of(snaps: list[Any]) -> list[dict[str, Any]]:

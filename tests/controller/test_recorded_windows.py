@@ -1,12 +1,11 @@
 """Windows recorded with the real collector on this machine while a fault ran
-(tests/fixtures/windows/record.py): the analysis must rank the fault first and name
+(testkit/windows/record.py): the analysis must rank the fault first and name
 the process that caused it. Families whose fault cannot be made here stay synthetic."""
 
 from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +14,7 @@ from controller.config import HotStateSettings
 from controller.detectors import build_evidence
 from controller.hotstate import HotState
 from controller.workflow.analysis import detect, rank
-from tests.fixtures.store import batches
-
-WINDOWS = Path(__file__).resolve().parents[1] / "fixtures" / "windows"
+from testkit.store import WINDOWS, batches
 
 
 @pytest.mark.parametrize(

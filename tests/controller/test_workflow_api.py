@@ -18,9 +18,9 @@ from controller.app import create_app
 from controller.artifacts import KINDS
 from controller.config import load_settings
 from controller.runtime import Runtime
+from testkit.scenarios import batch_for
 
 from .conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN, base_config
-from .scenarios import batch_for
 
 OPS = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 

@@ -22,9 +22,9 @@ import msgspec
 import pytest
 
 from controller.artifacts import KINDS
+from testkit.scenarios import T0, batch_for
 
 from .conftest import COLLECTOR_TOKEN, ControllerProc, base_config
-from .scenarios import T0, batch_for
 
 BOUNDARIES = [(kind, where) for kind in KINDS for where in ("before_commit", "after_commit")]
 

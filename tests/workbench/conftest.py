@@ -1,4 +1,4 @@
-"""A run store made by the real workflow from recorded telemetry (tests/fixtures/store.py)."""
+"""A run store made by the real workflow from recorded telemetry (testkit/store.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.store import build
+from testkit.store import build
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.cgroups import parse_mountinfo
-from collector.sources.cgroup import discover_layout
+from collector.cgroups import discover_layout, parse_mountinfo
 
 
 @dataclass(frozen=True)
