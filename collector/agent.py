@@ -40,40 +40,6 @@ STATUS_FILE = "status.json"
 EVENT_DROPS = ("event_overflow", "perf_lost", "undecodable")
 
 
-def spool_options(settings: CollectorSettings) -> SpoolOptions:
-    s = settings.spool
-    return SpoolOptions(
-        max_bytes=s.max_bytes,
-        segment_bytes=s.segment_bytes,
-        max_record_bytes=s.max_record_bytes,
-        fsync=s.fsync,
-        fsync_interval_ms=s.fsync_interval_ms,
-        fsync_bytes=s.fsync_bytes,
-    )
-
-
-def transport_options(settings: CollectorSettings) -> TransportOptions:
-    t = settings.transport
-    if t.url is None:
-        raise CollectorError("transport.url is not set: the agent has nowhere to send batches")
-    return TransportOptions(
-        url=t.url,
-        fallback_urls=tuple(t.fallback_urls),
-        ca_file=t.ca_file,
-        cert_file=t.cert_file,
-        key_file=t.key_file,
-        token_file=t.token_file,
-        encoding=t.encoding,
-        connect_timeout_s=t.connect_timeout_s,
-        read_timeout_s=t.read_timeout_s,
-        max_attempts=t.max_attempts,
-        backoff_base_s=t.backoff_base_s,
-        backoff_max_s=t.backoff_max_s,
-        dead_letter_after_500=t.dead_letter_after_500,
-        allow_http=t.allow_http,
-    )
-
-
 class Agent:
     def __init__(
         self,
@@ -85,9 +51,9 @@ class Agent:
     ) -> None:
         self.settings = settings
         self._wall = wall
-        self.spool = Spool(settings.spool.dir, spool_options(settings))
+        self.spool = Spool(settings.spool.dir, SpoolOptions.from_settings(settings.spool))
         try:
-            self.transport = transport or Transport(transport_options(settings))
+            self.transport = transport or Transport(TransportOptions.from_settings(settings.transport))
             self.sampler = sampler or Sampler(settings)
         except Exception:
             self.spool.close()

@@ -1,13 +1,16 @@
 """Pure parsing for cgroup layouts: mountinfo, Kubernetes ids in cgroup paths, stat files.
 
 Readers live in collector/sources/cgroup.py; everything here takes text and is
-tested on literals.
+tested on literals, except Layout, which maps the mounts to paths under the configured
+sysfs root (discover_layout) and reads one file (memory_root: cgroup.controllers).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # kubepods paths, cgroupfs driver:   /kubepods/burstable/pod<uid>/<container id>
 # systemd driver:  /kubepods.slice/kubepods-burstable.slice/
@@ -91,6 +94,50 @@ def parse_mountinfo(text: str) -> list[CgroupMount]:
             ctl = frozenset(o for o in options.split(",") if o in V1_CONTROLLERS or o.startswith("name="))
             out.append(CgroupMount(1, mount, ctl))
     return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each controller lives here, translated under the configured sysfs root."""
+
+    v2: Path | None  # the unified hierarchy, if mounted
+    v1: dict[str, Path]  # controller -> hierarchy root
+
+    @property
+    def mode(self) -> str:
+        if self.v2 is not None and not self.v1:
+            return "v2"
+        return "hybrid" if self.v2 is not None else "v1"
+
+    def memory_root(self) -> tuple[int, Path] | None:
+        if "memory" in self.v1:
+            return 1, self.v1["memory"]
+        if self.v2 is not None:
+            try:
+                controllers = (self.v2 / "cgroup.controllers").read_text()
+            except OSError:
+                controllers = ""
+            if "memory" in controllers.split():
+                return 2, self.v2
+        return None
+
+
+def discover_layout(mounts: list[CgroupMount], sysfs_root: Path) -> Layout:
+    def translate(mount: str) -> Path:
+        # Mount points are in our namespace (/sys/fs/cgroup/...); the host's may sit under /host/sys.
+        rel = os.path.relpath(mount, "/sys")
+        return sysfs_root / rel if not rel.startswith("..") else Path(mount)
+
+    v2 = None
+    v1: dict[str, Path] = {}
+    for m in mounts:
+        if m.version == 2:
+            v2 = translate(m.path)
+        else:
+            for ctl in m.controllers:
+                if not ctl.startswith("name="):
+                    v1.setdefault(ctl, translate(m.path))
+    return Layout(v2, v1)
 
 
 def parse_flat_keyed(text: str) -> dict[str, int]:

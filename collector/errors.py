@@ -4,7 +4,7 @@
     +-- ConfigError            settings refused at start (names the key and why)
     |   +-- UnknownSourceError a source name that is not registered
     +-- SourceError            a source failed to sample (foreign errors wrapped here)
-    |   +-- SourceTimeout      a source overran its time budget
+    +-- ParseError             Prometheus text that does not parse (collector/sources/external.py)
     +-- WireError              a batch or ack breaks the wire contract (names the field)
     |   +-- AckMismatch        a well-formed ack that answers some other batch
     +-- SpoolError             the disk spool cannot be opened or written
@@ -37,10 +37,6 @@ class UnknownSourceError(ConfigError):
 
 class SourceError(CollectorError):
     """A source failed while sampling."""
-
-
-class SourceTimeout(SourceError):
-    """A source overran its time budget."""
 
 
 class WireError(CollectorError):

@@ -49,17 +49,6 @@ class Capabilities:
     nvml: bool
     nvml_reason: str | None
 
-    def has(self, cap: str) -> bool:
-        return cap in self.effective
-
-    @property
-    def perf_privileged(self) -> bool:
-        """System-wide perf counters: CAP_PERFMON, CAP_SYS_ADMIN, or paranoid <= 0."""
-        paranoid = self.perf_event_paranoid
-        return (
-            self.has("CAP_PERFMON") or self.has("CAP_SYS_ADMIN") or (paranoid is not None and paranoid <= 0)
-        )
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "effective": sorted(self.effective),

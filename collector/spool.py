@@ -74,6 +74,7 @@ from typing import Any, Literal
 
 import probe_core
 
+from collector.config import SpoolSettings
 from collector.errors import SpoolError
 
 MAGIC = 0x50534C49  # "ILSP" little-endian
@@ -84,17 +85,19 @@ _SEQ = struct.Struct("<Q")
 _NO_SEQ_ABOVE = 1 << 64  # seq is a u64: no upper bound
 _crc32c = probe_core.crc32c
 HEADER_SIZE = HEADER.size  # 28
+_DEFAULTS = SpoolSettings()
 SEG_SUFFIX = ".seg"
 
 
 @dataclass(frozen=True)
 class SpoolOptions:
-    max_bytes: int = 256 << 20
-    segment_bytes: int = 8 << 20
-    max_record_bytes: int = 8 << 20
-    fsync: Literal["always", "interval"] = "interval"
-    fsync_interval_ms: int = 200
-    fsync_bytes: int = 1 << 20
+    # The settings' knobs take their defaults from SpoolSettings, where each is declared once.
+    max_bytes: int = _DEFAULTS.max_bytes
+    segment_bytes: int = _DEFAULTS.segment_bytes
+    max_record_bytes: int = _DEFAULTS.max_record_bytes
+    fsync: Literal["always", "interval"] = _DEFAULTS.fsync
+    fsync_interval_ms: int = _DEFAULTS.fsync_interval_ms
+    fsync_bytes: int = _DEFAULTS.fsync_bytes
     # The acked offset is written at most this often (and on close): a crash re-sends at
     # most this window of acknowledged batches, which the receiver answers as duplicates.
     ack_persist_ms: int = 100
@@ -105,6 +108,17 @@ class SpoolOptions:
             raise SpoolError("segment_bytes must be at most half of max_bytes, so eviction frees room")
         if self.max_record_bytes + HEADER_SIZE > self.segment_bytes:
             raise SpoolError("max_record_bytes must fit in one segment")
+
+    @classmethod
+    def from_settings(cls, s: SpoolSettings) -> SpoolOptions:
+        return cls(
+            max_bytes=s.max_bytes,
+            segment_bytes=s.segment_bytes,
+            max_record_bytes=s.max_record_bytes,
+            fsync=s.fsync,
+            fsync_interval_ms=s.fsync_interval_ms,
+            fsync_bytes=s.fsync_bytes,
+        )
 
 
 @dataclass
@@ -134,11 +148,6 @@ class Record:
     seq: int
     ts_ns: int
     payload: bytes
-
-
-def encode_record(seq: int, ts_ns: int, payload: bytes) -> bytes:
-    crc = _crc32c(payload, _crc32c(_SEQ_TS.pack(seq, ts_ns)))
-    return HEADER.pack(MAGIC, len(payload), seq, ts_ns, crc) + payload
 
 
 def check_record(buf: bytes | memoryview, offset: int, size: int, max_record: int) -> tuple[str | None, int]:

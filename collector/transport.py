@@ -34,41 +34,60 @@ from typing import Literal
 import httpx
 import probe_core
 
-from collector.errors import PermanentRejection, PoisonBatch, TransportError, WireError
-from collector.wire import Ack, BatchKey, validate_ack
+from collector.config import TransportSettings
+from collector.errors import CollectorError, PermanentRejection, PoisonBatch, TransportError, WireError
+from collector.wire import INGEST_PATH, LEADER_HEADER, LOST_HEADER, Ack, BatchKey, validate_ack
 
-INGEST_PATH = "/api/v1/ingest"
-LEADER_HEADER = "X-Incidentlab-Leader"
-# The stream's loss (spool_evicted + spool_corrupt + dead_letters) when the batch is sent: the
-# body carries the counts from when it was made, which a backlog that outlived an eviction
-# understates, and the controller's far-ahead rule needs the loss that explains the gap.
-LOST_HEADER = "X-Incidentlab-Lost"
 # Answers about the request rather than the batch (the token, the route, a timeout, a
 # conflict, a throttle): even an ack in one of them never makes a batch permanent.
 _ABOUT_THE_REQUEST = frozenset({401, 403, 404, 408, 409, 429})
 _DETAIL_CHARS = 300  # of a 500's body, kept for the dead-letter reason
+_DEFAULTS = TransportSettings()
 
 
 @dataclass(frozen=True)
 class TransportOptions:
+    # The settings' knobs take their defaults from TransportSettings, where each is declared once;
+    # max_leader_hops and reload_check_s are not settings.
     url: str
     # Other controllers to try when the current one cannot be reached (an HA pair).
-    fallback_urls: tuple[str, ...] = ()
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    token_file: Path | None = None
-    encoding: Literal["gzip", "zstd"] = "gzip"
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    max_attempts: int = 5
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
+    fallback_urls: tuple[str, ...] = tuple(_DEFAULTS.fallback_urls)
+    ca_file: Path | None = _DEFAULTS.ca_file
+    cert_file: Path | None = _DEFAULTS.cert_file
+    key_file: Path | None = _DEFAULTS.key_file
+    token_file: Path | None = _DEFAULTS.token_file
+    encoding: Literal["gzip", "zstd"] = _DEFAULTS.encoding
+    connect_timeout_s: float = _DEFAULTS.connect_timeout_s
+    read_timeout_s: float = _DEFAULTS.read_timeout_s
+    max_attempts: int = _DEFAULTS.max_attempts
+    backoff_base_s: float = _DEFAULTS.backoff_base_s
+    backoff_max_s: float = _DEFAULTS.backoff_max_s
     max_leader_hops: int = 3
     # A batch answered HTTP 500 this many attempts in a row is permanent (PoisonBatch); 0: never.
-    dead_letter_after_500: int = 20
-    allow_http: bool = False  # plain HTTP only for loopback tests and trusted networks
+    dead_letter_after_500: int = _DEFAULTS.dead_letter_after_500
+    allow_http: bool = _DEFAULTS.allow_http  # plain HTTP only for loopback tests and trusted networks
     reload_check_s: float = 5.0
+
+    @classmethod
+    def from_settings(cls, t: TransportSettings) -> TransportOptions:
+        if t.url is None:
+            raise CollectorError("transport.url is not set: the agent has nowhere to send batches")
+        return cls(
+            url=t.url,
+            fallback_urls=tuple(t.fallback_urls),
+            ca_file=t.ca_file,
+            cert_file=t.cert_file,
+            key_file=t.key_file,
+            token_file=t.token_file,
+            encoding=t.encoding,
+            connect_timeout_s=t.connect_timeout_s,
+            read_timeout_s=t.read_timeout_s,
+            max_attempts=t.max_attempts,
+            backoff_base_s=t.backoff_base_s,
+            backoff_max_s=t.backoff_max_s,
+            dead_letter_after_500=t.dead_letter_after_500,
+            allow_http=t.allow_http,
+        )
 
 
 @dataclass(frozen=True)

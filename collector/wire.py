@@ -35,6 +35,14 @@ from collector.errors import AckMismatch, WireError
 BATCH_SCHEMA = "incidentlab.batch/v1"
 ACK_SCHEMA = "incidentlab.ack/v1"
 MAX_SEQ = 2**63 - 1
+# Where a collector POSTs its batches (the controller serves it in controller/api/fast_ingest.py).
+INGEST_PATH = "/api/v1/ingest"
+# A follower's 503 names the leader's URL in this header; collectors follow it (docs/wire.md).
+LEADER_HEADER = "X-Incidentlab-Leader"
+# The stream's loss (spool_evicted + spool_corrupt + dead_letters) when the batch is sent: the
+# body carries the counts from when it was made, which a backlog that outlived an eviction
+# understates, and the controller's far-ahead rule needs the loss that explains the gap.
+LOST_HEADER = "X-Incidentlab-Lost"
 # \Z, not $: "$" also matches before a trailing newline, and "host\n" would be another host.
 # No "/": ids name files and keys downstream, and "a/../b" must not be a path.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
@@ -43,6 +51,7 @@ ID_RULE = "must be 1-128 characters of letters, digits and _.:@-, the first a le
 _NAME_RULE = "1-64 characters of a-z, 0-9 and _.-"
 _PATH = re.compile(r"`\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[[^\]]*\])*)`")
 
+# A source's outcome and the path it took; collector/sources/base.py's SourceResult uses these too.
 Status = Literal["ok", "fallback", "unavailable", "error"]
 PathKind = Literal["kernel", "file", "none"]
 AckStatus = Literal["accepted", "duplicate", "rejected"]

@@ -1,4 +1,10 @@
-"""The workbench's one error root."""
+"""The workbench's one error root; every error the workbench raises is a WorkbenchError.
+
+    WorkbenchError             a source that cannot answer, a run that is not there, a
+                               decision refused (``status``: the controller's HTTP status)
+
+Foreign exceptions (httpx's, the run store's) are translated with ``raise ... from``.
+"""
 
 from __future__ import annotations
 

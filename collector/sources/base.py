@@ -12,13 +12,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from collector.config import CollectorSettings
 from collector.info import Capabilities
-
-Status = Literal["ok", "fallback", "unavailable", "error"]
-PathKind = Literal["kernel", "file", "none"]
+from collector.wire import PathKind, Status
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ Kubernetes pod UID, container id and QoS class are parsed from kubepods paths.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import probe_core
 
 from collector.cgroups import (
-    CgroupMount,
+    discover_layout,
     parse_cpu_max,
     parse_flat_keyed,
     parse_io_stat,
@@ -47,45 +46,6 @@ def _int(path: Path) -> int | None:
         return int(text.strip()) if text is not None else None
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each controller lives here, translated under the configured sysfs root."""
-
-    v2: Path | None  # the unified hierarchy, if mounted
-    v1: dict[str, Path]  # controller -> hierarchy root
-
-    @property
-    def mode(self) -> str:
-        if self.v2 is not None and not self.v1:
-            return "v2"
-        return "hybrid" if self.v2 is not None else "v1"
-
-    def memory_root(self) -> tuple[int, Path] | None:
-        if "memory" in self.v1:
-            return 1, self.v1["memory"]
-        if self.v2 is not None and "memory" in (_read(self.v2 / "cgroup.controllers") or "").split():
-            return 2, self.v2
-        return None
-
-
-def discover_layout(mounts: list[CgroupMount], sysfs_root: Path) -> Layout:
-    def translate(mount: str) -> Path:
-        # Mount points are in our namespace (/sys/fs/cgroup/...); the host's may sit under /host/sys.
-        rel = os.path.relpath(mount, "/sys")
-        return sysfs_root / rel if not rel.startswith("..") else Path(mount)
-
-    v2 = None
-    v1: dict[str, Path] = {}
-    for m in mounts:
-        if m.version == 2:
-            v2 = translate(m.path)
-        else:
-            for ctl in m.controllers:
-                if not ctl.startswith("name="):
-                    v1.setdefault(ctl, translate(m.path))
-    return Layout(v2, v1)
 
 
 def walk_leaves(root: Path, limit: int) -> tuple[list[str], bool]:

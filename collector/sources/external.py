@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from collector.config import ExternalCommand
-from collector.errors import SourceError
+from collector.errors import CollectorError, SourceError
 from collector.sources.base import PathPlan, Source, SourceContext, SourceResult
 from collector.sources.registry import register
 
@@ -29,7 +29,7 @@ _SAMPLE = re.compile(
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 
 
-class ParseError(ValueError):
+class ParseError(CollectorError):
     """Prometheus text that does not follow the exposition format."""
 
 

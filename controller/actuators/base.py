@@ -17,8 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from collector.cgroups import parse_mountinfo
-from collector.sources.cgroup import Layout, discover_layout
+from collector.cgroups import Layout, discover_layout, parse_mountinfo
 from controller.errors import ControllerError
 
 SafetyClass = Literal["read_only", "safe_reversible", "impacting", "destructive"]

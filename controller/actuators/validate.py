@@ -20,7 +20,7 @@ PSI_RESOURCES = ("cpu", "memory", "io")
 
 
 class BudgetExhausted(ActuatorError):
-    pass
+    """Validation has spent its read-only call budget for this run."""
 
 
 def process_exists(env: HostEnv, pid: int, comm: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.sources.cgroup import Layout
+from collector.cgroups import Layout
 from controller.actuators import ACTUATORS, ActuatorError, HostEnv, get, host_env
 from controller.actuators.process import get_ioprio
 from controller.actuators.validate import BudgetExhausted, Toolbox, checks_for

@@ -1,22 +1,47 @@
 """planner -> remediation_proposal: actions from a catalogue mapped to the hypotheses.
 
 Each action names its target, parameters, safety class, the effect expected, and
-the rollback data, or why there is none. The planner proposes only: the policy gate
-decides, and only controller code runs anything.
+the rollback data, or why there is none. The safety class is the one the action's
+actuator declares (controller.actuators); validate_state has no actuator (it reads
+through the read-only toolbox), so its read_only class is declared here. The planner
+proposes only: the policy gate decides, and only controller code runs anything.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from controller.actuators import ACTUATORS
 from controller.workflow.roles.base import Output, Role, StageContext, register
-
-SAFETY_CLASSES = ("read_only", "safe_reversible", "impacting", "destructive")
 
 
 def _pid(culprit: dict[str, Any]) -> int | None:
     pid = culprit.get("pid")
     return pid if isinstance(pid, int) else None
+
+
+def _act(
+    name: str,
+    target: str,
+    parameters: dict[str, Any],
+    *,
+    expected_effect: str,
+    rollback: dict[str, Any] | None,
+    rollback_none_reason: str | None = None,
+) -> dict[str, Any]:
+    """One proposed action, its safety class read from its actuator; the keys in the
+    order the artifacts have always had them (plan hashes and artifact digests cover it)."""
+    act: dict[str, Any] = {
+        "action": name,
+        "target": target,
+        "parameters": parameters,
+        "safety_class": ACTUATORS[name].safety_class,
+        "expected_effect": expected_effect,
+        "rollback": rollback,
+    }
+    if rollback_none_reason is not None:
+        act["rollback_none_reason"] = rollback_none_reason
+    return act
 
 
 def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
@@ -40,14 +65,13 @@ def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
     acts: list[dict[str, Any]] = [check]
     if fam in ("cpu_saturation", "input_pipeline_starvation", "runaway_forks") and pid:
         acts.append(
-            {
-                "action": "renice",
-                "target": f"pid:{pid}",
-                "parameters": {"pid": pid, "comm": comm, "nice": 10},
-                "safety_class": "safe_reversible",
-                "expected_effect": "other work gets the CPU back",
-                "rollback": {"restore": "previous nice value, read before the change"},
-            }
+            _act(
+                "renice",
+                f"pid:{pid}",
+                {"pid": pid, "comm": comm, "nice": 10},
+                expected_effect="other work gets the CPU back",
+                rollback={"restore": "previous nice value, read before the change"},
+            )
         )
     if fam in ("cpu_saturation", "cgroup_cpu_throttling") and cgroup:
         quota = c.get("quota_cores")
@@ -56,106 +80,97 @@ def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
             "cores": 1.0 if fam == "cpu_saturation" else max(0.01, round((quota or 0.5) * 2, 2)),
         }
         acts.append(
-            {
-                "action": "cgroup_cpu_quota",
-                "target": f"cgroup:{cgroup}",
-                "parameters": params,
-                "safety_class": "safe_reversible",
-                "expected_effect": "cap the hog" if fam == "cpu_saturation" else "end the throttling",
-                "rollback": {"restore": "previous cpu.max or cpu.cfs_quota_us"},
-            }
+            _act(
+                "cgroup_cpu_quota",
+                f"cgroup:{cgroup}",
+                params,
+                expected_effect="cap the hog" if fam == "cpu_saturation" else "end the throttling",
+                rollback={"restore": "previous cpu.max or cpu.cfs_quota_us"},
+            )
         )
     if fam == "memory_pressure" and cgroup:
         acts.append(
-            {
-                "action": "cgroup_memory_soft_limit",
-                "target": f"cgroup:{cgroup}",
-                "parameters": {"cgroup": cgroup},
-                "safety_class": "safe_reversible",
-                "expected_effect": "reclaim from the culprit first",
-                "rollback": {"restore": "previous memory.high or memory.soft_limit_in_bytes"},
-            }
+            _act(
+                "cgroup_memory_soft_limit",
+                f"cgroup:{cgroup}",
+                {"cgroup": cgroup},
+                expected_effect="reclaim from the culprit first",
+                rollback={"restore": "previous memory.high or memory.soft_limit_in_bytes"},
+            )
         )
     if fam == "io_pressure" and pid:
         acts.append(
-            {
-                "action": "ionice",
-                "target": f"pid:{pid}",
-                "parameters": {"pid": pid, "comm": comm, "class": "idle"},
-                "safety_class": "safe_reversible",
-                "expected_effect": "other IO gets the disk back",
-                "rollback": {"restore": "previous IO class and priority"},
-            }
+            _act(
+                "ionice",
+                f"pid:{pid}",
+                {"pid": pid, "comm": comm, "class": "idle"},
+                expected_effect="other IO gets the disk back",
+                rollback={"restore": "previous IO class and priority"},
+            )
         )
     if fam in ("fd_exhaustion", "memory_pressure", "cpu_saturation") and pid and not c.get("oom_victim"):
         acts.append(
-            {
-                "action": "sigterm",
-                "target": f"pid:{pid}",
-                "parameters": {"pid": pid, "comm": comm},
-                "safety_class": "impacting",
-                "expected_effect": "the process exits and frees what it holds",
-                "rollback": None,
-                "rollback_none_reason": "a stopped process cannot be un-stopped",
-            }
+            _act(
+                "sigterm",
+                f"pid:{pid}",
+                {"pid": pid, "comm": comm},
+                expected_effect="the process exits and frees what it holds",
+                rollback=None,
+                rollback_none_reason="a stopped process cannot be un-stopped",
+            )
         )
     if fam == "runaway_forks" and pid:
         acts.append(
-            {
-                "action": "sigkill",
-                "target": f"pid:{pid}",
-                "parameters": {"pid": pid, "comm": comm},
-                "safety_class": "destructive",
-                "expected_effect": "the fork loop stops",
-                "rollback": None,
-                "rollback_none_reason": "a killed process cannot be restored",
-            }
+            _act(
+                "sigkill",
+                f"pid:{pid}",
+                {"pid": pid, "comm": comm},
+                expected_effect="the fork loop stops",
+                rollback=None,
+                rollback_none_reason="a killed process cannot be restored",
+            )
         )
     if fam == "runaway_forks" and cgroup and cgroup != "/":
         acts.append(
-            {
-                "action": "cgroup_freeze",
-                "target": f"cgroup:{cgroup}",
-                "parameters": {"cgroup": cgroup},
-                "safety_class": "impacting",
-                "expected_effect": "the fork loop pauses with everything it started",
-                "rollback": {"undo": "thaw the cgroup"},
-            }
+            _act(
+                "cgroup_freeze",
+                f"cgroup:{cgroup}",
+                {"cgroup": cgroup},
+                expected_effect="the fork loop pauses with everything it started",
+                rollback={"undo": "thaw the cgroup"},
+            )
         )
     if fam == "memory_pressure" and not cgroup:
         acts.append(
-            {
-                "action": "drop_page_cache",
-                "target": "host",
-                "parameters": {"what": 1},
-                "safety_class": "impacting",
-                "expected_effect": "free clean page cache at once; it refills as files are read",
-                "rollback": None,
-                "rollback_none_reason": "a dropped cache cannot be put back",
-            }
+            _act(
+                "drop_page_cache",
+                "host",
+                {"what": 1},
+                expected_effect="free clean page cache at once; it refills as files are read",
+                rollback=None,
+                rollback_none_reason="a dropped cache cannot be put back",
+            )
         )
     if c.get("kind") == "pod" and fam in ("memory_pressure", "cpu_saturation", "cgroup_cpu_throttling"):
         acts.append(
-            {
-                "action": "restart_pod",
-                "target": f"pod:{c.get('id')}",
-                "parameters": {"uid": c.get("id"), "node": host_id},
-                "safety_class": "impacting",
-                "expected_effect": "the pod's controller starts a fresh replica",
-                "rollback": None,
-                "rollback_none_reason": "a deleted pod is replaced, not restored",
-            }
+            _act(
+                "restart_pod",
+                f"pod:{c.get('id')}",
+                {"uid": c.get("id"), "node": host_id},
+                expected_effect="the pod's controller starts a fresh replica",
+                rollback=None,
+                rollback_none_reason="a deleted pod is replaced, not restored",
+            )
         )
     if fam in ("gpu_xid", "gpu_ecc") and c.get("kind") == "device":
         acts.append(
-            {
-                "action": "cordon_and_taint",
-                "target": f"node:{host_id}",
-                "parameters": {"node": host_id, "value": fam.replace("_", "-")},
-                "safety_class": "impacting",
-                "expected_effect": "no new work lands on the faulty GPU",
-                "rollback": {"undo": "uncordon and remove the taint"},
-            }
+            _act(
+                "cordon_and_taint",
+                f"node:{host_id}",
+                {"node": host_id, "value": fam.replace("_", "-")},
+                expected_effect="no new work lands on the faulty GPU",
+                rollback={"undo": "uncordon and remove the taint"},
+            )
         )
     return acts
 
