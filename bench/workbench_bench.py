@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import text
 
 from bench.harness import write_result
 from controller.store.db import make_engine, migrate
+from controller.store.runs import RunRow, RunStore
 from workbench import Workbench
 
 RUNS = 10_000
@@ -34,7 +34,7 @@ STATUSES = ["completed", "completed", "completed", "awaiting_approval", "failed"
 def make_store(data: Path) -> None:
     db = make_engine(f"sqlite:///{data / 'agent' / 'workflow_runs.db'}")
     migrate(db)
-    rows = []
+    rows: list[RunRow] = []
     t0 = 1_800_000_000.0
     for i in range(RUNS):
         fam = FAMILIES[i % len(FAMILIES)]
@@ -58,16 +58,11 @@ def make_store(data: Path) -> None:
                 "updated_at": t0 + i * 30 + 2,
                 "closed_at": t0 + i * 30 + 2 if i % 5 != 3 else None,
                 "code_version": "bench",
+                "evidence_sha256": None,
             }
         )
-    cols = list(rows[0])
-    with db.begin() as conn:
-        conn.execute(
-            text(
-                f"INSERT INTO workflow_runs ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})"
-            ),
-            rows,
-        )
+    with RunStore(db).begin() as tx:
+        tx.insert_runs(rows)
     db.dispose()
 
 

@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse
 
 from controller import __version__
 from controller.api.fast_ingest import FastIngest
-from controller.api.routes import BadParameter, router
+from controller.api.routes import router
 from controller.api.workflow import router as workflow_router
 from controller.artifacts import ArtifactError
 from controller.config import ControllerSettings
-from controller.errors import StoreError
+from controller.errors import Conflict, Invalid, StoreError, UnknownRun
 from controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,18 @@ def create_app(
         log.error("%s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=500)
 
-    @api.exception_handler(BadParameter)
-    async def _bad_parameter(_: Request, exc: BadParameter) -> JSONResponse:
+    # The domain's refusals, each to its status (only controller/api maps errors to HTTP).
+    @api.exception_handler(Invalid)
+    async def _invalid(_: Request, exc: Invalid) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=400)
+
+    @api.exception_handler(UnknownRun)
+    async def _unknown_run(_: Request, exc: UnknownRun) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @api.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     api.include_router(router)
     api.include_router(workflow_router)

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import SettingsConfigDict
 
 from collector.settings_io import EnvOverYaml, describe, read_yaml_mapping
+from collector.wire import Limits
 from controller.errors import ConfigError
+from controller.store.db import sqlalchemy_url
 
 Role = Literal["collector", "operator", "admin"]
 
@@ -156,10 +158,10 @@ class IngestSettings(_Strict):
     dedupe_window: int = Field(default=4096, ge=16, le=1 << 20)
     # A sample or sent_at further ahead of this controller's clock is refused (a rejected ack).
     max_clock_skew_s: float = Field(default=120.0, ge=1, le=86_400)
-    # Bounds on one batch (collector.wire.Limits).
-    max_depth: int = Field(default=32, ge=8, le=256)
-    max_nodes: int = Field(default=500_000, ge=1000, le=10_000_000)
-    max_events: int = Field(default=20_000, ge=0, le=1_000_000)
+    # Bounds on one batch: the wire contract's defaults (collector.wire.Limits), settable here.
+    max_depth: int = Field(default=Limits.max_depth, ge=8, le=256)
+    max_nodes: int = Field(default=Limits.max_nodes, ge=1000, le=10_000_000)
+    max_events: int = Field(default=Limits.max_events, ge=0, le=1_000_000)
 
 
 class HotStateSettings(_Strict):
@@ -317,10 +319,9 @@ class ControllerSettings(EnvOverYaml):
 
     @property
     def sqlalchemy_url(self) -> str:
-        url = self.database_url or f"sqlite:///{self.data_dir / 'agent' / 'workflow_runs.db'}"
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://") :]
-        return url
+        return sqlalchemy_url(
+            self.database_url or f"sqlite:///{self.data_dir / 'agent' / 'workflow_runs.db'}"
+        )
 
     @property
     def is_postgres(self) -> bool:

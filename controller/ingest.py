@@ -29,10 +29,18 @@ import probe_core
 import zstandard
 
 from collector.errors import WireError
-from collector.transport import LEADER_HEADER
-from collector.wire import BatchEnvelope, BatchKey, Limits, batch_key, encode, make_ack, validate_envelope
+from collector.wire import (
+    BatchEnvelope,
+    BatchKey,
+    Limits,
+    batch_key,
+    encode,
+    make_ack,
+    validate_envelope,
+)
 from controller.auth import Authenticator, Principal
-from controller.errors import AuthError, Forbidden, SeqRefused, StoreError
+from controller.config import IngestSettings
+from controller.errors import Forbidden, IngestError, NotLeader, SeqRefused, StoreError
 from controller.hotstate import HotState
 from controller.leader import Leadership
 from controller.ledger import Ledger
@@ -80,38 +88,29 @@ def parse_lost(value: bytes | str | None) -> int:
     return int(text) if text.isdigit() and len(text) <= 18 else 0
 
 
-class IngestRefusal(Exception):
-    """A refusal at the door, with the HTTP status it answers."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-
-
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The JSON bytes of a request body; raises IngestRefusal with the status to answer."""
+    """The JSON bytes of a request body; raises IngestError with the status to answer."""
     if encoding in (None, "", "identity"):
         if len(body) > limit:
-            raise IngestRefusal(413, f"body over the decompressed limit of {limit} bytes")
+            raise IngestError(413, f"body over the decompressed limit of {limit} bytes")
         return body
     if encoding == "gzip":
         try:
             return probe_core.gzip_decompress(body, limit)
         except probe_core.OutputLimitError as exc:
-            raise IngestRefusal(413, str(exc)) from exc
+            raise IngestError(413, str(exc)) from exc
         except probe_core.DecompressError as exc:
-            raise IngestRefusal(400, f"bad gzip body: {exc}") from exc
+            raise IngestError(400, f"bad gzip body: {exc}") from exc
     if encoding == "zstd":
         try:
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
                 out = reader.read(limit + 1)
         except zstandard.ZstdError as exc:
-            raise IngestRefusal(400, f"bad zstd body: {exc}") from exc
+            raise IngestError(400, f"bad zstd body: {exc}") from exc
         if len(out) > limit:
-            raise IngestRefusal(413, f"zstd output exceeds the limit of {limit} bytes")
+            raise IngestError(413, f"zstd output exceeds the limit of {limit} bytes")
         return out
-    raise IngestRefusal(415, f"unsupported Content-Encoding {encoding!r} (gzip, zstd or identity)")
+    raise IngestError(415, f"unsupported Content-Encoding {encoding!r} (gzip, zstd or identity)")
 
 
 class _Identity(msgspec.Struct):
@@ -155,9 +154,7 @@ class IngestService:
         hot: HotState,
         leadership: Leadership,
         metrics: Metrics,
-        max_decompressed: int,
-        max_clock_skew_s: float = 120.0,
-        limits: Limits | None = None,
+        settings: IngestSettings,
         on_accepted: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -167,31 +164,22 @@ class IngestService:
         self.hot = hot
         self.leadership = leadership
         self.metrics = metrics
-        self.max_decompressed = max_decompressed
-        self.max_clock_skew_s = max_clock_skew_s
-        self.limits = limits or Limits()
+        self.max_decompressed = settings.max_decompressed_bytes
+        self.max_clock_skew_s = settings.max_clock_skew_s
+        self.limits = Limits(
+            max_depth=settings.max_depth, max_nodes=settings.max_nodes, max_events=settings.max_events
+        )
         self.clock = clock
 
     # --- the two halves ----------------------------------------------------------------------
 
-    def admit(self, authorization: str | None) -> Principal | Answer:
-        """From the headers alone: the principal, or the answer that ends the request
-        (sent with Connection: close, so an unread body is never taken in)."""
-        try:
-            principal = self.auth.authenticate(authorization)
-            self.auth.require(principal, "ingest")
-        except Forbidden as exc:
-            return self.refuse("forbidden", json_answer(403, {"detail": str(exc)}, (CLOSE,)))
-        except AuthError as exc:
-            headers = ((b"www-authenticate", b"Bearer"), CLOSE)
-            return self.refuse("unauthenticated", json_answer(401, {"detail": str(exc)}, headers))
+    def admit(self, authorization: str | None) -> Principal:
+        """From the headers alone: the principal allowed to ingest, or AuthError (Forbidden for
+        a role that may not) or NotLeader, which the front door answers before any body is read."""
+        principal = self.auth.authenticate(authorization)
+        self.auth.require(principal, "ingest")
         if not self.leadership.is_leader:
-            leader = self.leadership.leader_url
-            hint: tuple[tuple[bytes, bytes], ...] = (
-                ((LEADER_HEADER.lower().encode(), leader.encode()), CLOSE) if leader else (CLOSE,)
-            )
-            body = {"detail": "this controller is a follower", "leader": leader}
-            return self.refuse("follower", json_answer(503, body, hint))
+            raise NotLeader(self.leadership.leader_url)
         return principal
 
     def process(
@@ -232,18 +220,6 @@ class IngestService:
         self.metrics.body_bytes.inc(body_bytes)
         return answer
 
-    def handle(self, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
-        """Both halves in one call (the documented route and the tests)."""
-        admitted = self.admit(authorization)
-        if isinstance(admitted, Answer):
-            self.count(admitted)
-            return admitted
-        answer = self.process(admitted, encoding, body)
-        assert isinstance(answer, Answer)
-        self.count(answer)
-        self.answered(answer)
-        return answer
-
     def count(self, answer: Answer) -> None:
         self.metrics.requests.labels(str(answer.status)).inc()
 
@@ -270,13 +246,13 @@ class IngestService:
             if inline_limit is not None:
                 try:
                     raw = decompress(body, encoding, min(inline_limit, self.max_decompressed))
-                except IngestRefusal as exc:
+                except IngestError as exc:
                     if exc.status == 413:
                         return None  # larger than the fast path takes: the pool does it all
                     raise
             else:
                 raw = decompress(body, encoding, self.max_decompressed)
-        except IngestRefusal as exc:
+        except IngestError as exc:
             reason = {413: "too_large", 415: "encoding"}.get(exc.status, "bad_encoding")
             return self.refuse(reason, json_answer(exc.status, {"detail": str(exc)}))
         try:

@@ -22,7 +22,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from controller.errors import StoreError
 from controller.store import repo
+from controller.store.lock import AdvisoryLock
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,8 @@ class PostgresLeadership(Leadership):
     def __init__(self, engine: Engine, dsn: str, url: str | None, lock_key: int, poll_s: float) -> None:
         super().__init__(url)
         self._engine = engine
-        self._dsn = dsn
-        self._key = lock_key
+        self._lock = AdvisoryLock(dsn, lock_key)
         self._poll = poll_s
-        self._conn: Any = None  # the psycopg connection holding the lock
         self._leader = False
         self._leader_url: str | None = None
         self._stop = threading.Event()
@@ -87,27 +87,17 @@ class PostgresLeadership(Leadership):
 
     def _drop(self) -> None:
         self._leader = False
-        if self._conn is not None:
-            try:
-                self._conn.close()  # closing the session releases the advisory lock
-            except Exception:
-                log.debug("closing the lock session failed", exc_info=True)
-            self._conn = None
+        self._lock.release()
 
     def _tick(self) -> None:
-        import psycopg
-
         try:
             if self._leader:
-                self._conn.execute("SELECT 1")  # the session (and with it the lock) is alive
+                self._lock.check()
                 with self._engine.begin() as conn:
                     if not repo.heartbeat(conn, node_id=self.node_id, now=time.time()):
                         repo.set_leader(conn, node_id=self.node_id, url=self.url, now=time.time())
                 return
-            if self._conn is None:
-                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
-            got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
-            if got:
+            if self._lock.try_acquire():
                 with self._engine.begin() as conn:
                     repo.set_leader(conn, node_id=self.node_id, url=self.url, now=time.time())
                 self._leader = True
@@ -119,7 +109,7 @@ class PostgresLeadership(Leadership):
                 with self._engine.connect() as conn:
                     row = repo.get_leader(conn)
                 self._leader_url = row["url"] if row else None
-        except (psycopg.Error, SQLAlchemyError) as exc:
+        except (StoreError, SQLAlchemyError) as exc:
             log.warning("leader election: %s", exc)
             self._drop()
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from collector.wire import BatchKey
@@ -156,14 +156,10 @@ class Ledger:
             return s
         try:
             with self._engine.connect() as conn:
-                row = conn.execute(
-                    select(repo.STREAMS).where(
-                        repo.STREAMS.c.host_id == host_id, repo.STREAMS.c.stream_id == stream_id
-                    )
-                ).first()
+                row = repo.get_stream(conn, host_id=host_id, stream_id=stream_id)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the ingest ledger: {exc}") from exc
-        s = StreamLedger.from_row(dict(row._mapping)) if row else StreamLedger(host_id, stream_id)
+        s = StreamLedger.from_row(row) if row else StreamLedger(host_id, stream_id)
         self._streams[key] = s
         while len(self._streams) > self._max_streams:
             self._streams.popitem(last=False)  # its row stays in the store
@@ -195,7 +191,7 @@ class Ledger:
             s.dropped = dropped
             try:
                 with self._engine.begin() as conn:
-                    conn.execute(repo.UPSERT_STREAM, s.row())
+                    repo.save_stream(conn, row=s.row())
             except SQLAlchemyError as exc:
                 self._streams[(key.host_id, key.stream_id)] = before  # not durable: not accepted
                 raise StoreError(f"cannot commit the ingest ledger: {exc}") from exc

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from collector.wire import Limits
 from controller.actuators import KubeTarget, host_env
 from controller.api.guard import Guard
 from controller.artifacts import KINDS
@@ -26,12 +25,13 @@ from controller.ingest import IngestService
 from controller.leader import Leadership, PostgresLeadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
-from controller.store.db import check_store, make_engine, migrate, schema_version
+from controller.store.db import check_store, libpq_dsn, make_engine, migrate, schema_version
 from controller.store.payloads import PayloadStore
+from controller.store.runs import RunStore
 from controller.workflow.advisor import Advisor
-from controller.workflow.engine import Failpoint, WorkflowEngine, WorkflowOptions
-from controller.workflow.execution import ExecutionOptions, ExecutionService
-from controller.workflow.roles import Posture
+from controller.workflow.engine import Failpoint, WorkflowEngine
+from controller.workflow.execution import ExecutionService
+from controller.workflow.options import ExecutionOptions, WorkflowOptions, posture_from
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Runtime:
         url = settings.ha.advertise_url
         if settings.is_postgres:
             assert settings.database_url is not None
-            dsn = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+            dsn = libpq_dsn(settings.database_url)
             self.leadership: Leadership = PostgresLeadership(
                 self.engine, dsn, url, settings.ha.lock_key, settings.ha.poll_interval_s
             )
@@ -69,43 +69,20 @@ class Runtime:
         )
         x = w.execution
         failpoint = _failpoint(w.failpoint)
+        self.runs = RunStore(self.engine)
         self.execution = ExecutionService(
-            self.engine,
+            self.runs,
             host_env(x.host_root, self._kube()),
-            ExecutionOptions(
-                approval_ttl_s=x.approval_ttl_s,
-                action_timeout_s=x.action_timeout_s,
-                max_concurrent_actions=x.max_concurrent_actions,
-                tool_call_budget=x.tool_call_budget,
-                iteration_budget=x.iteration_budget,
-                idempotency_ttl_s=x.idempotency_ttl_s,
-                verify_settle_s=x.verify_settle_s,
-                verify_min_samples=x.verify_min_samples,
-                verify_deadline_s=x.verify_deadline_s,
-                rollback_on_not_improved=x.rollback_on_not_improved,
-            ),
+            ExecutionOptions.from_settings(x),
             clock=time.time,
             failpoint=failpoint,
         )
+        posture = posture_from(x, local_host_ids(x.host_root))
         self.workflow = WorkflowEngine(
             self.engine,
             self.workflow_store,
             self.hot,
-            WorkflowOptions(
-                window_s=w.window_s,
-                open_threshold=w.open_threshold,
-                attach_window_s=w.attach_window_s,
-                queue_max=w.queue_max,
-                posture=Posture(
-                    dry_run=x.dry_run,
-                    approval_required=x.approval_required,
-                    allow_safe_reversible=x.allow_safe_reversible,
-                    allow_impacting=x.allow_impacting,
-                    local_hosts=tuple(
-                        x.local_hosts if x.local_hosts is not None else local_host_ids(x.host_root)
-                    ),
-                ),
-            ),
+            WorkflowOptions.from_settings(w, posture),
             advisor=self._advisor(),
             failpoint=failpoint,
             execution=self.execution,
@@ -119,13 +96,7 @@ class Runtime:
             hot=self.hot,
             leadership=self.leadership,
             metrics=self.metrics,
-            max_decompressed=settings.ingest.max_decompressed_bytes,
-            max_clock_skew_s=settings.ingest.max_clock_skew_s,
-            limits=Limits(
-                max_depth=settings.ingest.max_depth,
-                max_nodes=settings.ingest.max_nodes,
-                max_events=settings.ingest.max_events,
-            ),
+            settings=settings.ingest,
         )
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         self.schema_version = 0

@@ -14,38 +14,16 @@ from typing import Any, Protocol
 
 import httpx
 import msgspec
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
 
 from controller import artifacts
-from controller.config import HotStateSettings
-from controller.errors import StoreError
-from controller.hotstate import HotState
+from controller.errors import ControllerError, StoreError
+from controller.store.db import read_only_engine
 from controller.store.payloads import PayloadStore
-from controller.workflow.engine import WorkflowEngine, after_key, evidence_key
+from controller.store.runs import RunStore
+from controller.workflow.reads import RunReader, evidence_key
 from workbench.errors import WorkbenchError
 
 MAX_RUNS = 100_000  # runs() reads at most this many rows
-
-
-def read_only_engine(url: str) -> Engine:
-    """An engine that cannot write: SQLite with query_only (and no journal-mode change),
-    PostgreSQL with read-only transactions. Nothing is created if the store is missing."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    if url.startswith("postgresql"):
-        return create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
-    if not url.startswith("sqlite:///"):
-        raise WorkbenchError("database_url must be sqlite:///... or postgresql://...")
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-
-    @event.listens_for(engine, "connect")
-    def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA query_only=ON")
-        cur.close()
-
-    return engine
 
 
 class Source(Protocol):
@@ -169,7 +147,8 @@ class ApiSource:
 
 
 class LocalSource:
-    """A controller's data directory (SQLite and payload files) or database URL, read only."""
+    """A controller's data directory (SQLite and payload files) or database URL, read only:
+    through the run store and the workflow's read-only query API, never an engine."""
 
     def __init__(
         self,
@@ -187,26 +166,19 @@ class LocalSource:
             if not db_file.is_file():
                 raise WorkbenchError(f"no run store at {db_file}")
             database_url = f"sqlite:///{db_file}"
-        self.db = read_only_engine(database_url)
+        try:
+            self.db = read_only_engine(database_url)
+        except ControllerError as exc:
+            raise WorkbenchError(str(exc)) from exc
         payloads = payload_url or str(Path(str(root)) / "agent")
         if "://" not in payloads and not Path(payloads).is_dir():
             raise WorkbenchError(f"no payload store at {payloads}")
         self.store = PayloadStore(payloads)
-        self._engine: WorkflowEngine | None = None
+        self.runs = RunStore(self.db)
+        self.reader = RunReader(self.runs, self.store)
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.execution.close()
         self.db.dispose()
-
-    def _sql(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        from sqlalchemy import text
-
-        try:
-            with self.db.connect() as conn:
-                return [dict(r._mapping) for r in conn.execute(text(sql), params)]
-        except SQLAlchemyError as exc:
-            raise WorkbenchError(f"the run store cannot answer: {exc}") from exc
 
     def list_runs(
         self,
@@ -217,36 +189,45 @@ class LocalSource:
         until: float | None = None,
         limit: int = MAX_RUNS,
     ) -> list[dict[str, Any]]:
-        rows = self._workflow().list_runs(status=status, host_id=host, since=since, until=until, limit=limit)
-        for r in rows:
-            r["culprit"] = json.loads(r["culprit"])
-        return rows
+        try:
+            rows = self.runs.list_runs(status=status, host_id=host, since=since, until=until, limit=limit)
+        except StoreError as exc:
+            raise WorkbenchError(str(exc)) from exc
+        return [dict(r) | {"culprit": json.loads(r["culprit"])} for r in rows]
 
     def _chain(self, run_id: str, replay: bool) -> list[dict[str, Any]]:
-        rows = self._sql(
-            "SELECT path FROM workflow_artifacts WHERE run_id = :r AND replay = :rp ORDER BY stage_index",
-            {"r": run_id, "rp": replay},
-        )
+        try:
+            with self.runs.read() as tx:
+                refs = tx.chain_refs(run_id, replay=replay)
+        except StoreError as exc:
+            raise WorkbenchError(str(exc)) from exc
         chain = []
-        for row in rows:
+        for ref in refs:
             try:
-                art = artifacts.decode(self.store.get(row["path"]))
+                art = artifacts.decode(self.store.get(ref["path"]))
             except (artifacts.ArtifactError, OSError) as exc:
-                raise WorkbenchError(f"run {run_id}, {row['path']}: {exc}") from exc
+                raise WorkbenchError(f"run {run_id}, {ref['path']}: {exc}") from exc
             chain.append(msgspec.to_builtins(art))
         return chain
 
-    def run(self, run_id: str) -> dict[str, Any]:
-        found = self._sql("SELECT * FROM workflow_runs WHERE run_id = :r", {"r": run_id})
-        if not found:
+    def _run_row(self, run_id: str) -> dict[str, Any]:
+        try:
+            found = self.runs.run(run_id)
+        except StoreError as exc:
+            raise WorkbenchError(str(exc)) from exc
+        if found is None:
             raise WorkbenchError(f"no workflow run {run_id!r}", status=404)
-        run = found[0] | {"culprit": json.loads(found[0]["culprit"])}
+        return dict(found)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        found = self._run_row(run_id)
+        run = found | {"culprit": json.loads(found["culprit"])}
         chain = self._chain(run_id, replay=False)
         decoded = [artifacts.decode(msgspec.json.encode(a)) for a in chain]
-        actions = self._sql("SELECT * FROM action_intents WHERE run_id = :r ORDER BY step", {"r": run_id})
-        for a in actions:
-            for k in ("params", "before", "result", "rollback_result"):
-                a[k] = json.loads(a[k]) if a[k] else None
+        try:
+            actions = [dict(a) for a in self.runs.intents_of(run_id)]
+        except StoreError as exc:
+            raise WorkbenchError(str(exc)) from exc
         return {
             "run": run,
             "chain": chain,
@@ -266,37 +247,32 @@ class LocalSource:
 
     def after(self, run_id: str) -> dict[str, Any] | None:
         try:
-            doc: dict[str, Any] = msgspec.json.decode(self.store.get(after_key(run_id)))
+            raw = self.reader.after(run_id)
+            doc: dict[str, Any] | None = msgspec.json.decode(raw) if raw is not None else None
         except (OSError, StoreError, msgspec.DecodeError):
             return None  # no verification window (nothing changed), or unreadable: none to draw
         return doc
 
     def audit(self, **filters: Any) -> list[dict[str, Any]]:
-        from controller import audit
-
-        return audit.query(
-            self.db,
-            run_id=filters.get("run_id"),
-            actor=filters.get("actor"),
-            kind=filters.get("kind"),
-            since=filters.get("since"),
-            until=filters.get("until"),
-            limit=MAX_RUNS,
-        )
-
-    def _workflow(self) -> WorkflowEngine:
-        """The engine's reads and its replay, on this store; it never runs stages here."""
-        if self._engine is None:
-            self._engine = WorkflowEngine(self.db, self.store, HotState(HotStateSettings()))
-        return self._engine
+        try:
+            rows = self.runs.audit_entries(
+                run_id=filters.get("run_id"),
+                actor=filters.get("actor"),
+                kind=filters.get("kind"),
+                since=filters.get("since"),
+                until=filters.get("until"),
+                limit=MAX_RUNS,
+            )
+        except StoreError as exc:
+            raise WorkbenchError(str(exc)) from exc
+        return [dict(r) for r in rows]
 
     def replay(self, run_id: str) -> list[dict[str, Any]]:
         """The stages re-run with the current code, written nowhere."""
-        if not self._sql("SELECT run_id FROM workflow_runs WHERE run_id = :r", {"r": run_id}):
-            raise WorkbenchError(f"no workflow run {run_id!r}", status=404)
+        self._run_row(run_id)
         try:
-            return [msgspec.to_builtins(a) for a in self._workflow().compute_replay(run_id)]
-        except (OSError, StoreError, SQLAlchemyError, artifacts.ArtifactError) as exc:
+            return [msgspec.to_builtins(a) for a in self.reader.compute_replay(run_id)]
+        except (OSError, StoreError, artifacts.ArtifactError) as exc:
             raise WorkbenchError(f"replay of {run_id} failed: {exc}") from exc
 
     def approve(self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str) -> dict[str, Any]:

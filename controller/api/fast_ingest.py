@@ -29,9 +29,11 @@ from typing import Any
 
 import probe_core
 
-from collector.transport import INGEST_PATH
-from controller.api.guard import BodyTimeout, BodyTooLarge, ClientGone, Guard, NoRoom, Ticket
-from controller.errors import AuthError
+from collector.wire import INGEST_PATH
+from controller.api.deps import Refusal, auth_refusal, follower_refusal
+from controller.api.guard import Guard, Ticket
+from controller.auth import Principal
+from controller.errors import AuthError, BodyTimeout, BodyTooLarge, ClientGone, NoRoom, NotLeader
 from controller.ingest import CLOSE, Answer, IngestService, Prepared, json_answer, parse_lost
 
 Scope = MutableMapping[str, Any]
@@ -53,6 +55,42 @@ async def send_answer(send: Send, answer: Answer) -> None:
 _WANTED = frozenset(
     (b"authorization", b"content-encoding", b"content-length", b"transfer-encoding", b"x-incidentlab-lost")
 )
+
+
+def refusal_answer(r: Refusal) -> Answer:
+    """A refusal on the raw path, sent with Connection: close so an unread body is never taken in."""
+    headers = tuple((k.lower().encode(), v.encode()) for k, v in r.headers.items())
+    return json_answer(r.status, {"detail": r.detail}, (*headers, CLOSE))
+
+
+def admit(service: IngestService, authorization: str | None) -> Principal | Answer:
+    """The principal, or the answer that ends the request, from the headers alone."""
+    try:
+        return service.admit(authorization)
+    except AuthError as exc:
+        refusal = auth_refusal(exc)
+    except NotLeader:
+        found = follower_refusal(service.leadership)
+        assert found is not None
+        refusal = found
+        # The leader's URL travels in the body for the collector; the detail stays short.
+        body = {"detail": "this controller is a follower", "leader": service.leadership.leader_url}
+        return service.refuse(refusal.reason, json_answer(503, body, refusal_answer(refusal).headers))
+    return service.refuse(refusal.reason, refusal_answer(refusal))
+
+
+def handle(service: IngestService, authorization: str | None, encoding: str | None, body: bytes) -> Answer:
+    """Admission, checks and commit in one call: the documented route, which serves an app
+    mounted without the front door."""
+    admitted = admit(service, authorization)
+    if isinstance(admitted, Answer):
+        service.count(admitted)
+        return admitted
+    answer = service.process(admitted, encoding, body)
+    assert isinstance(answer, Answer)
+    service.count(answer)
+    service.answered(answer)
+    return answer
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -130,7 +168,7 @@ class FastIngest:
 
     async def _ingest(self, peer: str, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         auth = headers.get(b"authorization")
-        admitted = self.service.admit(auth.decode("latin-1") if auth is not None else None)
+        admitted = admit(self.service, auth.decode("latin-1") if auth is not None else None)
         if isinstance(admitted, Answer):
             await self._answer(send, admitted)
             return
@@ -181,8 +219,7 @@ class FastIngest:
         try:
             self.service.auth.authenticate(auth.decode("latin-1") if auth is not None else None)
         except AuthError as exc:
-            headers_out = ((b"www-authenticate", b"Bearer"), CLOSE)
-            await send_answer(send, json_answer(401, {"detail": str(exc)}, headers_out))
+            await send_answer(send, refusal_answer(auth_refusal(exc)))
             return
         limit = self.guard.settings.max_api_body_bytes
         length = _length(headers)

@@ -14,25 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.config import ServerSettings
+from controller.errors import BodyTimeout, BodyTooLarge, ClientGone, NoRoom
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-
-
-class BodyTooLarge(Exception):
-    """The body passed its cap; the rest is not read."""
-
-
-class BodyTimeout(Exception):
-    """The body stalled, or arrives slower than the floor rate."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body was complete."""
-
-
-class NoRoom(Exception):
-    """The in-flight bounds (all clients, or this peer's share) are full: 429."""
 
 
 @dataclass

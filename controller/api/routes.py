@@ -5,26 +5,22 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, Security
+from fastapi import APIRouter, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
-from collector.transport import INGEST_PATH
-from collector.wire import BATCH_SCHEMA, MAX_SEQ, Batch, Limits
+from collector.wire import BATCH_SCHEMA, INGEST_PATH, MAX_SEQ, Batch, Limits
 from controller import __version__
-from controller.auth import Action, Principal
-from controller.errors import AuthError, Forbidden
+from controller.api.deps import BEARER, Reader, Rt, runtime
+from controller.api.fast_ingest import handle
 from controller.ledger import StreamLedger, reported_loss
 from controller.runtime import Runtime
+from controller.store.db import ping
 
 log = logging.getLogger(__name__)
 
@@ -51,41 +47,6 @@ class AckBody(BaseModel):
     status: Literal["accepted", "duplicate", "rejected"]
     reason: str | None = None
     leader: str | None = None
-
-
-def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-# Documents the scheme in OpenAPI; the header itself is parsed by Authenticator, exactly.
-BEARER = HTTPBearer(auto_error=False, description="a token from auth.tokens, by role")
-
-
-def require(action: Action) -> Callable[..., Principal]:
-    def dep(
-        rt: Annotated[Runtime, Depends(runtime)],
-        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> Principal:
-        try:
-            principal = rt.auth.authenticate(authorization)
-            rt.auth.require(principal, action)
-        except Forbidden as exc:
-            raise HTTPException(403, str(exc)) from exc
-        except AuthError as exc:
-            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
-        return principal
-
-    return dep
-
-
-class BadParameter(Exception):
-    """A 400 naming the parameter or body field at fault (app.py turns it into {detail, field})."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class ErrorBody(BaseModel):
@@ -183,12 +144,9 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
-def readyz(rt: Annotated[Runtime, Depends(runtime)], response: Response) -> Health:
+def readyz(rt: Rt, response: Response) -> Health:
     """Ready to serve: the metadata store answers and migrations are applied."""
-    try:
-        with rt.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except SQLAlchemyError:
+    if not ping(rt.engine):
         response.status_code = 503
         return Health(status="metadata store unreachable")
     if not rt.ready:
@@ -203,15 +161,13 @@ def readyz(rt: Annotated[Runtime, Depends(runtime)], response: Response) -> Heal
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-def metrics(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+def metrics(rt: Rt) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/status", response_model=Status, tags=["status"], responses=READ_ERRORS)
-def status(
-    rt: Annotated[Runtime, Depends(runtime)], _: Annotated[Principal, Depends(require("read"))]
-) -> Status:
+def status(rt: Rt, _: Reader) -> Status:
     """Version, leader or follower, store backends, hot-state size and bounds, the front
     door's bounds and counters, open runs, the workflow queue (queued, overflow,
     evaluations, runs opened, attached, failures) and the hosts whose evaluation failed."""
@@ -284,8 +240,8 @@ def _host_status(rt: Runtime, host_id: str, streams: list[dict[str, Any]], now: 
     responses=READ_ERRORS | errors(400),
 )
 def ingest_status(
-    rt: Annotated[Runtime, Depends(runtime)],
-    _: Annotated[Principal, Depends(require("read"))],
+    rt: Rt,
+    _: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[
         str | None, Query(pattern=HOST_QUERY, description="next_cursor of the previous page")
@@ -397,12 +353,12 @@ def _batch_body_schema() -> dict[str, Any]:
 async def ingest(request: Request) -> Response:
     """One incidentlab.batch/v1, gzip or zstd encoded. The front door (controller/api/fast_ingest.py)
     serves this path in production; this route documents it and serves an app mounted without it."""
-    rt: Runtime = request.app.state.runtime
+    rt = runtime(request)
     body = await request.body()
     if len(body) > rt.settings.ingest.max_body_bytes:
         return Response(b'{"detail":"body over the ingest limit"}', 413, media_type="application/json")
     answer = await run_in_threadpool(
-        rt.ingest.handle, request.headers.get("authorization"), request.headers.get("content-encoding"), body
+        handle, rt.ingest, request.headers.get("authorization"), request.headers.get("content-encoding"), body
     )
     return Response(
         answer.body,

@@ -7,29 +7,22 @@ import binascii
 import json
 import logging
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller import artifacts, audit
-from controller.api.routes import BODY_ERRORS, READ_ERRORS, BadParameter, errors, require, runtime
-from controller.artifacts import Artifact, ArtifactTampered
-from controller.audit import AuditKind
-from controller.auth import Principal
+from controller import artifacts
+from controller.api.deps import Reader, Rt, Writer, leader_only
+from controller.api.routes import BODY_ERRORS, READ_ERRORS, errors
+from controller.artifacts import Artifact
 from controller.detectors import Evidence
-from controller.errors import UnknownRun
-from controller.runtime import Runtime
+from controller.errors import Invalid, UnknownRun
+from controller.store.runs import AuditKind, RunStatus
 from controller.workflow.analysis import detect, rank
-from controller.workflow.engine import WorkflowEngine, after_key, evidence_key
-from controller.workflow.execution import DecisionConflict
-from controller.workflow.roles.policy_gate import CLUSTER_ACTIONS
-
-RunStatus = Literal["running", "awaiting_approval", "verifying", "completed", "failed"]
-Reader = Annotated[Principal, Depends(require("read"))]
-Writer = Annotated[Principal, Depends(require("write"))]
-Rt = Annotated[Runtime, Depends(runtime)]
+from controller.workflow.engine import WorkflowEngine
 
 router = APIRouter(prefix="/api/v1/agent", tags=["workflow"], responses=READ_ERRORS)
 # Unix seconds, finite: NaN and infinity compare oddly in SQL.
@@ -111,7 +104,7 @@ class ReplayAnswer(_Open):
     problems: list[str]
 
 
-def encode_cursor(row: dict[str, Any]) -> str:
+def encode_cursor(row: Mapping[str, Any]) -> str:
     raw = json.dumps([row["created_at"], row["run_id"]]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -121,14 +114,14 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         at = float(created)
     except (ValueError, TypeError, binascii.Error, RecursionError) as exc:
-        raise BadParameter("cursor", "cursor is not one this API gave out") from exc
+        raise Invalid("cursor", "cursor is not one this API gave out") from exc
     if not math.isfinite(at) or not isinstance(run_id, str):
-        raise BadParameter("cursor", "cursor is not one this API gave out")
+        raise Invalid("cursor", "cursor is not one this API gave out")
     return at, run_id
 
 
-def run_summary(row: dict[str, Any]) -> dict[str, Any]:
-    return row | {"culprit": json.loads(row["culprit"])}
+def run_summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(row) | {"culprit": json.loads(row["culprit"])}
 
 
 def chain_body(chain: list[Artifact]) -> dict[str, Any]:
@@ -149,7 +142,7 @@ def _conclusion(payload: dict[str, Any]) -> dict[str, Any]:
 def _run_or_404(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
     run = wf.load_run(run_id)
     if run is None:
-        raise HTTPException(404, f"no workflow run {run_id!r}")
+        raise UnknownRun(run_id)
     return run
 
 
@@ -269,102 +262,40 @@ class RollbackBody(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-def _leader(rt: Runtime) -> None:
-    """Decisions and side effects happen on the leader, whose engine runs the stages."""
-    if not rt.leadership.is_leader:
-        url = rt.leadership.leader_url
-        raise HTTPException(
-            503,
-            "this controller is a follower" + (f"; the leader is at {url}" if url else ""),
-            headers={"X-Incidentlab-Leader": url} if url else None,
-        )
-
-
-def _decide(rt: Runtime, run_id: str, plan_hash: str, **kw: Any) -> dict[str, Any]:
-    try:
-        decision = rt.execution.decide(run_id, plan_hash, **kw)
-    except DecisionConflict as exc:
-        raise HTTPException(409, str(exc)) from exc
-    rt.workflow.schedule(run_id)
-    return decision
-
-
-def _verified(wf: WorkflowEngine, run_id: str) -> list[Artifact]:
-    """The chain an approval or a rollback acts on: every hash recomputed (409 naming the artifact)."""
-    try:
-        return wf.verified_chain(run_id)
-    except ArtifactTampered as exc:
-        raise HTTPException(409, f"refused: {exc}") from exc
-
-
-def _plan(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
-    run = _run_or_404(wf, run_id)
-    plan = next((a.payload for a in _verified(wf, run_id) if a.kind == "execution_plan"), None)
-    if run["status"] != "awaiting_approval" or plan is None:
-        raise HTTPException(409, f"run {run_id} is {run['status']}, not awaiting approval")
-    return plan
-
-
-@router.post("/workflow/runs/{run_id}/approve", response_model=Decision, responses=DECIDE_ERRORS)
+@router.post(
+    "/workflow/runs/{run_id}/approve",
+    response_model=Decision,
+    responses=DECIDE_ERRORS,
+)
 def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, Any]:
     """Approve the run's plan: bound to its hash, valid for execution.approval_ttl_s. The run
     resumes at the executor. A plan that changed since it was read needs a new approval."""
-    _leader(rt)
-    plan = _plan(rt.workflow, run_id)
-    if body.plan_hash != plan["plan_hash"]:
-        raise HTTPException(
-            409,
-            f"stale plan: the approval names {body.plan_hash[:12]}..., "
-            f"the plan is {plan['plan_hash'][:12]}...",
-        )
-    if body.steps is not None and not set(body.steps) <= set(plan["needs_approval"]):
-        raise BadParameter("steps", f"only steps {plan['needs_approval']} need approval")
-    return _decide(
-        rt, run_id, plan["plan_hash"], approve=True, actor=who.name, reason=body.reason, steps=body.steps
+    leader_only(rt)
+    return rt.workflow.decisions.approve(
+        run_id, body.plan_hash, steps=body.steps, actor=who.name, reason=body.reason
     )
 
 
-@router.post("/workflow/runs/{run_id}/reject", response_model=Decision, responses=DECIDE_ERRORS)
+@router.post(
+    "/workflow/runs/{run_id}/reject",
+    response_model=Decision,
+    responses=DECIDE_ERRORS,
+)
 def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]:
     """Reject the run's plan with a reason: nothing in it runs; the run completes, saying so."""
-    _leader(rt)
-    plan = _plan(rt.workflow, run_id)
-    if body.plan_hash is not None and body.plan_hash != plan["plan_hash"]:
-        raise HTTPException(409, "stale plan: the rejection names another plan hash")
-    return _decide(
-        rt, run_id, plan["plan_hash"], approve=False, actor=who.name, reason=body.reason, steps=None
-    )
+    leader_only(rt)
+    return rt.workflow.decisions.reject(run_id, body.plan_hash, actor=who.name, reason=body.reason)
 
 
-@router.post("/workflow/runs/{run_id}/rollback", response_model=RollbackAnswer, responses=DECIDE_ERRORS)
+@router.post(
+    "/workflow/runs/{run_id}/rollback",
+    response_model=RollbackAnswer,
+    responses=DECIDE_ERRORS,
+)
 def rollback(rt: Rt, who: Writer, run_id: str, body: RollbackBody) -> dict[str, Any]:
     """Undo every applied step of the run that has rollback data (each once), recorded in the audit log."""
-    _leader(rt)
-    wf = rt.workflow
-    run = _run_or_404(wf, run_id)
-    chain = _verified(wf, run_id)
-    results = next((a.payload["results"] for a in chain if a.kind == "execution_result"), None)
-    plan = next((a.payload for a in chain if a.kind == "execution_plan"), None)
-    if results is None or plan is None:
-        raise HTTPException(409, f"run {run_id} has executed nothing")
-    local = run["host_id"] in wf.opts.posture.local_hosts
-    done = []
-    for r in results:
-        if not (r.get("changed_host") and r.get("rollback")):
-            continue
-        if not local and r["action"] not in CLUSTER_ACTIONS:
-            done.append(
-                {
-                    "step": r["step"],
-                    "action": r["action"],
-                    "outcome": "not_run",
-                    "reason": f"host {run['host_id']} is not reachable from this controller",
-                }
-            )
-            continue
-        done.append(
-            rt.execution.rollback(run_id, r, actor=who.name, why=body.reason, plan_hash=plan["plan_hash"])
-        )
+    leader_only(rt)
+    done = rt.workflow.decisions.rollback(run_id, actor=who.name, reason=body.reason)
     return {"run_id": run_id, "rollbacks": done}
 
 
@@ -381,8 +312,7 @@ def get_audit(
     cursor: Annotated[str | None, Query(max_length=19, pattern=r"^[0-9]{1,19}$")] = None,
 ) -> dict[str, Any]:
     """The audit log, oldest first (the order things happened); ``next_cursor`` pages on."""
-    rows = audit.query(
-        rt.engine,
+    rows = rt.workflow.runs.audit_entries(
         run_id=run_id,
         actor=actor,
         kind=kind,
@@ -404,7 +334,7 @@ def _audit_cursor(cursor: str | None) -> int | None:
         return None
     value = int(cursor)
     if value > MAX_ID:  # a row id is a signed 64-bit integer in both stores
-        raise BadParameter("cursor", f"cursor {cursor} is past the largest row id ({MAX_ID})")
+        raise Invalid("cursor", f"cursor {cursor} is past the largest row id ({MAX_ID})")
     return value
 
 
@@ -420,14 +350,9 @@ def get_evidence(rt: Rt, _: Reader, run_id: str) -> Response:
     wf = rt.workflow
     _run_or_404(wf, run_id)
     try:
-        body = wf.store.get(evidence_key(run_id))
+        return Response(wf.reader.package(run_id), media_type="application/json")
     except FileNotFoundError as exc:
         raise HTTPException(404, f"run {run_id!r} has no evidence package") from exc
-    try:  # the window the verifier compared, when something was changed
-        after = wf.store.get(after_key(run_id))
-    except FileNotFoundError:
-        return Response(body, media_type="application/json")
-    return Response(body[:-1] + b',"after":' + after + b"}", media_type="application/json")
 
 
 @router.post(
@@ -442,11 +367,8 @@ def replay(
     """Re-run every stage from the stored observation and evidence with the current code."""
     clock = body.clock if body is not None else None
     wf = rt.workflow
-    try:
-        original = wf.load_chain(run_id)
-        chain = wf.replay(run_id, clock=(lambda: clock) if clock is not None else None)
-    except UnknownRun as exc:
-        raise HTTPException(404, str(exc)) from exc
+    original = wf.load_chain(run_id)
+    chain = wf.replay(run_id, clock=(lambda: clock) if clock is not None else None)
     before = {a.kind: _conclusion(a.payload) for a in original}
     return {
         "run_id": run_id,

@@ -110,6 +110,49 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def sqlalchemy_url(url: str) -> str:
+    """The URL SQLAlchemy takes: ``postgresql://`` means psycopg 3 here (the one PostgreSQL
+    URL rewrite; libpq_dsn is its inverse)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def libpq_dsn(url: str) -> str:
+    """The URL psycopg (libpq) takes, for the leader's dedicated lock session."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the metadata store answers a trivial query now."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True
+
+
+def read_only_engine(url: str) -> Engine:
+    """An engine that cannot write: SQLite with query_only (and no journal-mode change),
+    PostgreSQL with read-only transactions. Nothing is created if the store is missing.
+    Raises ConfigError for a URL that is neither."""
+    url = sqlalchemy_url(url)
+    if url.startswith("postgresql"):
+        return create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    if not url.startswith("sqlite:///"):
+        raise ConfigError("database_url must be sqlite:///... or postgresql://...")
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    return engine
+
+
 def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
 

@@ -3,7 +3,6 @@ sessions, because the ingest path calls them once per batch)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, select, text
@@ -43,16 +42,16 @@ UPSERT_STREAM = text(
 )
 
 
-def where(conditions: Iterable[tuple[str, str, str, Any]]) -> tuple[list[str], dict[str, Any]]:
-    """SQL conditions and their parameters from (column, operator, parameter, value),
-    skipping those whose value is None: the optional filters of the listing queries."""
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    for column, op, key, value in conditions:
-        if value is not None:
-            clauses.append(f"{column} {op} :{key}")
-            params[key] = value
-    return clauses, params
+def get_stream(conn: Connection, *, host_id: str, stream_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(STREAMS).where(STREAMS.c.host_id == host_id, STREAMS.c.stream_id == stream_id)
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+def save_stream(conn: Connection, *, row: dict[str, Any]) -> None:
+    """The per-batch upsert: UPSERT_STREAM, prebuilt."""
+    conn.execute(UPSERT_STREAM, row)
 
 
 def _insert(conn: Connection, table: Any) -> Any:

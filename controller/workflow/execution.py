@@ -11,91 +11,35 @@ a key seen within ``idempotency_ttl_s`` returns the earlier result.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
-
-from controller import audit
 from controller.actuators import ActuatorError, HostEnv, get
 from controller.actuators.validate import Toolbox
+from controller.errors import DecisionConflict
+from controller.store.runs import DecisionRow, IntentRow, NewIntent, RunStore
+from controller.workflow.options import ExecutionOptions
 
 log = logging.getLogger(__name__)
 
-SELECT_INTENT = text("SELECT * FROM action_intents WHERE idempotency_key = :k")
-# Claiming a key: a plain insert (a second controller's insert of the same key fails), or
-# taking over an expired or unusable intent only if it is still the one that was read.
-INSERT_INTENT = text(
-    "INSERT INTO action_intents (idempotency_key, run_id, step, action, params, before, intent_at) "
-    "VALUES (:k, :run, :step, :action, :params, :before, :at) ON CONFLICT (idempotency_key) DO NOTHING"
-)
-RECLAIM_INTENT = text(
-    "UPDATE action_intents SET run_id = :run, step = :step, params = :params, before = :before, "
-    "intent_at = :at, outcome = NULL, result = NULL, result_at = NULL, rolled_back_at = NULL, "
-    "rollback_result = NULL WHERE idempotency_key = :k AND intent_at = :old"
-)
-SET_RESULT = text(
-    "UPDATE action_intents SET outcome = :o, result = :r, result_at = :at WHERE idempotency_key = :k"
-)
-CLAIM_ROLLBACK = text(
-    "UPDATE action_intents SET rolled_back_at = :at WHERE idempotency_key = :k AND rolled_back_at IS NULL"
-)
-SET_ROLLBACK = text("UPDATE action_intents SET rollback_result = :r WHERE idempotency_key = :k")
-RELEASE_ROLLBACK = text(
-    "UPDATE action_intents SET rolled_back_at = NULL, rollback_result = :r WHERE idempotency_key = :k"
-)
-INTENTS_OF = text("SELECT * FROM action_intents WHERE run_id = :run ORDER BY step")
-LATEST_DECISION = text(
-    "SELECT * FROM approvals WHERE run_id = :run AND plan_hash = :plan ORDER BY id DESC LIMIT 1"
-)
-INSERT_DECISION = text(
-    "INSERT INTO approvals (run_id, plan_hash, decision, actor, reason, steps, at, expires_at) "
-    "VALUES (:run, :plan, :decision, :actor, :reason, :steps, :at, :exp)"
-)
-SET_STATUS = text("UPDATE workflow_runs SET status = :s, updated_at = :at WHERE run_id = :run")
-RESUME_AWAITING = text(
-    "UPDATE workflow_runs SET status = 'running', updated_at = :at "
-    "WHERE run_id = :run AND status = 'awaiting_approval'"
-)
 REUSABLE = ("applied", "settled_applied")
 EXECUTOR = "executor"
-VERIFIER = "verifier"
 Failpoint = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class ExecutionOptions:
-    approval_ttl_s: float = 900.0
-    action_timeout_s: float = 10.0
-    max_concurrent_actions: int = 2
-    tool_call_budget: int = 12
-    iteration_budget: int = 3
-    idempotency_ttl_s: float = 86_400.0
-    verify_settle_s: float = 5.0
-    verify_min_samples: int = 5
-    verify_deadline_s: float = 300.0
-    rollback_on_not_improved: bool = True
-
-
-class DecisionConflict(ActuatorError):
-    """The run is no longer awaiting a decision (another one got there first)."""
 
 
 class ExecutionService:
     def __init__(
         self,
-        db: Engine,
+        runs: RunStore,
         env: HostEnv,
         options: ExecutionOptions | None = None,
         *,
         clock: Callable[[], float],
         failpoint: Failpoint | None = None,
     ) -> None:
-        self.db = db
+        self.runs = runs
         self.env = env
         self.opts = options or ExecutionOptions()
         self.clock = clock
@@ -110,15 +54,10 @@ class ExecutionService:
 
     # --- approvals ---------------------------------------------------------------------------------
 
-    def decision(self, run_id: str, plan_hash: str) -> dict[str, Any] | None:
+    def decision(self, run_id: str, plan_hash: str) -> DecisionRow | None:
         """The latest approval or rejection of exactly this plan, expired or not."""
-        with self.db.connect() as conn:
-            row = conn.execute(LATEST_DECISION, {"run": run_id, "plan": plan_hash}).first()
-        if row is None:
-            return None
-        d = dict(row._mapping)
-        d["steps"] = json.loads(d["steps"]) if d["steps"] else None
-        return d
+        with self.runs.read() as tx:
+            return tx.latest_decision(run_id, plan_hash)
 
     def decide(
         self,
@@ -133,25 +72,22 @@ class ExecutionService:
         """Record an approval or rejection and move the run on (running: the engine resumes it)."""
         now = self.clock()
         expires = now + self.opts.approval_ttl_s if approve else None
-        with self.db.begin() as conn:
+        decision = "approved" if approve else "rejected"
+        with self.runs.begin() as tx:
             # First the status, conditionally: of two concurrent decisions only one moves the run.
-            if conn.execute(RESUME_AWAITING, {"at": now, "run": run_id}).rowcount != 1:
+            if not tx.resume_awaiting(run_id, at=now):
                 raise DecisionConflict(f"run {run_id} is not awaiting approval (decided already?)")
-            conn.execute(
-                INSERT_DECISION,
-                {
-                    "run": run_id,
-                    "plan": plan_hash,
-                    "decision": "approved" if approve else "rejected",
-                    "actor": actor,
-                    "reason": reason,
-                    "steps": json.dumps(sorted(steps)) if steps is not None else None,
-                    "at": now,
-                    "exp": expires,
-                },
+            tx.insert_decision(
+                run_id,
+                plan_hash,
+                decision=decision,
+                actor=actor,
+                reason=reason,
+                steps=steps,
+                at=now,
+                expires_at=expires,
             )
-            audit.record(
-                conn,
+            tx.audit(
                 at=now,
                 actor=actor,
                 kind="approval" if approve else "rejection",
@@ -162,7 +98,7 @@ class ExecutionService:
         return {
             "run_id": run_id,
             "plan_hash": plan_hash,
-            "decision": "approved" if approve else "rejected",
+            "decision": decision,
             "actor": actor,
             "reason": reason,
             "steps": steps,
@@ -170,13 +106,12 @@ class ExecutionService:
             "expires_at": expires,
         }
 
-    def expire(self, run_id: str, plan_hash: str, approval: dict[str, Any]) -> None:
+    def expire(self, run_id: str, plan_hash: str, approval: DecisionRow) -> None:
         """An approval outlived its TTL before the plan ran: back to awaiting_approval."""
         now = self.clock()
-        with self.db.begin() as conn:
-            conn.execute(SET_STATUS, {"s": "awaiting_approval", "at": now, "run": run_id})
-            audit.record(
-                conn,
+        with self.runs.begin() as tx:
+            tx.set_status(run_id, status="awaiting_approval", at=now)
+            tx.audit(
                 at=now,
                 actor="policy_gate",
                 kind="approval_expired",
@@ -186,8 +121,8 @@ class ExecutionService:
             )
 
     def wait_for_approval(self, run_id: str) -> None:
-        with self.db.begin() as conn:
-            conn.execute(SET_STATUS, {"s": "awaiting_approval", "at": self.clock(), "run": run_id})
+        with self.runs.begin() as tx:
+            tx.set_status(run_id, status="awaiting_approval", at=self.clock())
 
     # --- side effects --------------------------------------------------------------------------------
 
@@ -199,22 +134,17 @@ class ExecutionService:
             used_iterations=used_iterations,
         )
 
-    def _intent(self, key: str) -> dict[str, Any] | None:
-        with self.db.connect() as conn:
-            row = conn.execute(SELECT_INTENT, {"k": key}).first()
-        return dict(row._mapping) if row else None
+    def _intent(self, key: str) -> IntentRow | None:
+        with self.runs.read() as tx:
+            return tx.intent(key)
 
     def _finish(
         self, key: str, run_id: str, plan_hash: str, step: int, kind: str, result: dict[str, Any]
     ) -> None:
         now = self.clock()
-        with self.db.begin() as conn:
-            conn.execute(
-                SET_RESULT,
-                {"o": result["outcome"], "r": json.dumps(result, default=str), "at": now, "k": key},
-            )
-            audit.record(
-                conn,
+        with self.runs.begin() as tx:
+            tx.set_result(key, result, at=now)
+            tx.audit(
                 at=now,
                 actor=EXECUTOR,
                 kind=kind,
@@ -242,17 +172,16 @@ class ExecutionService:
         now = self.clock()
         row = self._intent(key)
         if row is not None and row["intent_at"] >= now - self.opts.idempotency_ttl_s:
-            before = json.loads(row["before"])
+            before = row["before"]
             if row["result"] is None:
                 # An intent without a result: the action may or may not have run. Look, do not redo.
                 return self._settle(run_id, plan_hash, base, act, p, before, why="intent without a result")
-            earlier: dict[str, Any] = json.loads(row["result"])
+            earlier: dict[str, Any] = row["result"]
             if row["run_id"] == run_id:
                 return earlier | base  # this run's own result, found again on a rerun of the stage
             if earlier["outcome"] in REUSABLE and row["rolled_back_at"] is None:
-                with self.db.begin() as conn:
-                    audit.record(
-                        conn,
+                with self.runs.begin() as tx:
+                    tx.audit(
                         at=now,
                         actor=EXECUTOR,
                         kind="idempotent_reuse",
@@ -267,23 +196,19 @@ class ExecutionService:
             before = act.probe(p)
         except ActuatorError as exc:
             return base | {"outcome": "failed", "error": str(exc), "changed_host": False}
-        intent = {
-            "k": key,
-            "run": run_id,
+        intent: NewIntent = {
+            "idempotency_key": key,
+            "run_id": run_id,
             "step": index,
             "action": action,
-            "params": json.dumps(params, sort_keys=True),
-            "before": json.dumps(before, default=str),
-            "at": now,
+            "params": params,
+            "before": before,
+            "intent_at": now,
         }
-        with self.db.begin() as conn:
-            if row is None:
-                claimed = conn.execute(INSERT_INTENT, intent).rowcount == 1
-            else:
-                claimed = conn.execute(RECLAIM_INTENT, intent | {"old": row["intent_at"]}).rowcount == 1
+        with self.runs.begin() as tx:
+            claimed = tx.claim_intent(intent, replacing=row["intent_at"] if row is not None else None)
             if claimed:
-                audit.record(
-                    conn,
+                tx.audit(
                     at=now,
                     actor=EXECUTOR,
                     kind="execution_intent",
@@ -394,28 +319,23 @@ class ExecutionService:
         if row is None or not result.get("rollback"):
             return out | {"outcome": "no_rollback"}
         if row["rolled_back_at"] is not None:
-            done: dict[str, Any] = json.loads(row["rollback_result"] or "{}")
+            done: dict[str, Any] = row["rollback_result"] or {}
             return done | {"already": True}
         now = self.clock()
-        with self.db.begin() as conn:
-            if conn.execute(CLAIM_ROLLBACK, {"at": now, "k": key}).rowcount != 1:
+        with self.runs.begin() as tx:
+            if not tx.claim_rollback(key, at=now):
                 return out | {"outcome": "rolled_back", "already": True}
         try:
             act = get(result["action"], self.env)
             if not act.reversible:
                 raise ActuatorError(f"{act.name} has no rollback")
-            after = act.rollback(act.validate(json.loads(row["params"])), result["rollback"])
+            after = act.rollback(act.validate(row["params"]), result["rollback"])
             out |= {"outcome": "rolled_back", "state": after}
         except Exception as exc:  # recorded; the claim is released so it can be tried again
             out |= {"outcome": "rollback_failed", "error": str(exc)}
-        with self.db.begin() as conn:
-            encoded = json.dumps(out, default=str)
-            if out["outcome"] == "rolled_back":
-                conn.execute(SET_ROLLBACK, {"r": encoded, "k": key})
-            else:
-                conn.execute(RELEASE_ROLLBACK, {"r": encoded, "k": key})
-            audit.record(
-                conn,
+        with self.runs.begin() as tx:
+            tx.finish_rollback(key, out, done=out["outcome"] == "rolled_back")
+            tx.audit(
                 at=self.clock(),
                 actor=actor,
                 kind="rollback",
@@ -432,10 +352,5 @@ class ExecutionService:
         # The state after goes to the audit trail's intents row, not the (capped) artifact.
         return {k: v for k, v in out.items() if k != "state"}
 
-    def intents(self, run_id: str) -> list[dict[str, Any]]:
-        with self.db.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(INTENTS_OF, {"run": run_id})]
-        for r in rows:
-            for k in ("params", "before", "result", "rollback_result"):
-                r[k] = json.loads(r[k]) if r[k] else None
-        return rows
+    def intents(self, run_id: str) -> list[IntentRow]:
+        return self.runs.intents_of(run_id)

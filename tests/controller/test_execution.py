@@ -19,19 +19,19 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from collector.wire import validate_batch
-from controller import audit
 from controller.actuators import host_env
 from controller.artifacts import KINDS, verify_chain
 from controller.config import HotStateSettings
 from controller.hotstate import HotState
 from controller.store.db import make_engine, migrate
 from controller.store.payloads import PayloadStore
-from controller.workflow.engine import WorkflowEngine, WorkflowOptions
-from controller.workflow.execution import ExecutionOptions, ExecutionService
+from controller.store.runs import RunStore
+from controller.workflow.engine import WorkflowEngine
+from controller.workflow.execution import ExecutionService
+from controller.workflow.options import ExecutionOptions, WorkflowOptions
 from controller.workflow.roles import Posture
 from controller.workflow.roles.policy_gate import decide
-
-from .scenarios import T0, batch_for
+from testkit.scenarios import T0, batch_for
 
 HOST = "node-a"
 OPEN = Posture(dry_run=False, approval_required=True, allow_safe_reversible=True, local_hosts=(HOST,))
@@ -73,7 +73,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 def make(db: Engine, tmp_path: Path, posture: Posture, clock: Clock, **opts: Any) -> WorkflowEngine:
     hot = HotState(HotStateSettings(samples_per_host=2000, bytes_per_host=64 << 20), clock=lambda: clock.t)
     service = ExecutionService(
-        db,
+        RunStore(db),
         host_env(),
         ExecutionOptions(verify_settle_s=1.0, verify_min_samples=3, verify_deadline_s=60.0, **opts),
         clock=clock,
@@ -115,7 +115,9 @@ def nice(p: subprocess.Popen[bytes]) -> int:
 
 
 def kinds(db: Engine, run_id: str) -> list[tuple[str, str | None]]:
-    return [(e["kind"], e["detail"].get("action")) for e in audit.query(db, run_id=run_id, limit=1000)]
+    return [
+        (e["kind"], e["detail"].get("action")) for e in RunStore(db).audit_entries(run_id=run_id, limit=1000)
+    ]
 
 
 @pytest.mark.parametrize("family", ["cpu_saturation", "runaway_forks", "fd_exhaustion"])
@@ -141,7 +143,7 @@ def test_the_default_posture_changes_nothing_whatever_the_proposal(
     assert verdict["verdict"] == "skipped" and verdict["reason"] == "dry_run"
     assert nice(sleeper) == before and sleeper.poll() is None
     assert eng.execution.intents(run_id) == []
-    gate = [e for e in audit.query(db, run_id=run_id) if e["kind"] == "gate_decision"]
+    gate = [e for e in RunStore(db).audit_entries(run_id=run_id) if e["kind"] == "gate_decision"]
     assert len(gate) == len(plan["steps"])
     assert not any(k in ("execution_intent", "execution_result") for k, _ in kinds(db, run_id))
 
@@ -261,7 +263,7 @@ def test_approval_runs_the_plan_once_verifies_and_the_audit_holds_it_all_in_orde
         ]
         + [("verification", None)]
     )
-    entries = audit.query(db, run_id=run_id)
+    entries = RunStore(db).audit_entries(run_id=run_id)
     assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
     assert entries[len(plan["steps"]) + 1]["actor"] == "alice"
     assert {e["plan_hash"] for e in entries if e["kind"] == "gate_decision"} == {plan["plan_hash"]}
@@ -399,11 +401,11 @@ def test_an_intent_without_a_result_is_settled_by_probing_not_rerun(
 
 
 def test_the_audit_log_is_append_only(db: Engine, tmp_path: Path) -> None:
-    with db.begin() as conn:
-        audit.record(conn, at=1.0, actor="alice", kind="approval", run_id="r1")
+    with RunStore(db).begin() as tx:
+        tx.audit(at=1.0, actor="alice", kind="approval", run_id="r1")
     for sql in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
         with pytest.raises(DBAPIError, match="append-only"), db.begin() as conn:
             conn.execute(text(sql))
-    assert [e["actor"] for e in audit.query(db)] == ["alice"]
-    with pytest.raises(ValueError, match="unknown audit kind"), db.begin() as conn:
-        audit.record(conn, at=1.0, actor="x", kind="whatever")
+    assert [e["actor"] for e in RunStore(db).audit_entries()] == ["alice"]
+    with pytest.raises(ValueError, match="unknown audit kind"), RunStore(db).begin() as tx:
+        tx.audit(at=1.0, actor="x", kind="whatever")

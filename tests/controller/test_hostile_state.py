@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from collector.wire import BATCH_SCHEMA, validate_envelope
-from controller import audit
 from controller.artifacts import ArtifactTampered, digest
 from controller.auth import Authenticator
 from controller.config import AuthSettings, HotStateSettings
 from controller.errors import AuthError
 from controller.hotstate import SOURCES_PER_HOST, HostState, HotState, _source_cost
 from controller.ledger import StreamLedger, observe
+from controller.store.runs import RunStore
 from controller.workflow.roles.policy_gate import plan_hash_of
 
 from .test_execution import OPEN, Clock, awaiting, db, make, nice, sleeper  # noqa: F401  (fixtures come along)  # noqa: F401
@@ -215,7 +215,7 @@ def test_an_edited_plan_is_never_approved_or_run(
     assert nice(sleeper) == before
     run = eng.load_run(run_id)
     assert run is not None and run["status"] == "failed"
-    assert [e["kind"] for e in audit.query(db, run_id=run_id, kind="integrity_failure")] == [
+    assert [e["kind"] for e in RunStore(db).audit_entries(run_id=run_id, kind="integrity_failure")] == [
         "integrity_failure"
     ]
 
@@ -252,7 +252,7 @@ def test_an_edited_evidence_window_is_refused(
     with pytest.raises(ArtifactTampered, match="evidence window"):
         eng.execute(run_id)
     assert (eng.load_run(run_id) or {})["status"] == "failed"
-    assert [e["kind"] for e in audit.query(db, run_id=run_id, kind="integrity_failure")] == [
+    assert [e["kind"] for e in RunStore(db).audit_entries(run_id=run_id, kind="integrity_failure")] == [
         "integrity_failure"
     ]
 

@@ -16,9 +16,9 @@ from controller.config import HotStateSettings
 from controller.hotstate import HotState
 from controller.store.db import make_engine, migrate
 from controller.store.payloads import PayloadStore
-from controller.workflow.engine import WorkflowEngine, WorkflowOptions
-
-from .scenarios import window
+from controller.workflow.engine import WorkflowEngine
+from controller.workflow.options import WorkflowOptions
+from testkit.scenarios import window
 
 
 class Clock:

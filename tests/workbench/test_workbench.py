@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import sqlalchemy.exc
 
 from tests.controller.conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN, ControllerProc, base_config
 from workbench import Workbench, WorkbenchError
+from workbench.client import LocalSource
 from workbench.widgets import BrowserState, RunBrowser, RunStepper, StepperState
 
 Store = tuple[Path, dict[str, str]]
@@ -208,6 +210,9 @@ def test_a_local_source_never_writes(store: Store) -> None:
     with Workbench(data) as wb:
         wb.runs()
         wb.replay(ids["completed"])
-        with pytest.raises(WorkbenchError, match="cannot answer"):
-            wb.source._sql("DELETE FROM workflow_runs", {})  # type: ignore[attr-defined]
+        # Its engine refuses a write even when asked for one directly (query_only).
+        source = wb.source
+        assert isinstance(source, LocalSource)
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="readonly"), source.db.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM workflow_runs")
     assert db_file.stat().st_mtime_ns == before

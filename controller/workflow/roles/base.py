@@ -15,8 +15,11 @@ from typing import Any, ClassVar
 
 from controller import artifacts
 from controller.artifacts import Artifact, EvidenceRef, Replay, Status, Uncertainty
+from controller.config import ExecutionSettings
 from controller.detectors import Evidence
 from controller.errors import ControllerError
+
+_X = ExecutionSettings()
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,10 @@ class Posture:
     """What execution may do; the defaults change nothing. Destructive actions are always
     proposal-only and validation always read-only: neither is a setting."""
 
-    dry_run: bool = True
-    approval_required: bool = True
-    allow_safe_reversible: bool = False
-    allow_impacting: bool = False
+    dry_run: bool = _X.dry_run
+    approval_required: bool = _X.approval_required
+    allow_safe_reversible: bool = _X.allow_safe_reversible
+    allow_impacting: bool = _X.allow_impacting
     local_hosts: tuple[str, ...] = ()  # hosts whose processes and cgroups this controller reaches
 
     def public(self) -> dict[str, Any]:
@@ -44,16 +47,17 @@ class Posture:
 def recorded_posture(plan: dict[str, Any], host_id: str) -> Posture:
     """The posture an execution_plan was decided under: a replay decides under it too."""
     p = plan.get("posture") or {}
+    d = Posture()  # a plan from before a field was recorded: that field's default
     return Posture(
-        dry_run=bool(p.get("dry_run", True)),
-        approval_required=bool(p.get("approval_required", True)),
-        allow_safe_reversible=bool(p.get("allow_safe_reversible", False)),
-        allow_impacting=bool(p.get("allow_impacting", False)),
+        dry_run=bool(p.get("dry_run", d.dry_run)),
+        approval_required=bool(p.get("approval_required", d.approval_required)),
+        allow_safe_reversible=bool(p.get("allow_safe_reversible", d.allow_safe_reversible)),
+        allow_impacting=bool(p.get("allow_impacting", d.allow_impacting)),
         local_hosts=(host_id,) if p.get("host_reachable") else (),
     )
 
 
-class NotReady(Exception):
+class NotReady(ControllerError):
     """A stage that must wait (the verifier for fresh samples): the engine retries it at ``retry_at``."""
 
     def __init__(self, retry_at: float, why: str) -> None:
