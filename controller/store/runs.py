@@ -282,6 +282,11 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _params(rows: Sequence[Any]) -> dict[str, Any] | list[dict[str, Any]]:
+    """One row as plain parameters (SQLAlchemy's executemany path costs more per call)."""
+    return dict(rows[0]) if len(rows) == 1 else [dict(r) for r in rows]
+
+
 def _intent(row: Any) -> IntentRow:
     d = dict(row._mapping)
     for k in _INTENT_JSON:
@@ -298,7 +303,7 @@ class RunTx:
     # --- runs ------------------------------------------------------------------------------------
 
     def insert_runs(self, rows: Sequence[RunRow]) -> None:
-        self.conn.execute(INSERT_RUN, [dict(r) for r in rows])
+        self.conn.execute(INSERT_RUN, _params(rows))
 
     def run(self, run_id: str) -> RunRow | None:
         row = self.conn.execute(SELECT_RUN, {"r": run_id}).first()
@@ -361,7 +366,7 @@ class RunTx:
     # --- artifacts and memory --------------------------------------------------------------------
 
     def insert_artifacts(self, rows: Sequence[ArtifactRow]) -> None:
-        self.conn.execute(INSERT_ARTIFACT, [dict(r) for r in rows])
+        self.conn.execute(INSERT_ARTIFACT, _params(rows))
 
     def chain_refs(self, run_id: str, *, replay: bool) -> list[ArtifactRef]:
         rows = self.conn.execute(CHAIN_REFS, {"r": run_id, "rp": replay}).all()
