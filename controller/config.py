@@ -166,10 +166,17 @@ class IngestSettings(_Strict):
 
 class HotStateSettings(_Strict):
     max_hosts: int = Field(default=10_000, ge=1, le=1_000_000)
-    # All hosts together: the least recently seen go first past this (1 GiB of batch JSON).
+    # All hosts together. Past it, hosts that stopped sending (nothing for missing_after_s)
+    # go first, least recently seen first; a live host is never evicted for bytes (the one
+    # sending gives up its oldest samples instead). 1 GiB holds 10,000 hosts' 300 s windows.
     max_total_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
+    # History kept per host: at least workflow.window_s; the extra minute serves the
+    # verifier's reads and a batch that arrives late.
+    retain_s: float = Field(default=360.0, ge=10, le=86_400)
     samples_per_host: int = Field(default=600, ge=1, le=100_000)  # 10 minutes at 1 s
-    bytes_per_host: int = Field(default=4 << 20, ge=1 << 10, le=1 << 30)
+    # A compact sample is a few hundred bytes (controller/detectors/window.py): 1 MiB holds
+    # 600 of them with their tables and events several times over.
+    bytes_per_host: int = Field(default=1 << 20, ge=1 << 10, le=1 << 30)
     events_per_host: int = Field(default=2_000, ge=0, le=1_000_000)
     stale_after_s: float = Field(default=30.0, gt=0)
     missing_after_s: float = Field(default=120.0, gt=0)
@@ -237,12 +244,28 @@ class ExecutionSettings(_Strict):
     kubernetes: KubernetesSettings | None = None
 
 
+class AnalysisSettings(_Strict):
+    """Where hosts are evaluated: in worker processes, off the ingest path's GIL."""
+
+    # Processes, each owning the windows of the hosts hashed to it. 0: evaluate on the
+    # engine's thread in this process (small installs and the unit tests).
+    workers: int = Field(default=1, ge=0, le=64)
+    # Accepted batches waiting per worker; past it a batch is not analysed (counted).
+    queue_max: int = Field(default=10_000, ge=10, le=1_000_000)
+    # A worker's answer to a window read (the verifier, /rca): past it, none.
+    read_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Workers run this much nicer than ingest: when the CPUs are short, acks come first and
+    # analysis falls behind (its lag and any overflow are counted), never the other way round.
+    nice: int = Field(default=10, ge=0, le=19)
+
+
 class WorkflowSettings(_Strict):
     enabled: bool = True
     window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
     open_threshold: float = Field(default=0.5, ge=0, le=1)  # top-hypothesis confidence that opens a run
     attach_window_s: float = Field(default=900.0, ge=0, le=86_400)  # same shape within this: attach
     queue_max: int = Field(default=1024, ge=1, le=1_000_000)  # hosts waiting for evaluation
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     # Fault injection for the crash tests: "<artifact kind>:before_commit|after_commit", or
@@ -295,6 +318,10 @@ class ControllerSettings(EnvOverYaml):
             )
         if self.ingest.max_decompressed_bytes < self.ingest.max_body_bytes:
             raise ValueError("ingest.max_decompressed_bytes must be at least ingest.max_body_bytes")
+        if self.hot_state.retain_s < self.workflow.window_s:
+            raise ValueError(
+                "hot_state.retain_s must be at least workflow.window_s: a run's window is read from it"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.database_url is not None and not self.database_url.startswith(("sqlite", "postgresql")):

@@ -1,15 +1,20 @@
-"""Bounded hot state: the recent telemetry of each host, in memory.
+"""Bounded hot state: the recent telemetry of each host, in memory, compact.
 
-Each accepted batch is kept as the JSON it arrived as (already checked and
-validated: json_check has bounded its depth and value count), with its time range
-and snapshot and event counts; windows, events included, are decoded on demand.
-The host's latest ``collector`` and ``agent`` objects are kept as raw JSON too, and
-the latest status of each source it reports (at most SOURCES_PER_HOST of them).
-Every byte kept is counted, so what a host costs is what ``bytes`` says: per host the
-ring is bounded by snapshots (``samples_per_host``) and bytes (``bytes_per_host``,
-batches plus the two objects); the whole state by hosts (``max_hosts``) and bytes
-(``max_total_bytes``), the least recently seen host going first, counted. A read
-takes at most ``events_per_host`` events, the newest of its window.
+Each accepted batch's snapshots are kept as what evidence is made of, not as the JSON
+they arrived in (controller/detectors/window.py): a row of signal values per snapshot
+and the newest of each table, so a 300 s window of real 10 s snapshots costs tens of
+kilobytes, not megabytes, and reading it decodes nothing but the tables. A batch's
+events are kept as compact JSON beside it. The host's latest ``collector`` and
+``agent`` objects are kept as raw JSON, and the latest status of each source it
+reports (at most SOURCES_PER_HOST of them). Every byte kept is counted.
+
+Per host, history is trimmed by time first (``retain_s``, at least the analysis
+window), then by ``samples_per_host`` and ``bytes_per_host``; events by
+``events_per_host``. Past ``max_total_bytes`` or ``max_hosts``, hosts that stopped
+sending (nothing for ``missing_after_s``) go first, least recently seen first, and
+are counted. A live host is never evicted for bytes: the host whose batch passes the
+bound gives up its own oldest samples instead (counted as ``trimmed_for_total``). Only
+``max_hosts`` live hosts all sending can evict a live one (counted apart).
 
 Freshness per source: ``fresh`` within stale_after_s of its last ok or fallback
 answer, ``stale`` until missing_after_s, ``missing`` after that or if it never
@@ -23,6 +28,7 @@ samples does not make a host look current.
 from __future__ import annotations
 
 import builtins
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -32,12 +38,16 @@ from typing import Any, Literal
 
 import msgspec
 
-from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope, raw_or_none
+from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope, SourceEntry, raw_or_none
 from controller.config import HotStateSettings
+from controller.detectors.evidence import Evidence, extract_or_error
+from controller.detectors.window import SignalWindow
 
 Freshness = Literal["fresh", "stale", "missing", "unavailable"]
-_DECODE = msgspec.json.Decoder(Batch)
+_DATA = msgspec.json.Decoder(dict[str, Any])
+_EVENTS = msgspec.json.Decoder(list[dict[str, Any]])
 _ENCODE = msgspec.json.Encoder()
+_BLOCK_OVERHEAD = 64  # an event block's object, beyond its JSON (bytes, approximate)
 # A batch names at most 64 sources (collector.wire.Limits); a host that keeps naming new
 # ones keeps the 128 it reported last, the rest forgotten with their freshness.
 SOURCES_PER_HOST = 128
@@ -49,22 +59,20 @@ def _source_cost(name: str, status: tuple[str, str, str | None]) -> int:
 
 
 @dataclass
-class Entry:
-    ts_min: float
-    ts_max: float
-    snapshots: int
-    events: int
-    raw: bytes  # the batch's JSON, validated at ingest
+class EventBlock:
+    ts_max: float  # the batch's newest sample (its receive time if it had none)
+    count: int
+    raw: bytes  # the events, compact JSON
 
 
 @dataclass
 class HostState:
     host_id: str
     boot_id: str = ""
-    entries: deque[Entry] = field(default_factory=deque)
-    snapshots: int = 0
+    window: SignalWindow = field(default_factory=SignalWindow)
+    event_blocks: deque[EventBlock] = field(default_factory=deque)
     events: int = 0
-    bytes: int = 0  # entries plus the raw collector and agent objects
+    bytes: int = 0  # the window, the event blocks, the source statuses and the raw objects
     last_seen: float = 0.0
     collector: builtins.bytes | None = None  # raw JSON
     agent: builtins.bytes | None = None  # raw JSON
@@ -76,11 +84,16 @@ class HostState:
     evicted_snapshots: int = 0
     evicted_events: int = 0
 
+    # Sample times alone, where analysis workers keep the windows: what the API counts.
+    times: deque[float] = field(default_factory=deque)
 
-@dataclass(frozen=True)
-class Window:
-    snapshots: list[Snapshot]
-    events: list[dict[str, Any]]
+    @property
+    def snapshots(self) -> int:
+        return len(self.window) or len(self.times)
+
+    def newest(self) -> float:
+        ts = self.window.last() if len(self.window) else -math.inf
+        return max(ts, self.event_blocks[-1].ts_max) if self.event_blocks else ts
 
 
 def _raw(value: msgspec.Raw | dict[str, Any] | None) -> bytes | None:
@@ -91,22 +104,71 @@ def _raw(value: msgspec.Raw | dict[str, Any] | None) -> bytes | None:
     return _ENCODE.encode(value)
 
 
+def _decoded(env: SnapshotEnvelope) -> Snapshot:
+    """A snapshot as ingest checked it, its sources' data decoded where evidence reads it."""
+    sources = {
+        name: SourceEntry(
+            e.status,
+            e.path,
+            e.reason,
+            _DATA.decode(e.data) if e.status == "ok" or e.status == "fallback" else {},
+            e.duration_s,
+        )
+        for name, e in env.sources.items()
+    }
+    return Snapshot(env.ts, env.interval_s, sources)
+
+
+def _events_json(batch: BatchEnvelope | Batch) -> bytes | None:
+    """The batch's events as one compact JSON list (the raw events joined, not rebuilt)."""
+    if not batch.events:
+        return None
+    if isinstance(batch, BatchEnvelope):
+        return b"[" + b",".join(bytes(e) for e in batch.events) + b"]"
+    return _ENCODE.encode(batch.events)
+
+
 class HotState:
-    def __init__(self, settings: HotStateSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: HotStateSettings,
+        clock: Callable[[], float] = time.time,
+        *,
+        windows: bool = True,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # False where analysis workers keep the windows (controller/workflow/analysis_pool.py):
+        # this one then keeps what the API reports per host, and no samples.
+        self.windows = windows
+        # (host, error) for a snapshot evidence cannot read: the host's evaluation record takes it.
+        self.on_error = on_error
         self._clock = clock
         self._hosts: OrderedDict[str, HostState] = OrderedDict()
         self._lock = threading.Lock()
-        self.evicted_hosts = 0
+        self.evicted_hosts = 0  # hosts that had stopped sending
+        self.evicted_live_hosts = 0  # past max_hosts with every host sending
+        self.trimmed_for_total = 0  # samples a host gave up to keep the total bound
         self.total_bytes = 0
 
     def ingest(self, batch: BatchEnvelope | Batch, raw: bytes, received_at: float | None = None) -> None:
-        s = self.settings
+        """Take an accepted batch (``raw`` is its JSON: kept nowhere, the snapshots are kept
+        decoded as extracts). Snapshots arrive decoded when ingest decoded them already."""
         now = self._clock() if received_at is None else received_at
+        snapshots: Sequence[Snapshot | SnapshotEnvelope] = batch.snapshots if self.windows else []
+        extracts = []
+        for snap in snapshots:
+            ex, error = extract_or_error(snap if isinstance(snap, Snapshot) else _decoded(snap))
+            extracts.append(ex)
+            if error is not None and self.on_error is not None:
+                self.on_error(batch.host_id, error)
+        s = self.settings
         collector, agent = _raw(batch.collector), _raw(batch.agent)
+        events_json = _events_json(batch) if self.windows else None
         with self._lock:
             host = self._hosts.get(batch.host_id)
             if host is None:
+                self._make_room(now)
                 host = self._hosts[batch.host_id] = HostState(batch.host_id)
             else:
                 self._hosts.move_to_end(batch.host_id)
@@ -121,22 +183,94 @@ class HotState:
                 host.agent = agent
             if batch.snapshots or batch.events:
                 self._resize(host, self._note_sources(host, batch, now))
-                ts = [snap.ts for snap in batch.snapshots] or [now]
-                host.entries.append(Entry(min(ts), max(ts), len(batch.snapshots), len(batch.events), raw))
-                host.snapshots += len(batch.snapshots)
-                host.events += len(batch.events)
-                self._resize(host, len(raw))
-                # Keep at least the newest batch, however large.
-                while len(host.entries) > 1 and (
-                    host.snapshots > s.samples_per_host or host.bytes > s.bytes_per_host
-                ):
-                    self._drop_oldest_entry(host)
-            while len(self._hosts) > 1 and (
-                len(self._hosts) > s.max_hosts or self.total_bytes > s.max_total_bytes
-            ):
-                _, gone = self._hosts.popitem(last=False)
-                self.total_bytes -= gone.bytes
+                for ex in extracts:
+                    self._resize(host, host.window.add(ex))
+                if not self.windows:
+                    self._count_times(host, [snap.ts for snap in batch.snapshots])
+                if events_json is not None:
+                    ts = max((ex.ts for ex in extracts), default=now)
+                    block = EventBlock(ts, len(batch.events), events_json)
+                    host.event_blocks.append(block)
+                    host.events += block.count
+                    self._resize(host, len(block.raw) + _BLOCK_OVERHEAD)
+                self._trim(host)
+            while self.total_bytes > s.max_total_bytes:
+                if self._evict_idle(now, keep=host):
+                    continue
+                if host.snapshots > 1:  # the host sending pays first
+                    self._drop_oldest_sample(host)
+                    self.trimmed_for_total += 1
+                elif len(self._hosts) > 1:  # every host live and down to one sample: a hard bound
+                    self._evict(next(h for h in self._hosts if h != host.host_id))
+                    self.evicted_live_hosts += 1
+                else:
+                    break
+
+    def _trim(self, host: HostState) -> None:
+        """By time (retain_s before the newest sample), then by count and bytes; at least
+        the newest sample stays."""
+        s = self.settings
+        w = host.window
+        floor = host.newest() - s.retain_s
+        while len(w) > 1 and (
+            w.first() < floor or len(w) > s.samples_per_host or host.bytes > s.bytes_per_host
+        ):
+            self._drop_oldest_sample(host)
+        # A batch's events go with its samples (and by time, count and bytes), the newest
+        # batch's always stay: a read takes the newest events_per_host of the window.
+        blocks = host.event_blocks
+        first = max(floor, w.first()) if len(w) else floor
+        while len(blocks) > 1 and (
+            blocks[0].ts_max < first
+            or host.events - blocks[0].count >= s.events_per_host
+            or host.bytes > s.bytes_per_host
+        ):
+            self._drop_block(host)
+
+    def _count_times(self, host: HostState, times: list[float]) -> None:
+        s = self.settings
+        host.times.extend(times)
+        self._resize(host, 8 * len(times))
+        floor = max(host.times) - s.retain_s if host.times else 0.0
+        while len(host.times) > 1 and (len(host.times) > s.samples_per_host or host.times[0] < floor):
+            host.times.popleft()
+            self._resize(host, -8)
+
+    def _drop_oldest_sample(self, host: HostState) -> None:
+        self._resize(host, host.window.drop_oldest())
+        host.evicted_snapshots += 1
+
+    def _drop_block(self, host: HostState) -> None:
+        old = host.event_blocks.popleft()
+        host.events -= old.count
+        host.evicted_events += old.count
+        self._resize(host, -len(old.raw) - _BLOCK_OVERHEAD)
+
+    def _idle(self, host: HostState, now: float) -> bool:
+        return now - host.last_seen >= self.settings.missing_after_s
+
+    def _evict_idle(self, now: float, keep: HostState | None = None) -> bool:
+        """Evict the least recently seen host that stopped sending; False if none has."""
+        for host_id, host in self._hosts.items():  # least recently seen first
+            if not self._idle(host, now):
+                return False  # the rest were seen more recently still
+            if host is not keep:
+                self._evict(host_id)
                 self.evicted_hosts += 1
+                return True
+        return False
+
+    def _make_room(self, now: float) -> None:
+        """Before a new host joins at max_hosts: an idle host goes, else the least recently
+        seen live one (counted apart: max_hosts is then too small for the fleet)."""
+        while len(self._hosts) >= self.settings.max_hosts:
+            if not self._evict_idle(now):
+                self._evict(next(iter(self._hosts)))
+                self.evicted_live_hosts += 1
+
+    def _evict(self, host_id: str) -> None:
+        gone = self._hosts.pop(host_id)
+        self.total_bytes -= gone.bytes
 
     def _resize(self, host: HostState, delta: int) -> None:
         host.bytes += delta
@@ -177,14 +311,6 @@ class HotState:
                 break
         return delta
 
-    def _drop_oldest_entry(self, host: HostState) -> None:
-        old = host.entries.popleft()
-        host.snapshots -= old.snapshots
-        host.events -= old.events
-        self._resize(host, -len(old.raw))
-        host.evicted_snapshots += old.snapshots
-        host.evicted_events += old.events
-
     def freshness(self, host_id: str) -> dict[str, Freshness]:
         now = self._clock()
         with self._lock:
@@ -204,31 +330,29 @@ class HotState:
                     out[name] = "fresh"
             return out
 
-    def read(self, host_id: str, seconds: float, since: float | None = None) -> Window:
-        """The host's snapshots of the last ``seconds`` before its newest one, oldest first
-        (only those at or after ``since`` if given), and the newest ``events_per_host``
-        events of the batches that hold them."""
+    def evidence(
+        self, host_id: str, seconds: float, since: float | None = None, *, lazy: bool = False
+    ) -> Evidence | None:
+        """The evidence of the host's last ``seconds`` before its newest sample (only samples
+        at or after ``since`` if given), with the newest ``events_per_host`` events of the
+        batches that hold them and the host's freshness now; None without a sample."""
+        freshness = self.freshness(host_id)
         with self._lock:
             host = self._hosts.get(host_id)
-            if host is None or not host.entries:
-                return Window([], [])
-            newest = max(e.ts_max for e in host.entries)
+            if host is None or not len(host.window):
+                return None
+            newest = host.newest()
             floor = newest - seconds if since is None else max(newest - seconds, since)
-            chosen = [e.raw for e in host.entries if e.ts_max >= floor]
-        snapshots: list[Snapshot] = []
-        events: list[dict[str, Any]] = []
-        for raw in chosen:  # decoded outside the lock: ingest goes on meanwhile
-            batch = _DECODE.decode(raw)
-            kept = [s for s in batch.snapshots if s.ts >= floor]
-            snapshots.extend(kept)
-            if kept or not batch.snapshots:
-                events.extend(batch.events)
-        snapshots.sort(key=lambda s: s.ts)
-        cap = self.settings.events_per_host
-        return Window(snapshots, events[-cap:] if cap else [])
-
-    def window(self, host_id: str, seconds: float) -> list[Snapshot]:
-        return self.read(host_id, seconds).snapshots
+            chosen = [b.raw for b in host.event_blocks if b.ts_max >= floor]
+            window = host.window
+            if window.last() < floor:
+                return None
+            # Folded under the lock: the columns are small and ingest may trim them meanwhile.
+            events: list[dict[str, Any]] = []
+            for raw in chosen:
+                events.extend(_EVENTS.decode(raw))
+            cap = self.settings.events_per_host
+            return window.evidence(host_id, floor, events[-cap:] if cap else [], freshness, lazy=lazy)
 
     def host(self, host_id: str) -> HostState | None:
         with self._lock:
@@ -247,9 +371,12 @@ class HotState:
                 "events": sum(h.events for h in self._hosts.values()),
                 "bytes": self.total_bytes,
                 "evicted_hosts": self.evicted_hosts,
+                "evicted_live_hosts": self.evicted_live_hosts,
+                "trimmed_for_total": self.trimmed_for_total,
                 "bounds": {
                     "max_hosts": s.max_hosts,
                     "max_total_bytes": s.max_total_bytes,
+                    "retain_s": s.retain_s,
                     "samples_per_host": s.samples_per_host,
                     "bytes_per_host": s.bytes_per_host,
                     "events_per_host": s.events_per_host,

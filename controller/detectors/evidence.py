@@ -8,7 +8,7 @@ series, MAX_ROWS per table, MAX_EVENTS events.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -69,18 +69,34 @@ def _get(d: Any, *path: str) -> Any:
     return d
 
 
-def _add(series: dict[str, Series], name: str, ts: float, value: float | None) -> None:
+def _add(values: dict[str, float], name: str, value: float | None) -> None:
     # Finite inputs can still make an infinite ratio (-1.7e308 idle): such a point is noise,
     # and JSON would store it as null, which no run could read back.
     if value is not None and math.isfinite(value):
-        series.setdefault(name, []).append((ts, value))
+        values[name] = value
 
 
-def snapshot_signals(
-    snap: Snapshot, series: dict[str, Series], tables: dict[str, Any], prev: dict[str, float]
-) -> None:
+@dataclass
+class Extract:
+    """What one snapshot contributes to evidence: its signal values, the raw OOM-kill
+    counter (a delta needs the sample before it in the same window), the tables it sets,
+    its GPU XID events and the sources it names. Pure: the same snapshot, the same Extract."""
+
+    ts: float
+    values: dict[str, float]
+    oom: float | None
+    tables: dict[str, Any]
+    xids: list[Any]
+    sources: list[str]
+
+
+def extract(snap: Snapshot) -> Extract:
     ts = snap.ts
     src = snap.sources
+    values: dict[str, float] = {}
+    tables: dict[str, Any] = {}
+    xids: list[Any] = []
+    ooms: float | None = None
 
     def data(name: str) -> dict[str, Any] | None:
         entry = src.get(name)
@@ -91,39 +107,35 @@ def snapshot_signals(
         if isinstance(util, dict):
             idle, iowait = _num(util.get("idle")), _num(util.get("iowait"))
             if idle is not None and iowait is not None:
-                _add(series, "cpu_busy_pct", ts, 100.0 - idle - iowait)
-                _add(series, "cpu_iowait_pct", ts, iowait)
-            _add(series, "cpu_steal_pct", ts, _num(util.get("steal")))
-        _add(series, "procs_running", ts, _num(_get(host, "cpu", "procs_running")))
-        _add(series, "procs_blocked", ts, _num(_get(host, "cpu", "procs_blocked")))
-        _add(series, "forks_per_s", ts, _num(_get(host, "cpu", "forks_per_s")))
+                _add(values, "cpu_busy_pct", 100.0 - idle - iowait)
+                _add(values, "cpu_iowait_pct", iowait)
+            _add(values, "cpu_steal_pct", _num(util.get("steal")))
+        _add(values, "procs_running", _num(_get(host, "cpu", "procs_running")))
+        _add(values, "procs_blocked", _num(_get(host, "cpu", "procs_blocked")))
+        _add(values, "forks_per_s", _num(_get(host, "cpu", "forks_per_s")))
         load = host.get("load")
         if isinstance(load, list) and load:
-            _add(series, "load1", ts, _num(load[0]))
+            _add(values, "load1", _num(load[0]))
         total, avail = _num(_get(host, "memory", "MemTotal")), _num(_get(host, "memory", "MemAvailable"))
         if total and avail is not None:
-            _add(series, "mem_available_pct", ts, 100.0 * avail / total)
+            _add(values, "mem_available_pct", 100.0 * avail / total)
         for key in ("pswpin_per_s", "pswpout_per_s", "pgmajfault_per_s"):
-            _add(series, key, ts, _num(_get(host, "vmstat_rates", key)))
+            _add(values, key, _num(_get(host, "vmstat_rates", key)))
         ooms = _num(_get(host, "vmstat", "oom_kill"))
-        if ooms is not None:
-            if "oom_kill" in prev:
-                _add(series, "oom_kills", ts, max(0.0, ooms - prev["oom_kill"]))
-            prev["oom_kill"] = ooms
     if (psi := data("psi")) is not None:
         for res in ("cpu", "memory", "io"):
             for kind in ("some", "full"):
-                _add(series, f"psi_{res}_{kind}", ts, _num(_get(psi, res, kind, "avg10")))
+                _add(values, f"psi_{res}_{kind}", _num(_get(psi, res, kind, "avg10")))
     if (disk := data("disk")) is not None:
         devs = [d for d in disk.get("devices", []) if isinstance(d, dict)]
         utils = [u for d in devs if (u := _num(d.get("util_pct"))) is not None]
         if utils:
-            _add(series, "disk_util_max_pct", ts, max(utils))
+            _add(values, "disk_util_max_pct", max(utils))
         awaits = [
             a for d in devs for k in ("read_await_ms", "write_await_ms") if (a := _num(d.get(k))) is not None
         ]
         if awaits:
-            _add(series, "disk_await_max_ms", ts, max(awaits))
+            _add(values, "disk_await_max_ms", max(awaits))
         tables["disks"] = sorted(devs, key=lambda d: -(_num(d.get("util_pct")) or 0))[:MAX_ROWS]
     if (net := data("network")) is not None:
         errs = drops = 0.0
@@ -132,15 +144,15 @@ def snapshot_signals(
             rates = iface.get("rates") or {}
             errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
             drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
-        _add(series, "nic_errors_per_s", ts, errs)
-        _add(series, "nic_drops_per_s", ts, drops)
+        _add(values, "nic_errors_per_s", errs)
+        _add(values, "nic_drops_per_s", drops)
         tables["interfaces"] = [
             {"name": f.get("name"), "operstate": f.get("operstate"), "rates": f.get("rates")} for f in ifaces
         ][:MAX_ROWS]
     if (socks := data("sockets")) is not None:
-        _add(series, "tcp_in_rto_backoff", ts, _num(socks.get("in_rto_backoff")))
+        _add(values, "tcp_in_rto_backoff", _num(socks.get("in_rto_backoff")))
         near = socks.get("listeners_near_backlog") or []
-        _add(series, "listeners_near_backlog", ts, float(len(near)))
+        _add(values, "listeners_near_backlog", float(len(near)))
         tables["listeners_near_backlog"] = near[:MAX_ROWS]
         tables["top_retrans"] = (socks.get("top_retrans") or [])[:MAX_ROWS]
     if (procs := data("processes")) is not None:
@@ -148,36 +160,36 @@ def snapshot_signals(
         holders = [h for h in procs.get("fd_holders") or [] if isinstance(h, dict)]
         fds = [f for r in rows + holders if (f := _num(r.get("num_fds"))) is not None]
         if fds:
-            _add(series, "max_process_fds", ts, max(fds))
+            _add(values, "max_process_fds", max(fds))
         pcts = [p for h in holders if (p := _num(h.get("fd_pct"))) is not None]
         if pcts:
-            _add(series, "max_process_fd_pct", ts, max(pcts))
+            _add(values, "max_process_fd_pct", max(pcts))
         tables["processes"] = rows[:MAX_ROWS]
         tables["fd_holders"] = holders[:MAX_ROWS]
         tables["io_top"] = [r for r in procs.get("io_top") or [] if isinstance(r, dict)][:MAX_ROWS]
-        _add(series, "processes", ts, _num(_get(procs, "totals", "processes")))
+        _add(values, "processes", _num(_get(procs, "totals", "processes")))
     if (cg := data("cgroup")) is not None:
         rows = [r for r in cg.get("cgroups", []) if isinstance(r, dict)]
         throttled = [t for r in rows if (t := _num(_get(r, "cpu", "throttled_periods_pct"))) is not None]
         if throttled:
-            _add(series, "cgroup_throttled_max_pct", ts, max(throttled))
+            _add(values, "cgroup_throttled_max_pct", max(throttled))
         tables["cgroups"] = rows[:MAX_ROWS]
     if (ebpf := data("ebpf")) is not None:
         counts = ebpf.get("counts") or {}
         for kind in ("tcp_retransmit", "exec", "exit", "oom_kill", "fork"):
-            _add(series, f"ebpf_{kind}", ts, _num(counts.get(kind)) or 0.0)
+            _add(values, f"ebpf_{kind}", _num(counts.get(kind)) or 0.0)
     if (gpu := data("gpu")) is not None:
         devices = [d for d in gpu.get("devices", []) if isinstance(d, dict)]
         tables["gpus"] = devices[:MAX_ROWS]
         for dev in devices:
             i = dev.get("index")
-            _add(series, f"gpu{i}_util_pct", ts, _num(_get(dev, "utilization_pct", "gpu")))
+            _add(values, f"gpu{i}_util_pct", _num(_get(dev, "utilization_pct", "gpu")))
             total, used = _num(_get(dev, "memory", "total")), _num(_get(dev, "memory", "used"))
             if total:
-                _add(series, f"gpu{i}_mem_used_pct", ts, 100.0 * (used or 0.0) / total)
-            _add(series, f"gpu{i}_temp_c", ts, _num(dev.get("temperature_c")))
+                _add(values, f"gpu{i}_mem_used_pct", 100.0 * (used or 0.0) / total)
+            _add(values, f"gpu{i}_temp_c", _num(dev.get("temperature_c")))
             ecc = _num(_get(dev, "ecc", "uncorrected_volatile"))
-            _add(series, f"gpu{i}_ecc_uncorrected", ts, ecc)
+            _add(values, f"gpu{i}_ecc_uncorrected", ecc)
             reasons = dev.get("throttle_reasons") or []
             bad = [
                 r
@@ -191,38 +203,63 @@ def snapshot_signals(
                     "hw_slowdown",
                 )
             ]
-            _add(series, f"gpu{i}_throttled", ts, 1.0 if bad else 0.0)
-        xids = gpu.get("xid_events") or []
-        if xids:
-            tables.setdefault("xid_events", []).extend(xids)
-            tables["xid_events"] = tables["xid_events"][-MAX_ROWS:]
+            _add(values, f"gpu{i}_throttled", 1.0 if bad else 0.0)
+        xids = list(gpu.get("xid_events") or [])
+    return Extract(ts, values, ooms, tables, xids, list(src))
 
 
-def build_evidence(
-    host_id: str, window: list[Snapshot], events: list[dict[str, Any]], freshness: Mapping[str, str]
+def extract_or_error(snap: Snapshot) -> tuple[Extract, str | None]:
+    """The extract, or, when the snapshot's data is valid on the wire but not what evidence
+    reads (a list that is a number), one without its signals and the error: the sample
+    still counts, the host's window goes on, and the error is the host's to report."""
+    try:
+        return extract(snap), None
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        return Extract(snap.ts, {}, None, {}, [], list(snap.sources)), f"{type(exc).__name__}: {exc}"[:500]
+
+
+def fold(
+    host_id: str, extracts: Sequence[Extract], events: list[dict[str, Any]], freshness: Mapping[str, str]
 ) -> Evidence:
+    """Evidence from a window's extracts, oldest first: the one definition both the full
+    build and the incremental hot-state window (controller/detectors/window.py) answer by."""
     series: dict[str, Series] = {}
     tables: dict[str, Any] = {}
-    prev: dict[str, float] = {}
+    xids: list[Any] = []
+    prev_oom: float | None = None
     seen: set[str] = set()
-    for snap in window:
-        seen.update(snap.sources)
-        snapshot_signals(snap, series, tables, prev)
+    for ex in extracts:
+        seen.update(ex.sources)
+        for name, value in ex.values.items():
+            series.setdefault(name, []).append((ex.ts, value))
+        if ex.oom is not None:
+            if prev_oom is not None:  # the first counter in the window only sets the base
+                series.setdefault("oom_kills", []).append((ex.ts, max(0.0, ex.oom - prev_oom)))
+            prev_oom = ex.oom
+        tables.update(ex.tables)
+        xids.extend(ex.xids)
+    if xids:
+        tables["xid_events"] = xids[-MAX_ROWS:]
     for name in series:
         series[name] = series[name][-MAX_POINTS:]
-    start = window[0].ts if window else 0.0
-    end = window[-1].ts if window else 0.0
     return Evidence(
         host_id=host_id,
-        start=start,
-        end=end,
-        samples=len(window),
+        start=extracts[0].ts if extracts else 0.0,
+        end=extracts[-1].ts if extracts else 0.0,
+        samples=len(extracts),
         series=series,
         tables=tables,
         events=events[-MAX_EVENTS:],
         freshness=dict(sorted(freshness.items())),
         sources_seen=sorted(seen),
     )
+
+
+def build_evidence(
+    host_id: str, window: list[Snapshot], events: list[dict[str, Any]], freshness: Mapping[str, str]
+) -> Evidence:
+    """The full build, from the snapshots themselves (replays and tests; hot state keeps extracts)."""
+    return fold(host_id, [extract(s) for s in window], events, freshness)
 
 
 _FIELDS = tuple(f.name for f in fields(Evidence))

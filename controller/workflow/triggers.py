@@ -25,11 +25,12 @@ from typing import Any
 
 import msgspec
 
-from controller.detectors import Evidence, build_evidence
+from controller.detectors import Evidence
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
 from controller.workflow.analysis import detect, rank
+from controller.workflow.analysis_pool import AnalysisPool
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.reads import evidence_key
 from controller.workflow.runner import StageRunner
@@ -56,7 +57,10 @@ class Triggers:
         self.clock = clock
         self.code_version = code_version
         self.runner: StageRunner | None = None  # set by the engine that wires the two
+        # Where windows live when analysis workers keep them (None: this process's hot state).
+        self.pool: AnalysisPool | None = None
         self._queue: deque[str] = deque()
+        self._given: dict[str, Evidence] = {}  # host -> the evidence a worker sent with its trigger
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -79,13 +83,17 @@ class Triggers:
 
     # --- the queue and the worker -----------------------------------------------------------------
 
-    def notify(self, host_id: str) -> None:
-        """Called after an accepted batch: cheap, bounded, never blocks ingest."""
+    def notify(self, host_id: str, evidence: Evidence | None = None) -> None:
+        """Called after an accepted batch, or by an analysis worker whose evaluation fired
+        (with the host's evidence): cheap, bounded, never blocks ingest."""
         with self._lock:
+            if evidence is not None:
+                self._given[host_id] = evidence  # the newest replaces one still waiting
             if host_id in self._pending:
                 return
             if len(self._queue) >= self.opts.queue_max:
                 self.overflow += 1
+                self._given.pop(host_id, None)
                 return
             self._queue.append(host_id)
             self._pending.add(host_id)
@@ -141,18 +149,20 @@ class Triggers:
                         break
                     host = self._queue.popleft()
                     self._pending.discard(host)
+                    given = self._given.pop(host, None)
                 try:
-                    self.evaluate(host)
+                    self.evaluate(host, given)
                 except Exception as exc:  # one host's failure must not stop the engine for the others
                     self.record_failure(host, exc)
                     log.exception("workflow evaluation of %s failed", host)
                 else:
                     self.record_success(host)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
             queued = len(self._queue)
         return {
+            "analysis": self.pool.stats() if self.pool is not None else {"workers": 0},
             "queued": queued,
             "queue_overflow": self.overflow,
             "evaluations": self.evaluations,
@@ -165,11 +175,15 @@ class Triggers:
 
     def record_failure(self, host_id: str, exc: BaseException) -> None:
         """A host whose window makes evaluation fail is recorded (and the others go on)."""
+        self.record_failure_text(host_id, f"{type(exc).__name__}: {exc}")
+
+    def record_failure_text(self, host_id: str, error: str) -> None:
+        """The same, from an error already put in words (by hot state or an analysis worker)."""
         with self._lock:
             self.failures += 1
             h = self._health.pop(host_id, None) or {"failures": 0, "last_ok_at": None}
             h["failures"] += 1
-            h["last_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            h["last_error"] = error[:500]
             h["last_failed_at"] = self.clock()
             self._health[host_id] = h
             while len(self._health) > HEALTH_HOSTS:
@@ -200,15 +214,15 @@ class Triggers:
     # --- evaluation and runs --------------------------------------------------------------------
 
     def evidence_for(self, host_id: str, since: float | None = None) -> Evidence | None:
-        w = self.hot.read(host_id, self.opts.window_s, since=since)
-        if not w.snapshots:
-            return None
-        return build_evidence(host_id, w.snapshots, w.events, self.hot.freshness(host_id))
+        if self.pool is not None:
+            return self.pool.evidence(host_id, self.opts.window_s, since)
+        return self.hot.evidence(host_id, self.opts.window_s, since=since)
 
-    def evaluate(self, host_id: str) -> str | None:
-        """Open or attach a run for this host if its detectors fire; returns the run id."""
+    def evaluate(self, host_id: str, ev: Evidence | None = None) -> str | None:
+        """Open or attach a run for this host if its detectors fire on its window (``ev``,
+        when a worker sent it); returns the run id."""
         self.evaluations += 1
-        ev = self.evidence_for(host_id)
+        ev = ev or self.evidence_for(host_id)
         if ev is None:
             return None
         hyps = rank(ev, detect(ev))

@@ -55,6 +55,17 @@ def sources_cost(h: HostState) -> int:
     return sum(_source_cost(name, status) for name, status in h.source_status.items())
 
 
+def held(h: HostState) -> int:
+    """What a host keeps, recounted from its parts: the window's samples, columns and
+    tables, its event blocks, its raw agent and collector objects and its source statuses."""
+    w = h.window
+    rows = 40 * len(w) + sum(8 * len(s) for s in w.sources) + sum(len(x or b"") for x in w.xids)
+    rows += sum(96 + 8 * len(c.values) + len(name) for name, c in w.columns.items())
+    tables = sum(len(raw) + 48 + len(k) for k, (_, raw) in w.tables.items())
+    blocks = sum(len(b.raw) + 64 for b in h.event_blocks)
+    return rows + tables + blocks + len(h.agent or b"") + len(h.collector or b"") + sources_cost(h)
+
+
 def ingest(hot: HotState, raw: bytes, at: float | None = None) -> None:
     hot.ingest(validate_envelope(raw), raw, received_at=at)
 
@@ -71,9 +82,8 @@ def test_events_agent_and_collector_count_against_the_bounds() -> None:
     assert h is not None
     # Before, events were kept beside the ring uncounted: 20 KiB a batch here, never in `bytes`.
     assert h.bytes <= (64 << 10) + 1024 and hot.total_bytes == h.bytes
-    kept = sum(len(e.raw) for e in h.entries)
-    assert h.bytes == kept + len(h.agent or b"") + sources_cost(h)
-    assert h.evicted_events > 0 and h.events == 20 * len(h.entries)
+    assert h.bytes == held(h)
+    assert h.evicted_events > 0 and h.events == 20 * len(h.event_blocks)
 
 
 @settings(max_examples=60, deadline=None)
@@ -104,10 +114,8 @@ def test_the_byte_count_is_exact_whatever_arrives(ops: list[tuple[str, int, int,
     for host_id in hot.host_ids():
         h = hot.host(host_id)
         assert h is not None
-        held = sum(len(e.raw) for e in h.entries) + len(h.agent or b"") + len(h.collector or b"")
-        held += sources_cost(h)
-        assert h.bytes == held
-        total += held
+        assert h.bytes == held(h)
+        total += held(h)
     assert hot.total_bytes == total
 
 
@@ -127,9 +135,7 @@ def test_a_host_naming_new_sources_keeps_only_the_latest_and_counts_them() -> No
         h is not None and len(h.source_status) == SOURCES_PER_HOST and len(h.source_ok_at) <= SOURCES_PER_HOST
     )
     assert next(iter(h.source_status)) == "s38x0"  # the oldest kept: two batches' worth
-    assert h.bytes == sum(len(e.raw) for e in h.entries) + sources_cost(h) and h.bytes <= (1 << 20) + (
-        1 << 20
-    )
+    assert h.bytes == held(h) and h.bytes <= (1 << 20) + (1 << 20)
 
 
 # --- a clock from the future --------------------------------------------------------------------

@@ -31,7 +31,14 @@ def make(
             {
                 "ts": t,
                 "interval_s": 1.0,
-                "sources": {"psi": {"status": source_status, "path": "file", "reason": None, "data": {}}},
+                "sources": {
+                    "psi": {
+                        "status": source_status,
+                        "path": "file",
+                        "reason": None,
+                        "data": {"cpu": {"some": {"avg10": t}}},
+                    }
+                },
             }
             for t in ts
         ],
@@ -41,14 +48,20 @@ def make(
     return validate_batch(raw), raw
 
 
+def window_ts(hot: HotState, host: str, seconds: float) -> list[float]:
+    ev = hot.evidence(host, seconds)
+    assert ev is not None
+    return [t for t, _ in ev.series["psi_cpu_some"]]
+
+
 def test_ring_bounded_by_snapshots_and_bytes() -> None:
     hot = HotState(HotStateSettings(samples_per_host=5, bytes_per_host=1 << 20))
     for i in range(10):
         hot.ingest(*make("h", i, [float(i)]))
     h = hot.host("h")
     assert h is not None and h.snapshots == 5 and h.evicted_snapshots == 5
-    assert [s.ts for s in hot.window("h", 100)] == [5.0, 6.0, 7.0, 8.0, 9.0]
-    assert [s.ts for s in hot.window("h", 2)] == [7.0, 8.0, 9.0]
+    assert window_ts(hot, "h", 100) == [5.0, 6.0, 7.0, 8.0, 9.0]
+    assert window_ts(hot, "h", 2) == [7.0, 8.0, 9.0]
     per = len(make("h", 0, [0.0])[1])
     small = HotState(HotStateSettings(samples_per_host=100, bytes_per_host=max(1024, per * 3)))
     for i in range(10):
@@ -57,17 +70,38 @@ def test_ring_bounded_by_snapshots_and_bytes() -> None:
     assert hs is not None and hs.bytes <= max(1024, per * 3) and small.stats()["bytes"] == hs.bytes
 
 
-def test_hosts_evicted_least_recently_seen_first_and_counted() -> None:
-    hot = HotState(HotStateSettings(max_hosts=2))
-    hot.ingest(*make("a", 1, [1.0]))
-    hot.ingest(*make("b", 1, [1.0]))
-    hot.ingest(*make("a", 2, [2.0]))  # a is now the most recent
-    hot.ingest(*make("c", 1, [1.0]))
+def test_hosts_that_stopped_sending_are_evicted_first_and_counted() -> None:
+    clock = Clock()
+    hot = HotState(HotStateSettings(max_hosts=2, missing_after_s=120), clock=clock)
+    hot.ingest(*make("a", 1, [clock.t]))
+    hot.ingest(*make("b", 1, [clock.t]))
+    clock.t += 200
+    hot.ingest(*make("a", 2, [clock.t]))  # a keeps sending; b stopped
+    hot.ingest(*make("c", 1, [clock.t]))
     assert hot.host_ids() == ["a", "c"] and hot.stats()["evicted_hosts"] == 1
-    per = len(make("x", 1, [1.0])[1])
-    capped = HotState(HotStateSettings(max_total_bytes=1 << 20))
-    for i in range((1 << 20) // per + 10):
-        capped.ingest(*make(f"h{i}", 1, [1.0]))
+    # With every host sending, max_hosts still holds: the least recently seen goes, counted apart.
+    hot.ingest(*make("d", 1, [clock.t]))
+    assert hot.host_ids() == ["c", "d"] and hot.stats()["evicted_live_hosts"] == 1
+
+
+def test_the_total_bound_holds_and_live_hosts_give_up_samples_not_their_place() -> None:
+    clock = Clock()
+    clock.t = 100_000.0
+    capped = HotState(
+        HotStateSettings(
+            max_total_bytes=1 << 20, missing_after_s=120, retain_s=86_400, samples_per_host=100_000
+        ),
+        clock=clock,
+    )
+    for i in range(24000):
+        capped.ingest(*make(f"h{i % 40}", i, [clock.t - 24000 + i]))
+    stats = capped.stats()
+    assert stats["bytes"] <= 1 << 20 and stats["hosts"] == 40 and stats["trimmed_for_total"] > 0
+    assert stats["evicted_hosts"] == 0 and stats["evicted_live_hosts"] == 0
+    # Hosts that stopped sending make room before any live one gives up a sample.
+    clock.t += 200
+    for i in range(200):
+        capped.ingest(*make(f"new{i % 5}", i, [clock.t + i]))
     assert capped.stats()["bytes"] <= 1 << 20 and capped.stats()["evicted_hosts"] > 0
 
 
@@ -90,12 +124,18 @@ def test_freshness_states() -> None:
     assert hot.freshness("g") == {"psi": "missing"}
 
 
+def events(hot: HotState, host: str) -> list[dict[str, object]]:
+    ev = hot.evidence(host, 100)
+    assert ev is not None
+    return ev.events
+
+
 def test_events_come_from_the_window_newest_first_bounded() -> None:
     hot = HotState(HotStateSettings(events_per_host=3, samples_per_host=2))
     hot.ingest(*make("h", 1, [1.0], events=5))
-    assert [e["pid"] for e in hot.read("h", 100).events] == [2, 3, 4]
+    assert [e["pid"] for e in events(hot, "h")] == [2, 3, 4]
     hot.ingest(*make("h", 2, [2.0], events=1))
     hot.ingest(*make("h", 3, [3.0], events=1))  # the first batch leaves the ring, its events with it
     h = hot.host("h")
     assert h is not None and h.events == 2 and h.evicted_events == 5
-    assert [e["pid"] for e in hot.read("h", 100).events] == [0, 0]
+    assert [e["pid"] for e in events(hot, "h")] == [0, 0]

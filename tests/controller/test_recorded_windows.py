@@ -11,7 +11,6 @@ import pytest
 
 from collector.wire import validate_batch
 from controller.config import HotStateSettings
-from controller.detectors import build_evidence
 from controller.hotstate import HotState
 from controller.workflow.analysis import detect, rank
 from testkit.store import WINDOWS, batches
@@ -42,8 +41,8 @@ def test_a_recorded_fault_ranks_first_with_its_culprit(family: str, culprit: str
     hot = HotState(HotStateSettings(samples_per_host=1000, bytes_per_host=256 << 20), clock=lambda: last + 1)
     for raw in batches(snapshots, "recorded"):
         hot.ingest(validate_batch(raw), raw)
-    w = hot.read("recorded", 300)
-    ev = build_evidence("recorded", w.snapshots, w.events, hot.freshness("recorded"))
+    ev = hot.evidence("recorded", 300)
+    assert ev is not None
     hyps = rank(ev, detect(ev))
     assert hyps, "no detector fired"
     top = hyps[0]

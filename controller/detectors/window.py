@@ -1,0 +1,231 @@
+"""A host's recent extracts, kept compact and updated one sample at a time.
+
+Hot state keeps, per host, what evidence is made of rather than the batches it came
+in: the samples' times as one array, each signal's values as one column of doubles
+(NaN where a snapshot had none), the OOM-kill counters, the sources each snapshot
+named and its GPU XID events; and, per table, only the newest one (the only one
+evidence reads), as compact JSON. A real 17-37 KB snapshot costs a few hundred bytes.
+
+``evidence`` folds a window exactly as ``fold`` folds the extracts of the same
+snapshots (tests/controller/test_incremental.py holds the two equal). A column with
+no gap read whole is handed over as one zip, so reading the window of a host an
+analysis worker keeps is a few dozen microseconds, not a rebuild.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sys
+from array import array
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from controller.detectors.evidence import MAX_EVENTS, MAX_POINTS, MAX_ROWS, Evidence, Extract, Series
+
+MAX_SIGNALS = 512  # names per host; a real host has 30-60 (more with many GPUs)
+# Bytes a sample costs beyond its doubles (its time, counter, sources and XID slots) and
+# a column or a table beyond its data: counted, approximate.
+_SAMPLE_OVERHEAD = 40
+_COLUMN_OVERHEAD = 96
+_TABLE_OVERHEAD = 48
+_NAN = math.nan
+_ENC = msgspec.json.Encoder()
+_DEC = msgspec.json.Decoder()
+
+
+class Column:
+    __slots__ = ("gaps", "values")
+
+    def __init__(self, values: array[float], gaps: int) -> None:
+        self.values = values
+        self.gaps = gaps  # NaNs in values: 0 lets a whole read skip the per-point check
+
+
+class LazyTables(dict[str, Any]):
+    """Tables decoded on first read: an evaluation reads few of them (a detector looks at
+    its table only once its signal crossed a threshold). For detectors only: iterating
+    it sees only the tables read so far, so it is never stored or encoded."""
+
+    def __init__(self, raw: dict[str, bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def _load(self, key: str) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        raw = self._raw.get(key)
+        if raw is None:
+            return False
+        dict.__setitem__(self, key, _DEC.decode(raw))
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict.__getitem__(self, key) if self._load(key) else default
+
+    def __getitem__(self, key: str) -> Any:
+        if not self._load(key):
+            raise KeyError(key)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (dict.__contains__(self, key) or key in self._raw)
+
+
+class SignalWindow:
+    __slots__ = ("bytes", "columns", "dropped_signals", "ooms", "sources", "tables", "ts", "xids")
+
+    def __init__(self) -> None:
+        self.ts = array("d")
+        self.columns: dict[str, Column] = {}
+        self.ooms = array("d")  # NaN: none in that snapshot
+        self.sources: deque[tuple[str, ...]] = deque()
+        self.xids: deque[bytes | None] = deque()
+        self.tables: dict[str, tuple[float, bytes]] = {}  # key -> (ts of the snapshot that set it, JSON)
+        self.bytes = 0
+        self.dropped_signals = 0  # values whose name would pass MAX_SIGNALS, not kept
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def first(self) -> float:
+        return self.ts[0]
+
+    def last(self) -> float:
+        return self.ts[-1]
+
+    def add(self, ex: Extract) -> int:
+        """Take one snapshot's extract (in time order or not); returns the bytes it added."""
+        n = len(self.ts)
+        # A late batch is kept in time order, after any sample of the same time.
+        at = n if not n or self.ts[-1] <= ex.ts else bisect.bisect_right(self.ts, ex.ts)
+        delta = _SAMPLE_OVERHEAD
+        columns = self.columns
+        values = ex.values
+        for name, col in columns.items():
+            v = values.get(name, _NAN)
+            if v != v:
+                col.gaps += 1
+            if at == n:
+                col.values.append(v)
+            else:
+                col.values.insert(at, v)
+        for name, v in values.items():
+            if name in columns:
+                continue
+            if len(columns) >= MAX_SIGNALS:
+                self.dropped_signals += 1
+                continue
+            col = Column(array("d", [_NAN]) * (n + 1), n)
+            col.values[at] = v
+            columns[sys.intern(name)] = col
+            delta += _COLUMN_OVERHEAD + 8 * n + len(name)
+        delta += 8 * len(columns)
+        xids = _ENC.encode(ex.xids) if ex.xids else None
+        sources = tuple(sys.intern(s) for s in ex.sources)
+        if at == n:
+            self.ts.append(ex.ts)
+            self.ooms.append(_NAN if ex.oom is None else ex.oom)
+            self.sources.append(sources)
+            self.xids.append(xids)
+        else:
+            self.ts.insert(at, ex.ts)
+            self.ooms.insert(at, _NAN if ex.oom is None else ex.oom)
+            self.sources.insert(at, sources)
+            self.xids.insert(at, xids)
+        delta += 8 * len(sources) + len(xids or b"")
+        for key, table in ex.tables.items():
+            old = self.tables.get(key)
+            if old is None or old[0] <= ex.ts:
+                encoded = _ENC.encode(table)
+                delta += len(encoded) - (len(old[1]) if old else -_TABLE_OVERHEAD - len(key))
+                self.tables[key] = (ex.ts, encoded)
+        self.bytes += delta
+        return delta
+
+    def drop_oldest(self) -> int:
+        """Drop the oldest sample; returns the (negative) change in bytes."""
+        delta = -_SAMPLE_OVERHEAD - 8 * len(self.columns)
+        for name in list(self.columns):
+            col = self.columns[name]
+            v = col.values.pop(0)
+            if v != v:
+                col.gaps -= 1
+            if col.gaps == len(col.values):  # nothing left in it: the name goes too
+                del self.columns[name]
+                delta -= _COLUMN_OVERHEAD + 8 * len(col.values) + len(name)
+        self.ts.pop(0)
+        self.ooms.pop(0)
+        delta -= 8 * len(self.sources.popleft())
+        delta -= len(self.xids.popleft() or b"")
+        floor = self.ts[0] if self.ts else math.inf
+        for key in [k for k, (ts, _) in self.tables.items() if ts < floor]:
+            delta -= len(self.tables.pop(key)[1]) + _TABLE_OVERHEAD + len(key)
+        self.bytes += delta
+        return delta
+
+    def evidence(
+        self,
+        host_id: str,
+        floor: float,
+        events: list[dict[str, Any]],
+        freshness: Mapping[str, str],
+        *,
+        lazy: bool = False,
+    ) -> Evidence | None:
+        """The evidence of the samples at or after ``floor``, as ``fold`` gives it; ``lazy``:
+        tables decoded as they are read (an evaluation's, never one to store)."""
+        lo = bisect.bisect_left(self.ts, floor) if self.ts and self.ts[0] < floor else 0
+        n = len(self.ts)
+        if lo >= n:
+            return None
+        ts = self.ts[lo:].tolist()
+        series: dict[str, Series] = {}
+        for name, col in self.columns.items():
+            if col.gaps == 0 and lo == 0:
+                pts = list(zip(ts, col.values.tolist(), strict=True))
+            else:
+                pts = [(t, v) for t, v in zip(ts, col.values[lo:].tolist(), strict=True) if v == v]
+                if not pts:
+                    continue
+            series[name] = pts[-MAX_POINTS:] if len(pts) > MAX_POINTS else pts
+        oom_points: Series = []
+        prev = _NAN
+        for t, v in zip(ts, self.ooms[lo:].tolist(), strict=True):
+            if v == v:
+                if prev == prev:
+                    oom_points.append((t, max(0.0, v - prev)))
+                prev = v
+        if oom_points:
+            series["oom_kills"] = oom_points[-MAX_POINTS:]
+        seen: set[str] = set()
+        xids: list[Any] = []
+        for i in range(lo, n):
+            seen.update(self.sources[i])
+            raw = self.xids[i]
+            if raw is not None:
+                xids.extend(_DEC.decode(raw))
+        tables: dict[str, Any]
+        if lazy:
+            encoded = {k: v for k, (t, v) in self.tables.items() if t >= ts[0]}
+            if xids:
+                encoded["xid_events"] = _ENC.encode(xids[-MAX_ROWS:])
+            tables = LazyTables(encoded)
+        else:
+            tables = {k: _DEC.decode(v) for k, (t, v) in self.tables.items() if t >= ts[0]}
+            if xids:
+                tables["xid_events"] = xids[-MAX_ROWS:]
+        return Evidence(
+            host_id=host_id,
+            start=ts[0],
+            end=ts[-1],
+            samples=len(ts),
+            series=series,
+            tables=tables,
+            events=events[-MAX_EVENTS:],
+            freshness=dict(sorted(freshness.items())),
+            sources_seen=sorted(seen),
+        )
