@@ -17,6 +17,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -228,8 +229,14 @@ def main() -> int:
     p.add_argument("--hosts", type=int, default=50)
     p.add_argument("--snapshots", type=int, default=197)
     p.add_argument("--bodies", type=int, default=10000)
+    p.add_argument(
+        "--bodies-file", help="gzipped bodies made by the caller (msgspec msgpack list), sent in order"
+    )
     args = p.parse_args()
-    bodies = make_bodies(args.bodies, args.hosts, args.snapshots)
+    if args.bodies_file:
+        bodies = msgspec.msgpack.decode(Path(args.bodies_file).read_bytes(), type=list[bytes])
+    else:
+        bodies = make_bodies(args.bodies, args.hosts, args.snapshots)
     reqs = [request_bytes(args.url, args.token, b) for b in bodies]
     sizes = {
         "compressed_bytes": len(bodies[0]),

@@ -57,7 +57,16 @@ class Answer:
     status: int
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
-    accepted_host: str | None = None  # a batch was stored for this host: evaluate it once answered
+    accepted: Accepted | None = None  # a batch was stored: analysis takes it once answered
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An accepted batch as analysis takes it: the JSON, and when it was received."""
+
+    host_id: str
+    raw: bytes
+    received_at: float
 
 
 def json_answer(status: int, obj: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:
@@ -155,7 +164,7 @@ class IngestService:
         leadership: Leadership,
         metrics: Metrics,
         settings: IngestSettings,
-        on_accepted: Callable[[str], None] | None = None,
+        on_accepted: Callable[[Accepted], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.on_accepted = on_accepted
@@ -225,8 +234,8 @@ class IngestService:
 
     def answered(self, answer: Answer) -> None:
         """After the ack is on its way: queue the host for evaluation (cheap, bounded)."""
-        if answer.accepted_host is not None and self.on_accepted is not None:
-            self.on_accepted(answer.accepted_host)
+        if answer.accepted is not None and self.on_accepted is not None:
+            self.on_accepted(answer.accepted)
 
     def refuse(self, reason: str, answer: Answer) -> Answer:
         self.metrics.refused.labels(reason).inc()
@@ -304,6 +313,8 @@ class IngestService:
             return self.refuse("store", json_answer(503, {"detail": f"cannot record the batch now: {exc}"}))
         self.metrics.batches.labels(verdict).inc()
         if verdict == "accepted":
-            self.hot.ingest(batch, raw, received_at=self.clock())
-            return Answer(200, encode(make_ack(key, verdict)), accepted_host=batch.host_id)
+            now = self.clock()
+            self.hot.ingest(batch, raw, received_at=now)
+            accepted = Accepted(batch.host_id, raw, now)
+            return Answer(200, encode(make_ack(key, verdict)), accepted=accepted)
         return Answer(200, encode(make_ack(key, verdict)))

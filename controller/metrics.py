@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -37,9 +39,27 @@ class Metrics:
             registry=r,
         )
         self.hot_evicted = Gauge("incidentlab_hot_evicted_hosts", "Hosts evicted from hot state", registry=r)
+        self.analysis = {
+            key: Gauge(f"incidentlab_analysis_{key}", doc, registry=r)
+            for key, doc in (
+                ("restarts", "Analysis workers started again after they died"),
+                ("queue_overflow", "Accepted batches not analysed: their worker's queue was full"),
+                ("lag_max_s", "Longest wait of a batch for its evaluation, over the last second"),
+                ("bytes", "Bytes of host windows the analysis workers hold"),
+                ("evaluations", "Host evaluations by the analysis workers"),
+            )
+        }
 
     def bind(self, is_leader: Callable[[], bool], hot_stats: Callable[[], dict[str, int]]) -> None:
         self.leader.set_function(lambda: 1.0 if is_leader() else 0.0)
         self.hot_hosts.set_function(lambda: float(hot_stats()["hosts"]))
         self.hot_bytes.set_function(lambda: float(hot_stats()["bytes"]))
         self.hot_evicted.set_function(lambda: float(hot_stats()["evicted_hosts"]))
+
+    def bind_analysis(self, analysis_stats: Callable[[], dict[str, Any]]) -> None:
+        for key, gauge in self.analysis.items():
+            gauge.set_function(functools.partial(_stat, analysis_stats, key))
+
+
+def _stat(stats: Callable[[], dict[str, Any]], key: str) -> float:
+    return float(stats().get(key, 0))

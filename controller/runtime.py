@@ -21,7 +21,7 @@ from controller.auth import Authenticator
 from controller.config import ControllerSettings
 from controller.errors import ConfigError
 from controller.hotstate import HotState
-from controller.ingest import IngestService
+from controller.ingest import Accepted, IngestService
 from controller.leader import Leadership, PostgresLeadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
@@ -29,6 +29,7 @@ from controller.store.db import check_store, libpq_dsn, make_engine, migrate, sc
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
 from controller.workflow.advisor import Advisor
+from controller.workflow.analysis_pool import AnalysisPool, WorkerConfig
 from controller.workflow.engine import Failpoint, WorkflowEngine
 from controller.workflow.execution import ExecutionService
 from controller.workflow.options import ExecutionOptions, WorkflowOptions, posture_from
@@ -49,7 +50,11 @@ class Runtime:
         self.payloads = PayloadStore(settings.payload_root, settings.payload_options)
         self.auth = Authenticator(settings.auth)
         self.metrics = Metrics()
-        self.hot = HotState(settings.hot_state)
+        a = settings.workflow.analysis
+        pooled = settings.workflow.enabled and a.workers > 0
+        # Windows are kept where analysis runs: in the workers, or here (with no workers, or
+        # the workflow off: /rca still reads them). This one always keeps what the API reports.
+        self.hot = HotState(settings.hot_state, windows=not pooled)
         # Streams in memory: a few per host (a wiped spool starts a new stream).
         self.ledger = Ledger(
             self.engine, settings.ingest.dedupe_window, max_streams=settings.hot_state.max_hosts * 4
@@ -87,10 +92,24 @@ class Runtime:
             failpoint=failpoint,
             execution=self.execution,
         )
+        self.analysis: AnalysisPool | None = None
+        if pooled:
+            self.analysis = AnalysisPool(
+                WorkerConfig(settings.hot_state, w.window_s, w.open_threshold, a.nice),
+                workers=a.workers,
+                queue_max=a.queue_max,
+                read_timeout_s=a.read_timeout_s,
+                on_trigger=self.workflow.triggers.notify,
+                on_failure=self.workflow.triggers.record_failure_text,
+                on_ok=self.workflow.triggers.record_success,
+            )
+            self.workflow.triggers.pool = self.analysis
+        else:
+            self.hot.on_error = self.workflow.triggers.record_failure_text
         self.workflow.active = lambda: self.leadership.is_leader
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
-            on_accepted=self.workflow.notify if w.enabled else None,
+            on_accepted=self._on_accepted if w.enabled else None,
             auth=self.auth,
             ledger=self.ledger,
             hot=self.hot,
@@ -99,8 +118,16 @@ class Runtime:
             settings=settings.ingest,
         )
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
+        if self.analysis is not None:
+            self.metrics.bind_analysis(self.analysis.stats)
         self.schema_version = 0
         self.ready = False
+
+    def _on_accepted(self, accepted: Accepted) -> None:
+        if self.analysis is not None:
+            self.analysis.submit(accepted)
+        else:
+            self.workflow.notify(accepted.host_id)
 
     def _kube(self) -> KubeTarget | None:
         k = self.settings.workflow.execution.kubernetes
@@ -127,6 +154,8 @@ class Runtime:
         # process: out of the cyclic collector's scans, which otherwise add tens of ms
         # to a workflow run now and then (measured by bench/workflow_bench.py).
         gc.freeze()
+        if self.analysis is not None:
+            self.analysis.start()
         self.leadership.start()
         self.ready = True
 
@@ -140,6 +169,8 @@ class Runtime:
         self.ready = False
         self.leadership.stop()
         self.workflow.stop()
+        if self.analysis is not None:
+            self.analysis.stop()
         self.execution.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.workflow.advisor is not None:

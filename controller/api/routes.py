@@ -95,7 +95,7 @@ class Status(BaseModel):
     ledger: dict[str, Any]
     server: dict[str, Any]
     open_runs: int
-    workflow: dict[str, int]
+    workflow: dict[str, Any]
     failing_hosts: list[dict[str, Any]]
 
 

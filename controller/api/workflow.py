@@ -175,6 +175,8 @@ def rca(
 
 def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]:
     latest = wf.list_runs(host_id=host_id, limit=1)
+    failure = wf.failure_of(host_id)
+    failing = failure is not None and (failure["last_ok_at"] or 0) < failure["last_failed_at"]
     return {
         "host_id": host_id,
         "window": {"start": ev.start, "end": ev.end, "samples": ev.samples},
@@ -183,6 +185,8 @@ def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]
         "latest_run": (
             {k: latest[0][k] for k in ("run_id", "status", "family", "created_at")} if latest else None
         ),
+        # The host's latest evaluation failed (its window holds data evidence cannot read).
+        "error": failure["last_error"] if failing and failure is not None else None,
     }
 
 

@@ -113,7 +113,7 @@ class WorkflowEngine:
     def schedule(self, run_id: str, when: float | None = None) -> None:
         self.triggers.schedule(run_id, when)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self.triggers.stats()
 
     def evaluate(self, host_id: str) -> str | None:

@@ -1,0 +1,318 @@
+"""A fleet at steady state against the bare asyncio server; writes bench/results/fleet.json.
+
+1,000 simulated hosts each send one real recorded snapshot (17-37 KB of JSON, the calm
+lead-ins of testkit/windows/) every 10 s, as a collector does: 100 batches/s. First
+every host sends its last 300 s in one batch (30 snapshots), so windows are full when
+the clock starts; then bench/loadgen.py, in its own process, sends the paced batches
+(each sample's time is when it is sent). Measured over the paced phase:
+
+- CPU per batch of the controller with default settings (its process and its analysis
+  workers, evaluation included) and of bench/bare_server.py taking the same bodies at
+  the same rate (gunzip and parse): the ratio of the two, and the controller's own ms;
+- /healthz p99, probed every 50 ms from this process during the phase;
+- detection delay: 20 s in, one host starts sending the recorded CPU saturation; the
+  seconds (and 10 s intervals) until its run is listed, with the analysis workers and
+  with evaluation in the controller's process (analysis.workers: 0), the same run.
+
+Targets (issue 14): <= 0.5 ms of controller CPU per batch; /healthz p99 < 50 ms;
+detection delay within two intervals of the in-process evaluation's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import probe_core
+
+from bench.harness import write_result
+from bench.ingest_bench import ROOT, TOKEN, start_bare, start_controller, stop
+from bench.peers import proc_cpu_s
+from testkit.store import snapshots
+
+OPERATOR = "bench-operator-token-0000000"
+INTERVAL_S = 10.0
+CALM = ("cpu_saturation", "io_pressure", "listen_queue_overflow", "tcp_retransmit_surge", "runaway_forks")
+FAULT_AT_S = 20.0
+
+
+def _body(host: str, seq: int, snaps: list[dict[str, Any]]) -> bytes:
+    batch = {
+        "schema": "incidentlab.batch/v1",
+        "host_id": host,
+        "boot_id": "bench",
+        "stream_id": f"s-{host}",
+        "seq": seq,
+        "sent_at": snaps[-1]["ts"],
+        "snapshots": snaps,
+        "events": [],
+    }
+    return probe_core.gzip_compress(msgspec.json.encode(batch), 1)
+
+
+def _snap(template: dict[str, Any], ts: float) -> dict[str, Any]:
+    return template | {"ts": ts, "interval_s": INTERVAL_S}
+
+
+def make_bodies(hosts: int, seconds: float, start: float) -> tuple[list[bytes], list[bytes], str]:
+    """(the warm-up: each host's last 300 s in one batch; the paced batches in send order,
+    each sample timed for when it is due; the host that turns faulty)."""
+    # Each host replays one recording's calm lead-in: mixing hosts' counters would read as OOM kills.
+    calm = [snapshots(fam)[:40] for fam in CALM]
+    fault = snapshots("cpu_saturation")[60:]
+    faulty = f"fleet-{hosts // 2:04d}"
+    warm = []
+    for h in range(hosts):
+        host = f"fleet-{h:04d}"
+        ts0 = start - 300 + h * INTERVAL_S / hosts
+        mine = calm[h % len(calm)]
+        warm.append(
+            _body(host, 1, [_snap(mine[(h + k) % len(mine)], ts0 + k * INTERVAL_S) for k in range(30)])
+        )
+    paced = []
+    rate = hosts / INTERVAL_S
+    for i in range(int(seconds * rate)):
+        h, k = i % hosts, i // hosts
+        host = f"fleet-{h:04d}"
+        ts = start + i / rate
+        if host == faulty and ts >= start + FAULT_AT_S:
+            template = fault[min(k, len(fault) - 1)]
+        else:
+            mine = calm[h % len(calm)]
+            template = mine[(h + 30 + k) % len(mine)]
+        paced.append(_body(host, 2 + k, [_snap(template, ts)]))
+    return warm, paced, faulty
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    total = proc_cpu_s(pid)
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            total += proc_cpu_s(child)
+    return total
+
+
+def send(
+    url: str, bodies: list[bytes], tmp: Path, *, rate: float | None, token: str | None
+) -> subprocess.Popen[str]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"bodies-{len(bodies)}-{time.monotonic_ns()}.msgpack"
+    path.write_bytes(msgspec.msgpack.encode(bodies))
+    mode = (
+        ["--mode", "open", "--rate", str(rate), "--duration", str(len(bodies) / rate)]
+        if rate
+        else [
+            "--mode",
+            "closed",
+            "--duration",
+            "600",
+            "--concurrency",
+            "8",
+        ]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url + "/api/v1/ingest",
+        "--bodies-file",
+        str(path),
+        *mode,
+    ]
+    if rate:
+        cmd += ["--concurrency", "32"]
+    if token:
+        cmd += ["--token", token]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(gen: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = gen.communicate(timeout=900)
+    if gen.returncode != 0:
+        raise SystemExit(f"loadgen failed: {err[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+class Prober(threading.Thread):
+    """/healthz every 50 ms; and, when asked, the moment a run for the faulty host is listed."""
+
+    def __init__(self, url: str, faulty: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.faulty = url, faulty
+        self.lat: list[float] = []
+        self.detected_at: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            n = 0
+            while not self.stop.is_set():
+                t = time.perf_counter()
+                c.get("/healthz")
+                self.lat.append(time.perf_counter() - t)
+                n += 1
+                if self.detected_at is None and n % 10 == 0:
+                    runs = c.get(
+                        "/api/v1/agent/workflow/runs",
+                        params={"host": self.faulty},
+                        headers={"Authorization": f"Bearer {OPERATOR}"},
+                    ).json()["runs"]
+                    if any(r["family"] == "cpu_saturation" for r in runs):
+                        self.detected_at = time.time()
+                time.sleep(0.05)
+
+
+def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[str, Any]:
+    extra = {
+        "auth": {
+            "tokens": [
+                {"name": "bench", "role": "collector", "token": TOKEN},
+                {"name": "ops", "role": "operator", "token": OPERATOR},
+            ]
+        },
+        "hot_state": {"max_hosts": max(hosts, 1000)},
+        "workflow": {"enabled": True, "analysis": {"workers": workers}},
+    }
+    start = time.time() + 75  # bodies are made, the warm-up sent and the idle measured before then
+    warm, paced, faulty = make_bodies(hosts, seconds, start)
+    ctl, url = start_controller(tmp, hosts, workflow=True, extra=extra)
+    try:
+        w = finish(send(url, warm, tmp, rate=None, token=TOKEN))
+        if time.time() > start - 5:
+            raise SystemExit("the warm-up took too long: raise the start margin")
+        prober = Prober(url, faulty)
+        prober.start()
+        # What the controller spends with no batch arriving (its threads, the probes): taken
+        # off the phase's CPU, so what is left is what the batches cost.
+        idle_s = min(10.0, max(1.0, start - time.time() - 8.0))
+        idle0, t0 = tree_cpu_s(ctl.pid), time.monotonic()
+        time.sleep(idle_s)
+        idle_rate = (tree_cpu_s(ctl.pid) - idle0) / (time.monotonic() - t0)
+        time.sleep(max(0.0, start - time.time() - 1.0))
+        gen = send(url, paced, tmp, rate=hosts / INTERVAL_S, token=TOKEN)
+        assert gen.stderr is not None
+        gen.stderr.readline()  # ready
+        cpu0, p0 = tree_cpu_s(ctl.pid), time.monotonic()
+        result = finish(gen)
+        cpu1, p1 = tree_cpu_s(ctl.pid), time.monotonic()
+        prober.stop.set()
+        prober.join(timeout=15)
+        status = httpx.get(url + "/api/v1/status", headers={"Authorization": f"Bearer {OPERATOR}"}).json()
+    finally:
+        stop(ctl)
+    lat = sorted(prober.lat)
+    fault_sent = start + FAULT_AT_S
+    delay = None if prober.detected_at is None else prober.detected_at - fault_sent
+    return {
+        "warmup_codes": w["codes"],
+        "codes": result["codes"],
+        "batches": result["requests"],
+        "rate": round(result["rate"], 1),
+        "cpu_ms_per_batch": round((cpu1 - cpu0 - idle_rate * (p1 - p0)) / result["requests"] * 1000, 3),
+        "cpu_ms_per_batch_with_idle": round((cpu1 - cpu0) / result["requests"] * 1000, 3),
+        "idle_cpu_pct": round(idle_rate * 100, 2),
+        "healthz_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2) if lat else None,
+        "healthz_probes": len(lat),
+        "detection_delay_s": None if delay is None else round(delay, 1),
+        "detection_delay_intervals": None if delay is None else round(delay / INTERVAL_S, 2),
+        "analysis": status["workflow"].get("analysis"),
+        "hot_state_bytes": status["hot_state"]["bytes"],
+    }
+
+
+def run_bare(tmp: Path, hosts: int, seconds: float) -> dict[str, Any]:
+    _, paced, _ = make_bodies(hosts, seconds, time.time())
+    bare, url = start_bare()
+    try:
+        gen = send(url, paced, tmp, rate=hosts / INTERVAL_S, token=None)
+        assert gen.stderr is not None
+        gen.stderr.readline()
+        cpu0 = proc_cpu_s(bare.pid)
+        result = finish(gen)
+        cpu1 = proc_cpu_s(bare.pid)
+    finally:
+        stop(bare)
+    return {
+        "batches": result["requests"],
+        "cpu_ms_per_batch": round((cpu1 - cpu0) / result["requests"] * 1000, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=90.0, help="the paced phase")
+    args = parser.parse_args(argv)
+
+    def step(msg: str) -> None:
+        print(f"[fleet bench] {msg}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="incidentlab-fleet-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        step(f"bare server: {args.hosts} hosts' batches for {args.seconds / 3:.0f} s")
+        bare = run_bare(tmp / "bare", args.hosts, args.seconds / 3)
+        step(f"controller, default settings: {args.hosts} hosts for {args.seconds:.0f} s")
+        pooled = run_controller(tmp / "pooled", args.hosts, args.seconds, workers=1)
+        step(f"controller, evaluation in its own process: {args.hosts} hosts for {args.seconds:.0f} s")
+        inproc = run_controller(tmp / "inproc", args.hosts, args.seconds, workers=0)
+
+    ratio = pooled["cpu_ms_per_batch"] / bare["cpu_ms_per_batch"]
+    d_pool, d_in = pooled["detection_delay_s"], inproc["detection_delay_s"]
+    result = {
+        "hosts": args.hosts,
+        "interval_s": INTERVAL_S,
+        "paced_seconds": args.seconds,
+        "bare_asyncio": bare,
+        "controller": pooled,
+        "controller_in_process_analysis": inproc,
+        "cpu_ratio_to_bare": round(ratio, 2),
+        "targets": {
+            "cpu_ms_per_batch_max": 0.5,
+            "healthz_p99_ms_max": 50.0,
+            "detection_extra_intervals_max": 2,
+        },
+    }
+    met = {
+        "cpu": pooled["cpu_ms_per_batch"] <= 0.5,
+        "healthz": pooled["healthz_p99_ms"] is not None and pooled["healthz_p99_ms"] < 50.0,
+        "detection": d_pool is not None and d_in is not None and d_pool - d_in <= 2 * INTERVAL_S,
+    }
+    result["met"] = met
+    path = write_result("fleet", result)
+    step(
+        f"controller {pooled['cpu_ms_per_batch']} ms/batch, bare {bare['cpu_ms_per_batch']} ms "
+        f"({ratio:.2f}x); "
+        f"healthz p99 {pooled['healthz_p99_ms']} ms; detection {d_pool} s (in process {d_in} s); "
+        f"met {met}; wrote {path}"
+    )
+    return 0 if all(met.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,425 @@
+"""Analysis off the ingest path: worker processes, each owning the windows of its hosts.
+
+Ingest hands each accepted batch, after its ack is on its way, to the worker its host
+hashes to (a bounded queue; a batch that finds it full is not analysed, counted). The
+worker keeps the host's window (controller/detectors/window.py) and evaluates a host on
+the host's clock: at most once per collection interval, after every batch waiting has
+been applied, so a collector catching up after an outage costs one evaluation, not a
+hundred, and the last sample of a burst is always evaluated (within one interval on the
+wall clock, if no later sample comes). When the top hypothesis clears the open
+threshold the worker sends the host's full evidence to the controller, whose trigger
+side opens or attaches the run. The verifier and /rca read a window from its worker.
+
+Workers are supervised: one that dies is started again and counted; its hosts'
+windows fill again from their next batches, and their faults are found again once the
+detectors have their samples. Evaluation never shares the GIL with the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from collector.wire import BatchEnvelope
+from controller.config import HotStateSettings
+from controller.detectors import Evidence
+from controller.hotstate import HotState
+from controller.ingest import Accepted
+from controller.workflow.analysis import detect, rank
+
+log = logging.getLogger(__name__)
+DEFAULT_INTERVAL_S = 10.0  # a batch without interval_s is taken to come every 10 s
+DRAIN_MAX = 2000  # messages a worker applies before it evaluates
+# Accepted batches go to a worker together, at most this long after the first of them:
+# one queue write (and one wakeup on each side) per flush instead of per batch. Analysis
+# runs on a 10 s clock; 50 ms is nothing to it and most of the cost of handing a batch over.
+FLUSH_S = 0.05
+STATS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    hot_state: HotStateSettings
+    window_s: float
+    open_threshold: float
+    nice: int = 10
+
+
+# --- the worker process ------------------------------------------------------------------------
+
+
+@dataclass
+class _Due:
+    dirty_since: float  # wall clock: the oldest batch not yet evaluated arrived then
+    newest: float  # the host's newest sample time when last marked
+    interval: float
+
+
+class Evaluator:
+    """One worker's state and loop body, kept apart from the process so tests drive it."""
+
+    def __init__(self, config: WorkerConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.hot = HotState(config.hot_state, clock=clock, on_error=self._failed)
+        # Per-host evaluation records for the controller: errors to report, and hosts that
+        # failed and have since been evaluated cleanly.
+        self.failed: dict[str, str] = {}
+        self.recovered: set[str] = set()
+        self._failing: set[str] = set()
+        # The envelope: source data stays raw until a sample the window lacks needs it.
+        self.decoder = msgspec.json.Decoder(BatchEnvelope)
+        self.dirty: dict[str, _Due] = {}
+        self.evaluated_at: dict[str, float] = {}  # host -> the sample time it was last evaluated at
+        self.evaluations = 0
+        self.triggers = 0
+        self.errors = 0
+        self.lag_max = 0.0
+
+    def _failed(self, host: str, error: str) -> None:
+        self.errors += 1
+        self.failed[host] = error
+        self._failing.add(host)
+        self.recovered.discard(host)
+
+    def take(self, raw: bytes, received_at: float) -> None:
+        batch = self.decoder.decode(raw)
+        self.hot.ingest(batch, raw, received_at=received_at)
+        intervals = [snap.interval_s for snap in batch.snapshots if snap.interval_s]
+        interval = intervals[-1] if intervals else DEFAULT_INTERVAL_S
+        h = self.hot.host(batch.host_id)
+        newest = h.newest() if h is not None else 0.0
+        due = self.dirty.get(batch.host_id)
+        if due is None:
+            self.dirty[batch.host_id] = _Due(self.clock(), newest, interval)
+        else:
+            due.newest, due.interval = newest, interval
+
+    def due_hosts(self) -> list[str]:
+        """Hosts to evaluate now: a full interval of the host's clock since the last
+        evaluation, or dirty for a full interval of the wall clock (the end of a burst)."""
+        now = self.clock()
+        out = []
+        for host, d in self.dirty.items():
+            last = self.evaluated_at.get(host)
+            if last is None or d.newest >= last + 0.9 * d.interval or now - d.dirty_since >= d.interval:
+                out.append(host)
+        return out
+
+    def evaluate(self, host: str) -> tuple[str, Evidence] | None:
+        """Evaluate one host; its full evidence when the top hypothesis clears the threshold."""
+        d = self.dirty.pop(host, None)
+        self.evaluations += 1
+        if d is not None:
+            self.lag_max = max(self.lag_max, self.clock() - d.dirty_since)
+        ev = self.hot.evidence(host, self.config.window_s, lazy=True)
+        if ev is None:
+            self.evaluated_at.pop(host, None)  # evicted: nothing to remember it by
+            return None
+        self.evaluated_at[host] = ev.end
+        if host in self._failing and host not in self.failed:
+            self._failing.discard(host)
+            self.recovered.add(host)
+        if len(self.evaluated_at) > 2 * self.config.hot_state.max_hosts:
+            self.evaluated_at = {h: t for h, t in self.evaluated_at.items() if self.hot.host(h) is not None}
+        hyps = rank(ev, detect(ev))
+        if not hyps or hyps[0].confidence < self.config.open_threshold:
+            return None
+        self.triggers += 1
+        full = self.hot.evidence(host, self.config.window_s)
+        return (host, full) if full is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        s = self.hot.stats()
+        out = {
+            "hosts": s["hosts"],
+            "samples": s["samples"],
+            "bytes": s["bytes"],
+            "evicted_hosts": s["evicted_hosts"],
+            "evicted_live_hosts": s["evicted_live_hosts"],
+            "evaluations": self.evaluations,
+            "triggers": self.triggers,
+            "errors": self.errors,
+            "waiting": len(self.dirty),
+            "lag_max_s": round(self.lag_max, 3),
+        }
+        self.lag_max = 0.0
+        return out
+
+
+def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any) -> None:
+    """A worker process: apply what came, evaluate what is due, answer reads."""
+    if config.nice:
+        os.nice(config.nice)
+    ev = Evaluator(config)
+    last_stats = 0.0
+    while True:
+        try:
+            msgs = [inq.get(timeout=0.1 if ev.dirty else 0.5)]
+        except queue.Empty:
+            msgs = []
+        while msgs and len(msgs) < DRAIN_MAX:
+            try:
+                msgs.append(inq.get_nowait())
+            except queue.Empty:
+                break
+        for msg in msgs:
+            kind = msg[0]
+            if kind == "batches":
+                for raw, received_at in msg[1]:
+                    try:
+                        ev.take(raw, received_at)
+                    except Exception:  # one bad batch must not stop the worker for the others
+                        ev.errors += 1
+                        log.exception("analysis worker %d could not take a batch", index)
+            elif kind == "read":
+                _, req, host, seconds, since = msg
+                outq.put(("reply", req, ev.hot.evidence(host, seconds, since)))
+            elif kind == "stop":
+                return
+        for host in ev.due_hosts():
+            try:
+                fired = ev.evaluate(host)
+            except Exception as exc:
+                ev._failed(host, f"{type(exc).__name__}: {exc}")
+                log.exception("analysis worker %d: evaluating %s failed", index, host)
+                continue
+            if fired is not None:
+                outq.put(("trigger", fired[0], fired[1]))
+        for host, error in ev.failed.items():
+            outq.put(("failure", host, error))
+        ev.failed.clear()
+        for host in ev.recovered:
+            outq.put(("ok", host))
+        ev.recovered.clear()
+        now = time.monotonic()
+        if now - last_stats >= STATS_EVERY_S:
+            last_stats = now
+            outq.put(("stats", index, ev.stats()))
+
+
+# --- the controller's side ---------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: Any
+    inq: Any
+    # Each worker writes to a queue of its own: a worker killed while holding a shared
+    # queue's write lock would leave it held, and every other worker stuck behind it.
+    outq: Any
+    started: float = field(default_factory=time.time)
+
+
+class AnalysisPool:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        workers: int,
+        queue_max: int,
+        read_timeout_s: float,
+        on_trigger: Callable[[str, Evidence], None],
+        on_failure: Callable[[str, str], None] | None = None,
+        on_ok: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.n = workers
+        self.queue_max = queue_max
+        self.read_timeout_s = read_timeout_s
+        self.on_trigger = on_trigger
+        self.on_failure = on_failure
+        self.on_ok = on_ok
+        self._ctx = multiprocessing.get_context("spawn")  # a fork of a threaded process can hang
+        self._workers: list[_Worker] = []
+        self._replies: dict[int, Future[Evidence | None]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stats: dict[int, dict[str, Any]] = {}
+        self._pending: list[list[tuple[bytes, float]]] = [[] for _ in range(workers)]
+        self._pending_n = 0
+        self._flush = threading.Event()
+        self.restarts = 0
+        self.submitted = 0
+        self.overflow = 0
+
+    def _spawn(self, index: int) -> _Worker:
+        inq, outq = self._ctx.Queue(self.queue_max), self._ctx.Queue()
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(index, self.config, inq, outq),
+            name=f"incidentlab-analysis-{index}",
+            daemon=True,
+        )
+        proc.start()
+        w = _Worker(index, proc, inq, outq)
+        t = threading.Thread(target=self._read, args=(w,), name=f"analysis-results-{index}", daemon=True)
+        t.start()
+        self._threads = [*(x for x in self._threads if x.is_alive()), t]
+        return w
+
+    def start(self) -> None:
+        if self._workers:
+            return
+        self._workers = [self._spawn(i) for i in range(self.n)]
+        for target, name in ((self._supervise, "analysis-supervisor"), (self._flusher, "analysis-flush")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self._workers:
+            with contextlib.suppress(queue.Full, ValueError, OSError):
+                w.inq.put_nowait(("stop",))
+        for w in self._workers:
+            w.proc.join(timeout=5)
+            if w.proc.is_alive():
+                w.proc.terminate()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def partition(self, host_id: str) -> int:
+        return zlib.crc32(host_id.encode()) % self.n
+
+    def submit(self, accepted: Accepted) -> None:
+        """After the ack: cheap and bounded (a list append); the flusher hands the batches
+        over. Past queue_max waiting for one worker, a batch is not analysed, counted."""
+        if not self._workers:
+            return
+        i = self.partition(accepted.host_id)
+        with self._lock:
+            if len(self._pending[i]) >= self.queue_max:
+                self.overflow += 1
+                return
+            self._pending[i].append((accepted.raw, accepted.received_at))
+            self.submitted += 1
+            first = self._pending_n == 0
+            self._pending_n += 1
+        if first:
+            self._flush.set()
+
+    def _flusher(self) -> None:
+        while not self._stop.is_set():
+            if not self._flush.wait(0.5):
+                continue
+            time.sleep(FLUSH_S)  # let the batches of the next moments join these
+            self._flush.clear()
+            with self._lock:
+                pending, self._pending = self._pending, [[] for _ in range(self.n)]
+                self._pending_n = 0
+            for i, batches in enumerate(pending):
+                if not batches:
+                    continue
+                try:
+                    self._workers[i].inq.put_nowait(("batches", batches))
+                except queue.Full:  # the worker is this far behind: these are not analysed
+                    self.overflow += len(batches)
+
+    def evidence(self, host_id: str, seconds: float, since: float | None = None) -> Evidence | None:
+        """The host's window, read from its worker (None when it has none or does not answer in time)."""
+        if not self._workers:
+            return None
+        req = next(self._ids)
+        fut: Future[Evidence | None] = Future()
+        with self._lock:
+            self._replies[req] = fut
+        try:
+            self._workers[self.partition(host_id)].inq.put(
+                ("read", req, host_id, seconds, since), timeout=self.read_timeout_s
+            )
+            return fut.result(timeout=self.read_timeout_s)
+        except (queue.Full, FutureTimeout):
+            log.warning("analysis worker for %s did not answer a window read in time", host_id)
+            return None
+        finally:
+            with self._lock:
+                self._replies.pop(req, None)
+
+    def _read(self, w: _Worker) -> None:
+        """One worker's messages, until it is replaced (it died) or the pool stops."""
+        while not self._stop.is_set():
+            try:
+                msg = w.outq.get(timeout=0.5)
+            except queue.Empty:
+                if self._workers[w.index] is not w:
+                    return
+                continue
+            except (EOFError, OSError):
+                return
+            kind = msg[0]
+            if kind == "reply":
+                with self._lock:
+                    fut = self._replies.get(msg[1])
+                if fut is not None and not fut.done():
+                    fut.set_result(msg[2])
+            elif kind == "trigger":
+                try:
+                    self.on_trigger(msg[1], msg[2])
+                except Exception:
+                    log.exception("taking the trigger for %s failed", msg[1])
+            elif kind == "failure" and self.on_failure is not None:
+                self.on_failure(msg[1], msg[2])
+            elif kind == "ok" and self.on_ok is not None:
+                self.on_ok(msg[1])
+            elif kind == "stats":
+                self._stats[msg[1]] = msg[2]
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.5):
+            for i, w in enumerate(self._workers):
+                if w.proc.is_alive() or self._stop.is_set():
+                    continue
+                log.error(
+                    "analysis worker %d (pid %s) exited with %s: starting it again; its hosts' windows "
+                    "fill again from their next batches",
+                    i,
+                    w.proc.pid,
+                    w.proc.exitcode,
+                )
+                self.restarts += 1
+                self._stats.pop(i, None)
+                self._workers[i] = self._spawn(i)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.proc.pid is not None]
+
+    def stats(self) -> dict[str, Any]:
+        per = [self._stats.get(i, {}) for i in range(len(self._workers))]
+
+        def total(key: str) -> int:
+            return int(sum(p.get(key, 0) for p in per))
+
+        return {
+            "workers": self.n,
+            "alive": sum(1 for w in self._workers if w.proc.is_alive()),
+            "restarts": self.restarts,
+            "submitted": self.submitted,
+            "queue_overflow": self.overflow,
+            "hosts": total("hosts"),
+            "samples": total("samples"),
+            "bytes": total("bytes"),
+            "evaluations": total("evaluations"),
+            "triggers": total("triggers"),
+            "errors": total("errors"),
+            "waiting": total("waiting"),
+            "lag_max_s": max((p.get("lag_max_s", 0.0) for p in per), default=0.0),
+        }

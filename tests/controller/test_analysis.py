@@ -1,0 +1,178 @@
+"""Analysis at fleet scale: windows that fit, evaluation on the host's clock, coalesced
+bursts, and a supervised worker process whose hosts' faults are found after it dies."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from collector.wire import BATCH_SCHEMA, validate_batch
+from controller.config import HotStateSettings
+from controller.detectors import Evidence
+from controller.ingest import Accepted
+from controller.workflow.analysis import detect, rank
+from controller.workflow.analysis_pool import AnalysisPool, Evaluator, WorkerConfig
+from testkit.scenarios import FAULTS, calm
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def batch(
+    host: str, seq: int, ts: float, family: str | None = None, i: int = 0, interval: float = 10.0
+) -> bytes:
+    d = calm(i)
+    if family is not None:
+        FAULTS[family][0](d, i)
+    sources = {n: {"status": "ok", "path": "file", "reason": None, "data": data} for n, data in d.items()}
+    obj = {
+        "schema": BATCH_SCHEMA,
+        "host_id": host,
+        "boot_id": "b",
+        "stream_id": "s",
+        "seq": seq,
+        "sent_at": ts,
+        "snapshots": [{"ts": ts, "interval_s": interval, "sources": sources}],
+    }
+    return msgspec.json.encode(obj)
+
+
+def config(**hot: Any) -> WorkerConfig:
+    return WorkerConfig(HotStateSettings(**hot), window_s=300.0, open_threshold=0.5)
+
+
+# --- a fleet at steady state ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_thousand_hosts_at_steady_state_keep_full_windows_and_a_fault_is_found() -> None:
+    """40 minutes of 2,000 hosts sending every 10 s (the old hot state began evicting live
+    hosts at 27): every window holds its full 300 s, within the bounds, nothing evicted."""
+    hosts = 2000
+    clock = Clock(1_900_000_000.0)
+    ev = Evaluator(config(), clock=clock)
+    faulty = f"node-{random.Random(7).randrange(hosts):04d}"
+    rounds = 240  # 40 minutes
+    template = validate_batch(batch("node-0000", 1, clock.t))
+    for r in range(rounds):
+        clock.t += 10.0
+        for h in range(hosts):
+            host = f"node-{h:04d}"
+            if host == faulty and r >= rounds - 8:
+                b = validate_batch(batch(host, r + 1, clock.t, "cpu_saturation", r))
+            else:
+                snap = msgspec.structs.replace(template.snapshots[0], ts=clock.t + h * 0.001)
+                b = msgspec.structs.replace(template, host_id=host, seq=r + 1, snapshots=[snap])
+            ev.hot.ingest(b, b"", received_at=clock.t)
+    stats = ev.hot.stats()
+    assert stats["hosts"] == hosts and stats["evicted_hosts"] == 0 and stats["evicted_live_hosts"] == 0
+    assert stats["trimmed_for_total"] == 0 and stats["bytes"] <= HotStateSettings().max_total_bytes
+    per_host = stats["bytes"] / hosts
+    assert per_host <= 100_000, per_host
+    for h in range(0, hosts, 97):
+        window = ev.hot.evidence(f"node-{h:04d}", 300)
+        assert window is not None and window.end - window.start >= 290 and window.samples >= 30
+    fired = []
+    for h in range(hosts):  # every host evaluated as its worker would
+        found = ev.evaluate(f"node-{h:04d}")
+        if found is not None:
+            hyps = rank(found[1], detect(found[1]))
+            fired.append((found[0], hyps[0].family))
+    assert fired == [(faulty, "cpu_saturation")]
+
+
+# --- the host's clock and bursts --------------------------------------------------------------------
+
+
+def test_a_burst_is_evaluated_once_and_at_its_last_sample() -> None:
+    clock = Clock(1_900_000_000.0)
+    ev = Evaluator(config(), clock=clock)
+    # A collector back from an outage sends 60 batches at once.
+    for i in range(60):
+        ev.take(batch("h", i + 1, clock.t - 600 + 10 * i, "cpu_saturation", i), clock.t)
+    assert ev.due_hosts() == ["h"]
+    fired = ev.evaluate("h")
+    assert ev.evaluations == 1 and ev.evaluated_at["h"] == clock.t - 600 + 10 * 59
+    assert fired is not None and fired[0] == "h" and fired[1].end == clock.t - 10
+    assert ev.due_hosts() == []
+
+
+def test_at_most_once_per_interval_and_the_last_sample_is_never_dropped() -> None:
+    clock = Clock(1_900_000_000.0)
+    ev = Evaluator(config(), clock=clock)
+    ev.take(batch("h", 1, clock.t), clock.t)
+    ev.evaluate("h")
+    # Two seconds of the host's clock later: not a new interval, so not yet...
+    clock.t += 1
+    second = clock.t + 1
+    ev.take(batch("h", 2, second), clock.t)
+    assert ev.due_hosts() == []
+    # ...but once it has waited a whole interval on the wall clock, it is evaluated.
+    clock.t += 10
+    assert ev.due_hosts() == ["h"]
+    ev.evaluate("h")
+    assert ev.evaluated_at["h"] == second
+    # A sample a full interval later is due at once.
+    ev.take(batch("h", 3, clock.t + 12), clock.t)
+    assert ev.due_hosts() == ["h"]
+
+
+# --- the worker process -----------------------------------------------------------------------------
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_and_its_hosts_faults_are_still_found() -> None:
+    triggers: list[tuple[str, Evidence]] = []
+    pool = AnalysisPool(
+        config(),
+        workers=2,
+        queue_max=1000,
+        read_timeout_s=5.0,
+        on_trigger=lambda host, ev: triggers.append((host, ev)),
+    )
+    pool.start()
+    try:
+        host = "node-x"
+
+        def send(n: int, seq0: int) -> None:
+            now = time.time()
+            for i in range(n):
+                ts = now - (n - i) * 10
+                raw = batch(host, seq0 + i, ts, "cpu_saturation", i)
+                pool.submit(Accepted(host, raw, now))
+
+        send(12, 1)
+        wait_for(lambda: any(h == host for h, _ in triggers), 30, "the fault to be found")
+        ev = pool.evidence(host, 300)
+        assert ev is not None and ev.samples == 12
+        victim = pool._workers[pool.partition(host)].proc.pid
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pool.restarts == 1 and pool.stats()["alive"] == 2, 30, "the restart")
+        triggers.clear()
+        send(12, 100)  # the host's next batches fill its window again
+        wait_for(lambda: any(h == host for h, _ in triggers), 30, "the fault to be found again")
+        assert triggers[-1][1].samples == 12
+        wait_for(lambda: pool.stats()["evaluations"] > 0, 10, "stats from the new worker")
+    finally:
+        pool.stop()
