@@ -197,13 +197,20 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
         "hot_state": {"max_hosts": max(hosts, 1000)},
         "workflow": {"enabled": True, "analysis": {"workers": workers}},
     }
-    start = time.time() + 75  # bodies are made, the warm-up sent and the idle measured before then
+    start = time.time() + 90  # bodies are made, the warm-up taken and the idle measured before then
     warm, paced, faulty = make_bodies(hosts, seconds, start)
     ctl, url = start_controller(tmp, hosts, workflow=True, extra=extra)
     try:
         w = finish(send(url, warm, tmp, rate=None, token=TOKEN))
         if time.time() > start - 5:
             raise SystemExit("the warm-up took too long: raise the start margin")
+        # The workers take the warm-up in their own time: wait for them to finish with it.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and time.time() < start - 15:
+            c0 = tree_cpu_s(ctl.pid)
+            time.sleep(1.0)
+            if tree_cpu_s(ctl.pid) - c0 < 0.05:
+                break
         prober = Prober(url, faulty)
         prober.start()
         # What the controller spends with no batch arriving (its threads, the probes): taken

@@ -84,12 +84,14 @@ class HostState:
     evicted_snapshots: int = 0
     evicted_events: int = 0
 
-    # Sample times alone, where analysis workers keep the windows: what the API counts.
-    times: deque[float] = field(default_factory=deque)
+    # Where analysis workers keep the windows: (newest sample time, samples) per batch,
+    # which is all the API counts.
+    counts: deque[tuple[float, int]] = field(default_factory=deque)
+    counted: int = 0
 
     @property
     def snapshots(self) -> int:
-        return len(self.window) or len(self.times)
+        return len(self.window) or self.counted
 
     def newest(self) -> float:
         ts = self.window.last() if len(self.window) else -math.inf
@@ -185,8 +187,8 @@ class HotState:
                 self._resize(host, self._note_sources(host, batch, now))
                 for ex in extracts:
                     self._resize(host, host.window.add(ex))
-                if not self.windows:
-                    self._count_times(host, [snap.ts for snap in batch.snapshots])
+                if not self.windows and batch.snapshots:
+                    self._count(host, max(snap.ts for snap in batch.snapshots), len(batch.snapshots))
                 if events_json is not None:
                     ts = max((ex.ts for ex in extracts), default=now)
                     block = EventBlock(ts, len(batch.events), events_json)
@@ -227,14 +229,15 @@ class HotState:
         ):
             self._drop_block(host)
 
-    def _count_times(self, host: HostState, times: list[float]) -> None:
+    def _count(self, host: HostState, newest: float, n: int) -> None:
         s = self.settings
-        host.times.extend(times)
-        self._resize(host, 8 * len(times))
-        floor = max(host.times) - s.retain_s if host.times else 0.0
-        while len(host.times) > 1 and (len(host.times) > s.samples_per_host or host.times[0] < floor):
-            host.times.popleft()
-            self._resize(host, -8)
+        host.counts.append((newest, n))
+        host.counted += n
+        self._resize(host, 16)
+        floor = max(newest, host.counts[0][0]) - s.retain_s
+        while len(host.counts) > 1 and (host.counted > s.samples_per_host or host.counts[0][0] < floor):
+            host.counted -= host.counts.popleft()[1]
+            self._resize(host, -16)
 
     def _drop_oldest_sample(self, host: HostState) -> None:
         self._resize(host, host.window.drop_oldest())

@@ -52,9 +52,9 @@ class Runtime:
         self.metrics = Metrics()
         a = settings.workflow.analysis
         pooled = settings.workflow.enabled and a.workers > 0
-        # Windows are kept where analysis runs: in the workers, or here (with no workers, or
-        # the workflow off: /rca still reads them). This one always keeps what the API reports.
-        self.hot = HotState(settings.hot_state, windows=not pooled)
+        # Windows are kept where analysis runs: in the workers, or here with none; with the
+        # workflow off, nowhere (nothing reads them). This one always keeps what the API reports.
+        self.hot = HotState(settings.hot_state, windows=settings.workflow.enabled and not pooled)
         # Streams in memory: a few per host (a wiped spool starts a new stream).
         self.ledger = Ledger(
             self.engine, settings.ingest.dedupe_window, max_streams=settings.hot_state.max_hosts * 4

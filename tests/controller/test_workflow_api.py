@@ -36,8 +36,11 @@ class Clock:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
-    # The engine's worker stays off: the test decides when hosts are evaluated.
-    settings = load_settings(**base_config(tmp_path / "data", workflow={"enabled": False}))
+    # Evaluation in this process, and nothing ingested through the API: the test decides
+    # when hosts are evaluated (the engine's worker has nothing queued).
+    settings = load_settings(
+        **base_config(tmp_path / "data", workflow={"enabled": True, "analysis": {"workers": 0}})
+    )
     rt = Runtime(settings)
     rt.workflow.clock = Clock()
     port = free_port()
