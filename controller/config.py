@@ -250,8 +250,10 @@ class AnalysisSettings(_Strict):
     # Processes, each owning the windows of the hosts hashed to it. 0: evaluate on the
     # engine's thread in this process (small installs and the unit tests).
     workers: int = Field(default=1, ge=0, le=64)
-    # Accepted batches waiting per worker; past it a batch is not analysed (counted).
+    # Accepted batches waiting per worker, and their bytes: past either a batch is not
+    # analysed (counted). At most two hand-overs more are in the worker's pipe.
     queue_max: int = Field(default=10_000, ge=10, le=1_000_000)
+    queue_bytes: int = Field(default=64 << 20, ge=1 << 20, le=4 << 30)
     # A worker's answer to a window read (the verifier, /rca): past it, none.
     read_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # Workers run this much nicer than ingest: when the CPUs are short, acks come first and

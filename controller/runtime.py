@@ -98,6 +98,7 @@ class Runtime:
                 WorkerConfig(settings.hot_state, w.window_s, w.open_threshold, a.nice),
                 workers=a.workers,
                 queue_max=a.queue_max,
+                queue_bytes=a.queue_bytes,
                 read_timeout_s=a.read_timeout_s,
                 on_trigger=self.workflow.triggers.notify,
                 on_failure=self.workflow.triggers.record_failure_text,

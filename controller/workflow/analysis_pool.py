@@ -235,6 +235,7 @@ class AnalysisPool:
         workers: int,
         queue_max: int,
         read_timeout_s: float,
+        queue_bytes: int = 64 << 20,
         on_trigger: Callable[[str, Evidence], None],
         on_failure: Callable[[str, str], None] | None = None,
         on_ok: Callable[[str], None] | None = None,
@@ -242,6 +243,7 @@ class AnalysisPool:
         self.config = config
         self.n = workers
         self.queue_max = queue_max
+        self.queue_bytes = queue_bytes
         self.read_timeout_s = read_timeout_s
         self.on_trigger = on_trigger
         self.on_failure = on_failure
@@ -255,6 +257,7 @@ class AnalysisPool:
         self._threads: list[threading.Thread] = []
         self._stats: dict[int, dict[str, Any]] = {}
         self._pending: list[list[tuple[bytes, float]]] = [[] for _ in range(workers)]
+        self._pending_bytes = [0] * workers
         self._pending_n = 0
         self._flush = threading.Event()
         self.restarts = 0
@@ -262,7 +265,8 @@ class AnalysisPool:
         self.overflow = 0
 
     def _spawn(self, index: int) -> _Worker:
-        inq, outq = self._ctx.Queue(self.queue_max), self._ctx.Queue()
+        # Two hand-overs in the pipe at most: the bound on what waits is the pending list's.
+        inq, outq = self._ctx.Queue(2), self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_main,
             args=(index, self.config, inq, outq),
@@ -307,10 +311,11 @@ class AnalysisPool:
             return
         i = self.partition(accepted.host_id)
         with self._lock:
-            if len(self._pending[i]) >= self.queue_max:
+            if len(self._pending[i]) >= self.queue_max or self._pending_bytes[i] >= self.queue_bytes:
                 self.overflow += 1
                 return
             self._pending[i].append((accepted.raw, accepted.received_at))
+            self._pending_bytes[i] += len(accepted.raw)
             self.submitted += 1
             first = self._pending_n == 0
             self._pending_n += 1
@@ -325,6 +330,7 @@ class AnalysisPool:
             self._flush.clear()
             with self._lock:
                 pending, self._pending = self._pending, [[] for _ in range(self.n)]
+                self._pending_bytes = [0] * self.n
                 self._pending_n = 0
             for i, batches in enumerate(pending):
                 if not batches:

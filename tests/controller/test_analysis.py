@@ -176,3 +176,24 @@ def test_a_killed_worker_is_restarted_and_its_hosts_faults_are_still_found() -> 
         wait_for(lambda: pool.stats()["evaluations"] > 0, 10, "stats from the new worker")
     finally:
         pool.stop()
+
+
+def test_what_waits_for_a_worker_is_bounded_by_count_and_bytes() -> None:
+    pool = AnalysisPool(
+        config(),
+        workers=1,
+        queue_max=1000,
+        read_timeout_s=1.0,
+        queue_bytes=1 << 20,
+        on_trigger=lambda h, e: None,
+    )
+    pool._workers = [None]  # type: ignore[list-item]  # taken as started: nothing is flushed
+    raw = b"x" * (100 << 10)
+    for i in range(50):
+        pool.submit(Accepted(f"h{i}", raw, 0.0))
+    assert pool.submitted == 11 and pool.overflow == 39  # 1 MiB of 100 KiB batches, and one past it
+    small = AnalysisPool(config(), workers=1, queue_max=5, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    small._workers = [None]  # type: ignore[list-item]
+    for i in range(8):
+        small.submit(Accepted(f"h{i}", b"{}", 0.0))
+    assert small.submitted == 5 and small.overflow == 3
