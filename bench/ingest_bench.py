@@ -7,8 +7,8 @@
     (gunzip, parse, answer) each take the same 64 KiB JSON batch (197 snapshots, gzip,
     a new seq per request) from bench/loadgen.py in its own process, on loopback:
   1. peak: closed loop, 16 connections, batches per second; and the peak of (c), the
-     controller with default settings (the workflow on: every accepted batch queues
-     its host for an evaluation, issue 14's subject);
+     controller with default settings (the workflow on: each accepted batch also goes
+     to an analysis worker process, which drops what it cannot keep up with, counted);
   2. latency: open loop at half of (a)'s peak, p50 and p99 from when each request was due;
   3. memory: 1,000 simulated hosts send for 60 s (at half of (a)'s peak, capped at one
      batch per host per second); the controller's RSS sampled each second.

@@ -376,6 +376,8 @@ class HotState:
                 "evicted_hosts": self.evicted_hosts,
                 "evicted_live_hosts": self.evicted_live_hosts,
                 "trimmed_for_total": self.trimmed_for_total,
+                # Signal values past a host's MAX_SIGNALS names, not kept (a host inventing names).
+                "dropped_signals": sum(h.window.dropped_signals for h in self._hosts.values()),
                 "bounds": {
                     "max_hosts": s.max_hosts,
                     "max_total_bytes": s.max_total_bytes,

@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
-import multiprocessing.queues
 import os
 import queue
 import threading
@@ -152,6 +151,7 @@ class Evaluator:
             "bytes": s["bytes"],
             "evicted_hosts": s["evicted_hosts"],
             "evicted_live_hosts": s["evicted_live_hosts"],
+            "dropped_signals": s["dropped_signals"],
             "evaluations": self.evaluations,
             "triggers": self.triggers,
             "errors": self.errors,
@@ -424,6 +424,7 @@ class AnalysisPool:
             "samples": total("samples"),
             "bytes": total("bytes"),
             "evaluations": total("evaluations"),
+            "dropped_signals": total("dropped_signals"),
             "triggers": total("triggers"),
             "errors": total("errors"),
             "waiting": total("waiting"),

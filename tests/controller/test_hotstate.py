@@ -139,3 +139,22 @@ def test_events_come_from_the_window_newest_first_bounded() -> None:
     h = hot.host("h")
     assert h is not None and h.events == 2 and h.evicted_events == 5
     assert [e["pid"] for e in events(hot, "h")] == [0, 0]
+
+
+def test_a_host_inventing_signal_names_keeps_at_most_max_signals_and_counts_the_rest() -> None:
+    from controller.detectors.window import MAX_SIGNALS
+
+    hot = HotState(HotStateSettings())
+    devices = [{"index": i, "utilization_pct": {"gpu": 1.0}, "temperature_c": 40} for i in range(400)]
+    obj = msgspec.json.decode(make("h", 1, [1.0])[1])
+    obj["snapshots"][0]["sources"]["gpu"] = {
+        "status": "ok",
+        "path": "kernel",
+        "reason": None,
+        "data": {"devices": devices},
+    }
+    raw = msgspec.json.encode(obj)
+    hot.ingest(validate_batch(raw), raw)
+    h = hot.host("h")
+    assert h is not None and len(h.window.columns) == MAX_SIGNALS
+    assert hot.stats()["dropped_signals"] == 400 * 3 + 1 - MAX_SIGNALS
