@@ -242,11 +242,26 @@ def fold(
         tables["xid_events"] = xids[-MAX_ROWS:]
     for name in series:
         series[name] = series[name][-MAX_POINTS:]
+    times = (extracts[0].ts, extracts[-1].ts) if extracts else (0.0, 0.0)
+    return assemble(host_id, times, len(extracts), series, tables, events, freshness, seen)
+
+
+def assemble(
+    host_id: str,
+    times: tuple[float, float],
+    samples: int,
+    series: dict[str, Series],
+    tables: dict[str, Any],
+    events: list[dict[str, Any]],
+    freshness: Mapping[str, str],
+    seen: set[str],
+) -> Evidence:
+    """The Evidence of a folded window: the events, freshness and sources rules in one place."""
     return Evidence(
         host_id=host_id,
-        start=extracts[0].ts if extracts else 0.0,
-        end=extracts[-1].ts if extracts else 0.0,
-        samples=len(extracts),
+        start=times[0],
+        end=times[1],
+        samples=samples,
         series=series,
         tables=tables,
         events=events[-MAX_EVENTS:],

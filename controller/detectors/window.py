@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from controller.detectors.evidence import MAX_EVENTS, MAX_POINTS, MAX_ROWS, Evidence, Extract, Series
+from controller.detectors.evidence import MAX_POINTS, MAX_ROWS, Evidence, Extract, Series, assemble
 
 MAX_SIGNALS = 512  # names per host; a real host has 30-60 (more with many GPUs)
 # Bytes a sample costs beyond its doubles (its time, counter, sources and XID slots) and
@@ -218,14 +218,4 @@ class SignalWindow:
             tables = {k: _DEC.decode(v) for k, (t, v) in self.tables.items() if t >= ts[0]}
             if xids:
                 tables["xid_events"] = xids[-MAX_ROWS:]
-        return Evidence(
-            host_id=host_id,
-            start=ts[0],
-            end=ts[-1],
-            samples=len(ts),
-            series=series,
-            tables=tables,
-            events=events[-MAX_EVENTS:],
-            freshness=dict(sorted(freshness.items())),
-            sources_seen=sorted(seen),
-        )
+        return assemble(host_id, (ts[0], ts[-1]), len(ts), series, tables, events, freshness, seen)
