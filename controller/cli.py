@@ -14,7 +14,7 @@ from controller.errors import ControllerError
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from controller.api.server import guarded_protocol
+    from controller.api.server import uvicorn_options
     from controller.app import create_app
 
     settings = load_settings(args.config)
@@ -26,23 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings.host,
             settings.port,
         )
-    srv = settings.server
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        http=guarded_protocol(app.guard),
-        limit_concurrency=srv.max_connections,
-        timeout_keep_alive=max(1, round(srv.keep_alive_s)),
-        log_level="warning",
-        access_log=False,
-        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
-        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
-        ssl_ca_certs=str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
-        ssl_cert_reqs=2 if settings.tls_client_ca_file else 0,  # ssl.CERT_REQUIRED with a client CA
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run(app, **uvicorn_options(settings, app.guard))
     return 0
 
 

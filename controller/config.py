@@ -111,8 +111,8 @@ class AuthSettings(_Strict):
 class ServerSettings(_Strict):
     """The HTTP front door: what one slow, idle or hostile client may hold.
 
-    A connection has ``header_timeout_s`` to send a complete request head (the head is at
-    most 16 KiB, h11's cap); at most ``max_pending_connections`` connections may be
+    A connection has ``header_timeout_s`` to send a complete request head (of at most
+    16 KiB, h11's cap, kept for both parsers); at most ``max_pending_connections`` connections may be
     waiting for one at a time, ``max_pending_per_peer`` of them from one client address;
     past that new connections get 503 and are closed. A body must keep arriving:
     ``body_timeout_s`` without a byte, or slower than ``body_min_rate_bytes_s`` once
@@ -124,6 +124,10 @@ class ServerSettings(_Strict):
     """
 
     allow_http: bool = False  # plain HTTP without TLS: loopback tests and a trusted network only
+    # The request parser: httptools (llhttp, C) or h11 (pure Python, a third of the loop's
+    # time per batch); and the event loop: uvloop or the standard library's.
+    http: Literal["httptools", "h11"] = "httptools"
+    loop: Literal["uvloop", "asyncio"] = "uvloop"
     header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     body_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # 16 KiB/s: a 64 KiB batch over a 128 kbit/s link still makes it; a stalled sender does not.

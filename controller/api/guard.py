@@ -45,7 +45,15 @@ class Guard:
     peer_bytes: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("head_timeouts", "pending_refused", "body_timeouts", "clients_gone", "busy"), 0
+            (
+                "head_timeouts",
+                "heads_too_large",
+                "pending_refused",
+                "body_timeouts",
+                "clients_gone",
+                "busy",
+            ),
+            0,
         )
     )
 

@@ -120,6 +120,48 @@ def test_a_stalled_body_gets_408_and_a_slow_one_too(ctl: ControllerProc) -> None
     assert status["body_timeouts"] >= 2 and status["inflight_body_bytes"] == 0
 
 
+def test_a_head_over_16_kib_is_refused_as_it_arrives(ctl: ControllerProc) -> None:
+    """llhttp has no cap of its own: a header sent without end was buffered whole."""
+    s = connect(ctl)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+    for _ in range(17):  # a header that never ends, a KiB at a time
+        s.sendall(b"a" * 1024)
+        time.sleep(0.01)
+    assert answer_of(s, within=5).startswith(b"HTTP/1.1 431")
+    # A head of many ordinary headers is as much head: over the cap, refused.
+    many = connect(ctl)
+    many.sendall(
+        b"GET /healthz HTTP/1.1\r\n" + b"".join(f"X-{i}: {'c' * 100}\r\n".encode() for i in range(200))
+    )
+    assert answer_of(many, within=5).startswith(b"HTTP/1.1 431")
+    # A head under the cap is served.
+    ok = httpx.get(ctl.url + "/healthz", headers={"X-Pad": "d" * 12_000}, timeout=5)
+    assert ok.status_code == 200
+    assert ctl.get("/api/v1/status").json()["server"]["heads_too_large"] == 2
+
+
+def test_the_h11_parser_keeps_the_same_rules(
+    controller_factory: Callable[..., ControllerProc], tmp_path: Path
+) -> None:
+    """server.http: h11 (pure Python) is still served, with the head rules of the default."""
+    server = {"allow_http": True, "http": "h11", "loop": "asyncio", "max_pending_connections": 4} | FAST
+    c = controller_factory(base_config(tmp_path / "data", server=server))
+    half = connect(c)
+    half.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\n")
+    assert answer_of(half, within=5).startswith(b"HTTP/1.1 408")
+    idle = [connect(c) for _ in range(4)]
+    time.sleep(0.3)
+    assert answer_of(connect(c), within=3).startswith(b"HTTP/1.1 503")
+    for s in idle:
+        s.close()
+    big = connect(c)
+    with contextlib.suppress(OSError):
+        big.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * 20_000)
+    assert answer_of(big, within=5)[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 431")  # h11's own cap, or ours
+    r = post(c, gz(batch(1)))
+    assert r.status_code == 200 and r.json()["status"] == "accepted"
+
+
 def test_connections_waiting_for_a_head_are_capped(
     controller_factory: Callable[..., ControllerProc], tmp_path: Path
 ) -> None:
