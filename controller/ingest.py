@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 import probe_core
@@ -216,12 +216,24 @@ class IngestService:
             return self.commit(prepared, lost)
         return self._measured(prepared, start, len(body))
 
-    def commit(self, prepared: Prepared, lost: int = 0) -> Answer:
-        """The store half of a prepared batch: the ledger commit and hot state (blocking I/O)."""
+    @overload
+    def commit(self, prepared: Prepared, lost: int = 0) -> Answer: ...
+
+    @overload
+    def commit(self, prepared: Prepared, lost: int = 0, *, inline: bool) -> Answer | None: ...
+
+    def commit(self, prepared: Prepared, lost: int = 0, *, inline: bool = False) -> Answer | None:
+        """The store half of a prepared batch: the ledger commit and hot state (blocking I/O).
+        ``inline`` (the event loop's): None, nothing done, when it cannot be done without
+        waiting on a lock or the store, or hot state would cost more than a few microseconds."""
+        if inline and self.hot.windows:
+            return None  # extracting a window's samples is analysis work: not on the loop
         try:
-            answer = self._accept(prepared, lost)
+            answer = self._accept(prepared, lost, wait=not inline)
         except Exception:  # a bug must answer, not hang the collector; the batch is not acked
             answer = _internal_error()
+        if answer is None:
+            return None
         return self._measured(answer, prepared.started, prepared.body_bytes)
 
     def _measured(self, answer: Answer, started: float, body_bytes: int) -> Answer:
@@ -302,11 +314,13 @@ class IngestService:
             return self.refuse(reason, Answer(400, encode(make_ack(key, "rejected", reason=message))))
         return self.refuse(reason, json_answer(400, {"detail": message, "field": field}))
 
-    def _accept(self, prepared: Prepared, lost: int) -> Answer:
+    def _accept(self, prepared: Prepared, lost: int, *, wait: bool = True) -> Answer | None:
         batch, raw = prepared.batch, prepared.raw
         key = batch_key(batch)
         try:
-            verdict = self.ledger.record(key, batch.boot_id, batch.dropped, lost_now=lost)
+            verdict = self.ledger.record(key, batch.boot_id, batch.dropped, lost_now=lost, wait=wait)
+            if verdict is None:
+                return None
         except SeqRefused as exc:
             return self._rejected(raw, "seq_ahead", "$.seq", str(exc), key=key)
         except StoreError as exc:

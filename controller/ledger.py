@@ -20,6 +20,11 @@ tokens bound to hosts keep a token from writing any other host's stream.)
 The stream's row is written and committed before the ack goes out,
 so a replay after a restart is still recognised. Streams live in memory (bounded,
 least recently used first out) and are loaded from the store on a miss.
+
+``record(..., wait=False)`` is the event loop's: it never waits, for the ledger's lock,
+a stream not in memory or the store's write lock (controller/store/streams.py), and
+answers None, having changed nothing, when it would have to; the caller then records
+the batch on its pool.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from collector.wire import BatchKey
 from controller.errors import SeqRefused, StoreError
 from controller.store import repo
+from controller.store.streams import StreamWriter
 
 Verdict = Literal["accepted", "duplicate", "refused"]
 # The collector's cumulative counts of batches it made and will never deliver.
@@ -138,9 +144,15 @@ def observe(s: StreamLedger, seq: int, window_max: int, loss: int | None = None)
 
 class Ledger:
     def __init__(
-        self, engine: Engine, window: int, max_streams: int, clock: Callable[[], float] = time.time
+        self,
+        engine: Engine,
+        window: int,
+        max_streams: int,
+        clock: Callable[[], float] = time.time,
+        writer: StreamWriter | None = None,
     ) -> None:
         self._engine = engine
+        self._writer = writer or StreamWriter(engine)
         self._window = window
         self._max_streams = max_streams
         self._clock = clock
@@ -166,11 +178,26 @@ class Ledger:
             self.evicted += 1
         return s
 
+    @overload
     def record(
         self, key: BatchKey, boot_id: str, dropped: dict[str, int], lost_now: int = 0
-    ) -> Literal["accepted", "duplicate"]:
-        """Duplicate, or accepted and committed to the store: only then may the ack say so."""
-        with self._lock:
+    ) -> Literal["accepted", "duplicate"]: ...
+
+    @overload
+    def record(
+        self, key: BatchKey, boot_id: str, dropped: dict[str, int], lost_now: int = 0, *, wait: bool
+    ) -> Literal["accepted", "duplicate"] | None: ...
+
+    def record(
+        self, key: BatchKey, boot_id: str, dropped: dict[str, int], lost_now: int = 0, *, wait: bool = True
+    ) -> Literal["accepted", "duplicate"] | None:
+        """Duplicate, or accepted and committed to the store: only then may the ack say so.
+        Without ``wait``: None, nothing changed, when that would mean waiting."""
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            if not wait and (key.host_id, key.stream_id) not in self._streams:
+                return None  # loading it is a read of the store
             s = self._get(key.host_id, key.stream_id)
             before = dataclasses.replace(s, window=set(s.window), dropped=dict(s.dropped))
             lost = max(reported_loss(dropped), lost_now)
@@ -190,12 +217,21 @@ class Ledger:
             s.boot_id = boot_id
             s.dropped = dropped
             try:
-                with self._engine.begin() as conn:
-                    repo.save_stream(conn, row=s.row())
-            except SQLAlchemyError as exc:
+                if wait:
+                    self._writer.save(s.row())
+                elif not self._writer.try_save(s.row()):
+                    self._streams[(key.host_id, key.stream_id)] = before  # as if never seen
+                    return None
+            except StoreError:
                 self._streams[(key.host_id, key.stream_id)] = before  # not durable: not accepted
-                raise StoreError(f"cannot commit the ingest ledger: {exc}") from exc
+                raise
             return "accepted"
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()
 
     def reload(self) -> None:
         """Forget what is in memory (a new leader reads the store afresh)."""

@@ -25,9 +25,10 @@ from controller.ingest import Accepted, IngestService
 from controller.leader import Leadership, PostgresLeadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
-from controller.store.db import check_store, libpq_dsn, make_engine, migrate, schema_version
+from controller.store.db import check_store, libpq_dsn, make_engine, migrate, schema_version, sqlite_path
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
+from controller.store.streams import stream_writer
 from controller.workflow.advisor import Advisor
 from controller.workflow.analysis_pool import AnalysisPool, WorkerConfig
 from controller.workflow.engine import Failpoint, WorkflowEngine
@@ -57,7 +58,10 @@ class Runtime:
         self.hot = HotState(settings.hot_state, windows=settings.workflow.enabled and not pooled)
         # Streams in memory: a few per host (a wiped spool starts a new stream).
         self.ledger = Ledger(
-            self.engine, settings.ingest.dedupe_window, max_streams=settings.hot_state.max_hosts * 4
+            self.engine,
+            settings.ingest.dedupe_window,
+            max_streams=settings.hot_state.max_hosts * 4,
+            writer=stream_writer(self.engine, sqlite_path(settings.sqlalchemy_url)),
         )
         url = settings.ha.advertise_url
         if settings.is_postgres:
@@ -174,6 +178,7 @@ class Runtime:
             self.analysis.stop()
         self.execution.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.ledger.close()
         if self.workflow.advisor is not None:
             self.workflow.advisor.close()
         self.engine.dispose()

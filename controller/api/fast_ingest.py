@@ -9,10 +9,12 @@ bounds as they arrive (429 past them). The body is read under the Guard's timeou
 a batch that decompresses to at most ``inline_decode_bytes`` (256 KiB: a few
 milliseconds of work at the very worst) is checked and validated on the loop,
 anything larger is handed to a bounded thread pool for decompression, the JSON check
-and validation; the ledger commit and hot state always run on the pool (SQLite's
-write lock can be held by the workflow), so the event loop keeps answering /healthz
-and the rest. Every early answer carries Connection: close, so an unread body is
-never taken in.
+and validation. The ledger commit and hot state run on the loop only when they cannot
+wait: SQLite's write lock free (tried without waiting), the stream already in memory,
+hot state keeping no window (analysis in its workers); otherwise, and always on
+PostgreSQL, on the pool (the workflow can hold SQLite's write lock for a while), so
+the event loop keeps answering /healthz and the rest. Every early answer carries
+Connection: close, so an unread body is never taken in.
 
 Every other request that carries a body is authenticated on its headers first, read
 under the same timeouts and a small cap (max_api_body_bytes), and refused with 400
@@ -203,8 +205,12 @@ class FastIngest:
                     self.pool, self.service.process, admitted, encoding, body, lost
                 )
             if isinstance(result, Prepared):
-                # The ledger commit waits on SQLite's write lock: never on the loop.
-                result = await loop.run_in_executor(self.pool, self.service.commit, result, lost)
+                # Committed here when nothing must be waited for (SQLite's write lock free,
+                # the stream in memory); else on the pool, which may wait.
+                prepared = result
+                result = self.service.commit(prepared, lost, inline=True)
+                if result is None:
+                    result = await loop.run_in_executor(self.pool, self.service.commit, prepared, lost)
             assert isinstance(result, Answer)
             answer = result
         finally:

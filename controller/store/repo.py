@@ -15,7 +15,7 @@ STREAMS = IngestStream.__table__  # type: ignore[attr-defined]
 LEADER = ControllerLeader.__table__  # type: ignore[attr-defined]
 
 
-_STREAM_COLUMNS = (
+STREAM_COLUMNS = (
     "host_id",
     "stream_id",
     "boot_id",
@@ -30,16 +30,23 @@ _STREAM_COLUMNS = (
     "last_seen",
     "dropped",
 )
-# Plain SQL that SQLite (3.24+) and PostgreSQL both take, built once: the ingest path runs it
-# per batch, and building an ORM upsert each time cost more than the commit.
-# Identifiers quoted: "window" is a reserved word in PostgreSQL.
-_QUOTED = ", ".join(f'"{c}"' for c in _STREAM_COLUMNS)
-UPSERT_STREAM = text(
-    f"INSERT INTO ingest_streams ({_QUOTED}) "
-    f"VALUES ({', '.join(':' + c for c in _STREAM_COLUMNS)}) "
-    'ON CONFLICT ("host_id", "stream_id") DO UPDATE SET '
-    + ", ".join(f'"{c}" = excluded."{c}"' for c in _STREAM_COLUMNS[2:])
-)
+
+
+def upsert_stream_sql(param: str = ":") -> str:
+    """Plain SQL that SQLite (3.24+) and PostgreSQL both take: the ingest path runs it per
+    batch, and building an ORM upsert each time cost more than the commit. ``param``: ":"
+    for named parameters (SQLAlchemy's text), "?" for sqlite3's positional ones, in
+    STREAM_COLUMNS order. Identifiers quoted: "window" is a reserved word in PostgreSQL."""
+    quoted = ", ".join(f'"{c}"' for c in STREAM_COLUMNS)
+    values = ", ".join("?" if param == "?" else ":" + c for c in STREAM_COLUMNS)
+    return (
+        f"INSERT INTO ingest_streams ({quoted}) VALUES ({values}) "
+        'ON CONFLICT ("host_id", "stream_id") DO UPDATE SET '
+        + ", ".join(f'"{c}" = excluded."{c}"' for c in STREAM_COLUMNS[2:])
+    )
+
+
+UPSERT_STREAM = text(upsert_stream_sql())
 
 
 def get_stream(conn: Connection, *, host_id: str, stream_id: str) -> dict[str, Any] | None:
@@ -47,11 +54,6 @@ def get_stream(conn: Connection, *, host_id: str, stream_id: str) -> dict[str, A
         select(STREAMS).where(STREAMS.c.host_id == host_id, STREAMS.c.stream_id == stream_id)
     ).first()
     return dict(row._mapping) if row else None
-
-
-def save_stream(conn: Connection, *, row: dict[str, Any]) -> None:
-    """The per-batch upsert: UPSERT_STREAM, prebuilt."""
-    conn.execute(UPSERT_STREAM, row)
 
 
 def _insert(conn: Connection, table: Any) -> Any:
