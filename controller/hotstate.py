@@ -2,7 +2,8 @@
 
 Each accepted batch's snapshots are kept as what evidence is made of, not as the JSON
 they arrived in (controller/detectors/window.py): a row of signal values per snapshot
-and the newest of each table, so a 300 s window of real 10 s snapshots costs tens of
+and the newest of each table (read straight from the raw JSON where it has the usual
+shapes: controller/detectors/rawextract.py), so a 300 s window of real 10 s snapshots costs tens of
 kilobytes, not megabytes, and reading it decodes nothing but the tables. A batch's
 events are kept as compact JSON beside it. The host's latest ``collector`` and
 ``agent`` objects are kept as raw JSON, and the latest status of each source it
@@ -41,6 +42,7 @@ import msgspec
 from collector.wire import Batch, BatchEnvelope, Snapshot, SnapshotEnvelope, SourceEntry, raw_or_none
 from controller.config import HotStateSettings
 from controller.detectors.evidence import Evidence, extract_or_error
+from controller.detectors.rawextract import extract_raw
 from controller.detectors.window import SignalWindow
 
 Freshness = Literal["fresh", "stale", "missing", "unavailable"]
@@ -160,6 +162,11 @@ class HotState:
         snapshots: Sequence[Snapshot | SnapshotEnvelope] = batch.snapshots if self.windows else []
         extracts = []
         for snap in snapshots:
+            # Straight from the raw JSON where its shapes allow; else the full decode.
+            fast = None if isinstance(snap, Snapshot) else extract_raw(snap)
+            if fast is not None:
+                extracts.append(fast)
+                continue
             ex, error = extract_or_error(snap if isinstance(snap, Snapshot) else _decoded(snap))
             extracts.append(ex)
             if error is not None and self.on_error is not None:

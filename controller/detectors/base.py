@@ -75,12 +75,6 @@ def get_detector(family: str) -> Detector:
         raise UnknownDetectorError(family) from None
 
 
-def recent(values: Sequence[float], n: int = 5) -> float | None:
-    """The mean of the last n points: one noisy sample is not a saturation."""
-    tail = list(values[-n:])
-    return sum(tail) / len(tail) if tail else None
-
-
 def robust_z(values: Sequence[float], tail: int = 3) -> tuple[float, float] | None:
     """(z, baseline median) of the mean of the last `tail` points against the rest."""
     if len(values) < tail + 8:

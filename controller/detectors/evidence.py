@@ -56,6 +56,25 @@ class Evidence:
     def values(self, name: str) -> list[float]:
         return [v for _, v in self.series.get(name, [])]
 
+    def recent(self, name: str, n: int = 5) -> float | None:
+        """The mean of the last n points of a series (None without one): a detector's first
+        look, which a window answers from its column without building the series."""
+        if isinstance(self.series, TailMeans):
+            return self.series.tail_mean(name, n)
+        return tail_mean([v for _, v in self.series.get(name, [])[-n:]])
+
+
+def tail_mean(tail: Sequence[float]) -> float | None:
+    """The mean of the points given, oldest first (the one way both paths add them)."""
+    return sum(tail) / len(tail) if tail else None
+
+
+class TailMeans(dict[str, "Series"]):
+    """Series that answer ``tail_mean`` without being built (controller/detectors/window.py)."""
+
+    def tail_mean(self, name: str, n: int) -> float | None:
+        raise NotImplementedError
+
 
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
@@ -80,7 +99,9 @@ def _add(values: dict[str, float], name: str, value: float | None) -> None:
 class Extract:
     """What one snapshot contributes to evidence: its signal values, the raw OOM-kill
     counter (a delta needs the sample before it in the same window), the tables it sets,
-    its GPU XID events and the sources it names. Pure: the same snapshot, the same Extract."""
+    its GPU XID events and the sources it names. Pure: the same snapshot, the same Extract.
+    A table is its rows, or (from rawextract) a msgspec.Raw of their JSON: hot state
+    keeps tables encoded, and a Raw encodes to itself."""
 
     ts: float
     values: dict[str, float]
@@ -90,11 +111,141 @@ class Extract:
     sources: list[str]
 
 
+# Throttle reasons that mean the GPU itself is held down (not an idle clock-down).
+BAD_THROTTLE = (
+    "hw_thermal_slowdown",
+    "sw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "sw_power_cap",
+    "hw_slowdown",
+)
+Values = dict[str, float]
+Tables = dict[str, Any]
+
+
+# One function per source: what its data adds to the sample's values and tables. Pure
+# and shared: controller/detectors/rawextract.py calls the small ones on decoded data.
+
+
+def host_section(host: dict[str, Any], values: Values) -> float | None:
+    """The host's signals; returns the raw OOM-kill counter."""
+    util = _get(host, "cpu", "util_pct")
+    if isinstance(util, dict):
+        idle, iowait = _num(util.get("idle")), _num(util.get("iowait"))
+        if idle is not None and iowait is not None:
+            _add(values, "cpu_busy_pct", 100.0 - idle - iowait)
+            _add(values, "cpu_iowait_pct", iowait)
+        _add(values, "cpu_steal_pct", _num(util.get("steal")))
+    _add(values, "procs_running", _num(_get(host, "cpu", "procs_running")))
+    _add(values, "procs_blocked", _num(_get(host, "cpu", "procs_blocked")))
+    _add(values, "forks_per_s", _num(_get(host, "cpu", "forks_per_s")))
+    load = host.get("load")
+    if isinstance(load, list) and load:
+        _add(values, "load1", _num(load[0]))
+    total, avail = _num(_get(host, "memory", "MemTotal")), _num(_get(host, "memory", "MemAvailable"))
+    if total and avail is not None:
+        _add(values, "mem_available_pct", 100.0 * avail / total)
+    for key in ("pswpin_per_s", "pswpout_per_s", "pgmajfault_per_s"):
+        _add(values, key, _num(_get(host, "vmstat_rates", key)))
+    return _num(_get(host, "vmstat", "oom_kill"))
+
+
+def psi_section(psi: dict[str, Any], values: Values) -> None:
+    for res in ("cpu", "memory", "io"):
+        for kind in ("some", "full"):
+            _add(values, f"psi_{res}_{kind}", _num(_get(psi, res, kind, "avg10")))
+
+
+def disk_section(disk: dict[str, Any], values: Values, tables: Tables) -> None:
+    devs = [d for d in disk.get("devices", []) if isinstance(d, dict)]
+    utils = [u for d in devs if (u := _num(d.get("util_pct"))) is not None]
+    if utils:
+        _add(values, "disk_util_max_pct", max(utils))
+    awaits = [
+        a for d in devs for k in ("read_await_ms", "write_await_ms") if (a := _num(d.get(k))) is not None
+    ]
+    if awaits:
+        _add(values, "disk_await_max_ms", max(awaits))
+    tables["disks"] = sorted(devs, key=lambda d: -(_num(d.get("util_pct")) or 0))[:MAX_ROWS]
+
+
+def interface_rates(ifaces: Sequence[Any], values: Values) -> None:
+    """NIC errors and drops, summed over the interfaces' rates."""
+    errs = drops = 0.0
+    for iface in ifaces:
+        rates = iface.get("rates") or {}
+        errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
+        drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
+    _add(values, "nic_errors_per_s", errs)
+    _add(values, "nic_drops_per_s", drops)
+
+
+def network_section(net: dict[str, Any], values: Values, tables: Tables) -> None:
+    ifaces = [i for i in net.get("interfaces", []) if isinstance(i, dict)]
+    interface_rates(ifaces, values)
+    tables["interfaces"] = [
+        {"name": f.get("name"), "operstate": f.get("operstate"), "rates": f.get("rates")} for f in ifaces
+    ][:MAX_ROWS]
+
+
+def sockets_section(socks: dict[str, Any], values: Values, tables: Tables) -> None:
+    _add(values, "tcp_in_rto_backoff", _num(socks.get("in_rto_backoff")))
+    near = socks.get("listeners_near_backlog") or []
+    _add(values, "listeners_near_backlog", float(len(near)))
+    tables["listeners_near_backlog"] = near[:MAX_ROWS]
+    tables["top_retrans"] = (socks.get("top_retrans") or [])[:MAX_ROWS]
+
+
+def processes_section(procs: dict[str, Any], values: Values, tables: Tables) -> None:
+    rows = [r for r in procs.get("rows", []) if isinstance(r, dict)]
+    holders = [h for h in procs.get("fd_holders") or [] if isinstance(h, dict)]
+    fds = [f for r in rows + holders if (f := _num(r.get("num_fds"))) is not None]
+    if fds:
+        _add(values, "max_process_fds", max(fds))
+    pcts = [p for h in holders if (p := _num(h.get("fd_pct"))) is not None]
+    if pcts:
+        _add(values, "max_process_fd_pct", max(pcts))
+    tables["processes"] = rows[:MAX_ROWS]
+    tables["fd_holders"] = holders[:MAX_ROWS]
+    tables["io_top"] = [r for r in procs.get("io_top") or [] if isinstance(r, dict)][:MAX_ROWS]
+    _add(values, "processes", _num(_get(procs, "totals", "processes")))
+
+
+def cgroup_section(cg: dict[str, Any], values: Values, tables: Tables) -> None:
+    rows = [r for r in cg.get("cgroups", []) if isinstance(r, dict)]
+    throttled = [t for r in rows if (t := _num(_get(r, "cpu", "throttled_periods_pct"))) is not None]
+    if throttled:
+        _add(values, "cgroup_throttled_max_pct", max(throttled))
+    tables["cgroups"] = rows[:MAX_ROWS]
+
+
+def ebpf_section(ebpf: dict[str, Any], values: Values) -> None:
+    counts = ebpf.get("counts") or {}
+    for kind in ("tcp_retransmit", "exec", "exit", "oom_kill", "fork"):
+        _add(values, f"ebpf_{kind}", _num(counts.get(kind)) or 0.0)
+
+
+def gpu_section(gpu: dict[str, Any], values: Values, tables: Tables) -> list[Any]:
+    """The GPUs' signals and table; returns the XID events."""
+    devices = [d for d in gpu.get("devices", []) if isinstance(d, dict)]
+    tables["gpus"] = devices[:MAX_ROWS]
+    for dev in devices:
+        i = dev.get("index")
+        _add(values, f"gpu{i}_util_pct", _num(_get(dev, "utilization_pct", "gpu")))
+        total, used = _num(_get(dev, "memory", "total")), _num(_get(dev, "memory", "used"))
+        if total:
+            _add(values, f"gpu{i}_mem_used_pct", 100.0 * (used or 0.0) / total)
+        _add(values, f"gpu{i}_temp_c", _num(dev.get("temperature_c")))
+        _add(values, f"gpu{i}_ecc_uncorrected", _num(_get(dev, "ecc", "uncorrected_volatile")))
+        reasons = dev.get("throttle_reasons") or []
+        _add(values, f"gpu{i}_throttled", 1.0 if [r for r in reasons if r in BAD_THROTTLE] else 0.0)
+    return list(gpu.get("xid_events") or [])
+
+
 def extract(snap: Snapshot) -> Extract:
-    ts = snap.ts
     src = snap.sources
-    values: dict[str, float] = {}
-    tables: dict[str, Any] = {}
+    values: Values = {}
+    tables: Tables = {}
     xids: list[Any] = []
     ooms: float | None = None
 
@@ -103,109 +254,24 @@ def extract(snap: Snapshot) -> Extract:
         return entry.data if entry is not None and entry.status in ("ok", "fallback") else None
 
     if (host := data("host")) is not None:
-        util = _get(host, "cpu", "util_pct")
-        if isinstance(util, dict):
-            idle, iowait = _num(util.get("idle")), _num(util.get("iowait"))
-            if idle is not None and iowait is not None:
-                _add(values, "cpu_busy_pct", 100.0 - idle - iowait)
-                _add(values, "cpu_iowait_pct", iowait)
-            _add(values, "cpu_steal_pct", _num(util.get("steal")))
-        _add(values, "procs_running", _num(_get(host, "cpu", "procs_running")))
-        _add(values, "procs_blocked", _num(_get(host, "cpu", "procs_blocked")))
-        _add(values, "forks_per_s", _num(_get(host, "cpu", "forks_per_s")))
-        load = host.get("load")
-        if isinstance(load, list) and load:
-            _add(values, "load1", _num(load[0]))
-        total, avail = _num(_get(host, "memory", "MemTotal")), _num(_get(host, "memory", "MemAvailable"))
-        if total and avail is not None:
-            _add(values, "mem_available_pct", 100.0 * avail / total)
-        for key in ("pswpin_per_s", "pswpout_per_s", "pgmajfault_per_s"):
-            _add(values, key, _num(_get(host, "vmstat_rates", key)))
-        ooms = _num(_get(host, "vmstat", "oom_kill"))
+        ooms = host_section(host, values)
     if (psi := data("psi")) is not None:
-        for res in ("cpu", "memory", "io"):
-            for kind in ("some", "full"):
-                _add(values, f"psi_{res}_{kind}", _num(_get(psi, res, kind, "avg10")))
+        psi_section(psi, values)
     if (disk := data("disk")) is not None:
-        devs = [d for d in disk.get("devices", []) if isinstance(d, dict)]
-        utils = [u for d in devs if (u := _num(d.get("util_pct"))) is not None]
-        if utils:
-            _add(values, "disk_util_max_pct", max(utils))
-        awaits = [
-            a for d in devs for k in ("read_await_ms", "write_await_ms") if (a := _num(d.get(k))) is not None
-        ]
-        if awaits:
-            _add(values, "disk_await_max_ms", max(awaits))
-        tables["disks"] = sorted(devs, key=lambda d: -(_num(d.get("util_pct")) or 0))[:MAX_ROWS]
+        disk_section(disk, values, tables)
     if (net := data("network")) is not None:
-        errs = drops = 0.0
-        ifaces = [i for i in net.get("interfaces", []) if isinstance(i, dict)]
-        for iface in ifaces:
-            rates = iface.get("rates") or {}
-            errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
-            drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
-        _add(values, "nic_errors_per_s", errs)
-        _add(values, "nic_drops_per_s", drops)
-        tables["interfaces"] = [
-            {"name": f.get("name"), "operstate": f.get("operstate"), "rates": f.get("rates")} for f in ifaces
-        ][:MAX_ROWS]
+        network_section(net, values, tables)
     if (socks := data("sockets")) is not None:
-        _add(values, "tcp_in_rto_backoff", _num(socks.get("in_rto_backoff")))
-        near = socks.get("listeners_near_backlog") or []
-        _add(values, "listeners_near_backlog", float(len(near)))
-        tables["listeners_near_backlog"] = near[:MAX_ROWS]
-        tables["top_retrans"] = (socks.get("top_retrans") or [])[:MAX_ROWS]
+        sockets_section(socks, values, tables)
     if (procs := data("processes")) is not None:
-        rows = [r for r in procs.get("rows", []) if isinstance(r, dict)]
-        holders = [h for h in procs.get("fd_holders") or [] if isinstance(h, dict)]
-        fds = [f for r in rows + holders if (f := _num(r.get("num_fds"))) is not None]
-        if fds:
-            _add(values, "max_process_fds", max(fds))
-        pcts = [p for h in holders if (p := _num(h.get("fd_pct"))) is not None]
-        if pcts:
-            _add(values, "max_process_fd_pct", max(pcts))
-        tables["processes"] = rows[:MAX_ROWS]
-        tables["fd_holders"] = holders[:MAX_ROWS]
-        tables["io_top"] = [r for r in procs.get("io_top") or [] if isinstance(r, dict)][:MAX_ROWS]
-        _add(values, "processes", _num(_get(procs, "totals", "processes")))
+        processes_section(procs, values, tables)
     if (cg := data("cgroup")) is not None:
-        rows = [r for r in cg.get("cgroups", []) if isinstance(r, dict)]
-        throttled = [t for r in rows if (t := _num(_get(r, "cpu", "throttled_periods_pct"))) is not None]
-        if throttled:
-            _add(values, "cgroup_throttled_max_pct", max(throttled))
-        tables["cgroups"] = rows[:MAX_ROWS]
+        cgroup_section(cg, values, tables)
     if (ebpf := data("ebpf")) is not None:
-        counts = ebpf.get("counts") or {}
-        for kind in ("tcp_retransmit", "exec", "exit", "oom_kill", "fork"):
-            _add(values, f"ebpf_{kind}", _num(counts.get(kind)) or 0.0)
+        ebpf_section(ebpf, values)
     if (gpu := data("gpu")) is not None:
-        devices = [d for d in gpu.get("devices", []) if isinstance(d, dict)]
-        tables["gpus"] = devices[:MAX_ROWS]
-        for dev in devices:
-            i = dev.get("index")
-            _add(values, f"gpu{i}_util_pct", _num(_get(dev, "utilization_pct", "gpu")))
-            total, used = _num(_get(dev, "memory", "total")), _num(_get(dev, "memory", "used"))
-            if total:
-                _add(values, f"gpu{i}_mem_used_pct", 100.0 * (used or 0.0) / total)
-            _add(values, f"gpu{i}_temp_c", _num(dev.get("temperature_c")))
-            ecc = _num(_get(dev, "ecc", "uncorrected_volatile"))
-            _add(values, f"gpu{i}_ecc_uncorrected", ecc)
-            reasons = dev.get("throttle_reasons") or []
-            bad = [
-                r
-                for r in reasons
-                if r
-                in (
-                    "hw_thermal_slowdown",
-                    "sw_thermal_slowdown",
-                    "hw_power_brake_slowdown",
-                    "sw_power_cap",
-                    "hw_slowdown",
-                )
-            ]
-            _add(values, f"gpu{i}_throttled", 1.0 if bad else 0.0)
-        xids = list(gpu.get("xid_events") or [])
-    return Extract(ts, values, ooms, tables, xids, list(src))
+        xids = gpu_section(gpu, values, tables)
+    return Extract(snap.ts, values, ooms, tables, xids, list(src))
 
 
 def extract_or_error(snap: Snapshot) -> tuple[Extract, str | None]:

@@ -12,7 +12,6 @@ from controller.detectors.base import (
     detector,
     pearson,
     process_culprit,
-    recent,
     top_row,
 )
 from controller.detectors.evidence import Evidence
@@ -124,7 +123,7 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
     out = []
     for g in _gpus(ev):
         i = g.get("index")
-        mem, util = recent(ev.values(f"gpu{i}_mem_used_pct")), recent(ev.values(f"gpu{i}_util_pct"))
+        mem, util = ev.recent(f"gpu{i}_mem_used_pct"), ev.recent(f"gpu{i}_util_pct")
         if mem is None or util is None or mem < GPU_MEM_USED_PCT or util > GPU_LOW_UTIL_PCT:
             continue
         holder = max(g.get("processes") or [], key=lambda p: p.get("used_bytes") or 0, default=None)
@@ -151,13 +150,13 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
 
 @detector("input_pipeline_starvation")
 def input_pipeline_starvation(ev: Evidence) -> list[Finding]:
-    busy = recent(ev.values("cpu_busy_pct"))
+    busy = ev.recent("cpu_busy_pct")
     if busy is None or busy < STARVED_CPU_BUSY_PCT:
         return []
     out = []
     for g in _gpus(ev):
         i = g.get("index")
-        util = recent(ev.values(f"gpu{i}_util_pct"))
+        util = ev.recent(f"gpu{i}_util_pct")
         if util is None or util > STARVED_GPU_UTIL_PCT:
             continue
         r = pearson(ev.values("cpu_busy_pct"), ev.values(f"gpu{i}_util_pct"))

@@ -11,7 +11,6 @@ from controller.detectors.base import (
     clamp,
     detector,
     process_culprit,
-    recent,
     robust_z,
     seasonal_baseline,
     top_row,
@@ -28,14 +27,15 @@ DISK_UTIL_PCT = 90.0
 IOWAIT_PCT = 30.0
 PROCESS_FDS = 50_000  # far past any sane service, and a tenth of a default fs.nr_open
 PROCESS_FD_PCT = 80.0  # of the process's own soft RLIMIT_NOFILE: EMFILE is near
+FD_GROWTH_FLOOR = 1000  # a baseline below this counts as this much: growth is from at least 2,000
 CGROUP_THROTTLED_PCT = 25.0
 FORKS_PER_S = 50.0
 
 
 @detector("cpu_saturation")
 def cpu_saturation(ev: Evidence) -> list[Finding]:
-    busy = recent(ev.values("cpu_busy_pct"))
-    psi = recent(ev.values("psi_cpu_some"))
+    busy = ev.recent("cpu_busy_pct")
+    psi = ev.recent("psi_cpu_some")
     # PSI's avg10 trails a load that has ended by tens of seconds: without the CPUs busy
     # now, pressure alone is the echo of a past load, not saturation.
     pressured = psi is not None and psi >= PSI_CPU_SOME and (busy is None or busy >= PSI_NEEDS_BUSY_PCT)
@@ -70,15 +70,15 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
 
 @detector("memory_pressure")
 def memory_pressure(ev: Evidence) -> list[Finding]:
-    avail = recent(ev.values("mem_available_pct"), 3)
-    psi = recent(ev.values("psi_memory_some"), 3)
+    avail = ev.recent("mem_available_pct", 3)
+    psi = ev.recent("psi_memory_some", 3)
     kills = sum(ev.values("oom_kills")) + sum(ev.values("ebpf_oom_kill"))
     victims = [e for e in ev.events if e.get("type") == "oom_kill"]
-    cg = [c for c in ev.tables.get("cgroups", []) if (c.get("memory") or {}).get("oom_kill")]
     low = avail is not None and avail <= MEM_AVAILABLE_PCT
     stalled = psi is not None and psi >= PSI_MEMORY_SOME
     if not (low or stalled or kills > 0 or victims):
         return []
+    cg = [c for c in ev.tables.get("cgroups", []) if (c.get("memory") or {}).get("oom_kill")]
     if victims:
         v = victims[-1]
         culprit = Culprit(
@@ -121,9 +121,9 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
 
 @detector("io_pressure")
 def io_pressure(ev: Evidence) -> list[Finding]:
-    psi = recent(ev.values("psi_io_some"))
-    util = recent(ev.values("disk_util_max_pct"))
-    iowait = recent(ev.values("cpu_iowait_pct"))
+    psi = ev.recent("psi_io_some")
+    util = ev.recent("disk_util_max_pct")
+    iowait = ev.recent("cpu_iowait_pct")
     if not ((psi or 0) >= PSI_IO_SOME or (util or 0) >= DISK_UTIL_PCT or (iowait or 0) >= IOWAIT_PCT):
         return []
     disks = ev.tables.get("disks", [])
@@ -172,14 +172,15 @@ def io_pressure(ev: Evidence) -> list[Finding]:
 
 @detector("fd_exhaustion")
 def fd_exhaustion(ev: Evidence) -> list[Finding]:
-    fds = ev.values("max_process_fds")
-    latest = recent(fds, 2)
+    latest = ev.recent("max_process_fds", 2)
     if latest is None:
         return []
-    pct = recent(ev.values("max_process_fd_pct"), 2)
-    z = robust_z(fds)
-    growing = z is not None and z[0] >= 6 and latest >= 2 * max(z[1], 1000)
+    pct = ev.recent("max_process_fd_pct", 2)
     near_limit = pct is not None and pct >= PROCESS_FD_PCT
+    # Growth needs latest >= 2 x max(baseline, FD_GROWTH_FLOOR): below that, the robust z
+    # (two medians over the window) cannot matter, and most hosts are below it.
+    z = robust_z(ev.values("max_process_fds")) if near_limit or latest >= 2 * FD_GROWTH_FLOOR else None
+    growing = z is not None and z[0] >= 6 and latest >= 2 * max(z[1], FD_GROWTH_FLOOR)
     if latest < PROCESS_FDS and not growing and not near_limit:
         return []
     # fd_holders ranks every process by open files; the CPU-ranked rows are the fallback
@@ -220,7 +221,7 @@ def fd_exhaustion(ev: Evidence) -> list[Finding]:
 
 @detector("cgroup_cpu_throttling")
 def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
-    pct = recent(ev.values("cgroup_throttled_max_pct"))
+    pct = ev.recent("cgroup_throttled_max_pct")
     if pct is None or pct < CGROUP_THROTTLED_PCT:
         return []
     rows = [
@@ -258,10 +259,11 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
 
 @detector("runaway_forks")
 def runaway_forks(ev: Evidence) -> list[Finding]:
-    forks = ev.values("forks_per_s")
-    latest = recent(forks, 3)
-    z = robust_z(forks)
-    if latest is None or latest < FORKS_PER_S or (z is not None and z[0] < 5):
+    latest = ev.recent("forks_per_s", 3)
+    if latest is None or latest < FORKS_PER_S:
+        return []
+    z = robust_z(ev.values("forks_per_s"))
+    if z is not None and z[0] < 5:
         return []
     parents = Counter(e.get("ppid") for e in ev.events if e.get("type") == "exec" and e.get("ppid"))
     if parents:

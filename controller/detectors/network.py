@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.detectors.base import Culprit, Finding, clamp, detector, recent, robust_z
+from controller.detectors.base import Culprit, Finding, clamp, detector, robust_z
 from controller.detectors.evidence import Evidence
 
 RETRANS_PER_S = 10.0
@@ -12,10 +12,11 @@ NIC_BAD_PER_S = 1.0
 
 @detector("tcp_retransmit_surge")
 def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
-    retrans = ev.values("ebpf_tcp_retransmit")
-    latest = recent(retrans, 3) or 0.0
-    z = robust_z(retrans)
-    backoff = recent(ev.values("tcp_in_rto_backoff"), 3) or 0.0
+    latest = ev.recent("ebpf_tcp_retransmit", 3) or 0.0
+    backoff = ev.recent("tcp_in_rto_backoff", 3) or 0.0
+    if latest < RETRANS_PER_S and backoff < RTO_BACKOFF_SOCKETS:
+        return []  # no surge whatever the robust z says
+    z = robust_z(ev.values("ebpf_tcp_retransmit"))
     surge = latest >= RETRANS_PER_S and (z is None or z[0] >= 4)
     if not surge and backoff < RTO_BACKOFF_SOCKETS:
         return []
@@ -32,7 +33,7 @@ def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
         if peer
         else Culprit("host", "network", {})
     )
-    drops = recent(ev.values("nic_drops_per_s"), 3) or 0.0
+    drops = ev.recent("nic_drops_per_s", 3) or 0.0
     score = clamp(0.5 + min(latest, 500) / 1000 + backoff / 40)
     contradicting = []
     full = _full_listener(ev, peer)
@@ -74,9 +75,11 @@ def _full_listener(ev: Evidence, peer: dict[str, object] | None) -> str | None:
 
 @detector("listen_queue_overflow")
 def listen_queue_overflow(ev: Evidence) -> list[Finding]:
-    near = recent(ev.values("listeners_near_backlog"), 3) or 0.0
+    near = ev.recent("listeners_near_backlog", 3) or 0.0
+    if near < 1:
+        return []
     listeners = ev.tables.get("listeners_near_backlog", [])
-    if near < 1 or not listeners:
+    if not listeners:
         return []
     worst = listeners[0]
     backlog = worst.get("backlog")
@@ -108,8 +111,8 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
 
 @detector("nic_errors")
 def nic_errors(ev: Evidence) -> list[Finding]:
-    errs = recent(ev.values("nic_errors_per_s"), 3) or 0.0
-    drops = recent(ev.values("nic_drops_per_s"), 3) or 0.0
+    errs = ev.recent("nic_errors_per_s", 3) or 0.0
+    drops = ev.recent("nic_drops_per_s", 3) or 0.0
     if errs + drops < NIC_BAD_PER_S:
         return []
     worst, worst_bad = None, 0.0

@@ -24,7 +24,16 @@ from typing import Any
 
 import msgspec
 
-from controller.detectors.evidence import MAX_POINTS, MAX_ROWS, Evidence, Extract, Series, assemble
+from controller.detectors.evidence import (
+    MAX_POINTS,
+    MAX_ROWS,
+    Evidence,
+    Extract,
+    Series,
+    TailMeans,
+    assemble,
+    tail_mean,
+)
 
 MAX_SIGNALS = 512  # names per host; a real host has 30-60 (more with many GPUs)
 # Bytes a sample costs beyond its doubles (its time, counter, sources and XID slots) and
@@ -73,6 +82,70 @@ class LazyTables(dict[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and (dict.__contains__(self, key) or key in self._raw)
+
+
+class LazySeries(TailMeans):
+    """Series built on first read, straight from the window's columns: an evaluation reads
+    a third of the signals a host sends, and most only for the mean of their last few
+    points (a detector reads more only once its own signal crossed a threshold). For
+    detectors only, as LazyTables, and only until the window takes its next sample: the
+    columns are the window's own, not copies (an analysis worker evaluates between
+    batches, never during one)."""
+
+    def __init__(self, ts: list[float], lo: int, columns: dict[str, Column]) -> None:
+        super().__init__()
+        self._ts = ts
+        self._lo = lo
+        self._columns = columns
+
+    def _load(self, key: str) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        col = self._columns.get(key)
+        if col is None:
+            return False
+        pts = _points(self._ts, col.values[self._lo :] if self._lo else col.values, col.gaps == 0)
+        if not pts:
+            return False
+        dict.__setitem__(self, key, pts)
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict.__getitem__(self, key) if self._load(key) else default
+
+    def __getitem__(self, key: str) -> Series:
+        if not self._load(key):
+            raise KeyError(key)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._load(key)
+
+    def tail_mean(self, name: str, n: int) -> float | None:
+        if dict.__contains__(self, name):
+            return tail_mean([v for _, v in dict.__getitem__(self, name)[-n:]])
+        col = self._columns.get(name)
+        if col is None:
+            return None
+        values, lo = col.values, self._lo
+        tail: list[float] = []
+        i = len(values) - 1
+        while i >= lo and len(tail) < n:
+            v = values[i]
+            if v == v:
+                tail.append(v)
+            i -= 1
+        tail.reverse()
+        return tail_mean(tail)
+
+
+def _points(ts: list[float], values: array[float], whole: bool) -> Series:
+    """A column's points (the NaNs left out unless it has none), the newest MAX_POINTS."""
+    if whole:
+        pts = list(zip(ts, values.tolist(), strict=True))
+    else:
+        pts = [(t, v) for t, v in zip(ts, values.tolist(), strict=True) if v == v]
+    return pts[-MAX_POINTS:] if len(pts) > MAX_POINTS else pts
 
 
 class SignalWindow:
@@ -183,15 +256,15 @@ class SignalWindow:
         if lo >= n:
             return None
         ts = self.ts[lo:].tolist()
-        series: dict[str, Series] = {}
-        for name, col in self.columns.items():
-            if col.gaps == 0 and lo == 0:
-                pts = list(zip(ts, col.values.tolist(), strict=True))
-            else:
-                pts = [(t, v) for t, v in zip(ts, col.values[lo:].tolist(), strict=True) if v == v]
-                if not pts:
-                    continue
-            series[name] = pts[-MAX_POINTS:] if len(pts) > MAX_POINTS else pts
+        series: dict[str, Series]
+        if lazy:
+            series = LazySeries(ts, lo, self.columns)
+        else:
+            series = {}
+            for name, col in self.columns.items():
+                pts = _points(ts, col.values if lo == 0 else col.values[lo:], col.gaps == 0)
+                if pts:
+                    series[name] = pts
         oom_points: Series = []
         prev = _NAN
         for t, v in zip(ts, self.ooms[lo:].tolist(), strict=True):

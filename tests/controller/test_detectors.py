@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.detectors import FAMILIES, build_evidence
+from controller.detectors import FAMILIES, Evidence, build_evidence, get_detector
 from controller.detectors.base import pearson, robust_z, seasonal_baseline
 from controller.workflow.analysis import STALE_CAP, detect, rank
 from testkit.scenarios import FAULTS, window
@@ -114,3 +114,28 @@ def test_fd_holders_far_from_their_limit_are_not_an_incident() -> None:
             {"pid": 7, "comm": "nginx", "num_fds": 4000, "fd_limit": 65536, "fd_pct": 6.1}
         ]
     assert analyse(snaps) == []
+
+
+def _ev(**series: list[float]) -> Evidence:
+    pts = {name: [(float(i), v) for i, v in enumerate(values)] for name, values in series.items()}
+    return Evidence("node-a", 0.0, 30.0, 31, series=pts)
+
+
+def test_fd_growth_from_a_small_baseline_is_found_just_past_twice_the_floor() -> None:
+    """The robust z is only computed once the latest count could be growth (2 x 1,000)."""
+    grown = get_detector("fd_exhaustion")(_ev(max_process_fds=[1000.0] * 20 + [2100.0] * 3))
+    assert [(f.method, f.value) for f in grown] == [("robust_z", 2100.0)]
+    assert get_detector("fd_exhaustion")(_ev(max_process_fds=[900.0] * 20 + [1990.0] * 3)) == []
+
+
+def test_retransmit_and_fork_detectors_read_their_tail_before_the_window() -> None:
+    tcp = get_detector("tcp_retransmit_surge")
+    flat = [0.0] * 28
+    # Sockets in RTO backoff alone are a finding, with the robust z of a flat window.
+    backoff = tcp(_ev(ebpf_tcp_retransmit=flat + [0.0] * 3, tcp_in_rto_backoff=flat + [6.0] * 3))
+    assert [(f.method, f.baseline) for f in backoff] == [("robust_z", 0.0)]
+    assert tcp(_ev(ebpf_tcp_retransmit=flat + [9.0] * 3, tcp_in_rto_backoff=flat + [4.0] * 3)) == []
+    forks = get_detector("runaway_forks")
+    assert forks(_ev(forks_per_s=[1.0] * 28 + [60.0] * 3))[0].method == "robust_z"
+    assert forks(_ev(forks_per_s=[55.0] * 28 + [60.0] * 3)) == []  # high, but no surge over its window
+    assert forks(_ev(forks_per_s=[1.0] * 28 + [49.0] * 3)) == []
