@@ -128,6 +128,11 @@ def uvicorn_options(settings: ControllerSettings, guard: Guard) -> dict[str, Any
         "timeout_keep_alive": max(1, round(srv.keep_alive_s)),
         "log_level": "warning",
         "access_log": False,
+        # X-Forwarded-For from any loopback client would name whatever peer it likes, and the
+        # per-address shares (controller/api/guard.py) go by the peer: behind a proxy every
+        # client is the proxy's one address, which is what the generous shares are sized for.
+        "proxy_headers": False,
+        "server_header": False,
         "ssl_certfile": str(settings.tls_cert_file) if settings.tls_cert_file else None,
         "ssl_keyfile": str(settings.tls_key_file) if settings.tls_key_file else None,
         "ssl_ca_certs": str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,

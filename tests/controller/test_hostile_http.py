@@ -140,6 +140,34 @@ def test_a_head_over_16_kib_is_refused_as_it_arrives(ctl: ControllerProc) -> Non
     assert ctl.get("/api/v1/status").json()["server"]["heads_too_large"] == 2
 
 
+def test_a_forwarded_for_header_does_not_make_another_peer(
+    controller_factory: Callable[..., ControllerProc], tmp_path: Path
+) -> None:
+    """uvicorn's proxy headers trusted 127.0.0.1: any local client could name a new peer
+    per request and step around its address's share."""
+    server = {"allow_http": True, "max_inflight_batches_per_peer": 1, "body_timeout_s": 5.0}
+    c = controller_factory(base_config(tmp_path / "data", server=server))
+    holder = connect(c)
+    holder.sendall(
+        f"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {COLLECTOR_TOKEN}\r\n"
+        "Content-Encoding: gzip\r\nContent-Length: 5000\r\n\r\n".encode()
+        + b"x" * 100
+    )  # holds this address's one decode slot while its body stalls
+    time.sleep(0.3)
+    r = httpx.post(
+        c.url + "/api/v1/ingest",
+        content=gz(batch(1)),
+        headers={
+            "Authorization": f"Bearer {COLLECTOR_TOKEN}",
+            "Content-Encoding": "gzip",
+            "X-Forwarded-For": "10.9.9.9",
+        },
+        timeout=5,
+    )
+    assert r.status_code == 429, r.text
+    assert "server" not in r.headers  # nor does it name its software
+
+
 def test_the_h11_parser_keeps_the_same_rules(
     controller_factory: Callable[..., ControllerProc], tmp_path: Path
 ) -> None:
