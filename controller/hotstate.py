@@ -291,34 +291,58 @@ class HotState:
         """Latest status per source, and the newest time each answered ok or fallback;
         returns the change in the bytes the status entries cost.
 
-        Walks snapshots newest first and stops once every source has a good answer: one
-        snapshot for the usual batch, every one only when some source keeps failing."""
-        delta = 0
-        statuses = host.source_status
-        pending: set[str] | None = None
+        The newest snapshot sets the statuses, in its order (the least recently reported
+        first, for the bound). Times walk the snapshots newest first and stop once every
+        source it names has a good answer: one snapshot for the usual batch, every one
+        only when some source keeps failing."""
         snapshots: Sequence[SnapshotEnvelope | Snapshot] = batch.snapshots
-        for snap in reversed(snapshots):
-            if pending is None:
-                pending = set(snap.sources)
-                for name, entry in snap.sources.items():
-                    old = statuses.pop(name, None)  # re-inserted: the most recently reported last
-                    if old is not None:
-                        delta -= _source_cost(name, old)
-                    new = statuses[name] = (entry.status, entry.path, entry.reason)
-                    delta += _source_cost(name, new)
-                while len(statuses) > SOURCES_PER_HOST:
-                    gone = next(iter(statuses))
-                    delta -= _source_cost(gone, statuses.pop(gone))
-                    host.source_ok_at.pop(gone, None)
-            at = min(snap.ts, now)
-            for name in list(pending):
-                found = snap.sources.get(name)
-                if found is not None and (found.status == "ok" or found.status == "fallback"):
-                    if at > host.source_ok_at.get(name, 0.0) and name in statuses:
-                        host.source_ok_at[name] = at
-                    pending.discard(name)
+        if not snapshots:
+            return 0
+        statuses = host.source_status
+        newest = snapshots[-1].sources
+        delta = 0
+        if list(statuses) == list(newest):
+            # The same sources in the same order (every batch of a steady host): the order
+            # stands, and only a status that changed moves bytes.
+            for name, entry in newest.items():
+                new = (entry.status, entry.path, entry.reason)
+                was = statuses[name]
+                if was != new:
+                    delta += _source_cost(name, new) - _source_cost(name, was)
+                    statuses[name] = new
+        else:
+            for name, entry in newest.items():
+                old = statuses.pop(name, None)  # re-inserted: the most recently reported last
+                if old is not None:
+                    delta -= _source_cost(name, old)
+                new = statuses[name] = (entry.status, entry.path, entry.reason)
+                delta += _source_cost(name, new)
+            while len(statuses) > SOURCES_PER_HOST:
+                gone = next(iter(statuses))
+                delta -= _source_cost(gone, statuses.pop(gone))
+                host.source_ok_at.pop(gone, None)
+        ok_at = host.source_ok_at
+        pending: list[str] = []
+        at = min(snapshots[-1].ts, now)
+        for name, entry in newest.items():
+            if entry.status == "ok" or entry.status == "fallback":
+                if at > ok_at.get(name, 0.0) and name in statuses:
+                    ok_at[name] = at
+            else:
+                pending.append(name)
+        for snap in reversed(snapshots[:-1]):
             if not pending:
                 break
+            at = min(snap.ts, now)
+            still = []
+            for name in pending:
+                found = snap.sources.get(name)
+                if found is not None and (found.status == "ok" or found.status == "fallback"):
+                    if at > ok_at.get(name, 0.0) and name in statuses:
+                        ok_at[name] = at
+                else:
+                    still.append(name)
+            pending = still
         return delta
 
     def freshness(self, host_id: str) -> dict[str, Freshness]:

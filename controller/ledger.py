@@ -29,7 +29,6 @@ the batch on its pool.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
+import msgspec
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -49,6 +49,8 @@ from controller.store.streams import StreamWriter
 Verdict = Literal["accepted", "duplicate", "refused"]
 # The collector's cumulative counts of batches it made and will never deliver.
 LOSS_KEYS = ("spool_evicted", "spool_corrupt", "dead_letters")
+_ENC = msgspec.json.Encoder()
+_SORTED = msgspec.json.Encoder(order="sorted")
 
 
 def reported_loss(dropped: dict[str, int]) -> int:
@@ -72,6 +74,37 @@ class StreamLedger:
     dropped: dict[str, int] = field(default_factory=dict)
     refused: int = 0  # in memory: far-ahead seqs refused since this controller loaded the stream
 
+    def state(self) -> tuple[Any, ...]:
+        """What a record may change, to put back when its commit fails (cheaper than a copy)."""
+        return (
+            self.boot_id,
+            self.watermark,
+            set(self.window),
+            self.max_seq,
+            self.accepted,
+            self.duplicates,
+            self.gaps,
+            self.missing,
+            self.first_seen,
+            self.last_seen,
+            self.dropped,
+        )
+
+    def restore(self, state: tuple[Any, ...]) -> None:
+        (
+            self.boot_id,
+            self.watermark,
+            self.window,
+            self.max_seq,
+            self.accepted,
+            self.duplicates,
+            self.gaps,
+            self.missing,
+            self.first_seen,
+            self.last_seen,
+            self.dropped,
+        ) = state
+
     def missing_seqs(self) -> int:
         """Seqs below max_seq never received: holes still in the window and those given up on."""
         return (self.max_seq - self.watermark) - len(self.window) + self.missing
@@ -82,7 +115,7 @@ class StreamLedger:
             "stream_id": self.stream_id,
             "boot_id": self.boot_id,
             "watermark": self.watermark,
-            "window": json.dumps(sorted(self.window)),
+            "window": _ENC.encode(sorted(self.window)).decode() if self.window else "[]",
             "max_seq": self.max_seq,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
@@ -90,7 +123,7 @@ class StreamLedger:
             "missing": self.missing,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "dropped": json.dumps(self.dropped, sort_keys=True),
+            "dropped": _SORTED.encode(self.dropped).decode() if self.dropped else "{}",
         }
 
     @classmethod
@@ -199,7 +232,7 @@ class Ledger:
             if not wait and (key.host_id, key.stream_id) not in self._streams:
                 return None  # loading it is a read of the store
             s = self._get(key.host_id, key.stream_id)
-            before = dataclasses.replace(s, window=set(s.window), dropped=dict(s.dropped))
+            before = s.state()
             lost = max(reported_loss(dropped), lost_now)
             verdict = observe(s, key.seq, self._window, lost)
             if verdict == "refused":
@@ -220,10 +253,10 @@ class Ledger:
                 if wait:
                     self._writer.save(s.row())
                 elif not self._writer.try_save(s.row()):
-                    self._streams[(key.host_id, key.stream_id)] = before  # as if never seen
+                    s.restore(before)  # as if never seen
                     return None
             except StoreError:
-                self._streams[(key.host_id, key.stream_id)] = before  # not durable: not accepted
+                s.restore(before)  # not durable: not accepted
                 raise
             return "accepted"
         finally:

@@ -12,11 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import msgspec
+
 from collector.wire import Snapshot
 
 MAX_POINTS = 900  # 15 minutes at 1 s
 MAX_ROWS = 20
 MAX_EVENTS = 200
+_DATA = msgspec.json.Decoder(dict[str, Any])
 Series = list[tuple[float, float]]
 
 
@@ -63,6 +66,12 @@ class Evidence:
             return self.series.tail_mean(name, n)
         return tail_mean([v for _, v in self.series.get(name, [])[-n:]])
 
+    def total(self, name: str) -> float:
+        """The sum of a series' values (0 without one), added oldest first."""
+        if isinstance(self.series, TailMeans):
+            return self.series.total(name)
+        return sum(v for _, v in self.series.get(name, []))
+
 
 def tail_mean(tail: Sequence[float]) -> float | None:
     """The mean of the points given, oldest first (the one way both paths add them)."""
@@ -73,6 +82,9 @@ class TailMeans(dict[str, "Series"]):
     """Series that answer ``tail_mean`` without being built (controller/detectors/window.py)."""
 
     def tail_mean(self, name: str, n: int) -> float | None:
+        raise NotImplementedError
+
+    def total(self, name: str) -> float:
         raise NotImplementedError
 
 
@@ -100,8 +112,9 @@ class Extract:
     """What one snapshot contributes to evidence: its signal values, the raw OOM-kill
     counter (a delta needs the sample before it in the same window), the tables it sets,
     its GPU XID events and the sources it names. Pure: the same snapshot, the same Extract.
-    A table is its rows, or (from rawextract) a msgspec.Raw of their JSON: hot state
-    keeps tables encoded, and a Raw encodes to itself."""
+
+    ``raw`` (rawextract's): the JSON of the data of the sources whose tables are not built
+    yet, by source; their tables are ``source_tables`` of it, made when they are read."""
 
     ts: float
     values: dict[str, float]
@@ -109,6 +122,7 @@ class Extract:
     tables: dict[str, Any]
     xids: list[Any]
     sources: list[str]
+    raw: dict[str, bytes] = field(default_factory=dict)
 
 
 # Throttle reasons that mean the GPU itself is held down (not an idle clock-down).
@@ -242,6 +256,37 @@ def gpu_section(gpu: dict[str, Any], values: Values, tables: Tables) -> list[Any
     return list(gpu.get("xid_events") or [])
 
 
+# The tables each source sets, every one of them whenever its section runs.
+SOURCE_TABLES: dict[str, tuple[str, ...]] = {
+    "disk": ("disks",),
+    "network": ("interfaces",),
+    "sockets": ("listeners_near_backlog", "top_retrans"),
+    "processes": ("processes", "fd_holders", "io_top"),
+    "cgroup": ("cgroups",),
+    "gpu": ("gpus",),
+}
+TABLE_SOURCE = {key: source for source, keys in SOURCE_TABLES.items() for key in keys}
+
+
+def source_tables(source: str, data: dict[str, Any]) -> Tables:
+    """The tables one source's data sets, exactly as ``extract`` sets them."""
+    tables: Tables = {}
+    scratch: Values = {}
+    if source == "disk":
+        disk_section(data, scratch, tables)
+    elif source == "network":
+        network_section(data, scratch, tables)
+    elif source == "sockets":
+        sockets_section(data, scratch, tables)
+    elif source == "processes":
+        processes_section(data, scratch, tables)
+    elif source == "cgroup":
+        cgroup_section(data, scratch, tables)
+    elif source == "gpu":
+        gpu_section(data, scratch, tables)
+    return tables
+
+
 def extract(snap: Snapshot) -> Extract:
     src = snap.sources
     values: Values = {}
@@ -303,6 +348,8 @@ def fold(
                 series.setdefault("oom_kills", []).append((ex.ts, max(0.0, ex.oom - prev_oom)))
             prev_oom = ex.oom
         tables.update(ex.tables)
+        for source, raw in ex.raw.items():
+            tables.update(source_tables(source, _DATA.decode(raw)))
         xids.extend(ex.xids)
     if xids:
         tables["xid_events"] = xids[-MAX_ROWS:]

@@ -72,7 +72,7 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
 def memory_pressure(ev: Evidence) -> list[Finding]:
     avail = ev.recent("mem_available_pct", 3)
     psi = ev.recent("psi_memory_some", 3)
-    kills = sum(ev.values("oom_kills")) + sum(ev.values("ebpf_oom_kill"))
+    kills = ev.total("oom_kills") + ev.total("ebpf_oom_kill")
     victims = [e for e in ev.events if e.get("type") == "oom_kill"]
     low = avail is not None and avail <= MEM_AVAILABLE_PCT
     stalled = psi is not None and psi >= PSI_MEMORY_SOME

@@ -2,17 +2,20 @@
 
 ``extract`` (controller/detectors/evidence.py) reads a snapshot whose sources' data
 were decoded into dicts: every process, cgroup and interface row built as Python
-objects, and each table encoded again to be kept. Here each source's data is decoded
-with msgspec structs that name only the fields evidence reads (everything else is
-skipped at C speed), and the tables are kept as the raw JSON of their rows, joined,
-never built. The small sources (host, PSI, eBPF counters, GPUs) go through the same
-per-source functions ``extract`` uses.
+objects, and each table built and encoded again to be kept. Here each source's data
+is decoded with msgspec structs that name only the fields its signal values need
+(everything else is skipped at C speed), and the data of the sources with tables is
+kept as it came: their tables are made from it by the same functions when a detector
+or a run's evidence reads them (``source_tables``), which for most samples is never.
+The small sources (host, PSI, eBPF counters, GPUs) go through the per-source functions
+``extract`` uses.
 
-Equal by construction where it answers, and held equal by tests
-(tests/controller/test_rawextract.py): the same values, the same tables once decoded.
-Where the data is not of the shapes these structs take (a row that is not an object,
-a field of another type), it answers None and hot state takes the full path, which
-gives that data's extract or its error exactly as before.
+The structs also hold the shapes the table functions need (lists of objects where
+they iterate rows, lists where they slice), so a table made later cannot fail on data
+taken here. Where the data is not of these shapes (a row that is not an object, a
+field of another type), ``extract_raw`` answers None and hot state takes the full
+path, which gives that data's extract or its error exactly as before. Equal where it
+answers: tests/controller/test_rawextract.py.
 """
 
 from __future__ import annotations
@@ -115,12 +118,8 @@ class _DiskHead(Struct):
     write_await_ms: Any = None
 
 
-class _DiskA(Struct):
+class _Disk(Struct):
     devices: list[_DiskHead] = []
-
-
-class _DiskB(Struct):
-    devices: list[Raw] = []
 
 
 class _Interface(Struct):
@@ -135,6 +134,7 @@ class _Network(Struct):
 
 class _Sockets(Struct):
     in_rto_backoff: Any = None
+    # Lists (or none), as the tables' slices need: anything else takes the full path.
     listeners_near_backlog: list[Raw] | None = None
     top_retrans: list[Raw] | None = None
 
@@ -152,17 +152,11 @@ class _Any(Struct):
     """An object, any fields (the row is only kept)."""
 
 
-class _ProcessesA(Struct):
+class _Processes(Struct):
     rows: list[_FdHead] = []
     fd_holders: list[_FdHead] | None = None
     io_top: list[_Any] | None = None
     totals: _Totals | None = None
-
-
-class _ProcessesB(Struct):
-    rows: list[Raw] = []
-    fd_holders: list[Raw] | None = None
-    io_top: list[Raw] | None = None
 
 
 class _CgroupCpu(Struct):
@@ -173,12 +167,8 @@ class _CgroupRow(Struct):
     cpu: _CgroupCpu | None = None
 
 
-class _CgroupA(Struct):
+class _Cgroup(Struct):
     cgroups: list[_CgroupRow] = []
-
-
-class _CgroupB(Struct):
-    cgroups: list[Raw] = []
 
 
 def _decoder(t: Any) -> msgspec.json.Decoder[Any]:
@@ -186,14 +176,8 @@ def _decoder(t: Any) -> msgspec.json.Decoder[Any]:
 
 
 _HOST, _PSI, _EBPF = _decoder(_Host), _decoder(_Psi), _decoder(_Ebpf)
-_DISK_A, _DISK_B, _NETWORK, _SOCKETS = (
-    _decoder(_DiskA),
-    _decoder(_DiskB),
-    _decoder(_Network),
-    _decoder(_Sockets),
-)
-_PROCS_A, _PROCS_B = _decoder(_ProcessesA), _decoder(_ProcessesB)
-_CGROUP_A, _CGROUP_B = _decoder(_CgroupA), _decoder(_CgroupB)
+_DISK, _NETWORK, _SOCKETS = _decoder(_Disk), _decoder(_Network), _decoder(_Sockets)
+_PROCS, _CGROUP = _decoder(_Processes), _decoder(_Cgroup)
 _DICT = _decoder(dict[str, Any])
 
 
@@ -207,38 +191,29 @@ def _plain(obj: _Obj) -> dict[str, Any]:
     return out
 
 
-def _disk(data: Raw, values: Values, tables: Tables) -> None:
-    heads = _DISK_A.decode(data).devices
+def _disk(data: Raw, values: Values) -> None:
+    heads = _DISK.decode(data).devices
     utils = [u for d in heads if (u := _num(d.util_pct)) is not None]
     if utils:
         _add(values, "disk_util_max_pct", max(utils))
     awaits = [a for d in heads for x in (d.read_await_ms, d.write_await_ms) if (a := _num(x)) is not None]
     if awaits:
         _add(values, "disk_await_max_ms", max(awaits))
-    raws = _DISK_B.decode(data).devices
-    order = sorted(range(len(heads)), key=lambda i: -(_num(heads[i].util_pct) or 0))
-    tables["disks"] = _rows([raws[i] for i in order])
 
 
-def _network(data: Raw, values: Values, tables: Tables) -> None:
-    ifaces = [
-        {"name": f.name, "operstate": f.operstate, "rates": f.rates} for f in _NETWORK.decode(data).interfaces
-    ]
-    interface_rates(ifaces, values)
-    tables["interfaces"] = ifaces[:MAX_ROWS]
+def _network(data: Raw, values: Values) -> None:
+    # The same rates the table will show: what raises here would raise there.
+    interface_rates([{"rates": f.rates} for f in _NETWORK.decode(data).interfaces], values)
 
 
-def _sockets(data: Raw, values: Values, tables: Tables) -> None:
+def _sockets(data: Raw, values: Values) -> None:
     s = _SOCKETS.decode(data)
     _add(values, "tcp_in_rto_backoff", _num(s.in_rto_backoff))
-    near = s.listeners_near_backlog or []
-    _add(values, "listeners_near_backlog", float(len(near)))
-    tables["listeners_near_backlog"] = _rows(near)
-    tables["top_retrans"] = _rows(s.top_retrans or [])
+    _add(values, "listeners_near_backlog", float(len(s.listeners_near_backlog or [])))
 
 
-def _processes(data: Raw, values: Values, tables: Tables) -> None:
-    a = _PROCS_A.decode(data)
+def _processes(data: Raw, values: Values) -> None:
+    a = _PROCS.decode(data)
     holders = a.fd_holders or []
     fds = [f for r in a.rows + holders if (f := _num(r.num_fds)) is not None]
     if fds:
@@ -246,19 +221,14 @@ def _processes(data: Raw, values: Values, tables: Tables) -> None:
     pcts = [p for h in holders if (p := _num(h.fd_pct)) is not None]
     if pcts:
         _add(values, "max_process_fd_pct", max(pcts))
-    b = _PROCS_B.decode(data)
-    tables["processes"] = _rows(b.rows)
-    tables["fd_holders"] = _rows(b.fd_holders or [])
-    tables["io_top"] = _rows(b.io_top or [])
     _add(values, "processes", _num(a.totals.processes if a.totals is not None else None))
 
 
-def _cgroup(data: Raw, values: Values, tables: Tables) -> None:
-    rows = _CGROUP_A.decode(data).cgroups
+def _cgroup(data: Raw, values: Values) -> None:
+    rows = _CGROUP.decode(data).cgroups
     throttled = [t for r in rows if (t := _num(r.cpu.throttled_periods_pct if r.cpu else None)) is not None]
     if throttled:
         _add(values, "cgroup_throttled_max_pct", max(throttled))
-    tables["cgroups"] = _rows(_CGROUP_B.decode(data).cgroups)
 
 
 def extract_raw(snap: SnapshotEnvelope) -> Extract | None:
@@ -266,6 +236,7 @@ def extract_raw(snap: SnapshotEnvelope) -> Extract | None:
     shapes read here (the caller takes the full path)."""
     values: Values = {}
     tables: Tables = {}
+    raw: dict[str, bytes] = {}
     xids: list[Any] = []
     ooms: float | None = None
     src = snap.sources
@@ -280,20 +251,23 @@ def extract_raw(snap: SnapshotEnvelope) -> Extract | None:
                 ooms = host_section(_plain(_HOST.decode(data)), values)
             elif name == "psi":
                 psi_section(_plain(_PSI.decode(data)), values)
-            elif name == "disk":
-                _disk(data, values, tables)
-            elif name == "network":
-                _network(data, values, tables)
-            elif name == "sockets":
-                _sockets(data, values, tables)
-            elif name == "processes":
-                _processes(data, values, tables)
-            elif name == "cgroup":
-                _cgroup(data, values, tables)
+            elif name in _TABLED:
+                _TABLED[name](data, values)
+                raw[name] = bytes(data)
             elif name == "ebpf":
                 ebpf_section(_plain(_EBPF.decode(data)), values)
             else:
                 xids = gpu_section(_DICT.decode(data), values, tables)
     except (msgspec.ValidationError, msgspec.DecodeError, TypeError, AttributeError, ValueError, KeyError):
         return None
-    return Extract(snap.ts, values, ooms, tables, xids, list(src))
+    return Extract(snap.ts, values, ooms, tables, xids, list(src), raw)
+
+
+# The sources whose tables are made when read: their values here, their data kept raw.
+_TABLED = {
+    "disk": _disk,
+    "network": _network,
+    "sockets": _sockets,
+    "processes": _processes,
+    "cgroup": _cgroup,
+}

@@ -3,8 +3,10 @@
 Hot state keeps, per host, what evidence is made of rather than the batches it came
 in: the samples' times as one array, each signal's values as one column of doubles
 (NaN where a snapshot had none), the OOM-kill counters, the sources each snapshot
-named and its GPU XID events; and, per table, only the newest one (the only one
-evidence reads), as compact JSON. A real 17-37 KB snapshot costs a few hundred bytes.
+named and its GPU XID events; and, per source with tables, only the newest sample's
+(the only one evidence reads): its data as it came, made into tables when they are
+read, or the tables' JSON. A real 17-37 KB snapshot costs a few hundred bytes, and
+its newest sample's data a few KB per host.
 
 ``evidence`` folds a window exactly as ``fold`` folds the extracts of the same
 snapshots (tests/controller/test_incremental.py holds the two equal). A column with
@@ -15,6 +17,7 @@ analysis worker keeps is a few dozen microseconds, not a rebuild.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import sys
 from array import array
@@ -27,11 +30,13 @@ import msgspec
 from controller.detectors.evidence import (
     MAX_POINTS,
     MAX_ROWS,
+    TABLE_SOURCE,
     Evidence,
     Extract,
     Series,
     TailMeans,
     assemble,
+    source_tables,
     tail_mean,
 )
 
@@ -44,6 +49,7 @@ _TABLE_OVERHEAD = 48
 _NAN = math.nan
 _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder()
+_DEC_DICT = msgspec.json.Decoder(dict[str, Any])
 
 
 class Column:
@@ -55,22 +61,25 @@ class Column:
 
 
 class LazyTables(dict[str, Any]):
-    """Tables decoded on first read: an evaluation reads few of them (a detector looks at
-    its table only once its signal crossed a threshold). For detectors only: iterating
-    it sees only the tables read so far, so it is never stored or encoded."""
+    """Tables made on first read: an evaluation reads few of them (a detector looks at
+    its table only once its signal crossed a threshold). Each key comes from one source,
+    kept as its tables' JSON or as its raw data (made into tables by ``source_tables``).
+    For detectors only: iterating it sees only the tables read so far, so it is never
+    stored or encoded."""
 
-    def __init__(self, raw: dict[str, bytes]) -> None:
-        super().__init__()
-        self._raw = raw
+    def __init__(self, kept: dict[str, tuple[bool, bytes]], extra: dict[str, Any]) -> None:
+        super().__init__(extra)
+        self._kept = kept  # source -> (raw data?, JSON)
 
     def _load(self, key: str) -> bool:
         if dict.__contains__(self, key):
             return True
-        raw = self._raw.get(key)
-        if raw is None:
+        source = TABLE_SOURCE.get(key, key)
+        kept = self._kept.pop(source, None)
+        if kept is None:
             return False
-        dict.__setitem__(self, key, _DEC.decode(raw))
-        return True
+        self.update(_tables_of(source, kept))
+        return dict.__contains__(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict.__getitem__(self, key) if self._load(key) else default
@@ -81,7 +90,15 @@ class LazyTables(dict[str, Any]):
         return dict.__getitem__(self, key)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and (dict.__contains__(self, key) or key in self._raw)
+        return isinstance(key, str) and self._load(key)
+
+
+def _tables_of(source: str, kept: tuple[bool, bytes]) -> dict[str, Any]:
+    raw, data = kept
+    if raw:
+        return source_tables(source, _DEC_DICT.decode(data))
+    tables: dict[str, Any] = _DEC_DICT.decode(data)
+    return tables
 
 
 class LazySeries(TailMeans):
@@ -138,6 +155,16 @@ class LazySeries(TailMeans):
         tail.reverse()
         return tail_mean(tail)
 
+    def total(self, name: str) -> float:
+        if dict.__contains__(self, name):
+            return sum(v for _, v in dict.__getitem__(self, name))
+        col = self._columns.get(name)
+        if col is None:
+            return 0
+        values = col.values[self._lo :] if self._lo else col.values
+        kept = [v for v in values.tolist() if v == v] if col.gaps else values.tolist()
+        return sum(kept[-MAX_POINTS:] if len(kept) > MAX_POINTS else kept)
+
 
 def _points(ts: list[float], values: array[float], whole: bool) -> Series:
     """A column's points (the NaNs left out unless it has none), the newest MAX_POINTS."""
@@ -149,7 +176,17 @@ def _points(ts: list[float], values: array[float], whole: bool) -> Series:
 
 
 class SignalWindow:
-    __slots__ = ("bytes", "columns", "dropped_signals", "ooms", "sources", "tables", "ts", "xids")
+    __slots__ = (
+        "bytes",
+        "columns",
+        "dropped_signals",
+        "ooms",
+        "sources",
+        "tables",
+        "ts",
+        "xid_samples",
+        "xids",
+    )
 
     def __init__(self) -> None:
         self.ts = array("d")
@@ -157,7 +194,10 @@ class SignalWindow:
         self.ooms = array("d")  # NaN: none in that snapshot
         self.sources: deque[tuple[str, ...]] = deque()
         self.xids: deque[bytes | None] = deque()
-        self.tables: dict[str, tuple[float, bytes]] = {}  # key -> (ts of the snapshot that set it, JSON)
+        self.xid_samples = 0  # samples in the window that carry XID events
+        # Per source with tables, the newest sample's: (its ts, raw data?, JSON): the source's
+        # raw data (rawextract's, made into tables when read), or its tables' JSON.
+        self.tables: dict[str, tuple[float, bool, bytes]] = {}
         self.bytes = 0
         self.dropped_signals = 0  # values whose name would pass MAX_SIGNALS, not kept
 
@@ -198,7 +238,10 @@ class SignalWindow:
             delta += _COLUMN_OVERHEAD + 8 * n + len(name)
         delta += 8 * len(columns)
         xids = _ENC.encode(ex.xids) if ex.xids else None
+        self.xid_samples += xids is not None
         sources = tuple(sys.intern(s) for s in ex.sources)
+        if n and at == n and self.sources[-1] == sources:
+            sources = self.sources[-1]  # one object for a run of the same sources: evidence skips it
         if at == n:
             self.ts.append(ex.ts)
             self.ooms.append(_NAN if ex.oom is None else ex.oom)
@@ -210,12 +253,18 @@ class SignalWindow:
             self.sources.insert(at, sources)
             self.xids.insert(at, xids)
         delta += 8 * len(sources) + len(xids or b"")
-        for key, table in ex.tables.items():
-            old = self.tables.get(key)
+        kept: dict[str, tuple[bool, bytes]] = {source: (True, data) for source, data in ex.raw.items()}
+        if ex.tables:
+            by_source: dict[str, dict[str, Any]] = {}
+            for key, table in ex.tables.items():
+                by_source.setdefault(TABLE_SOURCE.get(key, key), {})[key] = table
+            for source, tables in by_source.items():
+                kept[source] = (False, _ENC.encode(tables))
+        for source, (raw, data) in kept.items():
+            old = self.tables.get(source)
             if old is None or old[0] <= ex.ts:
-                encoded = _ENC.encode(table)
-                delta += len(encoded) - (len(old[1]) if old else -_TABLE_OVERHEAD - len(key))
-                self.tables[key] = (ex.ts, encoded)
+                delta += len(data) - (len(old[2]) if old else -_TABLE_OVERHEAD - len(source))
+                self.tables[source] = (ex.ts, raw, data)
         self.bytes += delta
         return delta
 
@@ -233,10 +282,13 @@ class SignalWindow:
         self.ts.pop(0)
         self.ooms.pop(0)
         delta -= 8 * len(self.sources.popleft())
-        delta -= len(self.xids.popleft() or b"")
+        gone = self.xids.popleft()
+        if gone is not None:
+            self.xid_samples -= 1
+            delta -= len(gone)
         floor = self.ts[0] if self.ts else math.inf
-        for key in [k for k, (ts, _) in self.tables.items() if ts < floor]:
-            delta -= len(self.tables.pop(key)[1]) + _TABLE_OVERHEAD + len(key)
+        for source in [k for k, (ts, _, _) in self.tables.items() if ts < floor]:
+            delta -= len(self.tables.pop(source)[2]) + _TABLE_OVERHEAD + len(source)
         self.bytes += delta
         return delta
 
@@ -275,20 +327,24 @@ class SignalWindow:
         if oom_points:
             series["oom_kills"] = oom_points[-MAX_POINTS:]
         seen: set[str] = set()
+        last: tuple[str, ...] | None = None
+        for names in itertools.islice(self.sources, lo, n):
+            if names is not last:
+                seen.update(names)
+                last = names
         xids: list[Any] = []
-        for i in range(lo, n):
-            seen.update(self.sources[i])
-            raw = self.xids[i]
-            if raw is not None:
-                xids.extend(_DEC.decode(raw))
+        if self.xid_samples:
+            for raw in itertools.islice(self.xids, lo, n):
+                if raw is not None:
+                    xids.extend(_DEC.decode(raw))
+        kept = {source: (raw, data) for source, (t, raw, data) in self.tables.items() if t >= ts[0]}
+        extra = {"xid_events": xids[-MAX_ROWS:]} if xids else {}
         tables: dict[str, Any]
         if lazy:
-            encoded = {k: v for k, (t, v) in self.tables.items() if t >= ts[0]}
-            if xids:
-                encoded["xid_events"] = _ENC.encode(xids[-MAX_ROWS:])
-            tables = LazyTables(encoded)
+            tables = LazyTables(kept, extra)
         else:
-            tables = {k: _DEC.decode(v) for k, (t, v) in self.tables.items() if t >= ts[0]}
-            if xids:
-                tables["xid_events"] = xids[-MAX_ROWS:]
+            tables = {}
+            for source, k in kept.items():
+                tables.update(_tables_of(source, k))
+            tables.update(extra)
         return assemble(host_id, (ts[0], ts[-1]), len(ts), series, tables, events, freshness, seen)

@@ -61,7 +61,7 @@ def held(h: HostState) -> int:
     w = h.window
     rows = 40 * len(w) + sum(8 * len(s) for s in w.sources) + sum(len(x or b"") for x in w.xids)
     rows += sum(96 + 8 * len(c.values) + len(name) for name, c in w.columns.items())
-    tables = sum(len(raw) + 48 + len(k) for k, (_, raw) in w.tables.items())
+    tables = sum(len(data) + 48 + len(k) for k, (_, _, data) in w.tables.items())
     blocks = sum(len(b.raw) + 64 for b in h.event_blocks)
     return rows + tables + blocks + len(h.agent or b"") + len(h.collector or b"") + sources_cost(h)
 
@@ -94,22 +94,36 @@ def test_events_agent_and_collector_count_against_the_bounds() -> None:
             st.integers(0, 30),  # events in the batch
             st.integers(0, 3000),  # agent object size
             st.booleans(),  # collector object sent
+            st.integers(0, 12),  # process rows (a source with tables)
         ),
         min_size=1,
         max_size=40,
     )
 )
-def test_the_byte_count_is_exact_whatever_arrives(ops: list[tuple[str, int, int, bool]]) -> None:
+def test_the_byte_count_is_exact_whatever_arrives(ops: list[tuple[str, int, int, bool, int]]) -> None:
     hot = HotState(
         HotStateSettings(bytes_per_host=16 << 10, max_total_bytes=1 << 20, max_hosts=3), clock=lambda: T
     )
-    for seq, (host, nevents, agent, collector) in enumerate(ops, 1):
+    for seq, (host, nevents, agent, collector, nrows) in enumerate(ops, 1):
         kw: dict[str, Any] = {"events": [{"type": "x", "pid": i} for i in range(nevents)]}
         if agent:
             kw["agent"] = {"blob": "a" * agent}
         if collector:
             kw["collector"] = {"v": seq}
-        ingest(hot, raw_batch(host, seq, [T + seq], **kw))
+        raw = raw_batch(host, seq, [T + seq], **kw)
+        if nrows:
+            obj = msgspec.json.decode(raw)
+            # Odd row counts come malformed, which takes the decoded path instead of the raw one.
+            rows: Any = [{"pid": i, "comm": "w" * i, "num_fds": i} for i in range(nrows)]
+            data = {"rows": rows} if nrows % 2 == 0 else {"rows": rows, "totals": "x"}
+            obj["snapshots"][0]["sources"]["processes"] = {
+                "status": "ok",
+                "path": "file",
+                "reason": None,
+                "data": data,
+            }
+            raw = msgspec.json.encode(obj)
+        ingest(hot, raw)
     total = 0
     for host_id in hot.host_ids():
         h = hot.host(host_id)

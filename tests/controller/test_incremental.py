@@ -50,9 +50,10 @@ def same_reading(lazy_of: Callable[[], Evidence | None], full: Evidence) -> None
     names = [*full.series, "absent_signal", "gpu0_util_pct"]
     lazy = lazy_of()
     assert lazy is not None
-    for name in names:  # tail means first: from the columns, before any series is built
+    for name in names:  # tail means and totals first: from the columns, before any series is built
         for n in (1, 2, 3, 5, 40):
             assert lazy.recent(name, n) == full.recent(name, n), (name, n)
+        assert lazy.total(name) == full.total(name) == sum(full.values(name)), name
     for name in names:
         assert lazy.series.get(name) == full.series.get(name), name
         assert (name in lazy.series) == (name in full.series), name

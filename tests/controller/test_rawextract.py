@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.wire import Snapshot, SnapshotEnvelope
-from controller.detectors.evidence import Extract, extract, extract_or_error
+from controller.detectors.evidence import Extract, extract, extract_or_error, source_tables
 from controller.detectors.rawextract import extract_raw
 from testkit.store import WINDOWS
 
@@ -29,9 +29,11 @@ _ENC = msgspec.json.Encoder()
 
 
 def comparable(ex: Extract) -> tuple[Any, ...]:
-    """Everything an extract says; a table kept raw is decoded, as hot state reads it back."""
-    tables = {k: msgspec.json.decode(_ENC.encode(v)) for k, v in ex.tables.items()}
-    return (ex.ts, list(ex.values.items()), ex.oom, list(tables.items()), ex.xids, ex.sources)
+    """Everything an extract says, its tables made of the data kept raw as hot state makes them."""
+    tables = dict(ex.tables)
+    for source, data in ex.raw.items():
+        tables.update(source_tables(source, msgspec.json.decode(data)))
+    return (ex.ts, list(ex.values.items()), ex.oom, sorted(tables.items()), ex.xids, ex.sources)
 
 
 def both(raw: bytes) -> tuple[Extract | None, tuple[Extract, str | None]]:
@@ -135,4 +137,5 @@ def test_the_raw_path_answers_for_a_snapshot_without_sources() -> None:
     raw = _ENC.encode({"ts": 5.0, "interval_s": 1.0, "sources": {}})
     fast, (full, _) = both(raw)
     assert fast is not None and comparable(fast) == comparable(full) == (5.0, [], None, [], [], [])
+    assert fast.raw == {}
     assert comparable(extract(_FULL.decode(raw))) == comparable(full)
