@@ -10,6 +10,8 @@ the clock starts; then bench/loadgen.py, in its own process, sends the paced bat
   workers, evaluation included) and of bench/bare_server.py taking the same bodies at
   the same rate (gunzip and parse): the ratio of the two, and the controller's own ms;
 - /healthz p99, probed every 50 ms from this process during the phase;
+- the analysis queue's overflow, warm-up included (it must stay 0: a batch whose
+  evaluation is dropped leaves its host unevaluated until its next batch);
 - detection delay: 20 s in, one host starts sending the recorded CPU saturation; the
   seconds (and 10 s intervals) until its run is listed, with the analysis workers and
   with evaluation in the controller's process (analysis.workers: 0), the same run.
@@ -44,6 +46,7 @@ OPERATOR = "bench-operator-token-0000000"
 INTERVAL_S = 10.0
 CALM = ("cpu_saturation", "io_pressure", "listen_queue_overflow", "tcp_retransmit_surge", "runaway_forks")
 FAULT_AT_S = 20.0
+WARMUP_RATE = 200.0  # warm-up batches (30 snapshots each) per second
 
 
 def _body(host: str, seq: int, snaps: list[dict[str, Any]]) -> bytes:
@@ -107,31 +110,24 @@ def _children(pid: int) -> list[int]:
 
 
 def tree_cpu_s(pid: int) -> float:
-    total = proc_cpu_s(pid)
+    return sum(split_cpu_s(pid))
+
+
+def split_cpu_s(pid: int) -> tuple[float, float]:
+    """(the process's CPU seconds, its children's: the analysis workers)."""
+    children = 0.0
     for child in _children(pid):
         with contextlib.suppress(OSError):  # it exited meanwhile
-            total += proc_cpu_s(child)
-    return total
+            children += proc_cpu_s(child)
+    return proc_cpu_s(pid), children
 
 
 def send(
-    url: str, bodies: list[bytes], tmp: Path, *, rate: float | None, token: str | None
+    url: str, bodies: list[bytes], tmp: Path, *, rate: float, token: str | None
 ) -> subprocess.Popen[str]:
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"bodies-{len(bodies)}-{time.monotonic_ns()}.msgpack"
     path.write_bytes(msgspec.msgpack.encode(bodies))
-    mode = (
-        ["--mode", "open", "--rate", str(rate), "--duration", str(len(bodies) / rate)]
-        if rate
-        else [
-            "--mode",
-            "closed",
-            "--duration",
-            "600",
-            "--concurrency",
-            "8",
-        ]
-    )
     cmd = [
         sys.executable,
         "-m",
@@ -140,10 +136,15 @@ def send(
         url + "/api/v1/ingest",
         "--bodies-file",
         str(path),
-        *mode,
+        "--mode",
+        "open",
+        "--rate",
+        str(rate),
+        "--duration",
+        str(len(bodies) / rate),
+        "--concurrency",
+        "32",
     ]
-    if rate:
-        cmd += ["--concurrency", "32"]
     if token:
         cmd += ["--token", token]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -155,6 +156,13 @@ def finish(gen: subprocess.Popen[str]) -> dict[str, Any]:
         raise SystemExit(f"loadgen failed: {err[-2000:]}")
     result: dict[str, Any] = json.loads(out)
     return result
+
+
+def _status(url: str) -> dict[str, Any]:
+    status: dict[str, Any] = httpx.get(
+        url + "/api/v1/status", headers={"Authorization": f"Bearer {OPERATOR}"}
+    ).json()
+    return status
 
 
 class Prober(threading.Thread):
@@ -201,9 +209,12 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
     warm, paced, faulty = make_bodies(hosts, seconds, start)
     ctl, url = start_controller(tmp, hosts, workflow=True, extra=extra)
     try:
-        w = finish(send(url, warm, tmp, rate=None, token=TOKEN))
+        # Paced like hosts coming online, not as fast as answers come: a closed loop outruns the
+        # analysis queue, and its overflow (counted, dropped) would leave windows unevaluated.
+        w = finish(send(url, warm, tmp, rate=WARMUP_RATE, token=TOKEN))
         if time.time() > start - 5:
             raise SystemExit("the warm-up took too long: raise the start margin")
+        warm_status = _status(url)
         # The workers take the warm-up in their own time: wait for them to finish with it.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and time.time() < start - 15:
@@ -223,12 +234,13 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
         gen = send(url, paced, tmp, rate=hosts / INTERVAL_S, token=TOKEN)
         assert gen.stderr is not None
         gen.stderr.readline()  # ready
-        cpu0, p0 = tree_cpu_s(ctl.pid), time.monotonic()
+        (main0, kids0), p0 = split_cpu_s(ctl.pid), time.monotonic()
         result = finish(gen)
-        cpu1, p1 = tree_cpu_s(ctl.pid), time.monotonic()
+        (main1, kids1), p1 = split_cpu_s(ctl.pid), time.monotonic()
+        cpu0, cpu1 = main0 + kids0, main1 + kids1
         prober.stop.set()
         prober.join(timeout=15)
-        status = httpx.get(url + "/api/v1/status", headers={"Authorization": f"Bearer {OPERATOR}"}).json()
+        status = _status(url)
     finally:
         stop(ctl)
     lat = sorted(prober.lat)
@@ -236,11 +248,15 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
     delay = None if prober.detected_at is None else prober.detected_at - fault_sent
     return {
         "warmup_codes": w["codes"],
+        "warmup_queue_overflow": (warm_status["workflow"].get("analysis") or {}).get("queue_overflow"),
         "codes": result["codes"],
         "batches": result["requests"],
         "rate": round(result["rate"], 1),
         "cpu_ms_per_batch": round((cpu1 - cpu0 - idle_rate * (p1 - p0)) / result["requests"] * 1000, 3),
         "cpu_ms_per_batch_with_idle": round((cpu1 - cpu0) / result["requests"] * 1000, 3),
+        # Where it went, idle included: the ingest process, and the analysis workers.
+        "ingest_process_ms_per_batch": round((main1 - main0) / result["requests"] * 1000, 3),
+        "analysis_workers_ms_per_batch": round((kids1 - kids0) / result["requests"] * 1000, 3),
         "idle_cpu_pct": round(idle_rate * 100, 2),
         "healthz_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2) if lat else None,
         "healthz_probes": len(lat),
@@ -309,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": pooled["cpu_ms_per_batch"] <= 0.5,
         "healthz": pooled["healthz_p99_ms"] is not None and pooled["healthz_p99_ms"] < 50.0,
         "detection": d_pool is not None and d_in is not None and d_pool - d_in <= 2 * INTERVAL_S,
+        # Every accepted batch's host evaluated: none dropped from a full analysis queue.
+        "no_overflow": (pooled["analysis"] or {}).get("queue_overflow") == 0,
     }
     result["met"] = met
     path = write_result("fleet", result)

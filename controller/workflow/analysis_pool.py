@@ -333,12 +333,20 @@ class AnalysisPool:
                 self._pending_bytes = [0] * self.n
                 self._pending_n = 0
             for i, batches in enumerate(pending):
-                if not batches:
-                    continue
-                try:
-                    self._workers[i].inq.put_nowait(("batches", batches))
-                except queue.Full:  # the worker is this far behind: these are not analysed
-                    self.overflow += len(batches)
+                if batches:
+                    self._hand_over(i, batches)
+
+    def _hand_over(self, i: int, batches: list[tuple[bytes, float]]) -> None:
+        try:
+            self._workers[i].inq.put_nowait(("batches", batches))
+        except queue.Full:
+            # The worker has two hand-overs still to take: these wait in front of the
+            # batches that came since, inside the same bounds (submit counts what they crowd out).
+            with self._lock:
+                self._pending[i][:0] = batches
+                self._pending_bytes[i] += sum(len(raw) for raw, _ in batches)
+                self._pending_n += len(batches)
+            self._flush.set()
 
     def evidence(self, host_id: str, seconds: float, since: float | None = None) -> Evidence | None:
         """The host's window, read from its worker (None when it has none or does not answer in time)."""

@@ -3,10 +3,14 @@ bursts, and a supervised worker process whose hosts' faults are found after it d
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import random
 import signal
+import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -197,3 +201,31 @@ def test_what_waits_for_a_worker_is_bounded_by_count_and_bytes() -> None:
     for i in range(8):
         small.submit(Accepted(f"h{i}", b"{}", 0.0))
     assert small.submitted == 5 and small.overflow == 3
+
+
+def test_a_worker_behind_makes_batches_wait_not_vanish() -> None:
+    # The pipe to a worker holds two hand-overs; a flush that finds it full used to drop its
+    # batches (counted as overflow) although the pending list had room for them.
+    pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    inq: queue.Queue[Any] = queue.Queue(2)
+    pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
+    inq.put(("batches", [(b"0", 0.0)]))
+    inq.put(("batches", [(b"1", 1.0)]))
+    flusher = threading.Thread(target=pool._flusher, daemon=True)
+    flusher.start()
+    try:
+        for i in range(2, 8):
+            pool.submit(Accepted("h", str(i).encode(), float(i)))
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert pool.overflow == 0 and pool._pending_n == 6  # all waiting: the pipe is full
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 8 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                got += [raw for raw, _ in inq.get(timeout=0.1)[1]]
+        assert got == [str(i).encode() for i in range(8)]  # every one, in the order they came
+        assert pool.overflow == 0 and pool.submitted == 6
+    finally:
+        pool._stop.set()
+        flusher.join(timeout=5)
