@@ -20,6 +20,7 @@ from collector.wire import BATCH_SCHEMA, validate_batch
 from controller.config import HotStateSettings
 from controller.detectors import Evidence
 from controller.ingest import Accepted
+from controller.workflow import analysis_pool
 from controller.workflow.analysis import detect, rank
 from controller.workflow.analysis_pool import AnalysisPool, Evaluator, WorkerConfig
 from testkit.scenarios import FAULTS, calm
@@ -203,9 +204,10 @@ def test_what_waits_for_a_worker_is_bounded_by_count_and_bytes() -> None:
     assert small.submitted == 5 and small.overflow == 3
 
 
-def test_a_worker_behind_makes_batches_wait_not_vanish() -> None:
+def test_a_worker_behind_makes_batches_wait_not_vanish(monkeypatch: pytest.MonkeyPatch) -> None:
     # The pipe to a worker holds two hand-overs; a flush that finds it full used to drop its
     # batches (counted as overflow) although the pending list had room for them.
+    monkeypatch.setattr(analysis_pool, "FLUSH_S", 0.01)  # many flushes try while the pipe is full
     pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e: None)
     inq: queue.Queue[Any] = queue.Queue(2)
     pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
@@ -229,3 +231,25 @@ def test_a_worker_behind_makes_batches_wait_not_vanish() -> None:
     finally:
         pool._stop.set()
         flusher.join(timeout=5)
+
+
+def test_batches_go_over_together_and_a_burst_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analysis_pool, "FLUSH_S", 5.0)
+    monkeypatch.setattr(analysis_pool, "FLUSH_BATCHES", 20)
+    pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    inq: queue.Queue[Any] = queue.Queue(2)
+    pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
+    flusher = threading.Thread(target=pool._flusher, daemon=True)
+    flusher.start()
+    try:
+        for i in range(19):
+            pool.submit(Accepted("h", b"%d" % i, 0.0))
+        time.sleep(0.3)
+        assert inq.empty()  # a few batches wait for the flush interval, to go over in one
+        t = time.monotonic()
+        pool.submit(Accepted("h", b"19", 0.0))  # the 20th: enough to go now
+        msg = inq.get(timeout=2)
+        assert time.monotonic() - t < 1.0 and [raw for raw, _ in msg[1]] == [b"%d" % i for i in range(20)]
+    finally:
+        pool._stop.set()
+        flusher.join(timeout=10)
