@@ -266,6 +266,9 @@ class AnalysisPool:
         self._pending_n = 0
         self._flush = threading.Event()  # something waits
         self._full = threading.Event()  # enough waits to hand over now
+        # Held while batches are taken from pending and put in a pipe: they reach a worker
+        # in the order they were accepted, whoever hands them over.
+        self._handover = threading.Lock()
         self.restarts = 0
         self.submitted = 0
         self.overflow = 0
@@ -338,13 +341,14 @@ class AnalysisPool:
             self._full.wait(FLUSH_S)  # let the batches of the next moments join these
             self._flush.clear()
             self._full.clear()
-            with self._lock:
-                pending, self._pending = self._pending, [[] for _ in range(self.n)]
-                self._pending_bytes = [0] * self.n
-                self._pending_n = 0
-            for i, batches in enumerate(pending):
-                if batches:
-                    self._hand_over(i, batches)
+            with self._handover:
+                with self._lock:
+                    pending, self._pending = self._pending, [[] for _ in range(self.n)]
+                    self._pending_bytes = [0] * self.n
+                    self._pending_n = 0
+                for i, batches in enumerate(pending):
+                    if batches:
+                        self._hand_over(i, batches)
 
     def _hand_over(self, i: int, batches: list[tuple[bytes, float]]) -> None:
         try:
@@ -364,12 +368,19 @@ class AnalysisPool:
             return None
         req = next(self._ids)
         fut: Future[Evidence | None] = Future()
-        with self._lock:
-            self._replies[req] = fut
+        i = self.partition(host_id)
+        # What was acked before this read is in the window it reads: the batches waiting
+        # for the next flush go ahead of it.
+        with self._handover:
+            with self._lock:
+                batches, self._pending[i] = self._pending[i], []
+                self._pending_bytes[i] = 0
+                self._pending_n -= len(batches)
+                self._replies[req] = fut
+            if batches:
+                self._hand_over(i, batches)
         try:
-            self._workers[self.partition(host_id)].inq.put(
-                ("read", req, host_id, seconds, since), timeout=self.read_timeout_s
-            )
+            self._workers[i].inq.put(("read", req, host_id, seconds, since), timeout=self.read_timeout_s)
             return fut.result(timeout=self.read_timeout_s)
         except (queue.Full, FutureTimeout):
             log.warning("analysis worker for %s did not answer a window read in time", host_id)

@@ -253,3 +253,17 @@ def test_batches_go_over_together_and_a_burst_goes_at_once(monkeypatch: pytest.M
     finally:
         pool._stop.set()
         flusher.join(timeout=10)
+
+
+def test_a_read_sees_every_batch_acked_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analysis_pool, "FLUSH_S", 30.0)  # no flush would come in time
+    pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=0.3, on_trigger=lambda h, e: None)
+    inq: queue.Queue[Any] = queue.Queue(2)
+    pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
+    for i in range(3):
+        pool.submit(Accepted("h", b"%d" % i, 0.0))
+    assert pool.evidence("h", 300.0) is None  # nobody answers here: the read times out
+    first, second = inq.get_nowait(), inq.get_nowait()
+    assert first[0] == "batches" and [raw for raw, _ in first[1]] == [b"0", b"1", b"2"]
+    assert second[0] == "read" and second[2] == "h"
+    assert pool._pending_n == 0 and pool._pending_bytes == [0] and pool.overflow == 0
