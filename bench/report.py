@@ -121,7 +121,8 @@ def _ingest(doc: dict[str, Any]) -> list[str]:
         f"| RSS drift, {mem['hosts']} hosts for 60 s at {mem['rate']:.0f} batches/s "
         f"| {mem['rss_drift_after_15s']:.2%} | | | <= {t['rss_drift_max']:.0%} |",
         "",
-        "The controller authenticates on the headers, reads the body under its timeouts, decompresses under "
+        "The controller (uvicorn with httptools and uvloop, the defaults) authenticates on the headers, "
+        "reads the body under its timeouts, decompresses under "
         "its cap (a batch this small on the event loop, a larger one on the decode pool), runs "
         "probe_core.json_check (strict JSON, UTF-8, finite numbers, depth and value bounds, without the "
         "GIL), validates through the wire contract, commits the dedupe ledger (SQLite, WAL) before each ack "
@@ -129,7 +130,14 @@ def _ingest(doc: dict[str, Any]) -> list[str]:
         "validating in one pass, with each source's data left as raw JSON, is what pays for the rest. "
         "With default settings each accepted batch also goes to an analysis worker process (the second "
         "row); a worker that falls behind a load like this one drops batches from analysis, counted, and "
-        "never slows an ack. bench/fleet_bench.py measures analysis at a fleet's real pace.",
+        "never slows an ack"
+        + (
+            f" (here {d['analysis']['queue_overflow']:,} of {d['codes'].get('200', 0):,} accepted batches "
+            f"of {batch['snapshots']} snapshots each went unanalysed)"
+            if d and d.get("analysis")
+            else ""
+        )
+        + ". bench/fleet_bench.py measures analysis at a fleet's real pace.",
     ]
 
 
@@ -140,7 +148,9 @@ def _fleet(doc: dict[str, Any]) -> list[str]:
         f"one real recorded snapshot every {doc['interval_s']:g} s ({doc['hosts'] / doc['interval_s']:.0f} "
         f"batches/s) for {doc['paced_seconds']:g} s, windows full at the start; CPU of the controller's "
         "process and its analysis workers, less what it spends with nothing arriving; the bare server takes "
-        "the same bodies at the same rate.",
+        "the same bodies at the same rate, before and after the controllers ("
+        f"{' and '.join(f'{x} ms' for x in b.get('cpu_ms_per_batch_runs', [b['cpu_ms_per_batch']]))}"
+        "; the table has their mean).",
         "",
         "| measure | controller (default) | evaluation in process | bare asyncio server | target |",
         "|---|---:|---:|---:|---:|",
@@ -148,6 +158,16 @@ def _fleet(doc: dict[str, Any]) -> list[str]:
         f"| {b['cpu_ms_per_batch']} ms | <= {t['cpu_ms_per_batch_max']} ms |",
         f"| ratio to the bare server | **{doc['cpu_ratio_to_bare']}x** "
         f"| {round(i['cpu_ms_per_batch'] / b['cpu_ms_per_batch'], 2)}x | 1x | |",
+        *(
+            [
+                f"| of which the ingest process, the analysis workers (idle included) "
+                f"| {c['ingest_process_ms_per_batch']} ms, {c['analysis_workers_ms_per_batch']} ms | | | |",
+                f"| batches not analysed (analysis queue overflow, warm-up included) "
+                f"| {c['analysis']['queue_overflow']} | | | 0 |",
+            ]
+            if "ingest_process_ms_per_batch" in c
+            else []
+        ),
         f"| /healthz p99 under that load | {c['healthz_p99_ms']} ms | {i['healthz_p99_ms']} ms | "
         f"| < {t['healthz_p99_ms_max']:g} ms |",
         f"| detection delay of a CPU saturation | {c['detection_delay_s']} s | {i['detection_delay_s']} s | "
