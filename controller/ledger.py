@@ -30,6 +30,7 @@ the batch on its pool.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 import time
 from collections import OrderedDict
@@ -57,6 +58,12 @@ def reported_loss(dropped: dict[str, int]) -> int:
     return sum(int(dropped.get(k, 0)) for k in LOSS_KEYS)
 
 
+# What a record may change (StreamLedger.state): every stored column but the stream's
+# identity, in the store's order (the window third).
+_STATE = repo.STREAM_COLUMNS[2:]
+_get_state = operator.attrgetter(*_STATE)
+
+
 @dataclass
 class StreamLedger:
     host_id: str
@@ -76,34 +83,12 @@ class StreamLedger:
 
     def state(self) -> tuple[Any, ...]:
         """What a record may change, to put back when its commit fails (cheaper than a copy)."""
-        return (
-            self.boot_id,
-            self.watermark,
-            set(self.window),
-            self.max_seq,
-            self.accepted,
-            self.duplicates,
-            self.gaps,
-            self.missing,
-            self.first_seen,
-            self.last_seen,
-            self.dropped,
-        )
+        values = _get_state(self)
+        return (*values[:2], set(values[2]), *values[3:])  # the window is changed in place
 
     def restore(self, state: tuple[Any, ...]) -> None:
-        (
-            self.boot_id,
-            self.watermark,
-            self.window,
-            self.max_seq,
-            self.accepted,
-            self.duplicates,
-            self.gaps,
-            self.missing,
-            self.first_seen,
-            self.last_seen,
-            self.dropped,
-        ) = state
+        for name, value in zip(_STATE, state, strict=True):
+            setattr(self, name, value)
 
     def missing_seqs(self) -> int:
         """Seqs below max_seq never received: holes still in the window and those given up on."""

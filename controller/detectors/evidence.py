@@ -8,7 +8,7 @@ series, MAX_ROWS per table, MAX_EVENTS events.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -271,20 +271,20 @@ TABLE_SOURCE = {key: source for source, keys in SOURCE_TABLES.items() for key in
 def source_tables(source: str, data: dict[str, Any]) -> Tables:
     """The tables one source's data sets, exactly as ``extract`` sets them."""
     tables: Tables = {}
-    scratch: Values = {}
-    if source == "disk":
-        disk_section(data, scratch, tables)
-    elif source == "network":
-        network_section(data, scratch, tables)
-    elif source == "sockets":
-        sockets_section(data, scratch, tables)
-    elif source == "processes":
-        processes_section(data, scratch, tables)
-    elif source == "cgroup":
-        cgroup_section(data, scratch, tables)
-    elif source == "gpu":
-        gpu_section(data, scratch, tables)
+    section = _TABLE_SECTIONS.get(source)
+    if section is not None:
+        section(data, {}, tables)  # the values are extract's, not wanted here
     return tables
+
+
+_TABLE_SECTIONS: dict[str, Callable[[dict[str, Any], Values, Tables], Any]] = {
+    "disk": disk_section,
+    "network": network_section,
+    "sockets": sockets_section,
+    "processes": processes_section,
+    "cgroup": cgroup_section,
+    "gpu": gpu_section,
+}
 
 
 def extract(snap: Snapshot) -> Extract:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.wire import Snapshot, SnapshotEnvelope
-from controller.detectors.evidence import Extract, extract, extract_or_error, source_tables
+from controller.detectors.evidence import SOURCE_TABLES, Extract, extract, extract_or_error, source_tables
 from controller.detectors.rawextract import extract_raw
 from testkit.store import WINDOWS
 
@@ -139,3 +139,10 @@ def test_the_raw_path_answers_for_a_snapshot_without_sources() -> None:
     assert fast is not None and comparable(fast) == comparable(full) == (5.0, [], None, [], [], [])
     assert fast.raw == {}
     assert comparable(extract(_FULL.decode(raw))) == comparable(full)
+
+
+def test_every_source_with_tables_makes_exactly_its_tables() -> None:
+    # Hot state keeps these sources' data raw and trusts source_tables to make their tables.
+    for source, keys in SOURCE_TABLES.items():
+        assert set(source_tables(source, {})) == set(keys), source
+    assert source_tables("host", {"cpu": {}}) == {}
