@@ -261,9 +261,12 @@ class AnalysisPool:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stats: dict[int, dict[str, Any]] = {}
+        # Per worker: the batches listed for its next hand-over; and what waits for it in all,
+        # counted until it is in the pipe (listed, or being handed over): the bounds' measure.
         self._pending: list[list[tuple[bytes, float]]] = [[] for _ in range(workers)]
-        self._pending_bytes = [0] * workers
-        self._pending_n = 0
+        self._listed_bytes = [0] * workers
+        self._waiting_n = [0] * workers
+        self._waiting_bytes = [0] * workers
         self._flush = threading.Event()  # something waits
         self._full = threading.Event()  # enough waits to hand over now
         # Held while batches are taken from pending and put in a pipe: they reach a worker
@@ -319,20 +322,27 @@ class AnalysisPool:
         if not self._workers:
             return
         i = self.partition(accepted.host_id)
+        size = len(accepted.raw)
         with self._lock:
-            if len(self._pending[i]) >= self.queue_max or self._pending_bytes[i] >= self.queue_bytes:
+            if self._waiting_n[i] >= self.queue_max or self._waiting_bytes[i] >= self.queue_bytes:
                 self.overflow += 1
                 return
-            self._pending[i].append((accepted.raw, accepted.received_at))
-            self._pending_bytes[i] += len(accepted.raw)
+            listed = self._pending[i]
+            listed.append((accepted.raw, accepted.received_at))
+            self._listed_bytes[i] += size
+            self._waiting_n[i] += 1
+            self._waiting_bytes[i] += size
             self.submitted += 1
-            first = self._pending_n == 0
-            self._pending_n += 1
-            full = self._pending_n >= FLUSH_BATCHES or self._pending_bytes[i] >= FLUSH_BYTES
-        if first:
-            self._flush.set()
+            full = len(listed) >= FLUSH_BATCHES or self._listed_bytes[i] >= FLUSH_BYTES
+        self._flush.set()
         if full:
             self._full.set()
+
+    def _take_listed(self, i: int) -> list[tuple[bytes, float]]:
+        """Worker i's listed batches, to hand over (still counted as waiting). Under _lock."""
+        batches, self._pending[i] = self._pending[i], []
+        self._listed_bytes[i] = 0
+        return batches
 
     def _flusher(self) -> None:
         while not self._stop.is_set():
@@ -343,24 +353,26 @@ class AnalysisPool:
             self._full.clear()
             with self._handover:
                 with self._lock:
-                    pending, self._pending = self._pending, [[] for _ in range(self.n)]
-                    self._pending_bytes = [0] * self.n
-                    self._pending_n = 0
-                for i, batches in enumerate(pending):
-                    if batches:
-                        self._hand_over(i, batches)
+                    listed = [self._take_listed(i) for i in range(self.n)]
+                behind = [not self._hand_over(i, batches) for i, batches in enumerate(listed) if batches]
+            if any(behind):
+                self._stop.wait(FLUSH_S)  # a worker is behind: try again later, not per batch
 
-    def _hand_over(self, i: int, batches: list[tuple[bytes, float]]) -> None:
+    def _hand_over(self, i: int, batches: list[tuple[bytes, float]]) -> bool:
         try:
             self._workers[i].inq.put_nowait(("batches", batches))
         except queue.Full:
             # The worker has two hand-overs still to take: these wait in front of the
-            # batches that came since, inside the same bounds (submit counts what they crowd out).
+            # batches that came since, still counted against the bounds.
             with self._lock:
                 self._pending[i][:0] = batches
-                self._pending_bytes[i] += sum(len(raw) for raw, _ in batches)
-                self._pending_n += len(batches)
+                self._listed_bytes[i] += sum(len(raw) for raw, _ in batches)
             self._flush.set()
+            return False
+        with self._lock:
+            self._waiting_n[i] -= len(batches)
+            self._waiting_bytes[i] -= sum(len(raw) for raw, _ in batches)
+        return True
 
     def evidence(self, host_id: str, seconds: float, since: float | None = None) -> Evidence | None:
         """The host's window, read from its worker (None when it has none or does not answer in time)."""
@@ -373,9 +385,7 @@ class AnalysisPool:
         # for the next flush go ahead of it.
         with self._handover:
             with self._lock:
-                batches, self._pending[i] = self._pending[i], []
-                self._pending_bytes[i] = 0
-                self._pending_n -= len(batches)
+                batches = self._take_listed(i)
                 self._replies[req] = fut
             if batches:
                 self._hand_over(i, batches)

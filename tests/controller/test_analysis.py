@@ -220,14 +220,14 @@ def test_a_worker_behind_makes_batches_wait_not_vanish(monkeypatch: pytest.Monke
             pool.submit(Accepted("h", str(i).encode(), float(i)))
             time.sleep(0.02)
         time.sleep(0.2)
-        assert pool.overflow == 0 and pool._pending_n == 6  # all waiting: the pipe is full
+        assert pool.overflow == 0 and pool._waiting_n == [6]  # all waiting: the pipe is full
         got: list[bytes] = []
         deadline = time.monotonic() + 10
         while len(got) < 8 and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 got += [raw for raw, _ in inq.get(timeout=0.1)[1]]
         assert got == [str(i).encode() for i in range(8)]  # every one, in the order they came
-        assert pool.overflow == 0 and pool.submitted == 6
+        assert pool.overflow == 0 and pool.submitted == 6 and pool._waiting_n == [0]
     finally:
         pool._stop.set()
         flusher.join(timeout=5)
@@ -266,4 +266,28 @@ def test_a_read_sees_every_batch_acked_before_it(monkeypatch: pytest.MonkeyPatch
     first, second = inq.get_nowait(), inq.get_nowait()
     assert first[0] == "batches" and [raw for raw, _ in first[1]] == [b"0", b"1", b"2"]
     assert second[0] == "read" and second[2] == "h"
-    assert pool._pending_n == 0 and pool._pending_bytes == [0] and pool.overflow == 0
+    assert pool._waiting_n == [0] and pool._waiting_bytes == [0] and pool.overflow == 0
+
+
+def test_batches_held_for_a_worker_behind_count_against_its_bounds() -> None:
+    # Taken from the list for a hand-over, batches used to stop counting until it failed and
+    # put them back: what arrived meanwhile found room that was not there.
+    pool = AnalysisPool(config(), workers=1, queue_max=5, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+
+    class FullPipe:
+        tries = 0
+
+        def put_nowait(self, msg: Any) -> None:
+            FullPipe.tries += 1
+            for i in range(5):  # batches acked while this hand-over is under way
+                pool.submit(Accepted("h", b"late%d" % i, 0.0))
+            raise queue.Full
+
+    pool._workers = [SimpleNamespace(inq=FullPipe())]  # type: ignore[list-item]
+    for i in range(5):
+        pool.submit(Accepted("h", b"%d" % i, 0.0))
+    with pool._lock:
+        listed = pool._take_listed(0)
+    assert not pool._hand_over(0, listed)
+    assert FullPipe.tries == 1 and pool.submitted == 5 and pool.overflow == 5
+    assert pool._waiting_n == [5] and [raw for raw, _ in pool._pending[0]] == [b"%d" % i for i in range(5)]
