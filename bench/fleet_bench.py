@@ -8,9 +8,9 @@ the clock starts; then bench/loadgen.py, in its own process, sends the paced bat
 
 - CPU per batch of the controller with default settings (its process and its analysis
   workers, evaluation included) and of bench/bare_server.py taking the same bodies at
-  the same rate (gunzip and parse), run before and after the controllers (the mean): the
-  ratio of the two, and the controller's own ms, split between its ingest process and
-  its analysis workers;
+  the same rate at the same time, from a load generator of its own (gunzip and parse):
+  the ratio of the two, and the controller's own ms, split between its ingest process
+  and its analysis workers;
 - /healthz p99, probed every 50 ms from this process during the phase;
 - the analysis queue's overflow, warm-up included (it must stay 0: a batch whose
   evaluation is dropped leaves its host unevaluated until its next batch);
@@ -210,6 +210,9 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
     start = time.time() + 90  # bodies are made, the warm-up taken and the idle measured before then
     warm, paced, faulty = make_bodies(hosts, seconds, start)
     ctl, url = start_controller(tmp, hosts, workflow=True, extra=extra)
+    # The peer takes the same batches at the same time, from a load generator of its own:
+    # this machine's speed drifts over minutes by as much as the difference being measured.
+    bare, bare_url = start_bare()
     try:
         # Paced like hosts coming online, not as fast as answers come: a closed loop outruns the
         # analysis queue, and its overflow (counted, dropped) would leave windows unevaluated.
@@ -234,17 +237,20 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
         idle_rate = (tree_cpu_s(ctl.pid) - idle0) / (time.monotonic() - t0)
         time.sleep(max(0.0, start - time.time() - 1.0))
         gen = send(url, paced, tmp, rate=hosts / INTERVAL_S, token=TOKEN)
-        assert gen.stderr is not None
-        gen.stderr.readline()  # ready
-        (main0, kids0), p0 = split_cpu_s(ctl.pid), time.monotonic()
-        result = finish(gen)
-        (main1, kids1), p1 = split_cpu_s(ctl.pid), time.monotonic()
+        bgen = send(bare_url, paced, tmp, rate=hosts / INTERVAL_S, token=None)
+        for g in (gen, bgen):
+            assert g.stderr is not None
+            g.stderr.readline()  # ready
+        (main0, kids0), b0, p0 = split_cpu_s(ctl.pid), proc_cpu_s(bare.pid), time.monotonic()
+        result, bresult = finish(gen), finish(bgen)
+        (main1, kids1), b1, p1 = split_cpu_s(ctl.pid), proc_cpu_s(bare.pid), time.monotonic()
         cpu0, cpu1 = main0 + kids0, main1 + kids1
         prober.stop.set()
         prober.join(timeout=15)
         status = _status(url)
     finally:
         stop(ctl)
+        stop(bare)
     lat = sorted(prober.lat)
     fault_sent = start + FAULT_AT_S
     delay = None if prober.detected_at is None else prober.detected_at - fault_sent
@@ -266,24 +272,11 @@ def run_controller(tmp: Path, hosts: int, seconds: float, workers: int) -> dict[
         "detection_delay_intervals": None if delay is None else round(delay / INTERVAL_S, 2),
         "analysis": status["workflow"].get("analysis"),
         "hot_state_bytes": status["hot_state"]["bytes"],
-    }
-
-
-def run_bare(tmp: Path, hosts: int, seconds: float) -> dict[str, Any]:
-    _, paced, _ = make_bodies(hosts, seconds, time.time())
-    bare, url = start_bare()
-    try:
-        gen = send(url, paced, tmp, rate=hosts / INTERVAL_S, token=None)
-        assert gen.stderr is not None
-        gen.stderr.readline()
-        cpu0 = proc_cpu_s(bare.pid)
-        result = finish(gen)
-        cpu1 = proc_cpu_s(bare.pid)
-    finally:
-        stop(bare)
-    return {
-        "batches": result["requests"],
-        "cpu_ms_per_batch": round((cpu1 - cpu0) / result["requests"] * 1000, 3),
+        "bare_asyncio": {
+            "codes": bresult["codes"],
+            "batches": bresult["requests"],
+            "cpu_ms_per_batch": round((b1 - b0) / bresult["requests"] * 1000, 3),
+        },
     }
 
 
@@ -300,23 +293,23 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="incidentlab-fleet-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        step(f"bare server: {args.hosts} hosts' batches for {args.seconds / 3:.0f} s")
-        before = run_bare(tmp / "bare", args.hosts, args.seconds / 3)
-        step(f"controller, default settings: {args.hosts} hosts for {args.seconds:.0f} s")
+        step(
+            f"controller, default settings: {args.hosts} hosts for {args.seconds:.0f} s (and the bare server)"
+        )
         pooled = run_controller(tmp / "pooled", args.hosts, args.seconds, workers=1)
-        step(f"controller, evaluation in its own process: {args.hosts} hosts for {args.seconds:.0f} s")
+        step(f"controller, evaluation in process, and the bare server: {args.seconds:.0f} s")
         inproc = run_controller(tmp / "inproc", args.hosts, args.seconds, workers=0)
-        step(f"bare server again: {args.hosts} hosts' batches for {args.seconds / 3:.0f} s")
-        after = run_bare(tmp / "bare-after", args.hosts, args.seconds / 3)
-    # The peer runs before and after the controllers and counts as their mean: this
-    # machine's speed drifts over minutes, by as much as the difference being measured.
+    # Each controller's ratio is to the bare server measured beside it; the table's bare
+    # figure is the mean of the two.
+    pooled_bare, inproc_bare = pooled.pop("bare_asyncio"), inproc.pop("bare_asyncio")
     bare = {
-        "batches": before["batches"] + after["batches"],
-        "cpu_ms_per_batch": round((before["cpu_ms_per_batch"] + after["cpu_ms_per_batch"]) / 2, 3),
-        "cpu_ms_per_batch_runs": [before["cpu_ms_per_batch"], after["cpu_ms_per_batch"]],
+        "batches": pooled_bare["batches"] + inproc_bare["batches"],
+        "cpu_ms_per_batch": round((pooled_bare["cpu_ms_per_batch"] + inproc_bare["cpu_ms_per_batch"]) / 2, 3),
+        "cpu_ms_per_batch_runs": [pooled_bare["cpu_ms_per_batch"], inproc_bare["cpu_ms_per_batch"]],
+        "codes": [pooled_bare["codes"], inproc_bare["codes"]],
     }
-
-    ratio = pooled["cpu_ms_per_batch"] / bare["cpu_ms_per_batch"]
+    ratio = pooled["cpu_ms_per_batch"] / pooled_bare["cpu_ms_per_batch"]
+    inproc["cpu_ratio_to_bare"] = round(inproc["cpu_ms_per_batch"] / inproc_bare["cpu_ms_per_batch"], 2)
     d_pool, d_in = pooled["detection_delay_s"], inproc["detection_delay_s"]
     result = {
         "hosts": args.hosts,
