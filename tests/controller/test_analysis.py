@@ -291,3 +291,34 @@ def test_batches_held_for_a_worker_behind_count_against_its_bounds() -> None:
     assert not pool._hand_over(0, listed)
     assert FullPipe.tries == 1 and pool.submitted == 5 and pool.overflow == 5
     assert pool._waiting_n == [5] and [raw for raw, _ in pool._pending[0]] == [b"%d" % i for i in range(5)]
+
+
+def test_a_worker_behind_is_retried_per_flush_interval_not_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analysis_pool, "FLUSH_S", 0.1)
+    monkeypatch.setattr(analysis_pool, "FLUSH_BATCHES", 2)  # every batch past the first asks to go now
+    pool = AnalysisPool(
+        config(), workers=1, queue_max=10_000, read_timeout_s=1.0, on_trigger=lambda h, e: None
+    )
+
+    class FullPipe:
+        tries = 0
+
+        def put_nowait(self, msg: Any) -> None:
+            FullPipe.tries += 1
+            raise queue.Full
+
+    pool._workers = [SimpleNamespace(inq=FullPipe())]  # type: ignore[list-item]
+    flusher = threading.Thread(target=pool._flusher, daemon=True)
+    flusher.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        n = 0
+        while time.monotonic() < deadline:
+            pool.submit(Accepted("h", b"%d" % n, 0.0))
+            n += 1
+            time.sleep(0.001)
+        assert n > 300 and FullPipe.tries <= 12  # about one a flush interval, not one a batch
+        assert pool.overflow == 0 and pool._waiting_n == [n] and len(pool._pending[0]) == n
+    finally:
+        pool._stop.set()
+        flusher.join(timeout=5)
