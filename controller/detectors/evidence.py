@@ -64,13 +64,13 @@ class Evidence:
         look, which a window answers from its column without building the series."""
         if isinstance(self.series, TailMeans):
             return self.series.tail_mean(name, n)
-        return tail_mean([v for _, v in self.series.get(name, [])[-n:]])
+        return series_tail_mean(self.series, name, n)
 
     def total(self, name: str) -> float:
         """The sum of a series' values (0 without one), added oldest first."""
         if isinstance(self.series, TailMeans):
             return self.series.total(name)
-        return sum(v for _, v in self.series.get(name, []))
+        return series_total(self.series, name)
 
 
 def tail_mean(tail: Sequence[float]) -> float | None:
@@ -78,14 +78,23 @@ def tail_mean(tail: Sequence[float]) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
+def series_tail_mean(series: Mapping[str, Series], name: str, n: int) -> float | None:
+    return tail_mean([v for _, v in series.get(name, [])[-n:]])
+
+
+def series_total(series: Mapping[str, Series], name: str) -> float:
+    return sum(v for _, v in series.get(name, []))
+
+
 class TailMeans(dict[str, "Series"]):
-    """Series that answer ``tail_mean`` without being built (controller/detectors/window.py)."""
+    """Series that may answer ``tail_mean`` and ``total`` without building the series they
+    read (controller/detectors/window.py overrides these): here, from the built series."""
 
     def tail_mean(self, name: str, n: int) -> float | None:
-        raise NotImplementedError
+        return series_tail_mean(self, name, n)
 
     def total(self, name: str) -> float:
-        raise NotImplementedError
+        return series_total(self, name)
 
 
 def _num(x: Any) -> float | None:

@@ -20,7 +20,6 @@ answers: tests/controller/test_rawextract.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,7 +27,6 @@ from msgspec import Raw, Struct
 
 from collector.wire import SnapshotEnvelope
 from controller.detectors.evidence import (
-    MAX_ROWS,
     Extract,
     Tables,
     Values,
@@ -109,7 +107,7 @@ class _Ebpf(_Obj):
     counts: Any = None
 
 
-# --- the sources with row tables: the fields read (pass A), the rows raw (pass B) -------------
+# --- the sources with tables: only the fields their values read (the data stays raw) ----------
 
 
 class _DiskHead(Struct):
@@ -179,11 +177,6 @@ _HOST, _PSI, _EBPF = _decoder(_Host), _decoder(_Psi), _decoder(_Ebpf)
 _DISK, _NETWORK, _SOCKETS = _decoder(_Disk), _decoder(_Network), _decoder(_Sockets)
 _PROCS, _CGROUP = _decoder(_Processes), _decoder(_Cgroup)
 _DICT = _decoder(dict[str, Any])
-
-
-def _rows(raws: Sequence[Raw]) -> Raw:
-    """The JSON array of the first MAX_ROWS raw rows: what ``extract``'s table encodes to."""
-    return Raw(b"[" + b",".join(raws[:MAX_ROWS]) + b"]")
 
 
 def _plain(obj: _Obj) -> dict[str, Any]:

@@ -60,7 +60,25 @@ class Column:
         self.gaps = gaps  # NaNs in values: 0 lets a whole read skip the per-point check
 
 
-class LazyTables(dict[str, Any]):
+class _Lazy(dict[str, Any]):
+    """A mapping whose entries are made on first read by ``_load`` (False: no such key)."""
+
+    def _load(self, key: str) -> bool:
+        return dict.__contains__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict.__getitem__(self, key) if self._load(key) else default
+
+    def __getitem__(self, key: str) -> Any:
+        if not self._load(key):
+            raise KeyError(key)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._load(key)
+
+
+class LazyTables(_Lazy):
     """Tables made on first read: an evaluation reads few of them (a detector looks at
     its table only once its signal crossed a threshold). Each key comes from one source,
     kept as its tables' JSON or as its raw data (made into tables by ``source_tables``).
@@ -81,17 +99,6 @@ class LazyTables(dict[str, Any]):
         self.update(_tables_of(source, kept))
         return dict.__contains__(self, key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return dict.__getitem__(self, key) if self._load(key) else default
-
-    def __getitem__(self, key: str) -> Any:
-        if not self._load(key):
-            raise KeyError(key)
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._load(key)
-
 
 def _tables_of(source: str, kept: tuple[bool, bytes]) -> dict[str, Any]:
     raw, data = kept
@@ -101,7 +108,7 @@ def _tables_of(source: str, kept: tuple[bool, bytes]) -> dict[str, Any]:
     return tables
 
 
-class LazySeries(TailMeans):
+class LazySeries(_Lazy, TailMeans):
     """Series built on first read, straight from the window's columns: an evaluation reads
     a third of the signals a host sends, and most only for the mean of their last few
     points (a detector reads more only once its own signal crossed a threshold). For
@@ -127,20 +134,9 @@ class LazySeries(TailMeans):
         dict.__setitem__(self, key, pts)
         return True
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return dict.__getitem__(self, key) if self._load(key) else default
-
-    def __getitem__(self, key: str) -> Series:
-        if not self._load(key):
-            raise KeyError(key)
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._load(key)
-
     def tail_mean(self, name: str, n: int) -> float | None:
         if dict.__contains__(self, name):
-            return tail_mean([v for _, v in dict.__getitem__(self, name)[-n:]])
+            return super().tail_mean(name, n)  # built already: from its points
         col = self._columns.get(name)
         if col is None:
             return None
@@ -157,7 +153,7 @@ class LazySeries(TailMeans):
 
     def total(self, name: str) -> float:
         if dict.__contains__(self, name):
-            return sum(v for _, v in dict.__getitem__(self, name))
+            return super().total(name)
         col = self._columns.get(name)
         if col is None:
             return 0
