@@ -59,6 +59,12 @@ def make_store(data: Path) -> None:
                 "closed_at": t0 + i * 30 + 2 if i % 5 != 3 else None,
                 "code_version": "bench",
                 "evidence_sha256": None,
+                "state": "resolved",
+                "fault_started_at": t0 + i * 30 - 5,
+                "last_seen_at": t0 + i * 30 + 60,
+                "resolved_at": t0 + i * 30 + 90,
+                "flaps": 0,
+                "parent_run_id": None,
             }
         )
     with RunStore(db).begin() as tx:

@@ -270,6 +270,9 @@ class WorkflowSettings(_Strict):
     window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
     open_threshold: float = Field(default=0.5, ge=0, le=1)  # top-hypothesis confidence that opens a run
     attach_window_s: float = Field(default=900.0, ge=0, le=86_400)  # same shape within this: attach
+    # Clean evaluations in a row (none finds the run's fault active) that resolve a run: the
+    # hysteresis between recovering and resolved.
+    resolve_after_clean: int = Field(default=3, ge=1, le=1000)
     queue_max: int = Field(default=1024, ge=1, le=1_000_000)  # hosts waiting for evaluation
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)

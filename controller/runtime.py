@@ -99,7 +99,13 @@ class Runtime:
         self.analysis: AnalysisPool | None = None
         if pooled:
             self.analysis = AnalysisPool(
-                WorkerConfig(settings.hot_state, w.window_s, w.open_threshold, a.nice),
+                WorkerConfig(
+                    settings.hot_state,
+                    w.window_s,
+                    w.open_threshold,
+                    a.nice,
+                    report_clean=w.resolve_after_clean + 2,
+                ),
                 workers=a.workers,
                 queue_max=a.queue_max,
                 queue_bytes=a.queue_bytes,
@@ -107,6 +113,7 @@ class Runtime:
                 on_trigger=self.workflow.triggers.notify,
                 on_failure=self.workflow.triggers.record_failure_text,
                 on_ok=self.workflow.triggers.record_success,
+                on_clean=self.workflow.triggers.notify_clean,
             )
             self.workflow.triggers.pool = self.analysis
         else:

@@ -242,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     cause = final["most_likely_cause"] or {}
     print()
     print(f"incident   {run['run_id']} on {run['host_id']}")
+    culprit = cause.get("culprit") or {}
+    held = ", ".join(f"{c} x{n}" for c, n in (culprit.get("comms") or {}).items())
     print(
-        f"cause      {cause.get('family')}: {(cause.get('culprit') or {}).get('id')} "
-        f"(confidence {cause.get('confidence')})"
+        f"cause      {cause.get('family')}: {culprit.get('kind')} {culprit.get('id')}"
+        + (f" ({held})" if held and culprit.get("kind") != "process" else "")
+        + f" (confidence {cause.get('confidence')})"
     )
     print(f"summary    {cause.get('summary')}")
     print("actions    " + ", ".join(f"{a['action']}: {a['outcome']}" for a in final["actions"]))

@@ -244,7 +244,7 @@ FAULTS: dict[str, tuple[Callable[[dict[str, Any], int], None], str]] = {
     # family: (fault, the culprit id the analysis must name)
     "cpu_saturation": (cpu_saturation, "cryptominer[4242]"),
     "memory_pressure": (memory_pressure, "leaky-cache[5151]"),
-    "io_pressure": (io_pressure, "backup[7070]"),
+    "io_pressure": (io_pressure, "backup.service"),
     "fd_exhaustion": (fd_exhaustion, "conn-leaker[3131]"),
     "cgroup_cpu_throttling": (cgroup_cpu_throttling, POD),
     "runaway_forks": (runaway_forks, "forkbomb.sh[6666]"),

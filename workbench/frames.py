@@ -261,7 +261,8 @@ def diff_frame(recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]) -
         if b is not None:
             _flat("", {k: v for k, v in b.items() if k not in VOLATILE}, right)
         for field in sorted(set(left) | set(right)):
-            if field.startswith("payload.timeline"):  # wall-clock times of the stages
+            # Wall-clock times of the stages, and the run as it stood when the report was written.
+            if field.startswith(("payload.timeline", "payload.at_report")):
                 continue
             if left.get(field) != right.get(field):
                 rows.append(

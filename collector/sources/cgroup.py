@@ -48,6 +48,27 @@ def _int(path: Path) -> int | None:
         return None
 
 
+PROCS_READ_MAX = 64 << 10  # a cgroup.procs longer than this holds "many" processes (None)
+
+
+def parse_procs_count(text: str) -> int:
+    """The processes cgroup.procs lists (one tgid a line)."""
+    return sum(1 for line in text.splitlines() if line.strip().isdigit())
+
+
+def _procs(path: Path) -> int | None:
+    """How many processes a cgroup holds, from its cgroup.procs (where no pids controller
+    counts them: a v1 pids hierarchy the workload is not placed in, or none)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(PROCS_READ_MAX + 1)
+    except OSError:
+        return None
+    if len(data) > PROCS_READ_MAX:
+        return None
+    return parse_procs_count(data.decode("ascii", "replace"))
+
+
 def walk_leaves(root: Path, limit: int) -> tuple[list[str], bool]:
     """Relative paths of leaf cgroups under root (root itself when it has no children)."""
     leaves: list[str] = []
@@ -123,6 +144,7 @@ class CgroupSource(Source):
             wbytes = sum(f.get("wbytes", 0) for f in io.values())
             pids_current, pids_max_text = _int(d / "pids.current"), _read(d / "pids.max")
             pids_max = parse_limit(pids_max_text) if pids_max_text else None
+            procs = _procs(d / "cgroup.procs")
             pressure = {}
             for res in ("cpu", "memory", "io"):
                 text = _read(d / f"{res}.pressure")
@@ -166,6 +188,15 @@ class CgroupSource(Source):
             pids_current = _int(pids / sub / "pids.current") if pids else None
             pids_max_text = _read(pids / sub / "pids.max") if pids else None
             pids_max = parse_limit(pids_max_text) if pids_max_text else None
+            # A cgroup only the cpu tree has (a quota set there) lists its processes there.
+            procs = next(
+                (
+                    n
+                    for t in (mem, cpu)
+                    if t is not None and (n := _procs(t / sub / "cgroup.procs")) is not None
+                ),
+                None,
+            )
             out["pressure_some_avg10"] = None
         periods = (
             self._rates.rate(f"{rel}.periods", cpu_stat["nr_periods"]) if "nr_periods" in cpu_stat else None
@@ -189,6 +220,7 @@ class CgroupSource(Source):
         rb, wb = self._rates.rate(f"{rel}.rbytes", rbytes), self._rates.rate(f"{rel}.wbytes", wbytes)
         out["io"] = {"read_bytes_per_s": rb, "write_bytes_per_s": wb}
         out["pids"] = {"current": pids_current, "max": pids_max}
+        out["procs"] = procs  # processes in the cgroup itself (what says it is a workload's own)
         return out
 
     def sample(self) -> SourceResult:

@@ -121,7 +121,13 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 def run_summary(row: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(row) | {"culprit": json.loads(row["culprit"])}
+    """A run row for the API, with its times to detect and to resolve (from the fault's start)."""
+    started, resolved = row.get("fault_started_at"), row.get("resolved_at")
+    return dict(row) | {
+        "culprit": json.loads(row["culprit"]),
+        "time_to_detect_s": None if started is None else round(row["created_at"] - started, 3),
+        "time_to_resolve_s": None if started is None or resolved is None else round(resolved - started, 3),
+    }
 
 
 def chain_body(chain: list[Artifact]) -> dict[str, Any]:
@@ -133,10 +139,12 @@ def chain_body(chain: list[Artifact]) -> dict[str, Any]:
 
 
 def _conclusion(payload: dict[str, Any]) -> dict[str, Any]:
-    """A payload without the wall-clock times of its timeline: what a replay is compared on."""
+    """A payload without the wall-clock times of its timeline and the run's state when it was
+    written (``at_report``, which moves on while the fault lasts): what a replay is compared on."""
     if "timeline" not in payload:
         return payload
-    return payload | {"timeline": [{k: v for k, v in t.items() if k != "at"} for t in payload["timeline"]]}
+    out = {k: v for k, v in payload.items() if k != "at_report"}
+    return out | {"timeline": [{k: v for k, v in t.items() if k != "at"} for t in payload["timeline"]]}
 
 
 def _run_or_404(wf: WorkflowEngine, run_id: str) -> dict[str, Any]:
@@ -183,7 +191,9 @@ def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]
         "freshness": ev.freshness,
         "hypotheses": [h.to_dict() for h in rank(ev, detect(ev))],
         "latest_run": (
-            {k: latest[0][k] for k in ("run_id", "status", "family", "created_at")} if latest else None
+            {k: latest[0].get(k) for k in ("run_id", "status", "family", "created_at", "state", "flaps")}
+            if latest
+            else None
         ),
         # The host's latest evaluation failed (its window holds data evidence cannot read).
         "error": failure["last_error"] if failing and failure is not None else None,

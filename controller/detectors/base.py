@@ -20,9 +20,18 @@ from controller.errors import ControllerError
 
 @dataclass(frozen=True)
 class Culprit:
-    kind: str  # process, cgroup, pod, device, interface, socket, source, host
+    """What owns a fault (kinds: pod, container, unit, cgroup, process_tree, process, socket,
+    device, interface, source, host). ``id`` is what an operator reads; ``key`` names only
+    the owner (no worker pid), and the fingerprint is built from it."""
+
+    kind: str
     id: str
     detail: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+    @property
+    def identity(self) -> str:
+        return self.key or self.id
 
 
 @dataclass
@@ -39,6 +48,9 @@ class Finding:
     supporting: list[str] = field(default_factory=list)
     contradicting: list[str] = field(default_factory=list)
     expected: list[str] = field(default_factory=list)
+    # The newest sample time that still shows the fault; None: the window's newest (detectors
+    # that look only at the latest samples fire only while it lasts).
+    last_active: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -131,11 +143,14 @@ def process_culprit(row: dict[str, Any] | None, reason: str) -> Culprit:
             "pod",
             str(row["pod_uid"]),
             {"pid": row.get("pid"), "comm": row.get("comm"), "container_id": row.get("container_id")},
+            key=f"pod:{row['pod_uid']}",
         )
+    # Keyed by program and cgroup, not pid: the same program restarted is the same culprit.
     return Culprit(
         "process",
         f"{row.get('comm')}[{row.get('pid')}]",
         {"pid": row.get("pid"), "comm": row.get("comm"), "cgroup": row.get("cgroup")},
+        key=f"process:{row.get('comm')}@{row.get('cgroup')}",
     )
 
 

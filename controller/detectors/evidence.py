@@ -72,6 +72,17 @@ class Evidence:
             return self.series.total(name)
         return series_total(self.series, name)
 
+    def last_nonzero(self, name: str) -> float | None:
+        """When a series last had a value other than 0 (a counter's last increase)."""
+        for t, v in reversed(self.series.get(name, [])):
+            if v:
+                return t
+        return None
+
+    def interval(self) -> float:
+        """The typical time between samples (the collector's interval)."""
+        return (self.end - self.start) / (self.samples - 1) if self.samples > 1 else 0.0
+
 
 def tail_mean(tail: Sequence[float]) -> float | None:
     """The mean of the points given, oldest first (the one way both paths add them)."""

@@ -93,6 +93,14 @@ def gpu_xid(ev: Evidence) -> list[Finding]:
     ]
 
 
+def _last_rise(points: list[tuple[float, float]]) -> float | None:
+    """When a counter last went up."""
+    for (_, a), (t, b) in zip(reversed(points[:-1]), reversed(points[1:]), strict=True):
+        if b > a:
+            return t
+    return None
+
+
 @detector("gpu_ecc")
 def gpu_ecc(ev: Evidence) -> list[Finding]:
     out = []
@@ -112,6 +120,7 @@ def gpu_ecc(ev: Evidence) -> list[Finding]:
                     culprit=_device(g),
                     summary=f"GPU {i}: {ecc[-1] - ecc[0]:.0f} new uncorrected ECC errors in the window",
                     supporting=[f"gpu{i}_ecc_uncorrected"],
+                    last_active=_last_rise(ev.series.get(f"gpu{i}_ecc_uncorrected", [])),
                     expected=["XID 48, 94 or 95", "pages retired on the device"],
                 )
             )

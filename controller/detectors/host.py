@@ -4,6 +4,7 @@ exhaustion, cgroup CPU throttling, runaway forks."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from controller.detectors.base import (
     Culprit,
@@ -16,6 +17,7 @@ from controller.detectors.base import (
     top_row,
 )
 from controller.detectors.evidence import Evidence
+from controller.detectors.owners import members, owner, tree_culprit
 
 CPU_BUSY_PCT = 90.0  # sustained over the last 5 samples
 PSI_CPU_SOME = 40.0
@@ -30,6 +32,28 @@ PROCESS_FD_PCT = 80.0  # of the process's own soft RLIMIT_NOFILE: EMFILE is near
 FD_GROWTH_FLOOR = 1000  # a baseline below this counts as this much: growth is from at least 2,000
 CGROUP_THROTTLED_PCT = 25.0
 FORKS_PER_S = 50.0
+# A process is part of the load when it carries this share of the busiest one's (and at
+# least LOAD_FLOOR_PCT of a CPU): the workers of one hog, not the idle bystanders.
+LOAD_SHARE = 0.4
+LOAD_FLOOR_PCT = 10.0
+
+
+def _load_owner(ev: Evidence, rows: list[dict[str, Any]], key: str, top: dict[str, Any] | None) -> Culprit:
+    """The owner of the processes that carry the load ``key`` measures (its workers grouped)."""
+    if top is None:
+        return owner([], reason="no process table")
+    peak = float(top[key])
+    floor = max(LOAD_SHARE * peak, LOAD_FLOOR_PCT) if key == "cpu_pct" else LOAD_SHARE * peak
+    load = [r for r in rows if isinstance(r.get(key), int | float) and r[key] >= floor] or [top]
+    return owner(load, weight=key, all_rows=rows, cgroups=ev.tables.get("cgroups", []))
+
+
+def _load_text(c: Culprit) -> str:
+    workers = c.detail.get("workers") or ", ".join(
+        f"{k} x{n}" if n > 1 else k for k, n in (c.detail.get("comms") or {}).items()
+    )
+    where = "" if c.kind == "process" else f" in {c.kind} {c.id}"
+    return f"load from {workers}{where}"
 
 
 @detector("cpu_saturation")
@@ -43,6 +67,7 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
         return []
     rows = ev.tables.get("processes", [])
     hog = top_row(rows, "cpu_pct")
+    culprit = _load_owner(ev, rows, "cpu_pct", hog)
     seasonal = seasonal_baseline(ev.series.get("cpu_busy_pct", []), period_s=300, tolerance_s=15)
     score = clamp(max((busy or 0) / 100, (psi or 0) / 80))
     contradicting = []
@@ -58,9 +83,9 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
             baseline=seasonal,
             threshold=CPU_BUSY_PCT,
             score=score,
-            culprit=process_culprit(hog, "no process table"),
+            culprit=culprit,
             summary=f"CPU {busy or 0:.0f}% busy, PSI cpu some {psi or 0:.0f}%"
-            + (f"; top {hog.get('comm')} at {hog.get('cpu_pct'):.0f}%" if hog else ""),
+            + (f"; {_load_text(culprit)}" if hog else ""),
             supporting=["cpu_busy_pct", "psi_cpu_some", "procs_running"],
             contradicting=contradicting,
             expected=["procs_running above the CPU count", "psi_cpu_some rising", "run-queue latency up"],
@@ -79,18 +104,34 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
     if not (low or stalled or kills > 0 or victims):
         return []
     cg = [c for c in ev.tables.get("cgroups", []) if (c.get("memory") or {}).get("oom_kill")]
-    if victims:
-        v = victims[-1]
-        culprit = Culprit(
-            "process", f"{v.get('comm')}[{v.get('pid')}]", {"pid": v.get("pid"), "oom_victim": True}
-        )
-    elif cg:
+    # The memory cgroup at its limit owns the kills; its victims (a program restarted under a
+    # new pid each time) are members, not culprits of their own.
+    victim_members = members(victims) | {"oom_victims": len(victims)} if victims else {}
+    if cg:
         c = max(cg, key=lambda c: c["memory"]["oom_kill"])
         kube = c.get("kubernetes")
+        detail = {"cgroup": c["path"], "oom_kill": c["memory"]["oom_kill"]} | victim_members
         culprit = (
-            Culprit("pod", kube["pod_uid"], {"cgroup": c["path"], "container_id": kube.get("container_id")})
+            Culprit(
+                "pod",
+                kube["pod_uid"],
+                detail | {"container_id": kube.get("container_id")},
+                key=f"pod:{kube['pod_uid']}",
+            )
             if kube
-            else Culprit("cgroup", c["path"], {"oom_kill": c["memory"]["oom_kill"]})
+            else Culprit("cgroup", c["path"], detail, key=f"cgroup:{c['path']}")
+        )
+    elif victims:
+        v = victims[-1]
+        comm = v.get("comm")
+        same = [x for x in victims if x.get("comm") == comm]
+        culprit = Culprit(
+            "process",
+            f"{comm}[{v.get('pid')}]",
+            {"pid": v.get("pid"), "comm": comm, "oom_victim": True}
+            | members(same)
+            | {"oom_victims": len(same)},
+            key=f"process:{comm}@None",
         )
     else:
         culprit = process_culprit(top_row(ev.tables.get("processes", []), "rss_bytes"), "no process table")
@@ -113,10 +154,25 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
             culprit=culprit,
             summary=f"MemAvailable {avail if avail is not None else float('nan'):.1f}%, PSI memory some "
             f"{psi or 0:.0f}%, {int(kills) or len(victims)} OOM kill(s)",
-            supporting=["mem_available_pct", "psi_memory_some", "oom_kills"],
+            supporting=[
+                s
+                for s, shown in (
+                    ("mem_available_pct", low),
+                    ("psi_memory_some", stalled),
+                    ("oom_kills", kills > 0 or bool(victims)),
+                )
+                if shown
+            ],
             expected=["pswpin/pswpout or major faults rising", "psi_memory_full above 0", "oom_kill events"],
+            last_active=None if low or stalled else _last_kill(ev),
         )
     ]
+
+
+def _last_kill(ev: Evidence) -> float | None:
+    """When the window last saw an OOM kill (None: it cannot tell, so the window's newest)."""
+    seen = [t for t in (ev.last_nonzero("oom_kills"), ev.last_nonzero("ebpf_oom_kill")) if t is not None]
+    return max(seen) if seen else None
 
 
 @detector("io_pressure")
@@ -129,17 +185,17 @@ def io_pressure(ev: Evidence) -> list[Finding]:
     disks = ev.tables.get("disks", [])
     disk = disks[0] if disks else None
     # io_top ranks every process by IO; the CPU-ranked rows miss one blocked on direct IO.
-    writer = max(
-        (
-            r
-            for r in ev.tables.get("io_top", []) + ev.tables.get("processes", [])
-            if r.get("write_bytes_per_s") or r.get("read_bytes_per_s")
-        ),
-        key=lambda r: (r.get("write_bytes_per_s") or 0) + (r.get("read_bytes_per_s") or 0),
-        default=None,
-    )
+    io_rows: dict[Any, dict[str, Any]] = {}
+    for r in ev.tables.get("io_top", []) + ev.tables.get("processes", []):
+        if r.get("write_bytes_per_s") or r.get("read_bytes_per_s"):
+            io_rows.setdefault(
+                r.get("pid"),
+                r | {"io_bytes_per_s": (r.get("write_bytes_per_s") or 0) + (r.get("read_bytes_per_s") or 0)},
+            )
+    rows = list(io_rows.values())
+    writer = top_row(rows, "io_bytes_per_s")
     culprit = (
-        process_culprit(writer, "")
+        _load_owner(ev, rows, "io_bytes_per_s", writer)
         if writer
         else Culprit("device", str(disk.get("name")), {"util_pct": disk.get("util_pct")})
         if disk
@@ -235,9 +291,15 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
             "pod",
             worst["kubernetes"]["pod_uid"],
             {"cgroup": worst["path"], "quota_cores": worst["cpu"].get("quota_cores")},
+            key=f"pod:{worst['kubernetes']['pod_uid']}",
         )
     elif worst:
-        culprit = Culprit("cgroup", worst["path"], {"quota_cores": worst["cpu"].get("quota_cores")})
+        culprit = Culprit(
+            "cgroup",
+            worst["path"],
+            {"cgroup": worst["path"], "quota_cores": worst["cpu"].get("quota_cores")},
+            key=f"cgroup:{worst['path']}",
+        )
     else:
         culprit = Culprit("host", "host", {})
     return [
@@ -265,14 +327,13 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
     z = robust_z(ev.values("forks_per_s"))
     if z is not None and z[0] < 5:
         return []
-    parents = Counter(e.get("ppid") for e in ev.events if e.get("type") == "exec" and e.get("ppid"))
+    execs = [e for e in ev.events if e.get("type") == "exec" and isinstance(e.get("ppid"), int) and e["ppid"]]
+    parents: Counter[int] = Counter(e["ppid"] for e in execs)
     if parents:
         ppid, n = parents.most_common(1)[0]
-        row = next((r for r in ev.tables.get("processes", []) if r.get("pid") == ppid), None)
-        culprit = (
-            process_culprit(row, "")
-            if row
-            else Culprit("process", f"pid {ppid}", {"pid": ppid, "children": n})
+        # The parent that forks owns the storm: its children are members, however many come and go.
+        culprit = tree_culprit(
+            ppid, [e for e in execs if e.get("ppid") == ppid], ev.tables.get("processes", [])
         )
         culprit.detail["children_seen"] = n
     else:

@@ -95,6 +95,28 @@ def _evidence_digest(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE workflow_runs ADD COLUMN evidence_sha256 VARCHAR(64)"))
 
 
+_LIFECYCLE_COLUMNS = (
+    ("state", "VARCHAR(16) NOT NULL DEFAULT 'firing'"),
+    ("fault_started_at", "FLOAT"),
+    ("last_seen_at", "FLOAT"),
+    ("resolved_at", "FLOAT"),
+    ("flaps", "INTEGER NOT NULL DEFAULT 0"),
+    ("parent_run_id", "VARCHAR(64)"),
+)
+
+
+def _lifecycle(conn: Connection) -> None:
+    """workflow_runs' lifecycle columns; a run from before them was last seen when last touched."""
+    columns = {c["name"] for c in inspect(conn).get_columns("workflow_runs")}
+    for name, kind in _LIFECYCLE_COLUMNS:
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE workflow_runs ADD COLUMN {name} {kind}"))
+    conn.execute(text("UPDATE workflow_runs SET last_seen_at = updated_at WHERE last_seen_at IS NULL"))
+    indexes = {i["name"] for i in inspect(conn).get_indexes("workflow_runs")}
+    if "ix_workflow_runs_state" not in indexes:
+        conn.execute(text("CREATE INDEX ix_workflow_runs_state ON workflow_runs (state)"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
     (
@@ -104,6 +126,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     ),
     (3, "governed execution: action intents, approvals, the append-only audit log", _execution),
     (4, "the evidence window's sha256 per run, checked by every stage", _evidence_digest),
+    (5, "a run's lifecycle: firing, recovering, resolved; flaps; the run a symptom belongs to", _lifecycle),
 ]
 
 

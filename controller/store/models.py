@@ -69,6 +69,14 @@ class WorkflowRun(SQLModel, table=True):
     code_version: str = ""
     # sha256 of the evidence window as written when the run opened: every stage checks it.
     evidence_sha256: str | None = Field(default=None, max_length=64)
+    # The fault's lifecycle, apart from the stages' status: firing -> recovering -> resolved,
+    # or explained (a symptom whose cause has a run of its own: parent_run_id).
+    state: str = Field(default="firing", index=True, max_length=16)
+    fault_started_at: float | None = None  # the first sample of the stretch that opened it
+    last_seen_at: float | None = None  # the last evaluation that found it active
+    resolved_at: float | None = None
+    flaps: int = 0  # times it came back within the attach window after resolving
+    parent_run_id: str | None = Field(default=None, max_length=64)
 
 
 class WorkflowArtifact(SQLModel, table=True):

@@ -63,6 +63,16 @@ class RunRow(TypedDict):
     closed_at: float | None
     code_version: str
     evidence_sha256: str | None
+    state: str  # firing, recovering, resolved, explained
+    fault_started_at: float | None
+    last_seen_at: float | None
+    resolved_at: float | None
+    flaps: int
+    parent_run_id: str | None
+
+
+RunState = Literal["firing", "recovering", "resolved", "explained"]
+LIVE_STATES = ("firing", "recovering")
 
 
 class ArtifactRow(TypedDict):
@@ -150,15 +160,37 @@ INSERT_RUN = text(
     f"VALUES ({', '.join(':' + c for c in _RUN_COLUMNS)})"
 )
 SELECT_RUN = text("SELECT * FROM workflow_runs WHERE run_id = :r")
-# An incident stays open while it keeps being seen: a run of its shape touched within the
-# attach window takes the sighting, whether its stages are done or not.
+# An incident stays open while it keeps being seen: a run of its shape whose fault was seen
+# within the attach window takes the sighting, whether its stages are done or not, and
+# whether it had resolved (then it re-opens) or not.
 OPEN_RUN_OF = text(
     "SELECT run_id FROM workflow_runs WHERE fingerprint = :fp AND status != 'failed' "
-    "AND updated_at >= :since ORDER BY created_at DESC LIMIT 1"
+    "AND last_seen_at >= :since ORDER BY created_at DESC LIMIT 1"
 )
 ATTACH = text("INSERT INTO workflow_attachments (run_id, at, detail) VALUES (:r, :at, :d)")
 BUMP_ATTACHMENTS = text(
-    "UPDATE workflow_runs SET attachments = attachments + 1, updated_at = :at WHERE run_id = :r"
+    "UPDATE workflow_runs SET attachments = attachments + 1, updated_at = :at, last_seen_at = :at "
+    "WHERE run_id = :r"
+)
+LIVE_RUNS_OF = text(
+    "SELECT run_id, fingerprint, family, state, last_seen_at FROM workflow_runs "
+    "WHERE host_id = :h AND state IN ('firing', 'recovering') AND status != 'failed' ORDER BY created_at"
+)
+LIVE_SEEN_BEFORE = text(
+    "SELECT run_id, host_id, last_seen_at FROM workflow_runs WHERE state IN ('firing', 'recovering') "
+    "AND last_seen_at < :before ORDER BY last_seen_at LIMIT :n"
+)
+SET_STATE = text(
+    "UPDATE workflow_runs SET state = :s, last_seen_at = :seen, resolved_at = :resolved, "
+    "updated_at = :at WHERE run_id = :r"
+)
+REOPEN = text(
+    "UPDATE workflow_runs SET state = 'firing', resolved_at = NULL, flaps = flaps + 1, "
+    "last_seen_at = :at, updated_at = :at WHERE run_id = :r AND state = 'resolved'"
+)
+EXPLAIN_RUN = text(
+    "UPDATE workflow_runs SET state = 'explained', parent_run_id = :p, updated_at = :at "
+    "WHERE run_id = :r AND state IN ('firing', 'recovering')"
 )
 ATTACHMENTS_OF = text(
     "SELECT at, detail FROM workflow_attachments WHERE run_id = :r ORDER BY at DESC LIMIT :n"
@@ -310,13 +342,36 @@ class RunTx:
         return dict(row._mapping) if row else None  # type: ignore[return-value]
 
     def open_run_of(self, fingerprint: str, *, since: float) -> str | None:
-        """The newest unfailed run of this shape touched at or after ``since``."""
+        """The newest unfailed run of this shape whose fault was seen at or after ``since``."""
         row = self.conn.execute(OPEN_RUN_OF, {"fp": fingerprint, "since": since}).first()
         return str(row[0]) if row is not None else None
 
     def attach(self, run_id: str, *, at: float, detail: dict[str, Any]) -> None:
         self.conn.execute(ATTACH, {"r": run_id, "at": at, "d": json.dumps(detail)})
         self.conn.execute(BUMP_ATTACHMENTS, {"r": run_id, "at": at})
+
+    def live_runs_of(self, host_id: str) -> list[tuple[str, str, str, str, float | None]]:
+        """(run_id, fingerprint, family, state, last_seen_at) of the host's firing and recovering runs."""
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in self.conn.execute(LIVE_RUNS_OF, {"h": host_id})]
+
+    def live_seen_before(self, before: float, *, limit: int) -> list[tuple[str, str, float | None]]:
+        """(run_id, host_id, last_seen_at) of live runs not seen active since ``before``."""
+        rows = self.conn.execute(LIVE_SEEN_BEFORE, {"before": before, "n": limit})
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def set_state(
+        self, run_id: str, *, state: RunState, at: float, seen: float | None, resolved: float | None
+    ) -> None:
+        params = {"s": state, "seen": seen, "resolved": resolved, "at": at, "r": run_id}
+        self.conn.execute(SET_STATE, params)
+
+    def reopen(self, run_id: str, *, at: float) -> bool:
+        """resolved -> firing, a flap counted; False when the run was not resolved."""
+        return bool(self.conn.execute(REOPEN, {"at": at, "r": run_id}).rowcount == 1)
+
+    def explain_run(self, run_id: str, *, parent: str, at: float) -> bool:
+        """A live run becomes a symptom of ``parent``'s fault: it stops paging on its own."""
+        return bool(self.conn.execute(EXPLAIN_RUN, {"p": parent, "at": at, "r": run_id}).rowcount == 1)
 
     def attachments(self, run_id: str, *, limit: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(ATTACHMENTS_OF, {"r": run_id, "n": limit}).all()

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.detectors import DETECTORS, Evidence, Finding
+from controller.detectors.explains import explain, root_of, symptom_record
 
 STALE_CAP = 0.6
 TOP_HYPOTHESES = 5
+# A finding is active while its newest supporting sample is this recent (in collection
+# intervals, and never under ACTIVE_MIN_S); past that it is recovering, and its confidence
+# halves every DECAY_HALF_LIFE_S: a fault that ended no longer ranks as if it were live.
+ACTIVE_INTERVALS = 3
+ACTIVE_MIN_S = 15.0
+DECAY_HALF_LIFE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,17 @@ class Hypothesis:
     contradicting: list[str]
     expected_signals: list[str]
     fingerprint: str
+    # Findings this one explains (they open no run of their own), and, on a symptom, its cause.
+    symptoms: tuple[dict[str, Any], ...] = ()
+    explained_by: dict[str, Any] | None = None
+    signal: str = ""  # the signal the finding turned on, and its threshold (when it has one)
+    threshold: float | None = None
+    state: str = "active"  # or "recovering": its signal has not shown the fault for a while
+    last_active: float | None = None  # the newest sample that showed it
+    age_s: float = 0.0  # how long ago that sample was, at the window's newest
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rank": self.rank,
             "family": self.family,
             "confidence": self.confidence,
@@ -43,11 +58,20 @@ class Hypothesis:
             "contradicting": self.contradicting,
             "expected_signals": self.expected_signals,
             "fingerprint": self.fingerprint,
+            "signal": self.signal,
+            "state": self.state,
+            "last_active": self.last_active,
+            "age_s": self.age_s,
         }
+        if self.symptoms:
+            out["symptoms"] = list(self.symptoms)
+        if self.explained_by is not None:
+            out["explained_by"] = self.explained_by
+        return out
 
 
 def fingerprint(host_id: str, family: str, culprit_kind: str, culprit_id: str) -> str:
-    """The incident's shape: host, anomaly family and culprit."""
+    """The incident's shape: host, anomaly family and culprit (its owner's key, not a worker pid)."""
     return hashlib.sha256(f"{host_id}|{family}|{culprit_kind}|{culprit_id}".encode()).hexdigest()[:24]
 
 
@@ -66,31 +90,102 @@ def detect(ev: Evidence) -> list[Finding]:
 
 
 def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
+    """Hypotheses, best first. A symptom (a finding another explains, controller/detectors/
+    explains.py) cannot outrank its cause: its confidence as a root cause is capped at its
+    cause's, it sorts after it, and it rides on the cause's hypothesis as a symptom."""
     cov = coverage(ev)
     stale = bool(ev.not_fresh())
-    scored = []
+    grace = max(ACTIVE_INTERVALS * ev.interval(), ACTIVE_MIN_S)
+    conf, ages = [], []
     for f in findings:
-        conf = f.score
+        c = f.score
         if f.family != "stale_telemetry":
-            conf *= 0.5 + 0.5 * cov
+            c *= 0.5 + 0.5 * cov
             if stale:
-                conf = min(conf, STALE_CAP)
-        scored.append((round(conf, 4), f))
-    scored.sort(key=lambda cf: (-cf[0], cf[1].family, cf[1].culprit.id))
+                c = min(c, STALE_CAP)
+        age = max(0.0, ev.end - f.last_active) if f.last_active is not None else 0.0
+        if age > grace:
+            c *= 0.5 ** ((age - grace) / DECAY_HALF_LIFE_S)
+        conf.append(round(c, 4))
+        ages.append((round(age, 3), age > grace))
+    explained = explain(findings, conf)
+    fps = [fingerprint(ev.host_id, f.family, f.culprit.kind, f.culprit.identity) for f in findings]
+    roots = {i: root_of(i, explained) for i in explained}
+    capped = [min(c, conf[roots[i]]) if i in roots else c for i, c in enumerate(conf)]
+    symptoms: dict[int, list[dict[str, Any]]] = {}
+    for i, why in sorted(explained.items(), key=lambda ix: -conf[ix[0]]):
+        symptoms.setdefault(why.cause, []).append(symptom_record(findings[i], conf[i], why.edge, fps[i]))
+    order = sorted(
+        range(len(findings)),
+        key=lambda i: (-capped[i], i in explained, findings[i].family, findings[i].culprit.id),
+    )
     out = []
-    for i, (conf, f) in enumerate(scored[:TOP_HYPOTHESES], start=1):
+    for n, i in enumerate(order[:TOP_HYPOTHESES], start=1):
+        f = findings[i]
+        x = explained.get(i)
         out.append(
             Hypothesis(
-                rank=i,
+                rank=n,
                 family=f.family,
-                confidence=conf,
+                confidence=capped[i],
                 culprit={"kind": f.culprit.kind, "id": f.culprit.id, **f.culprit.detail},
                 summary=f.summary,
                 method=f.method,
+                # A signal a symptom showed supports the cause only through that symptom: named there.
                 supporting=f.supporting,
                 contradicting=f.contradicting,
                 expected_signals=f.expected,
-                fingerprint=fingerprint(ev.host_id, f.family, f.culprit.kind, f.culprit.id),
+                fingerprint=fps[i],
+                symptoms=tuple(symptoms.get(i, ())),
+                explained_by=None
+                if x is None
+                else {
+                    "family": findings[x.cause].family,
+                    "fingerprint": fps[x.cause],
+                    "why": x.edge.why,
+                },
+                signal=f.signal,
+                threshold=f.threshold,
+                state="recovering" if ages[i][1] else "active",
+                last_active=f.last_active if f.last_active is not None else ev.end,
+                age_s=ages[i][0],
             )
         )
     return out
+
+
+def fires(hyps: list[Hypothesis], threshold: float) -> bool:
+    """Whether the top hypothesis is live and strong enough to open (or keep) a run."""
+    return bool(hyps) and hyps[0].state == "active" and hyps[0].confidence >= threshold
+
+
+def firing(hyps: list[Hypothesis], threshold: float) -> set[str]:
+    """What is live now: the fingerprints of active hypotheses past the threshold and of the
+    symptoms they explain (a run opened for a symptom stays alive while its cause is), and
+    their families as ``family:<name>`` (a live run stays live while its family fires on the
+    host, whichever member or process is on top as the fault tails off)."""
+    out: set[str] = set()
+    for h in hyps:
+        if h.state == "active" and h.confidence >= threshold:
+            out.add(h.fingerprint)
+            out.add(f"family:{h.family}")
+            for s in h.symptoms:
+                out.add(s["fingerprint"])
+                out.add(f"family:{s['family']}")
+    return out
+
+
+def onset(ev: Evidence, h: Hypothesis) -> float:
+    """When the fault began, as far as the window shows: the first sample of the trailing
+    stretch in which the hypothesis' signal stayed on the side of its threshold it is on now
+    (the window's newest sample when the signal has no threshold or no series)."""
+    points = (ev.series.get(h.signal) or []) if h.signal else []
+    if not points or h.threshold is None:
+        return ev.end
+    high = points[-1][1] >= h.threshold
+    start = points[-1][0]
+    for t, v in reversed(points):
+        if (v >= h.threshold) != high:
+            break
+        start = t
+    return start

@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -39,7 +40,7 @@ from controller.config import HotStateSettings
 from controller.detectors import Evidence
 from controller.hotstate import HotState
 from controller.ingest import Accepted
-from controller.workflow.analysis import detect, rank
+from controller.workflow.analysis import detect, fires, rank
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 10.0  # a batch without interval_s is taken to come every 10 s
@@ -62,6 +63,9 @@ class WorkerConfig:
     window_s: float
     open_threshold: float
     nice: int = 10
+    # Clean evaluations reported after a host fired: what resolves its runs (the controller
+    # needs resolve_after_clean of them; a few more cover a trigger still on its way).
+    report_clean: int = 5
 
 
 # --- the worker process ------------------------------------------------------------------------
@@ -94,6 +98,9 @@ class Evaluator:
         self.triggers = 0
         self.errors = 0
         self.lag_max = 0.0
+        # Hosts that fired lately -> clean evaluations still to report; the hosts to report now.
+        self.watch: OrderedDict[str, int] = OrderedDict()
+        self.cleans: list[str] = []
 
     def _failed(self, host: str, error: str) -> None:
         self.errors += 1
@@ -142,8 +149,17 @@ class Evaluator:
         if len(self.evaluated_at) > 2 * self.config.hot_state.max_hosts:
             self.evaluated_at = {h: t for h, t in self.evaluated_at.items() if self.hot.host(h) is not None}
         hyps = rank(ev, detect(ev))
-        if not hyps or hyps[0].confidence < self.config.open_threshold:
+        if not fires(hyps, self.config.open_threshold):
+            left = self.watch.pop(host, 0)
+            if left > 0:
+                self.cleans.append(host)
+                if left > 1:
+                    self.watch[host] = left - 1
             return None
+        self.watch.pop(host, None)
+        self.watch[host] = self.config.report_clean
+        while len(self.watch) > self.config.hot_state.max_hosts:
+            self.watch.popitem(last=False)
         self.triggers += 1
         full = self.hot.evidence(host, self.config.window_s)
         return (host, full) if full is not None else None
@@ -206,6 +222,9 @@ def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any) -> None:
                 continue
             if fired is not None:
                 outq.put(("trigger", fired[0], fired[1]))
+        for host in ev.cleans:
+            outq.put(("clean", host))
+        ev.cleans.clear()
         for host, error in ev.failed.items():
             outq.put(("failure", host, error))
         ev.failed.clear()
@@ -244,6 +263,7 @@ class AnalysisPool:
         on_trigger: Callable[[str, Evidence], None],
         on_failure: Callable[[str, str], None] | None = None,
         on_ok: Callable[[str], None] | None = None,
+        on_clean: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.n = workers
@@ -253,6 +273,7 @@ class AnalysisPool:
         self.on_trigger = on_trigger
         self.on_failure = on_failure
         self.on_ok = on_ok
+        self.on_clean = on_clean
         self._ctx = multiprocessing.get_context("spawn")  # a fork of a threaded process can hang
         self._workers: list[_Worker] = []
         self._replies: dict[int, Future[Evidence | None]] = {}
@@ -421,6 +442,8 @@ class AnalysisPool:
                     self.on_trigger(msg[1], msg[2])
                 except Exception:
                     log.exception("taking the trigger for %s failed", msg[1])
+            elif kind == "clean" and self.on_clean is not None:
+                self.on_clean(msg[1])
             elif kind == "failure" and self.on_failure is not None:
                 self.on_failure(msg[1], msg[2])
             elif kind == "ok" and self.on_ok is not None:

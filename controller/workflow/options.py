@@ -54,6 +54,7 @@ class WorkflowOptions:
     window_s: float = _W.window_s
     open_threshold: float = _W.open_threshold
     attach_window_s: float = _W.attach_window_s
+    resolve_after_clean: int = _W.resolve_after_clean
     queue_max: int = _W.queue_max
     posture: Posture = field(default_factory=Posture)
 

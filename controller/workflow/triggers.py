@@ -5,11 +5,19 @@ After an accepted batch, ingest only notes the host in a bounded queue (overflow
 counted): evaluation runs on this worker, never on the request path. The worker
 builds evidence from the host's hot-state window and runs the detectors; when the top
 hypothesis clears ``open_threshold`` it opens a run, unless a run of the same
-fingerprint (host, family, culprit) was touched within ``attach_window_s`` (finished
-or not): then the sighting is attached to it and recorded. A new run of that shape
-opens only once it has gone unseen for the window, and consults the incident memory
-the earlier one left. The same worker continues runs that are due (approved, or a
+fingerprint (host, family, culprit owner) was touched within ``attach_window_s``
+(finished or not): then the sighting is attached to it and recorded. A new run of that
+shape opens only once it has gone unseen for the window, and consults the incident
+memory the earlier one left. The same worker continues runs that are due (approved, or a
 verification to retry), through the stage runner.
+
+Each run also has a lifecycle, apart from its stages: ``firing`` while an evaluation
+finds its fault active, ``recovering`` from the first evaluation that does not, and
+``resolved`` after ``resolve_after_clean`` such evaluations in a row. A resolved fault
+that comes back within the attach window re-opens its run and counts a flap. Live runs
+whose fault is a symptom of a newly found cause become ``explained`` (parent_run_id):
+they stop paging and travel with the cause's run. A live run not seen active for the
+attach window (its host went quiet) is resolved as of when it was last seen.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -29,7 +38,7 @@ from controller.detectors import Evidence
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
-from controller.workflow.analysis import detect, rank
+from controller.workflow.analysis import Hypothesis, detect, fires, firing, onset, rank
 from controller.workflow.analysis_pool import AnalysisPool
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.reads import evidence_key
@@ -37,6 +46,22 @@ from controller.workflow.runner import StageRunner
 
 log = logging.getLogger(__name__)
 HEALTH_HOSTS = 10_000  # hosts whose evaluation record is kept (least recently failed go first)
+LIVE_HOSTS = 10_000  # hosts whose live runs are cached (a host dropped is read again when touched)
+CLEANS_MAX = 100_000  # clean evaluations waiting to be counted (past it: dropped, counted)
+SEEN_PERSIST_S = 60.0  # a live run's last sighting is written at most this often
+SWEEP_EVERY_S = 30.0  # how often live runs not seen for the attach window are resolved
+SWEEP_BATCH = 500
+
+
+@dataclass
+class _Live:
+    run_id: str
+    fingerprint: str
+    family: str
+    state: str
+    seen: float | None  # last found active (as written; ``seen_now`` is newer)
+    seen_now: float | None = None
+    clean: int = 0
 
 
 class Triggers:
@@ -71,11 +96,19 @@ class Triggers:
         self._due: list[tuple[float, str]] = []  # (when, run_id): approved runs, verifier retries
         # host -> its evaluation record: failures, the last error and when, the last success.
         self._health: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # host -> its firing and recovering runs (read from the store on first touch).
+        self._live: OrderedDict[str, list[_Live]] = OrderedDict()
+        self._cleans: deque[str] = deque()
+        self._swept_at = 0.0
         self.overflow = 0
         self.evaluations = 0
         self.runs_opened = 0
         self.attached = 0
         self.failures = 0
+        self.resolved = 0
+        self.reopened = 0  # flaps: a resolved fault back within the attach window
+        self.explained = 0
+        self.cleans_dropped = 0
 
     def _runner(self) -> StageRunner:
         assert self.runner is not None, "the engine wires a stage runner before anything runs"
@@ -97,6 +130,16 @@ class Triggers:
                 return
             self._queue.append(host_id)
             self._pending.add(host_id)
+        self._wake.set()
+
+    def notify_clean(self, host_id: str) -> None:
+        """An analysis worker's evaluation of a host that had fired found nothing live: counted
+        toward resolving the host's runs, on the engine's thread."""
+        with self._lock:
+            if len(self._cleans) >= CLEANS_MAX:
+                self.cleans_dropped += 1
+                return
+            self._cleans.append(host_id)
         self._wake.set()
 
     def start(self) -> None:
@@ -145,6 +188,23 @@ class Triggers:
                     log.exception("continuing run %s failed", run_id)
             while not self._stop.is_set():
                 with self._lock:
+                    if not self._cleans:
+                        break
+                    host = self._cleans.popleft()
+                try:
+                    self.lifecycle(host, set())
+                except Exception:
+                    self.failures += 1
+                    log.exception("the lifecycle of %s's runs failed", host)
+            if self.clock() - self._swept_at >= SWEEP_EVERY_S:
+                self._swept_at = self.clock()
+                try:
+                    self.sweep()
+                except Exception:
+                    self.failures += 1
+                    log.exception("resolving unseen runs failed")
+            while not self._stop.is_set():
+                with self._lock:
                     if not self._queue:
                         break
                     host = self._queue.popleft()
@@ -168,6 +228,10 @@ class Triggers:
             "evaluations": self.evaluations,
             "runs_opened": self.runs_opened,
             "attached": self.attached,
+            "resolved": self.resolved,
+            "reopened": self.reopened,
+            "explained": self.explained,
+            "cleans_dropped": self.cleans_dropped,
             "failures": self.failures,
         }
 
@@ -220,27 +284,166 @@ class Triggers:
 
     def evaluate(self, host_id: str, ev: Evidence | None = None) -> str | None:
         """Open or attach a run for this host if its detectors fire on its window (``ev``,
-        when a worker sent it); returns the run id."""
+        when a worker sent it), and move its live runs along their lifecycle; returns the
+        run id the top hypothesis went to."""
         self.evaluations += 1
         ev = ev or self.evidence_for(host_id)
         if ev is None:
             return None
         hyps = rank(ev, detect(ev))
-        if not hyps or hyps[0].confidence < self.opts.open_threshold:
+        self.lifecycle(host_id, firing(hyps, self.opts.open_threshold))
+        if not fires(hyps, self.opts.open_threshold):
             return None
         top = hyps[0]
         now = self.clock()
+        detail: dict[str, Any] = {"confidence": top.confidence, "summary": top.summary}
+        if top.symptoms:
+            detail["symptoms"] = [{"family": s["family"], "why": s["why"]} for s in top.symptoms]
+        same_family = self._live_of_family(host_id, top.family)
         with self.runs.begin() as tx:
             open_id = tx.open_run_of(top.fingerprint, since=now - self.opts.attach_window_s)
+            if open_id is None and same_family is not None:
+                open_id = same_family
+                detail["culprit"] = {"kind": top.culprit.get("kind"), "id": top.culprit.get("id")}
             if open_id is not None:
-                tx.attach(open_id, at=now, detail={"confidence": top.confidence, "summary": top.summary})
+                if tx.reopen(open_id, at=now):
+                    self.reopened += 1
+                    detail["reopened"] = True
+                tx.attach(open_id, at=now, detail=detail)
                 self.attached += 1
-                return open_id
-        run_id = self.open_run(ev, top.fingerprint, top.family, top.culprit, top.confidence)
+        if open_id is not None:
+            self._track(host_id, open_id, top.fingerprint, top.family, now)
+            self._absorb(host_id, open_id, top)
+            return open_id
+        run_id = self.open_run(ev, top.fingerprint, top.family, top.culprit, top.confidence, onset(ev, top))
+        self._track(host_id, run_id, top.fingerprint, top.family, now)
+        self._absorb(host_id, run_id, top)
         self._runner().execute(run_id)
         return run_id
 
-    def open_run(self, ev: Evidence, fp: str, family: str, culprit: dict[str, Any], confidence: float) -> str:
+    # --- the lifecycle ---------------------------------------------------------------------------
+
+    def _lives(self, host_id: str) -> list[_Live]:
+        with self._lock:
+            got = self._live.get(host_id)
+            if got is not None:
+                self._live.move_to_end(host_id)
+                return got
+        with self.runs.read() as tx:
+            rows = tx.live_runs_of(host_id)
+        lives = [_Live(*row) for row in rows]
+        with self._lock:
+            lives = self._live.setdefault(host_id, lives)
+            while len(self._live) > LIVE_HOSTS:
+                self._live.popitem(last=False)
+        return lives
+
+    def _track(self, host_id: str, run_id: str, fp: str, family: str, now: float) -> None:
+        lives = self._lives(host_id)
+        with self._lock:
+            if not any(lv.run_id == run_id for lv in lives):
+                lives.append(_Live(run_id, fp, family, "firing", now, now))
+
+    def _live_of_family(self, host_id: str, family: str) -> str | None:
+        """The host's live run of this family: a sighting with another culprit belongs to it
+        (the same fault seen through another of its processes, or as it tails off)."""
+        lives = self._lives(host_id)
+        with self._lock:
+            return next((lv.run_id for lv in lives if lv.family == family), None)
+
+    def lifecycle(self, host_id: str, active: set[str]) -> None:
+        """One evaluation's verdict on the host's live runs: ``active`` holds the
+        fingerprints it found live (an empty set: a clean evaluation)."""
+        lives = self._lives(host_id)
+        if not lives:
+            return
+        now = self.clock()
+        writes: list[tuple[_Live, float | None]] = []
+        with self._lock:
+            for lv in lives:
+                before = lv.state
+                last = lv.seen_now if lv.seen_now is not None else lv.seen
+                if last is not None and last < now - self.opts.attach_window_s:
+                    lv.state = "resolved"  # unseen for the window: what comes now is a new run
+                    writes.append((lv, last))
+                    continue
+                if lv.fingerprint in active or f"family:{lv.family}" in active:
+                    lv.clean, lv.seen_now, lv.state = 0, now, "firing"
+                    stale = lv.seen is None or now - lv.seen >= SEEN_PERSIST_S
+                    if before != "firing" or stale:
+                        writes.append((lv, None))
+                    continue
+                lv.clean += 1
+                if lv.clean >= self.opts.resolve_after_clean:
+                    lv.state = "resolved"
+                    writes.append((lv, now))
+                elif before == "firing":
+                    lv.state = "recovering"
+                    writes.append((lv, None))
+            lives[:] = [lv for lv in lives if lv.state != "resolved"]
+        if not writes:
+            return
+        with self.runs.begin() as tx:
+            for lv, resolved in writes:
+                seen = lv.seen_now if lv.seen_now is not None else lv.seen
+                tx.set_state(lv.run_id, state=lv.state, at=now, seen=seen, resolved=resolved)  # type: ignore[arg-type]
+                lv.seen = seen
+        self.resolved += sum(1 for _, r in writes if r is not None)
+
+    def _absorb(self, host_id: str, run_id: str, top: Hypothesis) -> None:
+        """Live runs of the host whose fault is a symptom of ``top`` become part of its run."""
+        symptoms = {s["fingerprint"] for s in top.symptoms}
+        if not symptoms:
+            return
+        lives = self._lives(host_id)
+        with self._lock:
+            taken = [lv for lv in lives if lv.fingerprint in symptoms and lv.run_id != run_id]
+            lives[:] = [lv for lv in lives if lv not in taken]
+        if not taken:
+            return
+        now = self.clock()
+        with self.runs.begin() as tx:
+            for lv in taken:
+                if tx.explain_run(lv.run_id, parent=run_id, at=now):
+                    self.explained += 1
+                    tx.attach(run_id, at=now, detail={"explains_run": lv.run_id})
+
+    def sweep(self) -> int:
+        """Resolve live runs not seen active for the attach window (their host went quiet, or
+        the worker that watched them restarted), as of when they were last seen."""
+        before = self.clock() - self.opts.attach_window_s
+        with self.runs.read() as tx:
+            stale = tx.live_seen_before(before, limit=SWEEP_BATCH)
+        if not stale:
+            return 0
+        now = self.clock()
+        with self._lock:
+            cached = {lv.run_id: lv for lives in self._live.values() for lv in lives}
+        done = 0
+        with self.runs.begin() as tx:
+            for run_id, _, seen in stale:
+                lv = cached.get(run_id)
+                if lv is not None and lv.seen_now is not None and lv.seen_now >= before:
+                    continue  # seen since, not yet written
+                tx.set_state(run_id, state="resolved", at=now, seen=seen, resolved=seen or now)
+                done += 1
+        with self._lock:
+            for run_id, host_id, _ in stale:
+                lives = self._live.get(host_id)
+                if lives is not None:
+                    lives[:] = [lv for lv in lives if lv.run_id != run_id or (lv.seen_now or 0) >= before]
+        self.resolved += done
+        return done
+
+    def open_run(
+        self,
+        ev: Evidence,
+        fp: str,
+        family: str,
+        culprit: dict[str, Any],
+        confidence: float,
+        started: float | None = None,
+    ) -> str:
         now = self.clock()
         seed = hashlib.sha256(f"{fp}|{now}".encode()).hexdigest()
         run_id = f"run-{seed[:16]}"
@@ -268,6 +471,12 @@ class Triggers:
                         "closed_at": None,
                         "code_version": self.code_version,
                         "evidence_sha256": hashlib.sha256(window).hexdigest(),
+                        "state": "firing",
+                        "fault_started_at": started if started is not None else ev.end,
+                        "last_seen_at": now,
+                        "resolved_at": None,
+                        "flaps": 0,
+                        "parent_run_id": None,
                     }
                 ]
             )

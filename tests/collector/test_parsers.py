@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from collector.cgroups import (
     parse_mountinfo,
     parse_v1_limit,
 )
+from collector.sources.cgroup import PROCS_READ_MAX, _procs, parse_procs_count
 from collector.sources.ebpf import histogram_delta, parse_schedstat_wait
 from collector.sources.external import ParseError, parse_prometheus_text
 from collector.sources.gpu import decode_throttle_reasons
@@ -120,3 +122,14 @@ def test_histogram_delta_and_schedstat() -> None:
     )
     assert parse_schedstat_wait(text) == 5000
     assert math.isfinite(parse_schedstat_wait(""))
+
+
+def test_cgroup_procs_are_counted_and_a_huge_list_is_many(tmp_path: Path) -> None:
+    assert parse_procs_count("1\n22\n\n333\n") == 3 and parse_procs_count("") == 0
+    assert parse_procs_count("1\ngarbage\n2\n") == 2  # a garbage line is no process
+    f = tmp_path / "cgroup.procs"
+    f.write_text("7\n8\n")
+    assert _procs(f) == 2
+    f.write_text("1234567\n" * (PROCS_READ_MAX // 8 + 1))
+    assert _procs(f) is None  # past the read bound: "many", not a number made up
+    assert _procs(tmp_path / "gone") is None

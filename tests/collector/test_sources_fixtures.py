@@ -318,6 +318,7 @@ def test_cgroup_v2_fixture(modern_host: Path) -> None:
         (d / "io.stat").write_text("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n")
         (d / "pids.current").write_text("7\n")
         (d / "pids.max").write_text("max\n")
+        (d / "cgroup.procs").write_text("11\n12\n13\n")
         (d / "memory.pressure").write_text(
             "some avg10=12.50 avg60=1.00 avg300=0.10 total=1\nfull avg10=0 avg60=0 avg300=0 total=0\n"
         )
@@ -352,6 +353,7 @@ def test_cgroup_v2_fixture(modern_host: Path) -> None:
     assert top["cpu"]["throttled_periods_pct"] == 50.0
     assert top["cpu"]["throttled_pct"] == 20.0
     assert top["pids"] == {"current": 7, "max": None}
+    assert top["procs"] == 3  # processes, where pids.current counts threads
     assert top["pressure_some_avg10"]["memory"] == 12.5
 
 
@@ -380,10 +382,12 @@ def test_cgroup_v1_hybrid_fixture(modern_host: Path) -> None:
     (cpu / "cpu.stat").write_text("nr_periods 10\nnr_throttled 5\nthrottled_time 100000000\n")
     (cpu / "cpu.cfs_quota_us").write_text("200000\n")
     (cpu / "cpu.cfs_period_us").write_text("100000\n")
+    (mem / "cgroup.procs").write_text("501\n502\n")
     r = CgroupSource(context_for(modern_host)).sample()
     assert r.data["mode"] == "hybrid" and r.data["memory_hierarchy"] == "v1"
     row = r.data["cgroups"][0]
     assert row["path"] == "/batch/job1"
+    assert row["procs"] == 2 and row["pids"]["current"] is None  # no pids hierarchy mounted
     assert row["memory"]["max"] is None  # LONG_MAX rounded to a page means no limit
     assert row["memory"]["oom_kill"] == 3 and row["memory"]["limit_hits"] == 4
     assert row["cpu"]["quota_cores"] == 2.0

@@ -322,3 +322,45 @@ def test_a_worker_behind_is_retried_per_flush_interval_not_per_batch(monkeypatch
     finally:
         pool._stop.set()
         flusher.join(timeout=5)
+
+
+# --- clean evaluations, for the runs' lifecycle ----------------------------------------------------
+
+
+def test_a_host_that_fired_reports_its_clean_evaluations_then_stops() -> None:
+    """The controller resolves a run from clean evaluations: a worker reports them for a host
+    that fired (as many as report_clean), and never for a host that did not."""
+    clock = Clock(1_900_000_000.0)
+    ev = Evaluator(
+        WorkerConfig(HotStateSettings(), window_s=300.0, open_threshold=0.5, report_clean=3), clock=clock
+    )
+    seq = 0
+
+    def send(host: str, family: str | None, i: int) -> None:
+        nonlocal seq
+        seq += 1
+        clock.t += 10
+        ev.take(batch(host, seq, clock.t, family, i), clock.t)
+
+    for i in range(20):
+        send("calm", None, i)
+        assert ev.evaluate("calm") is None
+    assert ev.cleans == []
+    for i in range(20):
+        send("sick", None, i)
+        ev.evaluate("sick")
+    fired = []
+    for i in range(8):
+        send("sick", "cpu_saturation", i)
+        fired.append(ev.evaluate("sick") is not None)
+    assert fired[-1] and ev.cleans == []  # (the busy mean needs a few samples to pass 90%)
+    reported = []
+    for i in range(12):
+        send("sick", None, 30 + i)
+        ev.evaluate("sick")  # the busy mean trails the fault by a few samples
+        reported.append(list(ev.cleans))
+        ev.cleans.clear()
+    # Once it stops firing: exactly three cleans in a row, then none.
+    first = reported.index(["sick"])
+    assert reported[first : first + 3] == [["sick"]] * 3 and not any(reported[first + 3 :]), reported
+    assert "sick" not in ev.watch

@@ -128,7 +128,10 @@ def test_a_cpu_quota_cap_is_approved_applied_verified_and_rolled_back(
 
         run = wait_for(waiting, 90, "a run awaiting approval")
         run_id = run["run_id"]
-        assert run["family"] == "cpu_saturation" and run["culprit"]["comm"] == "sha256sum"
+        # One hog per CPU: one culprit, their owner (the tree that started them, in the hog cgroup).
+        culprit = run["culprit"]
+        assert run["family"] == "cpu_saturation" and set(culprit["comms"]) == {"sha256sum"}, culprit
+        assert culprit["cgroup"] == cgroup, culprit
         body = api.get(f"/api/v1/agent/workflow/runs/{run_id}").json()
         plan = next(a["payload"] for a in body["chain"] if a["kind"] == "execution_plan")
         cap = next(s for s in plan["steps"] if s["action"] == "cgroup_cpu_quota")

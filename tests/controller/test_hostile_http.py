@@ -762,8 +762,8 @@ def test_new_source_names_cannot_grow_a_host_without_bound(ctl: ControllerProc) 
     assert rss_mb(ctl.proc.pid) - before < 60
     page = ctl.get("/api/v1/ingest/status?host=grow")
     assert page.status_code == 200 and len(page.content) < 64 << 10
-    runs = ctl.get("/api/v1/agent/workflow/runs?status=running").json()["runs"]
-    assert runs == []
+    runs = ctl.get("/api/v1/agent/workflow/runs?status=running&host=grow").json()["runs"]
+    assert runs == [], [(r["family"], r["status"], r["stage"], r["culprit"]) for r in runs]
 
 
 def test_an_infinite_ratio_from_finite_inputs_never_reaches_the_evidence(ctl: ControllerProc) -> None:

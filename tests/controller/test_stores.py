@@ -40,6 +40,32 @@ def test_migrations_apply_once_and_record_versions(engine: Engine) -> None:
     assert schema_version(engine) == MIGRATIONS[-1][0]
 
 
+def test_runs_from_before_the_lifecycle_get_it_on_migration(engine: Engine) -> None:
+    """A database at schema 4 (no lifecycle columns) with a run in it: migration 5 adds them,
+    and the run was last seen when it was last touched."""
+    from controller.store.db import _LIFECYCLE_COLUMNS
+
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_workflow_runs_state"))
+        for name, _ in _LIFECYCLE_COLUMNS:
+            conn.execute(text(f"ALTER TABLE workflow_runs DROP COLUMN {name}"))
+        conn.execute(text("DELETE FROM schema_migrations WHERE version = 5"))
+        conn.execute(
+            text(
+                "INSERT INTO workflow_runs (run_id, workflow_id, incident_id, correlation_id, host_id, "
+                "fingerprint, family, culprit, confidence, status, stage, attachments, created_at, "
+                "updated_at, code_version) VALUES ('run-old', 'wf', 'inc', 'corr', 'h', 'fp', "
+                "'cpu_saturation', '{}', 0.9, 'completed', 8, 2, 100.0, 150.0, 'old')"
+            )
+        )
+    assert migrate(engine) == [5]
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM workflow_runs WHERE run_id = 'run-old'")).mappings().one()
+    assert row["state"] == "firing" and row["last_seen_at"] == 150.0 and row["flaps"] == 0
+    assert row["resolved_at"] is None and row["parent_run_id"] is None
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     eng = sqlite_engine(tmp_path)
     with eng.connect() as conn:

@@ -89,7 +89,9 @@ def test_runs_filter_by_status_host_and_time_and_page_without_gaps(api: tuple[ht
     for i, fam in enumerate(
         ["cpu_saturation", "io_pressure", "fd_exhaustion", "runaway_forks", "nic_errors"]
     ):
-        ids.append(incident(rt, fam, f"node-{i % 2}"))
+        # A host each: two faults' windows replayed over the same seconds of one host would
+        # interleave, and the second would read as the first family again (one run).
+        ids.append(incident(rt, fam, f"node-{i}"))
     # One left open, as a run awaiting approval would be.
     with rt.engine.begin() as conn:
         conn.exec_driver_sql(
@@ -115,14 +117,15 @@ def test_runs_filter_by_status_host_and_time_and_page_without_gaps(api: tuple[ht
         return [x["run_id"] for x in r.json()["runs"]]
 
     assert runs(status="awaiting_approval") == [ids[1]]
-    assert sorted(runs(host="node-0")) == sorted(ids[0::2])
+    assert runs(host="node-0") == [ids[0]] and runs(host="node-2") == [ids[2]]
     created = {
         r["run_id"]: r["created_at"]
         for r in client.get("/api/v1/agent/workflow/runs", headers=OPS).json()["runs"]
     }
     assert runs(since=created[ids[3]]) == [ids[4], ids[3]]
     assert runs(until=created[ids[1]]) == [ids[0]]
-    assert runs(status="completed", host="node-1") == [ids[3]]
+    assert runs(status="completed", host="node-3") == [ids[3]]
+    assert runs(status="completed", host="node-1") == []  # awaiting approval
     assert (
         client.get("/api/v1/agent/workflow/runs", params={"status": "bogus"}, headers=OPS).status_code == 422
     )
@@ -162,6 +165,25 @@ def test_replay_with_a_fixed_clock_is_deterministic_and_recorded(api: tuple[http
     stored = client.get(f"/api/v1/agent/workflow/runs/{run_id}", headers=OPS).json()
     assert [a["sha256"] for a in stored["replay"]["chain"]] == [a["sha256"] for a in other["chain"]]
     assert client.post("/api/v1/agent/workflow/runs/run-nope/replay", json={}, headers=OPS).status_code == 404
+
+
+def test_replaying_a_run_that_went_on_being_seen_reports_no_change(api: tuple[httpx.Client, Runtime]) -> None:
+    """Sightings attached and the lifecycle moving after the report are not conclusions: a
+    replay of the unchanged run must not call them changes."""
+    client, rt = api
+    run_id = incident(rt, "io_pressure", "node-a")
+    assert rt.workflow.evaluate("node-a") == run_id  # a second sighting attaches
+    run = client.get(f"/api/v1/agent/workflow/runs/{run_id}", headers=OPS).json()
+    assert run["run"]["attachments"] == 1 and run["run"]["state"] == "firing"
+    report = next(a for a in run["chain"] if a["kind"] == "incident_report")["payload"]
+    assert report["at_report"]["attachments"] == 0 and report["time_to_detect_s"] is not None
+    replayed = client.post(f"/api/v1/agent/workflow/runs/{run_id}/replay", json={}, headers=OPS).json()
+    assert replayed["changed"] == [], replayed["changed"]
+    again = next(a for a in replayed["chain"] if a["kind"] == "incident_report")["payload"]
+    assert again["at_report"]["attachments"] == 1  # what the run is now, kept apart
+    from workbench.frames import diff_frame
+
+    assert diff_frame(run["chain"], replayed["chain"]).query("kind == 'incident_report'").empty
 
 
 def test_a_corrupt_stored_artifact_is_named_in_the_error(api: tuple[httpx.Client, Runtime]) -> None:

@@ -33,7 +33,8 @@ def test_make_demo_reports_the_injected_cause(tmp_path: Path) -> None:
         os.killpg(demo.pid, signal.SIGKILL)
         out, err = demo.communicate()
     assert demo.returncode == 0, out[-3000:] + err[-3000:]
-    assert "cause      cpu_saturation: sha256sum[" in out
+    # One hog per CPU in the demo's cgroup: the cgroup owns the fault, the hogs are its members.
+    assert "cause      cpu_saturation: cgroup /ilab-demo (sha256sum x" in out, out[-3000:]
     (report,) = (data / "reports").glob("run-*/postmortem.html")
     html = report.read_text()
     assert "cpu_saturation" in html and "sha256sum" in html and "chain intact" in html

@@ -31,7 +31,9 @@ def test_runs_is_one_typed_row_per_run(store: Store) -> None:
     assert list(df["created_at"]) == sorted(df["created_at"], reverse=True)
     rows = {str(r["run_id"]): r for r in df.to_dict("records")}
     assert rows[ids["awaiting"]]["status"] == "awaiting_approval"
-    assert str(rows[ids["completed"]]["culprit"]).startswith("sha256sum[")
+    # Two sha256sum workers under one shell: the tree owns the fault (the recording's cgroup is shared).
+    assert rows[ids["completed"]]["culprit_kind"] == "process_tree"
+    assert str(rows[ids["completed"]]["culprit"]) == "pid 24166"
     assert pd.isna(rows[ids["awaiting"]]["closed_at"])
     with Workbench(data) as wb:
         assert set(wb.runs(status="completed")["run_id"]) == {ids["completed"], ids["memory"]}
@@ -45,7 +47,7 @@ def test_chain_is_one_row_per_artifact_in_stage_order(store: Store) -> None:
         chain = wb.chain(ids["completed"])
     assert list(chain["stage_index"]) == list(range(8))
     summaries = list(chain["summary"])
-    assert summaries[2].startswith("cpu_saturation: sha256sum[") and summaries[6] == "skipped: dry_run"
+    assert summaries[2].startswith("cpu_saturation: pid 24166") and summaries[6] == "skipped: dry_run"
     first = chain["payload"].iloc[0]
     assert isinstance(first, dict) and "signals" in first
     assert (chain["finished_at"] >= chain["started_at"]).all()

@@ -1,7 +1,9 @@
 """memory -> incident_report: timeline, most likely cause, actions and outcomes, verdict, uncertainty.
 
 The engine writes the incident-memory record (keyed by fingerprint) in the same
-transaction that commits this artifact."""
+transaction that commits this artifact. ``at_report`` is the run as it stood when the
+report was written (sightings attached, lifecycle state, flaps): it moves on while the
+fault lasts, so it is no conclusion, and a replay does not compare it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ class Memory(Role):
         results = ctx.previous("execution_result").payload.get("results", [])
         verdict = ctx.previous("verification_result").payload
         obs = ctx.previous("observation_summary")
+        run = ctx.run
+        started = run.get("fault_started_at")
         return Output(
             payload={
                 "host_id": ctx.run["host_id"],
@@ -29,6 +33,8 @@ class Memory(Role):
                     "culprit": top["culprit"],
                     "confidence": top["confidence"],
                     "summary": top["summary"],
+                    # What the cause explains: found, but symptoms of it, not faults of their own.
+                    "symptoms": top.get("symptoms", []),
                 },
                 "alternatives": [{"family": h["family"], "confidence": h["confidence"]} for h in hyps[1:]],
                 "actions": [{"action": r["action"], "outcome": r["outcome"]} for r in results],
@@ -38,7 +44,13 @@ class Memory(Role):
                     "coverage": obs.uncertainty.coverage,
                     "notes": obs.uncertainty.notes,
                 },
-                "attachments": ctx.run.get("attachments", 0),
+                "fault_started_at": started,
+                "time_to_detect_s": None if started is None else round(run["created_at"] - started, 3),
+                "at_report": {
+                    "attachments": run.get("attachments", 0),
+                    "state": run.get("state", "firing"),
+                    "flaps": run.get("flaps", 0),
+                },
             },
             status="ok" if top else "degraded",
         )

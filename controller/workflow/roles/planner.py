@@ -14,10 +14,25 @@ from typing import Any
 from controller.actuators import ACTUATORS
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
+MEMBER_ACTIONS_MAX = 4  # per-process steps for a culprit with many members (the heaviest first)
+
 
 def _pid(culprit: dict[str, Any]) -> int | None:
     pid = culprit.get("pid")
     return pid if isinstance(pid, int) else None
+
+
+def _workers(culprit: dict[str, Any], family: str) -> list[tuple[int, Any]]:
+    """(pid, comm) of the processes a per-process action acts on: the process itself; for an
+    owner with members (a tree, a cgroup, a unit), its heaviest members, not its parent (a
+    fork storm's parent is the one exception: it is what forks)."""
+    kind, pid = culprit.get("kind"), _pid(culprit)
+    if kind in ("process", "pod", None) or (kind == "process_tree" and family == "runaway_forks"):
+        return [(pid, culprit.get("comm"))] if pid else []
+    comms = list(culprit.get("comms") or {})
+    comm = comms[0] if len(comms) == 1 else None
+    pids = [p for p in culprit.get("pids") or [] if isinstance(p, int) and not isinstance(p, bool)]
+    return [(p, comm) for p in pids[:MEMBER_ACTIONS_MAX]]
 
 
 def _act(
@@ -63,12 +78,15 @@ def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
         "rollback_none_reason": "reads only",
     }
     acts: list[dict[str, Any]] = [check]
-    if fam in ("cpu_saturation", "input_pipeline_starvation", "runaway_forks") and pid:
+    workers = _workers(c, fam)
+    for wpid, wcomm in (
+        workers if fam in ("cpu_saturation", "input_pipeline_starvation", "runaway_forks") else []
+    ):
         acts.append(
             _act(
                 "renice",
-                f"pid:{pid}",
-                {"pid": pid, "comm": comm, "nice": 10},
+                f"pid:{wpid}",
+                {"pid": wpid, "comm": wcomm, "nice": 10},
                 expected_effect="other work gets the CPU back",
                 rollback={"restore": "previous nice value, read before the change"},
             )
@@ -98,17 +116,24 @@ def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
                 rollback={"restore": "previous memory.high or memory.soft_limit_in_bytes"},
             )
         )
-    if fam == "io_pressure" and pid:
+    for wpid, wcomm in workers if fam == "io_pressure" else []:
         acts.append(
             _act(
                 "ionice",
-                f"pid:{pid}",
-                {"pid": pid, "comm": comm, "class": "idle"},
+                f"pid:{wpid}",
+                {"pid": wpid, "comm": wcomm, "class": "idle"},
                 expected_effect="other IO gets the disk back",
                 rollback={"restore": "previous IO class and priority"},
             )
         )
-    if fam in ("fd_exhaustion", "memory_pressure", "cpu_saturation") and pid and not c.get("oom_victim"):
+    # Ending one worker of an owner with many ends nothing: only a lone process is stopped.
+    single = c.get("kind") in ("process", "pod", None)
+    if (
+        fam in ("fd_exhaustion", "memory_pressure", "cpu_saturation")
+        and pid
+        and single
+        and not c.get("oom_victim")
+    ):
         acts.append(
             _act(
                 "sigterm",
@@ -182,7 +207,8 @@ class Planner(Role):
     def compute(self, ctx: StageContext) -> Output:
         hyps = ctx.previous("root_cause_hypothesis").payload.get("hypotheses", [])
         proposals = []
-        for h in hyps[:2]:
+        # A symptom (explained by a cause above it) is not acted on: its cause is.
+        for h in [h for h in hyps if not h.get("explained_by")][:2]:
             for a in actions_for(h, ctx.run["host_id"]):
                 proposals.append({"for_family": h["family"], "for_rank": h["rank"], **a})
         return Output(

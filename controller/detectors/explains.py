@@ -1,0 +1,223 @@
+"""Causes over symptoms: which finding explains which, as data.
+
+Each edge names a cause family, a symptom family, the condition under which the
+cause explains that particular symptom (a function of the two findings' culprits),
+and why, in words for the chain and the report. An explained finding is a symptom:
+it ranks below its cause, travels with the cause's hypothesis as supporting
+evidence, and opens no run of its own. The edges form no cycle (tested), so every
+symptom leads to a cause that is not itself explained.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controller.detectors.base import Culprit, Finding
+
+Condition = Callable[[Finding, Finding], bool]
+_RECLAIM_THREADS = ("kswapd", "kcompactd")
+_WRITEBACK_THREADS = ("kworker", "kswapd", "kcompactd", "jbd2", "flush-")
+_WILDCARD = ("0.0.0.0", "::", "*", "")
+# XIDs the driver raises for memory errors (uncorrectable ECC, row remap, contained/uncontained).
+_ECC_XIDS = frozenset({48, 63, 64, 92, 94, 95})
+
+
+@dataclass(frozen=True)
+class Edge:
+    cause: str
+    symptom: str
+    when: str  # a key of CONDITIONS
+    why: str
+
+
+def _pids(c: Culprit) -> set[int]:
+    d = c.detail
+    out = {p for p in d.get("pids") or [] if isinstance(p, int)}
+    if isinstance(d.get("pid"), int):
+        out.add(d["pid"])
+    return out
+
+
+def _cgroups(c: Culprit) -> set[str]:
+    out = {c.detail.get("cgroup")} | ({c.id} if c.kind == "cgroup" else set())
+    return {x for x in out if isinstance(x, str) and x not in ("", "/")}
+
+
+def _comms(c: Culprit) -> set[str]:
+    out = set((c.detail.get("comms") or {}).keys())
+    if c.detail.get("comm"):
+        out.add(str(c.detail["comm"]))
+    return out
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def same_tree(cause: Finding, symptom: Finding) -> bool:
+    """The fork storm's parent, or its children, are the processes burning the CPU."""
+    c, s = cause.culprit, symptom.culprit
+    if c.identity == s.identity:
+        return True
+    parent = c.detail.get("pid")
+    ppids = {p for p in s.detail.get("ppids") or [] if isinstance(p, int)}
+    return isinstance(parent, int) and (parent in _pids(s) or parent in ppids)
+
+
+def _addr_port(culprit_id: str) -> tuple[str, str] | None:
+    addr, sep, port = culprit_id.rpartition(":")
+    return (addr.strip("[]"), port) if sep else None
+
+
+def to_listener(cause: Finding, symptom: Finding) -> bool:
+    """The retransmits go to the port (and address, or any) of the listener whose queue is full."""
+    lst, peer = _addr_port(cause.culprit.id), _addr_port(symptom.culprit.id)
+    if lst is None or peer is None or lst[1] != peer[1]:
+        return False
+    if lst[0] in _WILDCARD or lst[0] == peer[0]:
+        return True
+    try:  # a listener on a local address takes connects to loopback only when it is loopback itself
+        return ipaddress.ip_address(lst[0]).is_loopback and ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def reclaim_io(cause: Finding, symptom: Finding) -> bool:
+    """The IO is the kernel's reclaim and writeback, or comes from inside the cgroup at its limit."""
+    s = symptom.culprit
+    if s.kind in ("device", "host"):
+        return True
+    if any(comm.startswith(_WRITEBACK_THREADS) for comm in _comms(s)) or 2 in (s.detail.get("ppids") or []):
+        return True
+    return any(_inside(x, y) for x in _cgroups(s) for y in _cgroups(cause.culprit)) or bool(
+        _pids(s) & _pids(cause.culprit)
+    )
+
+
+def reclaim_cpu(cause: Finding, symptom: Finding) -> bool:
+    """The CPU goes to the kernel's reclaim threads."""
+    comms = _comms(symptom.culprit)
+    return bool(comms) and all(comm.startswith(_RECLAIM_THREADS) for comm in comms)
+
+
+def same_cgroup(cause: Finding, symptom: Finding) -> bool:
+    """The processes under pressure live in the throttled cgroup (or pod)."""
+    c, s = cause.culprit, symptom.culprit
+    if c.identity == s.identity:
+        return True
+    return any(_inside(x, y) for x in _cgroups(s) for y in _cgroups(c))
+
+
+def nic_loss(cause: Finding, symptom: Finding) -> bool:
+    """Packets lost on a real interface are retransmitted (loopback loses nothing on the wire)."""
+    return cause.culprit.kind == "interface" and cause.culprit.id != "lo"
+
+
+def ecc_xid(cause: Finding, symptom: Finding) -> bool:
+    """The XIDs are the driver's report of the same device's memory errors."""
+    xids = set(symptom.culprit.detail.get("xids") or [])
+    return cause.culprit.id == symptom.culprit.id and bool(xids) and xids <= _ECC_XIDS
+
+
+def same_owner(cause: Finding, symptom: Finding) -> bool:
+    return cause.culprit.identity == symptom.culprit.identity
+
+
+CONDITIONS: dict[str, Condition] = {
+    "same_tree": same_tree,
+    "to_listener": to_listener,
+    "reclaim_io": reclaim_io,
+    "reclaim_cpu": reclaim_cpu,
+    "same_cgroup": same_cgroup,
+    "nic_loss": nic_loss,
+    "ecc_xid": ecc_xid,
+    "same_owner": same_owner,
+}
+
+EDGES: tuple[Edge, ...] = (
+    Edge("runaway_forks", "cpu_saturation", "same_tree", "the fork storm's own processes burn the CPU"),
+    Edge(
+        "listen_queue_overflow",
+        "tcp_retransmit_surge",
+        "to_listener",
+        "clients retransmit the SYNs a full accept queue drops",
+    ),
+    Edge(
+        "memory_pressure",
+        "io_pressure",
+        "reclaim_io",
+        "reclaim and writeback under memory pressure make the IO",
+    ),
+    Edge("memory_pressure", "cpu_saturation", "reclaim_cpu", "the CPU goes to memory reclaim"),
+    Edge(
+        "cgroup_cpu_throttling",
+        "cpu_saturation",
+        "same_cgroup",
+        "a CPU quota makes the pressure inside its own cgroup",
+    ),
+    Edge("nic_errors", "tcp_retransmit_surge", "nic_loss", "packets lost on the interface are retransmitted"),
+    Edge("gpu_ecc", "gpu_xid", "ecc_xid", "the XIDs report the same device's uncorrectable ECC errors"),
+    Edge(
+        "input_pipeline_starvation",
+        "cpu_saturation",
+        "same_owner",
+        "the data loader's CPU burn is what starves the GPU",
+    ),
+)
+_BY_SYMPTOM: dict[str, list[Edge]] = {}
+for _e in EDGES:
+    _BY_SYMPTOM.setdefault(_e.symptom, []).append(_e)
+
+
+@dataclass(frozen=True)
+class Explained:
+    cause: int  # index of the cause among the findings
+    edge: Edge
+
+
+def explain(findings: Sequence[Finding], scores: Sequence[float] | None = None) -> dict[int, Explained]:
+    """symptom index -> the cause that explains it (the strongest, where several do)."""
+    scores = scores if scores is not None else [f.score for f in findings]
+    out: dict[int, Explained] = {}
+    for i, s in enumerate(findings):
+        edges = _BY_SYMPTOM.get(s.family)
+        if not edges:
+            continue
+        best: Explained | None = None
+        for j, c in enumerate(findings):
+            if j == i:
+                continue
+            for e in edges:
+                stronger = best is None or scores[j] > scores[best.cause]
+                if stronger and e.cause == c.family and CONDITIONS[e.when](c, s):
+                    best = Explained(j, e)
+        if best is not None:
+            out[i] = best
+    return out
+
+
+def root_of(i: int, explained: dict[int, Explained]) -> int:
+    """The cause at the end of a chain of symptoms (acyclic by construction of EDGES)."""
+    seen = {i}
+    while i in explained:
+        i = explained[i].cause
+        if i in seen:  # two findings of one family pair cannot loop, but never spin
+            break
+        seen.add(i)
+    return i
+
+
+def symptom_record(f: Finding, confidence: float, edge: Edge, fp: str) -> dict[str, Any]:
+    """How a symptom travels on its cause's hypothesis (bounded: a summary, not the finding)."""
+    return {
+        "family": f.family,
+        "culprit": {"kind": f.culprit.kind, "id": f.culprit.id},
+        "confidence": confidence,
+        "summary": f.summary,
+        "signal": f.signal,
+        "why": edge.why,
+        "fingerprint": fp,
+    }

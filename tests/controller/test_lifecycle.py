@@ -1,0 +1,214 @@
+"""One fault, one run: a run's lifecycle (firing, recovering, resolved, flaps), and a
+symptom's run absorbed by its cause's. The real engine, in process, fed a sample at a
+time and evaluated after each, as a collector at a 1 s interval would drive it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from collector.wire import validate_batch
+from controller.config import HotStateSettings
+from controller.hotstate import HotState
+from controller.store.db import make_engine, migrate
+from controller.store.payloads import PayloadStore
+from controller.workflow.engine import WorkflowEngine
+from controller.workflow.options import WorkflowOptions
+from testkit.scenarios import FAULTS, T0, apply, calm
+
+Fault = Callable[[dict[str, Any], int], None]
+
+
+class Driver:
+    """Feeds one snapshot a second to one host and evaluates after each."""
+
+    def __init__(self, tmp: Path, opts: WorkflowOptions, db_url: str | None = None) -> None:
+        self.t = T0
+        self.db = make_engine(db_url or f"sqlite:///{tmp / 'agent' / 'workflow_runs.db'}")
+        migrate(self.db)
+        hot = HotState(
+            HotStateSettings(samples_per_host=1000, bytes_per_host=64 << 20), clock=lambda: self.t + 0.5
+        )
+        self.eng = WorkflowEngine(
+            self.db, PayloadStore(str(tmp / "agent")), hot, opts, clock=lambda: self.t + 0.5
+        )
+        self.seq = 0
+        self.i = 0
+
+    def step(self, fault: Fault | None, k: int = 0) -> str | None:
+        d = calm(self.i)
+        if fault is not None:
+            fault(d, k)
+        sources = {
+            n: {"status": "ok", "path": "file", "reason": None, "data": copy.deepcopy(v)}
+            for n, v in d.items()
+        }
+        self.seq += 1
+        raw = msgspec.json.encode(
+            {
+                "schema": "incidentlab.batch/v1",
+                "host_id": "node-a",
+                "boot_id": "b",
+                "stream_id": "s",
+                "seq": self.seq,
+                "sent_at": self.t,
+                "snapshots": [{"ts": self.t, "interval_s": 1.0, "sources": sources}],
+            }
+        )
+        self.eng.hot.ingest(validate_batch(raw), raw)
+        run_id = self.eng.evaluate("node-a")
+        self.t += 1.0
+        self.i += 1
+        return run_id
+
+    def run(self, n: int, fault: Fault | None = None) -> list[str | None]:
+        return [self.step(fault, k) for k in range(n)]
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.eng.list_runs(limit=100)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver]:
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+psycopg://")
+    d = Driver(tmp_path, WorkflowOptions(resolve_after_clean=3), url)
+    yield d
+    d.db.dispose()
+
+
+def cpu(d: dict[str, Any], k: int) -> None:
+    FAULTS["cpu_saturation"][0](d, k)
+
+
+def test_a_fault_that_ends_recovers_then_resolves_after_the_hysteresis(driver: Driver) -> None:
+    driver.run(40)
+    opened = {r for r in driver.run(20, cpu) if r}
+    assert len(opened) == 1, opened
+    (run_id,) = opened
+    run = driver.eng.load_run(run_id)
+    assert run is not None and run["state"] == "firing" and run["fault_started_at"] is not None
+    # The fault began at the first faulty sample (40 s in); the run knows it.
+    assert run["fault_started_at"] == pytest.approx(T0 + 40, abs=1.0)
+    states = []
+    for _ in range(12):
+        driver.step(None)
+        states.append((driver.eng.load_run(run_id) or {})["state"])
+    # recovering as soon as an evaluation no longer finds it, resolved 3 clean evaluations later
+    assert "recovering" in states and states[-1] == "resolved", states
+    first_recovering = states.index("recovering")
+    assert states[first_recovering : first_recovering + 3].count("recovering") >= 2
+    run = driver.eng.load_run(run_id)
+    assert run is not None and run["resolved_at"] is not None and run["flaps"] == 0
+    from controller.api.workflow import run_summary
+
+    summary = run_summary(run)
+    assert summary["time_to_detect_s"] is not None and 0 <= summary["time_to_detect_s"] <= 10
+    assert summary["time_to_resolve_s"] == pytest.approx(run["resolved_at"] - run["fault_started_at"])
+    assert driver.eng.triggers.stats()["resolved"] == 1
+
+
+def test_a_fault_back_within_the_attach_window_reopens_its_run_and_counts_a_flap(driver: Driver) -> None:
+    driver.run(40)
+    driver.run(15, cpu)
+    driver.run(15)
+    (first,) = [r["run_id"] for r in driver.runs()]
+    assert (driver.eng.load_run(first) or {})["state"] == "resolved"
+    back = {r for r in driver.run(10, cpu) if r}
+    assert back == {first}, "the same fault came back: the same run"
+    run = driver.eng.load_run(first)
+    assert run is not None and run["state"] == "firing" and run["flaps"] == 1 and run["resolved_at"] is None
+    assert len(driver.runs()) == 1
+    assert any(a["detail"].get("reopened") for a in driver.eng.attachments(first))
+
+
+def test_a_fault_back_after_the_attach_window_is_a_new_run(tmp_path: Path) -> None:
+    d = Driver(tmp_path, WorkflowOptions(resolve_after_clean=3, attach_window_s=20))
+    d.run(40)
+    d.run(15, cpu)
+    d.run(40)  # resolved, and unseen for longer than the window
+    again = {r for r in d.run(10, cpu) if r}
+    assert len(again) == 1 and len(d.runs()) == 2
+    d.db.dispose()
+
+
+def test_workers_that_come_and_go_keep_one_run(driver: Driver) -> None:
+    """Each sample a different pair of worker pids under one parent: one fingerprint."""
+
+    def churn(d: dict[str, Any], k: int) -> None:
+        cpu(d, k)
+        rows = d["processes"]["rows"]
+        rows[0] = rows[0] | {"pid": 30_000 + 2 * k, "ppid": 777, "comm": "worker", "cpu_pct": 98.0}
+        rows.insert(
+            1,
+            {"pid": 30_001 + 2 * k, "ppid": 777, "comm": "worker", "cpu_pct": 97.0, "cgroup": "/user.slice"},
+        )
+
+    driver.run(40)
+    opened = {r for r in driver.run(25, churn) if r}
+    assert len(opened) == 1
+    run = driver.runs()[0]
+    culprit = msgspec.json.decode(run["culprit"])
+    assert culprit["kind"] == "process_tree" and culprit["pid"] == 777 and culprit["comms"] == {"worker": 2}
+    assert run["attachments"] >= 20
+
+
+def test_a_symptom_run_is_absorbed_when_its_cause_is_found(driver: Driver) -> None:
+    """CPU saturation from a parent's workers opens a run; when the parent's fork storm shows,
+    the storm is the cause: its run opens, and the CPU run becomes its symptom."""
+
+    def workers(d: dict[str, Any], k: int) -> None:
+        apply(d, "host.cpu.util_pct", {"user": 93, "system": 5, "idle": 1.5, "iowait": 0.5, "steal": 0})
+        apply(d, "psi.cpu.some.avg10", 70.0)
+        d["processes"]["rows"][:0] = [
+            {"pid": 6700 + n, "ppid": 6666, "comm": "sh", "cpu_pct": 95.0, "cgroup": "/user.slice"}
+            for n in range(2)
+        ] + [{"pid": 6666, "ppid": 1, "comm": "forkbomb.sh", "cpu_pct": 5.0, "cgroup": "/user.slice"}]
+
+    def storm(d: dict[str, Any], k: int) -> None:
+        workers(d, k)
+        apply(d, "host.cpu.forks_per_s", 800.0)
+        d["ebpf"]["events"] = [
+            {"type": "exec", "pid": 40_000 + k * 10 + n, "ppid": 6666, "comm": "sh"} for n in range(8)
+        ]
+
+    driver.run(40)
+    first = {r for r in driver.run(5, workers) if r}
+    assert len(first) == 1
+    (cpu_run,) = first
+    later = {r for r in driver.run(10, storm) if r}
+    storm_runs = later - first
+    assert len(storm_runs) == 1, later
+    (storm_run,) = storm_runs
+    cause = driver.eng.load_run(storm_run)
+    symptom = driver.eng.load_run(cpu_run)
+    assert cause is not None and cause["family"] == "runaway_forks" and cause["state"] == "firing"
+    assert symptom is not None and symptom["state"] == "explained" and symptom["parent_run_id"] == storm_run
+    hyps = driver.eng.load_chain(storm_run)[2].payload["hypotheses"]
+    assert hyps[0]["family"] == "runaway_forks"
+    assert [s["family"] for s in hyps[0]["symptoms"]] == ["cpu_saturation"]
+    below = next(h for h in hyps if h["family"] == "cpu_saturation")
+    assert below["explained_by"]["family"] == "runaway_forks" and below["rank"] > 1
+    report = driver.eng.load_chain(storm_run)[-1].payload
+    assert report["most_likely_cause"]["symptoms"][0]["family"] == "cpu_saturation"
+    assert any(a["detail"].get("explains_run") == cpu_run for a in driver.eng.attachments(storm_run))
+    assert driver.eng.triggers.stats()["explained"] == 1
+
+
+def test_runs_not_seen_for_the_attach_window_are_swept_to_resolved(tmp_path: Path) -> None:
+    d = Driver(tmp_path, WorkflowOptions(attach_window_s=30))
+    d.run(40)
+    d.run(10, cpu)
+    (run_id,) = [r["run_id"] for r in d.runs()]
+    d.t += 31  # the host went quiet: no evaluation comes to count clean
+    assert d.eng.triggers.sweep() == 1
+    run = d.eng.load_run(run_id)
+    assert run is not None and run["state"] == "resolved" and run["resolved_at"] == run["last_seen_at"]
+    assert d.eng.triggers.sweep() == 0
+    d.db.dispose()
