@@ -240,6 +240,46 @@ def _workflow(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _rca(doc: dict[str, Any]) -> list[str]:
+    s, m = doc["summary"], doc["met"]
+    lines = [
+        f"`bench/rca_bench.py`, recorded {doc['recorded_at']}: {s['windows']} windows recorded on this "
+        "machine with the real collector while a real fault ran (testkit/windows/manifest.json), each "
+        "replayed a sample at a time through the real engine, evaluated after every sample.",
+        "",
+        "| measure | result | target |",
+        "|---|---:|---:|",
+        f"| runs per fault (not explained as a symptom) | **{s['runs_per_fault']}** "
+        f"({s['windows_with_one_run']} of {s['windows']} windows exactly 1) | 1.0 |",
+        f"| runs per fault, culprit per pid as before owners (peer) | {s['runs_per_fault_per_pid_peer']} | |",
+        f"| top-1 family / top-3 family / culprit (owner) right | {s['top1_accuracy']:.0%} / "
+        f"{s['top3_accuracy']:.0%} / {s['culprit_accuracy']:.0%} | |",
+        "| evaluations during the fault with the right top-1 (once found), worst "
+        f"window / median | {s['top1_share_during_fault_min']:.0%} / "
+        f"{s['top1_share_during_fault_median']:.0%} "
+        f"| >= {doc['targets']['top1_share_during_fault_min']:.0%} |",
+        f"| time to detect, samples (1 s), median / max | {s['time_to_detect_samples_median']} / "
+        f"{s['time_to_detect_samples_max']} | |",
+        f"| faults that ended, resolved in the window; samples from the end, median | "
+        f"{s['ended_faults_resolved']} of {s['ended_faults']}; {s['time_to_resolve_samples_median']} | |",
+        "| false hypotheses on the calm lead-ins (evaluations) / false runs | "
+        f"{s['false_hypotheses_quiet']} / "
+        f"{s['false_runs']} | 0 |",
+        "",
+        "Targets met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m.items()) + ".",
+    ]
+    missed = [
+        w for w in doc["windows"] if w["runs_per_fault"] != 1 or w["false_hypotheses_quiet"] or not w["top1"]
+    ]
+    for w in missed:
+        lines.append(
+            f"- `{w['window']}`: {w['runs_per_fault']} run(s), top-1 {'right' if w['top1'] else 'wrong'}, "
+            f"{w['false_hypotheses_quiet']} false hypotheses before the fault"
+            + (f" ({', '.join(w['false_run_families'])})" if w["false_run_families"] else "")
+        )
+    return lines
+
+
 def _workbench(doc: dict[str, Any]) -> list[str]:
     return [
         f"`bench/workbench_bench.py`, recorded {doc['recorded_at']}: a SQLite store of {doc['runs']:,} runs; "
@@ -268,6 +308,7 @@ def render() -> str:
         ("fleet", _fleet),
         ("hostile", _hostile),
         ("workflow", _workflow),
+        ("rca", _rca),
         ("workbench", _workbench),
     )
     found = False

@@ -260,9 +260,14 @@ FAULTS: dict[str, tuple[Callable[[dict[str, Any], int], None], str]] = {
 
 
 def window(
-    family: str | None, calm_s: int = 120, fault_s: int = 30, stale: tuple[str, ...] = ()
+    family: str | None,
+    calm_s: int = 120,
+    fault_s: int = 30,
+    stale: tuple[str, ...] = (),
+    tweak: Callable[[dict[str, Any], int, bool], None] | None = None,
 ) -> list[Snapshot]:
-    """calm_s seconds of baseline, then fault_s seconds of the family's fault, as Snapshots."""
+    """calm_s seconds of baseline, then fault_s seconds of the family's fault, as Snapshots;
+    ``tweak(data, i, faulty)`` changes each second after that (a test's variation)."""
     gpu_scenario = family is not None and (family.startswith("gpu") or family == "input_pipeline_starvation")
     snaps = []
     for i in range(calm_s + fault_s):
@@ -271,6 +276,8 @@ def window(
             calm_gpu(d, i)
         if family is not None and i >= calm_s:
             FAULTS[family][0](d, i - calm_s)
+        if tweak is not None:
+            tweak(d, i, i >= calm_s)
         sources = {}
         for name, data in d.items():
             status = "error" if name in stale and i >= calm_s else "ok"

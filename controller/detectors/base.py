@@ -135,6 +135,14 @@ def clamp(x: float) -> float:
     return max(0.0, min(1.0, x))
 
 
+AGAINST_FACTOR = 0.8  # what each check against a finding that holds takes off its score
+
+
+def weigh(score: float, against: Sequence[str]) -> float:
+    """A score lowered by the evidence against the finding (each check that holds)."""
+    return score * AGAINST_FACTOR ** len(against)
+
+
 def process_culprit(row: dict[str, Any] | None, reason: str) -> Culprit:
     if not row:
         return Culprit("host", "host", {"reason": reason})

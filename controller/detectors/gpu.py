@@ -13,6 +13,7 @@ from controller.detectors.base import (
     pearson,
     process_culprit,
     top_row,
+    weigh,
 )
 from controller.detectors.evidence import Evidence
 
@@ -24,6 +25,7 @@ GPU_MEM_USED_PCT = 90.0
 GPU_LOW_UTIL_PCT = 20.0
 STARVED_GPU_UTIL_PCT = 30.0
 STARVED_CPU_BUSY_PCT = 85.0
+GPU_IDLE_UTIL_PCT = 10.0
 
 
 def _gpus(ev: Evidence) -> list[dict[str, Any]]:
@@ -47,6 +49,13 @@ def gpu_throttling(ev: Evidence) -> list[Finding]:
         if len(throttled) >= 3 and sum(throttled) >= len(throttled) - 1:
             reasons = g.get("throttle_reasons") or []
             temp = g.get("temperature_c")
+            util = ev.recent(f"gpu{i}_util_pct")
+            against = (
+                [f"GPU {i} is {util:.0f}% utilised: lower clocks cost little work"]
+                if util is not None and util < GPU_IDLE_UTIL_PCT
+                else []
+            )
+            base = clamp(0.6 + (0.3 if any("thermal" in r for r in reasons) else 0.15))
             out.append(
                 Finding(
                     family="gpu_throttling",
@@ -55,11 +64,12 @@ def gpu_throttling(ev: Evidence) -> list[Finding]:
                     value=sum(throttled) / len(throttled),
                     baseline=None,
                     threshold=0.8,
-                    score=clamp(0.6 + (0.3 if any("thermal" in r for r in reasons) else 0.15)),
+                    score=weigh(base, against),
                     culprit=_device(g),
                     summary=f"GPU {i} clocks held down: {', '.join(reasons) or 'throttled'}"
                     + (f", {temp} C" if temp is not None else ""),
                     supporting=[f"gpu{i}_throttled", f"gpu{i}_temp_c"],
+                    contradicting=against,
                     expected=["SM clock below its maximum", "step time up for the job on it"],
                 )
             )
@@ -82,12 +92,14 @@ def gpu_xid(ev: Evidence) -> list[Finding]:
             value=float(sum(x.get("count", 0) for x in xids)),
             baseline=None,
             threshold=1.0,
+            # A recoverable XID alone is the evidence against: it scores as much lower.
             score=0.95 if critical else 0.6,
             culprit=Culprit(
                 "device", str(dev), {"xids": sorted({x.get("xid") for x in xids}), "critical": critical}
             ),
             summary=f"XID {worst.get('xid')} on {dev}" + (f" (critical: {critical})" if critical else ""),
             supporting=["xid_events"],
+            contradicting=[] if critical else ["no critical XID: recoverable errors a job may survive"],
             expected=["the job on that GPU failing or hanging", "ECC counters rising for memory XIDs"],
         )
     ]
@@ -108,6 +120,7 @@ def gpu_ecc(ev: Evidence) -> list[Finding]:
         i = g.get("index")
         ecc = ev.values(f"gpu{i}_ecc_uncorrected")
         if len(ecc) >= 2 and ecc[-1] > ecc[0]:
+            against = ["a single new uncorrected error in the window"] if ecc[-1] - ecc[0] < 2 else []
             out.append(
                 Finding(
                     family="gpu_ecc",
@@ -116,10 +129,11 @@ def gpu_ecc(ev: Evidence) -> list[Finding]:
                     value=ecc[-1] - ecc[0],
                     baseline=ecc[0],
                     threshold=1.0,
-                    score=0.9,
+                    score=weigh(0.9, against),
                     culprit=_device(g),
                     summary=f"GPU {i}: {ecc[-1] - ecc[0]:.0f} new uncorrected ECC errors in the window",
                     supporting=[f"gpu{i}_ecc_uncorrected"],
+                    contradicting=against,
                     last_active=_last_rise(ev.series.get(f"gpu{i}_ecc_uncorrected", [])),
                     expected=["XID 48, 94 or 95", "pages retired on the device"],
                 )
@@ -136,6 +150,13 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
         if mem is None or util is None or mem < GPU_MEM_USED_PCT or util > GPU_LOW_UTIL_PCT:
             continue
         holder = max(g.get("processes") or [], key=lambda p: p.get("used_bytes") or 0, default=None)
+        used = ev.values(f"gpu{i}_mem_used_pct")
+        against = (
+            ["memory held steady over the window: a caching allocator's reservation, not a leak"]
+            if len(used) >= 8 and max(used) - min(used) < 1.0
+            else []
+        )
+        base = clamp(0.5 + (mem - GPU_MEM_USED_PCT) / 20 + (GPU_LOW_UTIL_PCT - util) / 100)
         culprit = _device(g)
         if holder:
             culprit.detail["holder_pid"] = holder.get("pid")
@@ -147,10 +168,11 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
                 value=mem,
                 baseline=None,
                 threshold=GPU_MEM_USED_PCT,
-                score=clamp(0.5 + (mem - GPU_MEM_USED_PCT) / 20 + (GPU_LOW_UTIL_PCT - util) / 100),
+                score=weigh(base, against),
                 culprit=culprit,
                 summary=f"GPU {i} memory {mem:.0f}% used while only {util:.0f}% utilised",
                 supporting=[f"gpu{i}_mem_used_pct", f"gpu{i}_util_pct"],
+                contradicting=against,
                 expected=["an idle process holding device memory", "new jobs failing to allocate"],
             )
         )
@@ -170,8 +192,12 @@ def input_pipeline_starvation(ev: Evidence) -> list[Finding]:
             continue
         r = pearson(ev.values("cpu_busy_pct"), ev.values(f"gpu{i}_util_pct"))
         score = clamp(0.55 + (busy - STARVED_CPU_BUSY_PCT) / 60 + (STARVED_GPU_UTIL_PCT - util) / 100)
+        against = []
         if r is not None and r < -0.3:
             score = clamp(score + 0.15)  # the GPU idles exactly when the CPU is pinned
+        elif r is not None and r > 0.3:
+            against.append(f"GPU utilisation rises with the CPU's (correlation {r:.2f}), not against it")
+            score = weigh(score, against)
         hog = top_row(ev.tables.get("processes", []), "cpu_pct")
         culprit = process_culprit(hog, "no process table")
         culprit.detail["gpu"] = g.get("uuid") or f"gpu{i}"
@@ -188,6 +214,7 @@ def input_pipeline_starvation(ev: Evidence) -> list[Finding]:
                 summary=f"CPU {busy:.0f}% busy while GPU {i} is {util:.0f}% utilised"
                 + (f" (correlation {r:.2f})" if r is not None else ""),
                 supporting=["cpu_busy_pct", f"gpu{i}_util_pct"],
+                contradicting=against,
                 expected=["data-loader workers at 100% CPU", "GPU utilisation rising when loaders are added"],
             )
         )

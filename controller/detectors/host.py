@@ -3,6 +3,7 @@ exhaustion, cgroup CPU throttling, runaway forks."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -15,12 +16,14 @@ from controller.detectors.base import (
     robust_z,
     seasonal_baseline,
     top_row,
+    weigh,
 )
 from controller.detectors.evidence import Evidence
 from controller.detectors.owners import members, owner, tree_culprit
 
 CPU_BUSY_PCT = 90.0  # sustained over the last 5 samples
 PSI_CPU_SOME = 40.0
+PSI_NOBODY_WAITS = 5.0  # PSI some below this: hardly any task waits for the resource
 PSI_NEEDS_BUSY_PCT = 60.0
 MEM_AVAILABLE_PCT = 5.0
 PSI_MEMORY_SOME = 20.0
@@ -32,6 +35,11 @@ PROCESS_FD_PCT = 80.0  # of the process's own soft RLIMIT_NOFILE: EMFILE is near
 FD_GROWTH_FLOOR = 1000  # a baseline below this counts as this much: growth is from at least 2,000
 CGROUP_THROTTLED_PCT = 25.0
 FORKS_PER_S = 50.0
+FORKS_FOR_S = 20.0  # a storm holds past FORKS_PER_S this long (at least 2 samples, at most 3)
+FORKER_SHARE = 0.3  # a parent forking at least this share of the busiest one's execs is one of a pool
+# A sustained condition needs this many samples: a host's first (a collector starting up,
+# its rates read over a start-up instant) cannot show one.
+MIN_SAMPLES = 3
 # A process is part of the load when it carries this share of the busiest one's (and at
 # least LOAD_FLOOR_PCT of a CPU): the workers of one hog, not the idle bystanders.
 LOAD_SHARE = 0.4
@@ -58,6 +66,8 @@ def _load_text(c: Culprit) -> str:
 
 @detector("cpu_saturation")
 def cpu_saturation(ev: Evidence) -> list[Finding]:
+    if ev.samples < MIN_SAMPLES:
+        return []
     busy = ev.recent("cpu_busy_pct")
     psi = ev.recent("psi_cpu_some")
     # PSI's avg10 trails a load that has ended by tens of seconds: without the CPUs busy
@@ -74,6 +84,9 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
     if seasonal is not None and busy is not None and seasonal >= CPU_BUSY_PCT - 5:
         score *= 0.6  # this host is this busy at this phase every period: a pattern, not an incident
         contradicting.append(f"seasonal baseline {seasonal:.0f}% at the same phase")
+    if psi is not None and psi < PSI_NOBODY_WAITS:
+        contradicting.append(f"PSI cpu some {psi:.1f}%: hardly any task waits for a CPU")
+        score = weigh(score, contradicting[-1:])
     return [
         Finding(
             family="cpu_saturation",
@@ -86,7 +99,11 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
             culprit=culprit,
             summary=f"CPU {busy or 0:.0f}% busy, PSI cpu some {psi or 0:.0f}%"
             + (f"; {_load_text(culprit)}" if hog else ""),
-            supporting=["cpu_busy_pct", "psi_cpu_some", "procs_running"],
+            supporting=[
+                s
+                for s, shown in (("cpu_busy_pct", (busy or 0) >= CPU_BUSY_PCT), ("psi_cpu_some", pressured))
+                if shown
+            ],
             contradicting=contradicting,
             expected=["procs_running above the CPU count", "psi_cpu_some rising", "run-queue latency up"],
         )
@@ -142,6 +159,11 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
             (psi or 0) / 50,
         )
     )
+    contradicting = []
+    reclaim = sum(ev.recent(k, 3) or 0.0 for k in ("pswpin_per_s", "pswpout_per_s", "pgmajfault_per_s"))
+    if not (kills > 0 or victims) and (psi or 0) < 1 and reclaim < 1:
+        contradicting.append("no reclaim, swapping or memory stall: the low MemAvailable may be cache")
+        score = weigh(score, contradicting)
     return [
         Finding(
             family="memory_pressure",
@@ -163,6 +185,7 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
                 )
                 if shown
             ],
+            contradicting=contradicting,
             expected=["pswpin/pswpout or major faults rising", "psi_memory_full above 0", "oom_kill events"],
             last_active=None if low or stalled else _last_kill(ev),
         )
@@ -177,6 +200,8 @@ def _last_kill(ev: Evidence) -> float | None:
 
 @detector("io_pressure")
 def io_pressure(ev: Evidence) -> list[Finding]:
+    if ev.samples < MIN_SAMPLES:
+        return []
     psi = ev.recent("psi_io_some")
     util = ev.recent("disk_util_max_pct")
     iowait = ev.recent("cpu_iowait_pct")
@@ -204,6 +229,11 @@ def io_pressure(ev: Evidence) -> list[Finding]:
     if writer and disk:
         culprit.detail["device"] = disk.get("name")
     score = clamp(max((psi or 0) / 60, (util or 0) / 100, (iowait or 0) / 50))
+    blocked = ev.recent("procs_blocked")
+    contradicting = []
+    if blocked is not None and blocked < 0.5 and (util or 0) < DISK_UTIL_PCT / 2:
+        contradicting.append("no task blocked on IO and no disk near busy")
+        score = weigh(score, contradicting)
     return [
         Finding(
             family="io_pressure",
@@ -216,7 +246,17 @@ def io_pressure(ev: Evidence) -> list[Finding]:
             culprit=culprit,
             summary=f"PSI io some {psi or 0:.0f}%, busiest disk {util or 0:.0f}% utilised, "
             f"iowait {iowait or 0:.0f}%",
-            supporting=["psi_io_some", "disk_util_max_pct", "cpu_iowait_pct", "procs_blocked"],
+            supporting=[
+                s
+                for s, shown in (
+                    ("psi_io_some", (psi or 0) >= PSI_IO_SOME),
+                    ("disk_util_max_pct", (util or 0) >= DISK_UTIL_PCT),
+                    ("cpu_iowait_pct", (iowait or 0) >= IOWAIT_PCT),
+                    ("procs_blocked", (blocked or 0) >= 0.5),
+                )
+                if shown
+            ],
+            contradicting=contradicting,
             expected=[
                 "procs_blocked above 0",
                 "disk await rising",
@@ -253,6 +293,11 @@ def fd_exhaustion(ev: Evidence) -> list[Finding]:
     else:
         method, signal, value, threshold = "robust_z", "max_process_fds", latest, PROCESS_FDS
         score = clamp(0.55 + min(z[0], 20) / 50) if z else 0.5
+    contradicting = []
+    held = ev.values("max_process_fds")
+    if not near_limit and len(held) >= 8 and max(held) - min(held) <= 0.01 * latest:
+        contradicting.append(f"steady at {latest:.0f} over the window: a large pool by design, not a leak")
+        score = weigh(score, contradicting)
     culprit = process_culprit(row, "no process table")
     if row and row.get("fd_limit"):
         culprit.detail["fd_limit"] = row.get("fd_limit")
@@ -270,6 +315,7 @@ def fd_exhaustion(ev: Evidence) -> list[Finding]:
             summary=f"a process holds {latest:.0f}{limit} open files"
             + (f" ({row.get('comm')})" if row else ""),
             supporting=["max_process_fds", "max_process_fd_pct"],
+            contradicting=contradicting,
             expected=["EMFILE errors in the process", "socket count growing"],
         )
     ]
@@ -302,6 +348,13 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
         )
     else:
         culprit = Culprit("host", "host", {})
+    score = clamp(pct / 60)
+    contradicting = []
+    cpu = (worst or {}).get("cpu") or {}
+    usage, quota = cpu.get("usage_pct"), cpu.get("quota_cores")
+    if isinstance(usage, int | float) and isinstance(quota, int | float) and quota > 0 and usage < 50 * quota:
+        contradicting.append(f"uses {usage:.0f}% of a core against a quota of {quota:g}: throttled in bursts")
+        score = weigh(score, contradicting)
     return [
         Finding(
             family="cgroup_cpu_throttling",
@@ -310,10 +363,11 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
             value=pct,
             baseline=None,
             threshold=CGROUP_THROTTLED_PCT,
-            score=clamp(pct / 60),
+            score=score,
             culprit=culprit,
             summary=f"a cgroup is throttled in {pct:.0f}% of its CFS periods",
             supporting=["cgroup_throttled_max_pct"],
+            contradicting=contradicting,
             expected=["latency of the service in that cgroup up", "usage pinned at the quota"],
         )
     ]
@@ -324,20 +378,38 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
     latest = ev.recent("forks_per_s", 3)
     if latest is None or latest < FORKS_PER_S:
         return []
+    # Held, not a burst: every one of the last samples past the threshold (a `for:` of
+    # FORKS_FOR_S, 2 or 3 samples): a build or a cron job's burst of forks is not a storm.
+    held = min(3, max(2, math.ceil(FORKS_FOR_S / ev.interval()) if ev.interval() > 0 else 3))
+    tail = ev.values("forks_per_s")[-held:]
+    if len(tail) < held or min(tail) < FORKS_PER_S:
+        return []
     z = robust_z(ev.values("forks_per_s"))
     if z is not None and z[0] < 5:
         return []
+    contradicting: list[str] = []
     execs = [e for e in ev.events if e.get("type") == "exec" and isinstance(e.get("ppid"), int) and e["ppid"]]
     parents: Counter[int] = Counter(e["ppid"] for e in execs)
     if parents:
         ppid, n = parents.most_common(1)[0]
-        # The parent that forks owns the storm: its children are members, however many come and go.
-        culprit = tree_culprit(
-            ppid, [e for e in execs if e.get("ppid") == ppid], ev.tables.get("processes", [])
-        )
-        culprit.detail["children_seen"] = n
+        rows = ev.tables.get("processes", [])
+        # Several parents forking alike are a pool's workers: the pool (their parent, or the
+        # cgroup or unit they share) owns the storm, whichever worker forked most this time.
+        forkers = {p for p, k in parents.items() if k >= FORKER_SHARE * n}
+        pool = [r for r in rows if r.get("pid") in forkers]
+        if len(pool) >= 2:
+            culprit = owner(pool, all_rows=rows, cgroups=ev.tables.get("cgroups", []))
+        else:
+            # The parent that forks owns the storm: its children are members, however many come and go.
+            culprit = tree_culprit(ppid, [e for e in execs if e.get("ppid") == ppid], rows)
+        culprit.detail["children_seen"] = sum(parents.values())
+        share = n / sum(parents.values())
+        if len(pool) < 2 and share < FORKER_SHARE:
+            # Neither one parent nor a pool: a busy host's many shells, not a storm with an owner.
+            contradicting.append(f"execs spread over {len(parents)} parents, the busiest forking {share:.0%}")
     else:
         culprit = process_culprit(top_row(ev.tables.get("processes", []), "cpu_pct"), "no exec events")
+        contradicting.append("no exec events: no parent seen forking")
     return [
         Finding(
             family="runaway_forks",
@@ -346,10 +418,11 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
             value=latest,
             baseline=z[1] if z else None,
             threshold=FORKS_PER_S,
-            score=clamp(0.5 + (min(z[0], 50) / 100 if z else 0) + latest / 2000),
+            score=weigh(clamp(0.5 + (min(z[0], 50) / 100 if z else 0) + latest / 2000), contradicting),
             culprit=culprit,
             summary=f"{latest:.0f} forks/s" + (f", {z[0]:.0f} robust z over the window" if z else ""),
             supporting=["forks_per_s", "ebpf_exec"],
+            contradicting=contradicting,
             expected=["pid count climbing", "exec events from one parent"],
         )
     ]

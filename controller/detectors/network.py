@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.detectors.base import Culprit, Finding, clamp, detector, robust_z
+from controller.detectors.base import Culprit, Finding, clamp, detector, robust_z, weigh
 from controller.detectors.evidence import Evidence
 
 RETRANS_PER_S = 10.0
@@ -36,6 +36,9 @@ def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
     drops = ev.recent("nic_drops_per_s", 3) or 0.0
     score = clamp(0.5 + min(latest, 500) / 1000 + backoff / 40)
     contradicting = []
+    if backoff < 1 and not top:
+        contradicting.append("no socket in RTO backoff or retransmitting much: retransmits spread thin")
+        score = weigh(score, contradicting)
     full = _full_listener(ev, peer)
     if full is not None:
         # Connects to a listener whose accept queue is full: the kernel drops the SYNs (or
@@ -83,7 +86,15 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
         return []
     worst = listeners[0]
     backlog = worst.get("backlog")
-    fill = worst["rqueue"] / backlog if backlog else 1.0
+    rqueue = worst.get("rqueue")
+    fill = rqueue / backlog if isinstance(rqueue, int | float) and backlog else 1.0
+    score = clamp(0.55 + fill / 3)
+    port = worst.get("sport")
+    contradicting = []
+    waiting = any(e.get("type") == "tcp_retransmit" and e.get("dport") == port for e in ev.events)
+    if not waiting and (ev.recent("ebpf_tcp_retransmit", 3) or 0) < 1:
+        contradicting.append("no SYN retransmits seen: no client is known to be waiting")
+        score = weigh(score, contradicting)
     return [
         Finding(
             family="listen_queue_overflow",
@@ -92,7 +103,7 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
             value=near,
             baseline=None,
             threshold=1.0,
-            score=clamp(0.55 + fill / 3),
+            score=score,
             culprit=Culprit(
                 "socket",
                 f"{worst.get('saddr')}:{worst.get('sport')}",
@@ -101,6 +112,7 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
             summary=f"listener :{worst.get('sport')} has {worst.get('rqueue')} connections waiting"
             + (f" of a backlog of {backlog}" if backlog else ""),
             supporting=["listeners_near_backlog"],
+            contradicting=contradicting,
             expected=[
                 "TcpExt ListenOverflows and ListenDrops rising",
                 "the accepting process saturated or stuck",
@@ -129,6 +141,11 @@ def nic_errors(ev: Evidence) -> list[Finding]:
         if worst
         else Culprit("host", "network", {})
     )
+    score = clamp(0.5 + (errs + drops) / 200)
+    contradicting = []
+    if (ev.recent("ebpf_tcp_retransmit", 3) or 0) < 1 and (ev.recent("tcp_in_rto_backoff", 3) or 0) < 1:
+        contradicting.append("no TCP retransmits: the losses hurt no connection seen")
+        score = weigh(score, contradicting)
     return [
         Finding(
             family="nic_errors",
@@ -137,10 +154,11 @@ def nic_errors(ev: Evidence) -> list[Finding]:
             value=errs + drops,
             baseline=None,
             threshold=NIC_BAD_PER_S,
-            score=clamp(0.5 + (errs + drops) / 200),
+            score=score,
             culprit=culprit,
             summary=f"{errs:.1f} errors and {drops:.1f} drops per second on the NICs",
-            supporting=["nic_errors_per_s", "nic_drops_per_s"],
+            supporting=[s for s, v in (("nic_errors_per_s", errs), ("nic_drops_per_s", drops)) if v > 0],
+            contradicting=contradicting,
             expected=["TCP retransmits rising", "carrier changes on a flapping link"],
         )
     ]

@@ -14,6 +14,7 @@ from typing import Any
 
 from controller.detectors import DETECTORS, Evidence, Finding
 from controller.detectors.explains import explain, root_of, symptom_record
+from controller.detectors.severity import severity
 
 STALE_CAP = 0.6
 TOP_HYPOTHESES = 5
@@ -45,6 +46,8 @@ class Hypothesis:
     state: str = "active"  # or "recovering": its signal has not shown the fault for a while
     last_active: float | None = None  # the newest sample that showed it
     age_s: float = 0.0  # how long ago that sample was, at the window's newest
+    # How much it hurts (who waits or fails), apart from how sure the cause is.
+    severity: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -62,6 +65,7 @@ class Hypothesis:
             "state": self.state,
             "last_active": self.last_active,
             "age_s": self.age_s,
+            "severity": self.severity,
         }
         if self.symptoms:
             out["symptoms"] = list(self.symptoms)
@@ -147,6 +151,7 @@ def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
                 signal=f.signal,
                 threshold=f.threshold,
                 state="recovering" if ages[i][1] else "active",
+                severity=severity(ev, f).to_dict(),
                 last_active=f.last_active if f.last_active is not None else ev.end,
                 age_s=ages[i][0],
             )
