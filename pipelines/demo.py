@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         + f" (confidence {cause.get('confidence')})"
     )
     print(f"summary    {cause.get('summary')}")
+    sev = cause.get("severity") or {}
+    print(f"severity   {sev.get('level')}: {sev.get('why')}")
     print("actions    " + ", ".join(f"{a['action']}: {a['outcome']}" for a in final["actions"]))
     print(f"verdict    {final['verification']['verdict']} ({final['verification']['reason']})")
     print(f"report     {report.html}")

@@ -33,6 +33,7 @@ class Memory(Role):
                     "culprit": top["culprit"],
                     "confidence": top["confidence"],
                     "summary": top["summary"],
+                    "severity": top.get("severity"),
                     # What the cause explains: found, but symptoms of it, not faults of their own.
                     "symptoms": top.get("symptoms", []),
                 },
