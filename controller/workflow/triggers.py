@@ -175,11 +175,16 @@ class Triggers:
         return None
 
     def _loop(self) -> None:
+        was_active = True
         while not self._stop.is_set():
             self._wake.wait(0.25 if self._due else 1.0)
             self._wake.clear()
             if not self.active():
+                was_active = False
                 continue
+            if not was_active:
+                self.forget_live()  # another leader moved runs meanwhile: read them again
+                was_active = True
             while (run_id := self._next_due()) is not None and not self._stop.is_set():
                 try:
                     self._runner().execute(run_id)
@@ -322,6 +327,12 @@ class Triggers:
         return run_id
 
     # --- the lifecycle ---------------------------------------------------------------------------
+
+    def forget_live(self) -> None:
+        """Drop the cached live runs (and their clean counts): read from the store again on
+        each host's next evaluation. For a controller that becomes leader again."""
+        with self._lock:
+            self._live.clear()
 
     def _lives(self, host_id: str) -> list[_Live]:
         with self._lock:

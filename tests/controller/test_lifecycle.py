@@ -212,3 +212,17 @@ def test_runs_not_seen_for_the_attach_window_are_swept_to_resolved(tmp_path: Pat
     assert run is not None and run["state"] == "resolved" and run["resolved_at"] == run["last_seen_at"]
     assert d.eng.triggers.sweep() == 0
     d.db.dispose()
+
+
+def test_a_controller_that_becomes_leader_again_reads_live_runs_afresh(driver: Driver) -> None:
+    """While deposed, another leader may have resolved or explained runs: the cache of live
+    runs is dropped, and the store's word taken."""
+    driver.run(40)
+    driver.run(10, cpu)
+    (run_id,) = [r["run_id"] for r in driver.runs()]
+    trig = driver.eng.triggers
+    assert trig._live["node-a"][0].run_id == run_id
+    with driver.eng.runs.begin() as tx:  # the other leader resolved it
+        tx.set_state(run_id, state="resolved", at=driver.t, seen=driver.t, resolved=driver.t)
+    trig.forget_live()
+    assert trig._lives("node-a") == []
