@@ -42,12 +42,13 @@ def _pids(c: Culprit) -> set[int]:
 
 
 def _cgroups(c: Culprit) -> set[str]:
-    out = {c.detail.get("cgroup")} | ({c.id} if c.kind == "cgroup" else set())
+    out = [c.detail.get("cgroup"), c.id if c.kind == "cgroup" else None]
     return {x for x in out if isinstance(x, str) and x not in ("", "/")}
 
 
 def _comms(c: Culprit) -> set[str]:
-    out = set((c.detail.get("comms") or {}).keys())
+    comms = c.detail.get("comms")
+    out = {str(k) for k in comms} if isinstance(comms, dict) else set()
     if c.detail.get("comm"):
         out.add(str(c.detail["comm"]))
     return out
@@ -178,9 +179,13 @@ class Explained:
     edge: Edge
 
 
-def explain(findings: Sequence[Finding], scores: Sequence[float] | None = None) -> dict[int, Explained]:
-    """symptom index -> the cause that explains it (the strongest, where several do)."""
+def explain(
+    findings: Sequence[Finding], scores: Sequence[float] | None = None, live: Sequence[bool] | None = None
+) -> dict[int, Explained]:
+    """symptom index -> the cause that explains it (the strongest, where several do). With
+    ``live``, a cause no longer showing explains no symptom that still is."""
     scores = scores if scores is not None else [f.score for f in findings]
+    live = live if live is not None else [True] * len(findings)
     out: dict[int, Explained] = {}
     for i, s in enumerate(findings):
         edges = _BY_SYMPTOM.get(s.family)
@@ -188,7 +193,7 @@ def explain(findings: Sequence[Finding], scores: Sequence[float] | None = None) 
             continue
         best: Explained | None = None
         for j, c in enumerate(findings):
-            if j == i:
+            if j == i or (live[i] and not live[j]):
                 continue
             for e in edges:
                 stronger = best is None or scores[j] > scores[best.cause]

@@ -19,7 +19,7 @@ from controller.detectors.base import (
     weigh,
 )
 from controller.detectors.evidence import Evidence
-from controller.detectors.owners import members, owner, tree_culprit
+from controller.detectors.owners import finite, members, owner, tree_culprit
 
 CPU_BUSY_PCT = 90.0  # sustained over the last 5 samples
 PSI_CPU_SOME = 40.0
@@ -50,9 +50,9 @@ def _load_owner(ev: Evidence, rows: list[dict[str, Any]], key: str, top: dict[st
     """The owner of the processes that carry the load ``key`` measures (its workers grouped)."""
     if top is None:
         return owner([], reason="no process table")
-    peak = float(top[key])
+    peak = finite(top.get(key)) or 0.0
     floor = max(LOAD_SHARE * peak, LOAD_FLOOR_PCT) if key == "cpu_pct" else LOAD_SHARE * peak
-    load = [r for r in rows if isinstance(r.get(key), int | float) and r[key] >= floor] or [top]
+    load = [r for r in rows if (finite(r.get(key)) or 0.0) >= floor] or [top]
     return owner(load, weight=key, all_rows=rows, cgroups=ev.tables.get("cgroups", []))
 
 
@@ -212,11 +212,10 @@ def io_pressure(ev: Evidence) -> list[Finding]:
     # io_top ranks every process by IO; the CPU-ranked rows miss one blocked on direct IO.
     io_rows: dict[Any, dict[str, Any]] = {}
     for r in ev.tables.get("io_top", []) + ev.tables.get("processes", []):
-        if r.get("write_bytes_per_s") or r.get("read_bytes_per_s"):
-            io_rows.setdefault(
-                r.get("pid"),
-                r | {"io_bytes_per_s": (r.get("write_bytes_per_s") or 0) + (r.get("read_bytes_per_s") or 0)},
-            )
+        rate = (finite(r.get("write_bytes_per_s")) or 0.0) + (finite(r.get("read_bytes_per_s")) or 0.0)
+        if rate > 0:
+            pid = r.get("pid")
+            io_rows.setdefault(pid if isinstance(pid, int) else id(r), r | {"io_bytes_per_s": rate})
     rows = list(io_rows.values())
     writer = top_row(rows, "io_bytes_per_s")
     culprit = (
@@ -351,8 +350,8 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
     score = clamp(pct / 60)
     contradicting = []
     cpu = (worst or {}).get("cpu") or {}
-    usage, quota = cpu.get("usage_pct"), cpu.get("quota_cores")
-    if isinstance(usage, int | float) and isinstance(quota, int | float) and quota > 0 and usage < 50 * quota:
+    usage, quota = finite(cpu.get("usage_pct")), finite(cpu.get("quota_cores"))
+    if usage is not None and quota is not None and quota > 0 and usage < 50 * quota:
         contradicting.append(f"uses {usage:.0f}% of a core against a quota of {quota:g}: throttled in bursts")
         score = weigh(score, contradicting)
     return [
@@ -396,7 +395,7 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
         # Several parents forking alike are a pool's workers: the pool (their parent, or the
         # cgroup or unit they share) owns the storm, whichever worker forked most this time.
         forkers = {p for p, k in parents.items() if k >= FORKER_SHARE * n}
-        pool = [r for r in rows if r.get("pid") in forkers]
+        pool = [r for r in rows if isinstance(r.get("pid"), int) and r["pid"] in forkers]
         if len(pool) >= 2:
             culprit = owner(pool, all_rows=rows, cgroups=ev.tables.get("cgroups", []))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from controller.detectors.base import Culprit, Finding, clamp, detector, robust_z, weigh
 from controller.detectors.evidence import Evidence
+from controller.detectors.owners import finite
 
 RETRANS_PER_S = 10.0
 RTO_BACKOFF_SOCKETS = 5.0
@@ -85,9 +86,9 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
     if not listeners:
         return []
     worst = listeners[0]
-    backlog = worst.get("backlog")
-    rqueue = worst.get("rqueue")
-    fill = rqueue / backlog if isinstance(rqueue, int | float) and backlog else 1.0
+    backlog = finite(worst.get("backlog"))
+    rqueue = finite(worst.get("rqueue"))
+    fill = min(1.0, rqueue / backlog) if rqueue is not None and backlog else 1.0
     score = clamp(0.55 + fill / 3)
     port = worst.get("sport")
     contradicting = []
@@ -107,10 +108,10 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
             culprit=Culprit(
                 "socket",
                 f"{worst.get('saddr')}:{worst.get('sport')}",
-                {"accept_queue": worst.get("rqueue"), "backlog": backlog},
+                {"accept_queue": worst.get("rqueue"), "backlog": worst.get("backlog")},
             ),
             summary=f"listener :{worst.get('sport')} has {worst.get('rqueue')} connections waiting"
-            + (f" of a backlog of {backlog}" if backlog else ""),
+            + (f" of a backlog of {backlog:.0f}" if backlog else ""),
             supporting=["listeners_near_backlog"],
             contradicting=contradicting,
             expected=[

@@ -14,6 +14,7 @@ cgroup, pod_uid, container_id) and the cgroup table (path, pids.current).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -41,10 +42,20 @@ def _pid(row: dict[str, Any], key: str = "pid") -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def finite(v: Any) -> float | None:
+    """A collector's number as a finite float, or None (missing, garbage, huge, infinite)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer past a double's range
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _w(row: dict[str, Any], weight: str | None) -> float:
     """A row's weight (0 for a missing or garbage value: rows come from collectors)."""
-    v = row.get(weight) if weight else None
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v == v else 0.0
+    return (finite(row.get(weight)) or 0.0) if weight else 0.0
 
 
 def _d(row: dict[str, Any], key: str) -> dict[str, Any]:
@@ -171,13 +182,14 @@ def owner(
         return Culprit(kind, cid, detail | members(group, weight) | notes, key=key)
     loose = groups[""]
     # No cgroup of their own: the parent whose children carry the load, when it is not init.
-    parents: Counter[int] = Counter()
+    parents: dict[int, float] = {}
     for r in loose:
         p = _pid(r, "ppid")
         if p is not None and p not in _KERNEL_PARENTS:
-            parents[p] += int(_w(r, weight) * 1000) if weight else 1
+            # Weights are finite, but their sum may not be: inf still compares.
+            parents[p] = parents.get(p, 0.0) + (_w(r, weight) if weight else 1.0)
     if parents:
-        ppid, _ = parents.most_common(1)[0]
+        ppid = max(parents, key=lambda k: parents[k])
         tree = [r for r in loose if _pid(r, "ppid") == ppid]
         if len(tree) >= 2:
             return tree_culprit(ppid, tree, all_rows, rows, weight=weight)

@@ -112,6 +112,13 @@ def _lifecycle(conn: Connection) -> None:
         if name not in columns:
             conn.execute(text(f"ALTER TABLE workflow_runs ADD COLUMN {name} {kind}"))
     conn.execute(text("UPDATE workflow_runs SET last_seen_at = updated_at WHERE last_seen_at IS NULL"))
+    # Runs that had ended (their stages done or failed) are not shown firing until the sweep.
+    conn.execute(
+        text(
+            "UPDATE workflow_runs SET state = 'resolved', resolved_at = last_seen_at "
+            "WHERE state = 'firing' AND (closed_at IS NOT NULL OR status = 'failed')"
+        )
+    )
     indexes = {i["name"] for i in inspect(conn).get_indexes("workflow_runs")}
     if "ix_workflow_runs_state" not in indexes:
         conn.execute(text("CREATE INDEX ix_workflow_runs_state ON workflow_runs (state)"))

@@ -165,7 +165,13 @@ SELECT_RUN = text("SELECT * FROM workflow_runs WHERE run_id = :r")
 # whether it had resolved (then it re-opens) or not.
 OPEN_RUN_OF = text(
     "SELECT run_id FROM workflow_runs WHERE fingerprint = :fp AND status != 'failed' "
-    "AND last_seen_at >= :since ORDER BY created_at DESC LIMIT 1"
+    "AND state != 'explained' AND last_seen_at >= :since ORDER BY created_at DESC LIMIT 1"
+)
+# A live run that can still take a sighting (the engine's cache may hold one since failed or
+# explained by another path).
+LIVE_RUN = text(
+    "SELECT 1 FROM workflow_runs WHERE run_id = :r AND status != 'failed' "
+    "AND state IN ('firing', 'recovering')"
 )
 ATTACH = text("INSERT INTO workflow_attachments (run_id, at, detail) VALUES (:r, :at, :d)")
 BUMP_ATTACHMENTS = text(
@@ -180,9 +186,10 @@ LIVE_SEEN_BEFORE = text(
     "SELECT run_id, host_id, last_seen_at FROM workflow_runs WHERE state IN ('firing', 'recovering') "
     "AND last_seen_at < :before ORDER BY last_seen_at LIMIT :n"
 )
+# Only a live run moves: a stale cache never overwrites explained or resolved.
 SET_STATE = text(
     "UPDATE workflow_runs SET state = :s, last_seen_at = :seen, resolved_at = :resolved, "
-    "updated_at = :at WHERE run_id = :r"
+    "updated_at = :at WHERE run_id = :r AND state IN ('firing', 'recovering')"
 )
 REOPEN = text(
     "UPDATE workflow_runs SET state = 'firing', resolved_at = NULL, flaps = flaps + 1, "
@@ -342,7 +349,8 @@ class RunTx:
         return dict(row._mapping) if row else None  # type: ignore[return-value]
 
     def open_run_of(self, fingerprint: str, *, since: float) -> str | None:
-        """The newest unfailed run of this shape whose fault was seen at or after ``since``."""
+        """The newest run of this shape (not failed, not a symptom of another's) whose fault
+        was seen at or after ``since``."""
         row = self.conn.execute(OPEN_RUN_OF, {"fp": fingerprint, "since": since}).first()
         return str(row[0]) if row is not None else None
 
@@ -364,6 +372,9 @@ class RunTx:
     ) -> None:
         params = {"s": state, "seen": seen, "resolved": resolved, "at": at, "r": run_id}
         self.conn.execute(SET_STATE, params)
+
+    def is_live(self, run_id: str) -> bool:
+        return self.conn.execute(LIVE_RUN, {"r": run_id}).first() is not None
 
     def reopen(self, run_id: str, *, at: float) -> bool:
         """resolved -> firing, a flap counted; False when the run was not resolved."""

@@ -112,7 +112,8 @@ def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
             c *= 0.5 ** ((age - grace) / DECAY_HALF_LIFE_S)
         conf.append(round(c, 4))
         ages.append((round(age, 3), age > grace))
-    explained = explain(findings, conf)
+    # A cause that has stopped showing explains nothing still live: it would hide it.
+    explained = explain(findings, conf, live=[not recovering for _, recovering in ages])
     fps = [fingerprint(ev.host_id, f.family, f.culprit.kind, f.culprit.identity) for f in findings]
     roots = {i: root_of(i, explained) for i in explained}
     capped = [min(c, conf[roots[i]]) if i in roots else c for i, c in enumerate(conf)]
@@ -121,7 +122,7 @@ def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
         symptoms.setdefault(why.cause, []).append(symptom_record(findings[i], conf[i], why.edge, fps[i]))
     order = sorted(
         range(len(findings)),
-        key=lambda i: (-capped[i], i in explained, findings[i].family, findings[i].culprit.id),
+        key=lambda i: (-capped[i], i in explained, findings[i].family, str(findings[i].culprit.id)),
     )
     out = []
     for n, i in enumerate(order[:TOP_HYPOTHESES], start=1):
@@ -159,9 +160,17 @@ def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
     return out
 
 
+def top_firing(hyps: list[Hypothesis], threshold: float) -> Hypothesis | None:
+    """The best hypothesis that is live, past the threshold and no symptom: what opens or
+    keeps a run (a fault that ended may still rank above it while it decays)."""
+    return next(
+        (h for h in hyps if h.state == "active" and h.explained_by is None and h.confidence >= threshold),
+        None,
+    )
+
+
 def fires(hyps: list[Hypothesis], threshold: float) -> bool:
-    """Whether the top hypothesis is live and strong enough to open (or keep) a run."""
-    return bool(hyps) and hyps[0].state == "active" and hyps[0].confidence >= threshold
+    return top_firing(hyps, threshold) is not None
 
 
 def firing(hyps: list[Hypothesis], threshold: float) -> set[str]:
@@ -182,15 +191,15 @@ def firing(hyps: list[Hypothesis], threshold: float) -> set[str]:
 
 def onset(ev: Evidence, h: Hypothesis) -> float:
     """When the fault began, as far as the window shows: the first sample of the trailing
-    stretch in which the hypothesis' signal stayed on the side of its threshold it is on now
-    (the window's newest sample when the signal has no threshold or no series)."""
+    stretch in which the hypothesis' signal stayed at or past its threshold; when it is not
+    past it now (the finding fired on something else), its last active sample."""
     points = (ev.series.get(h.signal) or []) if h.signal else []
-    if not points or h.threshold is None:
-        return ev.end
-    high = points[-1][1] >= h.threshold
+    fallback = h.last_active if h.last_active is not None else ev.end
+    if not points or h.threshold is None or points[-1][1] < h.threshold:
+        return fallback  # not fired on this signal's level (PSI, kills, a low reading): no stretch to date
     start = points[-1][0]
     for t, v in reversed(points):
-        if (v >= h.threshold) != high:
+        if v < h.threshold:
             break
         start = t
     return start

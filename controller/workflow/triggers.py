@@ -38,7 +38,7 @@ from controller.detectors import Evidence
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
-from controller.workflow.analysis import Hypothesis, detect, fires, firing, onset, rank
+from controller.workflow.analysis import Hypothesis, detect, firing, onset, rank, top_firing
 from controller.workflow.analysis_pool import AnalysisPool
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.reads import evidence_key
@@ -84,7 +84,12 @@ class Triggers:
         self.runner: StageRunner | None = None  # set by the engine that wires the two
         # Where windows live when analysis workers keep them (None: this process's hot state).
         self.pool: AnalysisPool | None = None
-        self._queue: deque[str] = deque()
+        # Hosts to evaluate (gen -1) and clean evaluations to count (the host's trigger
+        # generation when the clean came), in arrival order: a clean never overtakes the
+        # trigger before it, and one older than a later trigger is dropped when its turn comes.
+        self._queue: deque[tuple[str, int]] = deque()
+        self._gen: dict[str, int] = {}
+        self._queued_cleans = 0
         self._given: dict[str, Evidence] = {}  # host -> the evidence a worker sent with its trigger
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -98,7 +103,6 @@ class Triggers:
         self._health: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # host -> its firing and recovering runs (read from the store on first touch).
         self._live: OrderedDict[str, list[_Live]] = OrderedDict()
-        self._cleans: deque[str] = deque()
         self._swept_at = 0.0
         self.overflow = 0
         self.evaluations = 0
@@ -120,26 +124,30 @@ class Triggers:
         """Called after an accepted batch, or by an analysis worker whose evaluation fired
         (with the host's evidence): cheap, bounded, never blocks ingest."""
         with self._lock:
+            self._gen[host_id] = self._gen.get(host_id, 0) + 1  # cleans queued before this are stale
             if evidence is not None:
                 self._given[host_id] = evidence  # the newest replaces one still waiting
             if host_id in self._pending:
                 return
-            if len(self._queue) >= self.opts.queue_max:
+            if len(self._queue) - self._queued_cleans >= self.opts.queue_max:
                 self.overflow += 1
                 self._given.pop(host_id, None)
                 return
-            self._queue.append(host_id)
+            self._queue.append((host_id, -1))
             self._pending.add(host_id)
         self._wake.set()
 
     def notify_clean(self, host_id: str) -> None:
         """An analysis worker's evaluation of a host that had fired found nothing live: counted
-        toward resolving the host's runs, on the engine's thread."""
+        toward resolving the host's runs, on the engine's thread, after what came before it."""
         with self._lock:
-            if len(self._cleans) >= CLEANS_MAX:
+            if self._queued_cleans >= CLEANS_MAX:
                 self.cleans_dropped += 1
                 return
-            self._cleans.append(host_id)
+            if len(self._gen) > LIVE_HOSTS * 10:
+                self._gen.clear()  # bounded: at worst a stale clean counts once
+            self._queue.append((host_id, self._gen.get(host_id, 0)))
+            self._queued_cleans += 1
         self._wake.set()
 
     def start(self) -> None:
@@ -189,43 +197,49 @@ class Triggers:
                 try:
                     self._runner().execute(run_id)
                 except Exception:
-                    self.failures += 1
+                    with self._lock:
+                        self.failures += 1
                     log.exception("continuing run %s failed", run_id)
-            while not self._stop.is_set():
-                with self._lock:
-                    if not self._cleans:
-                        break
-                    host = self._cleans.popleft()
-                try:
-                    self.lifecycle(host, set())
-                except Exception:
-                    self.failures += 1
-                    log.exception("the lifecycle of %s's runs failed", host)
             if self.clock() - self._swept_at >= SWEEP_EVERY_S:
                 self._swept_at = self.clock()
                 try:
                     self.sweep()
                 except Exception:
-                    self.failures += 1
+                    with self._lock:
+                        self.failures += 1
                     log.exception("resolving unseen runs failed")
-            while not self._stop.is_set():
-                with self._lock:
-                    if not self._queue:
-                        break
-                    host = self._queue.popleft()
+            self.drain()
+
+    def drain(self) -> None:
+        """Evaluate the queued hosts and count the queued cleans, in arrival order."""
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._queue:
+                    break
+                host, gen = self._queue.popleft()
+                given: Evidence | None = None
+                stale = False
+                if gen >= 0:
+                    self._queued_cleans -= 1
+                    stale = gen < self._gen.get(host, 0)
+                else:
                     self._pending.discard(host)
                     given = self._given.pop(host, None)
-                try:
-                    self.evaluate(host, given)
-                except Exception as exc:  # one host's failure must not stop the engine for the others
-                    self.record_failure(host, exc)
-                    log.exception("workflow evaluation of %s failed", host)
-                else:
-                    self.record_success(host)
+            if gen >= 0:
+                if not stale:
+                    self._count_clean(host)
+                continue
+            try:
+                self.evaluate(host, given)
+            except Exception as exc:  # one host's failure must not stop the engine for the others
+                self.record_failure(host, exc)
+                log.exception("workflow evaluation of %s failed", host)
+            else:
+                self.record_success(host)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            queued = len(self._queue)
+            queued = len(self._queue) - self._queued_cleans
         return {
             "analysis": self.pool.stats() if self.pool is not None else {"workers": 0},
             "queued": queued,
@@ -297,9 +311,9 @@ class Triggers:
             return None
         hyps = rank(ev, detect(ev))
         self.lifecycle(host_id, firing(hyps, self.opts.open_threshold))
-        if not fires(hyps, self.opts.open_threshold):
+        top = top_firing(hyps, self.opts.open_threshold)
+        if top is None:
             return None
-        top = hyps[0]
         now = self.clock()
         detail: dict[str, Any] = {"confidence": top.confidence, "summary": top.summary}
         if top.symptoms:
@@ -308,8 +322,11 @@ class Triggers:
         with self.runs.begin() as tx:
             open_id = tx.open_run_of(top.fingerprint, since=now - self.opts.attach_window_s)
             if open_id is None and same_family is not None:
-                open_id = same_family
-                detail["culprit"] = {"kind": top.culprit.get("kind"), "id": top.culprit.get("id")}
+                if tx.is_live(same_family):
+                    open_id = same_family
+                    detail["culprit"] = {"kind": top.culprit.get("kind"), "id": top.culprit.get("id")}
+                else:
+                    self._untrack(host_id, same_family)  # failed or moved on since it was cached
             if open_id is not None:
                 if tx.reopen(open_id, at=now):
                     self.reopened += 1
@@ -329,10 +346,21 @@ class Triggers:
     # --- the lifecycle ---------------------------------------------------------------------------
 
     def forget_live(self) -> None:
-        """Drop the cached live runs (and their clean counts): read from the store again on
-        each host's next evaluation. For a controller that becomes leader again."""
+        """Drop the cached live runs (and their clean counts) and the cleans still queued:
+        read from the store again on each host's next evaluation. For a controller that
+        becomes leader again (the cleans came while another leader held the runs)."""
         with self._lock:
             self._live.clear()
+            self._queue = deque(item for item in self._queue if item[1] < 0)
+            self._queued_cleans = 0
+
+    def _count_clean(self, host: str) -> None:
+        try:
+            self.lifecycle(host, set())
+        except Exception:
+            with self._lock:
+                self.failures += 1
+            log.exception("the lifecycle of %s's runs failed", host)
 
     def _lives(self, host_id: str) -> list[_Live]:
         with self._lock:
@@ -354,6 +382,11 @@ class Triggers:
         with self._lock:
             if not any(lv.run_id == run_id for lv in lives):
                 lives.append(_Live(run_id, fp, family, "firing", now, now))
+
+    def _untrack(self, host_id: str, run_id: str) -> None:
+        lives = self._lives(host_id)
+        with self._lock:
+            lives[:] = [lv for lv in lives if lv.run_id != run_id]
 
     def _live_of_family(self, host_id: str, family: str) -> str | None:
         """The host's live run of this family: a sighting with another culprit belongs to it

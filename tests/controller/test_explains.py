@@ -162,3 +162,14 @@ def test_oom_kills_that_stopped_leave_a_recovering_hypothesis() -> None:
 
 def test_every_detector_still_registers() -> None:
     assert set(DETECTORS) == set(FAMILIES)
+
+
+def test_a_cause_that_ended_explains_no_symptom_still_live() -> None:
+    """One OOM kill 90 s ago keeps memory pressure in the window, recovering: it must not
+    hide IO saturation that is live now (capped below its decayed confidence)."""
+    ev = build_evidence("h", window(None), [], {})
+    old_cause = finding("memory_pressure", Culprit("host", "host"), last_active=ev.end - 90)
+    live_io = finding("io_pressure", Culprit("device", "vda"), score=0.95)
+    hyps = {h.family: h for h in rank(ev, [old_cause, live_io])}
+    assert hyps["io_pressure"].explained_by is None and hyps["io_pressure"].rank == 1
+    assert hyps["memory_pressure"].state == "recovering" and not hyps["memory_pressure"].symptoms

@@ -226,3 +226,87 @@ def test_a_controller_that_becomes_leader_again_reads_live_runs_afresh(driver: D
         tx.set_state(run_id, state="resolved", at=driver.t, seen=driver.t, resolved=driver.t)
     trig.forget_live()
     assert trig._lives("node-a") == []
+
+
+def test_a_clean_never_overtakes_the_trigger_before_it(driver: Driver) -> None:
+    """A worker's trigger, then its cleans: counted in that order, however long the engine
+    was busy (cleans first would resolve the run, then the old trigger re-open it)."""
+    driver.run(40)
+    driver.run(10, cpu)
+    (run_id,) = [r["run_id"] for r in driver.runs()]
+    trig = driver.eng.triggers
+    firing_window = trig.evidence_for("node-a")
+    trig.notify("node-a", firing_window)
+    for _ in range(5):
+        trig.notify_clean("node-a")
+    trig.drain()
+    run = driver.eng.load_run(run_id)
+    assert run is not None and run["state"] == "resolved" and run["flaps"] == 0
+    assert trig.stats()["reopened"] == 0
+
+
+def test_a_clean_older_than_a_later_trigger_is_dropped(driver: Driver) -> None:
+    driver.run(40)
+    driver.run(10, cpu)
+    (run_id,) = [r["run_id"] for r in driver.runs()]
+    trig = driver.eng.triggers
+    for _ in range(3):
+        trig.notify_clean("node-a")  # from before the fault showed again
+    trig.notify("node-a", trig.evidence_for("node-a"))
+    trig.drain()
+    run = driver.eng.load_run(run_id)
+    assert run is not None and run["state"] == "firing"
+    assert trig.stats()["queued"] == 0
+
+
+def test_a_failed_run_takes_no_sighting_of_its_family(driver: Driver) -> None:
+    driver.run(40)
+    driver.run(10, cpu)
+    (first,) = [r["run_id"] for r in driver.runs()]
+    with driver.eng.runs.begin() as tx:
+        tx.fail_run(first, at=driver.t)
+
+    def other(d: dict[str, Any], k: int) -> None:  # the same fault, another process on top
+        cpu(d, k)
+        d["processes"]["rows"][0] |= {"pid": 5150, "comm": "miner-2"}
+
+    opened = {r for r in driver.run(5, other) if r}
+    assert opened and first not in opened
+
+
+def test_an_explained_run_is_not_taken_back_by_its_own_fingerprint(driver: Driver) -> None:
+    driver.run(40)
+    with driver.eng.runs.begin() as tx:
+        tx.insert_runs(
+            [
+                {
+                    "run_id": "run-symptom",
+                    "workflow_id": "wf",
+                    "incident_id": "inc",
+                    "correlation_id": "corr",
+                    "host_id": "node-a",
+                    "fingerprint": "fp-symptom",
+                    "family": "cpu_saturation",
+                    "culprit": "{}",
+                    "confidence": 0.9,
+                    "status": "completed",
+                    "stage": 8,
+                    "attachments": 0,
+                    "created_at": driver.t,
+                    "updated_at": driver.t,
+                    "closed_at": driver.t,
+                    "code_version": "t",
+                    "evidence_sha256": None,
+                    "state": "explained",
+                    "fault_started_at": driver.t,
+                    "last_seen_at": driver.t,
+                    "resolved_at": None,
+                    "flaps": 0,
+                    "parent_run_id": "run-cause",
+                }
+            ]
+        )
+        assert tx.open_run_of("fp-symptom", since=driver.t - 10) is None
+        # A stale cache cannot move it either.
+        tx.set_state("run-symptom", state="firing", at=driver.t, seen=driver.t, resolved=None)
+    assert (driver.eng.load_run("run-symptom") or {})["state"] == "explained"

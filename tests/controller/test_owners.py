@@ -127,3 +127,60 @@ def test_garbage_in_a_row_names_some_owner_and_never_raises(junk: Any) -> None:
     assert c.kind in ("cgroup", "process_tree", "process") and c.key
     t = tree_culprit(4, rows, rows)
     assert t.key == "tree:None[4]" or t.key.startswith("tree:")
+
+
+@pytest.mark.parametrize("huge", [10**400, 2**63, float("inf"), -(10**400)], ids=repr)
+def test_numbers_past_a_double_weigh_nothing_and_raise_nothing(huge: Any) -> None:
+    rows = [row(5, "a", huge, ppid=4), row(6, "b", huge, ppid=4), row(7, "c", 50, ppid=9)]
+    c = owner(rows, weight="cpu_pct", all_rows=rows)
+    assert c.key
+
+
+def test_hostile_rows_never_fail_the_detectors() -> None:
+    """Unhashable pids, lists for cgroup paths, numbers past a double: every detector runs."""
+    from controller.detectors import build_evidence
+    from controller.workflow.analysis import detect, rank
+    from testkit.scenarios import window
+
+    def hostile(d: dict[str, Any], i: int, faulty: bool) -> None:
+        if not faulty:
+            return
+        d["processes"]["rows"][:0] = [
+            {
+                "pid": [1],
+                "ppid": 4,
+                "comm": ["x"],
+                "cpu_pct": 1.7e308,
+                "write_bytes_per_s": 2**62,
+                "cgroup": ["y"],
+            },
+            {
+                "pid": {"a": 1},
+                "ppid": 4,
+                "comm": "w",
+                "cpu_pct": 99.0,
+                "read_bytes_per_s": "lots",
+                "cgroup": {"z": 1},
+            },
+        ]
+        d["cgroup"]["cgroups"] = [
+            {
+                "path": ["p"],
+                "cpu": {"throttled_periods_pct": 80.0, "usage_pct": 1.7e308, "quota_cores": "q"},
+                "memory": {"oom_kill": 3},
+            },
+        ]
+        d["sockets"]["listeners_near_backlog"] = [
+            {"saddr": "0.0.0.0", "sport": 80, "rqueue": 1.7e308, "backlog": "x"}
+        ]
+
+    for family in (
+        "cpu_saturation",
+        "io_pressure",
+        "memory_pressure",
+        "listen_queue_overflow",
+        "runaway_forks",
+    ):
+        snaps = window(family, tweak=hostile)
+        ev = build_evidence("node-a", snaps, [], {n: "fresh" for n in snaps[0].sources})
+        assert rank(ev, detect(ev)) is not None

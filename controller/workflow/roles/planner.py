@@ -27,8 +27,10 @@ def _workers(culprit: dict[str, Any], family: str) -> list[tuple[int, Any]]:
     owner with members (a tree, a cgroup, a unit), its heaviest members, not its parent (a
     fork storm's parent is the one exception: it is what forks)."""
     kind, pid = culprit.get("kind"), _pid(culprit)
-    if kind in ("process", "pod", None) or (kind == "process_tree" and family == "runaway_forks"):
-        return [(pid, culprit.get("comm"))] if pid else []
+    if pid and (kind in ("process", "pod", None) or (kind == "process_tree" and family == "runaway_forks")):
+        return [(pid, culprit.get("comm"))]
+    if kind in ("process", None):
+        return []
     comms = list(culprit.get("comms") or {})
     comm = comms[0] if len(comms) == 1 else None
     pids = [p for p in culprit.get("pids") or [] if isinstance(p, int) and not isinstance(p, bool)]
