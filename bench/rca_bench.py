@@ -39,7 +39,7 @@ from controller.config import HotStateSettings
 from controller.hotstate import HotState
 from controller.store.db import make_engine, migrate
 from controller.store.payloads import PayloadStore
-from controller.workflow.analysis import detect, fires, rank
+from controller.workflow.analysis import detect, rank, top_firing
 from controller.workflow.engine import WorkflowEngine
 from controller.workflow.options import WorkflowOptions
 from testkit.store import WINDOWS, batches, snapshots
@@ -83,21 +83,21 @@ def replay(name: str, want: dict[str, Any], tmp: Path) -> dict[str, Any]:
             hot.ingest(batch, raw)
             ev = eng.evidence_for(HOST)
             hyps = rank(ev, detect(ev)) if ev is not None else []
-            in_fault = any(a <= ts < b for a, b in periods)
-            if fires(hyps, threshold):
-                pids_seen.add(f"{hyps[0].family}|{hyps[0].culprit.get('id')}")
+            period = next((k for k, (a, b) in enumerate(periods) if a <= ts < b), None)
+            top = top_firing(hyps, threshold)
+            if top is not None:
+                pids_seen.add(f"{top.family}|{top.culprit.get('id')}")
             if ts < periods[0][0]:
                 quiet += 1
                 quiet_false += any(h.state == "active" and h.confidence >= threshold for h in hyps)
-            period = next((k for k, (a, b) in enumerate(periods) if a <= ts < b), None)
-            top_right = bool(hyps) and hyps[0].family == want["family"] and fires(hyps, threshold)
+            top_right = top is not None and top.family == want["family"]
             if period is not None and period in found:
                 during += 1
                 right += bool(hyps) and hyps[0].family == want["family"]
             elif period is not None and top_right:
                 found.add(period)  # each period's count starts once the fault is found in it
-            if in_fault and fires(hyps, threshold) and hyps[0].family == want["family"]:
-                symptoms.update(x["family"] for x in hyps[0].symptoms)
+            if period is not None and top_right and top is not None:
+                symptoms.update(x["family"] for x in top.symptoms)
             run_id = eng.evaluate(HOST)
             if first_run is not None:
                 state = (eng.load_run(first_run["run_id"]) or {}).get("state")

@@ -19,7 +19,7 @@ from controller.detectors.base import (
     weigh,
 )
 from controller.detectors.evidence import Evidence
-from controller.detectors.owners import finite, members, owner, tree_culprit
+from controller.detectors.owners import comm_label, finite, members, owner, tree_culprit
 
 CPU_BUSY_PCT = 90.0  # sustained over the last 5 samples
 PSI_CPU_SOME = 40.0
@@ -57,11 +57,8 @@ def _load_owner(ev: Evidence, rows: list[dict[str, Any]], key: str, top: dict[st
 
 
 def _load_text(c: Culprit) -> str:
-    workers = c.detail.get("workers") or ", ".join(
-        f"{k} x{n}" if n > 1 else k for k, n in (c.detail.get("comms") or {}).items()
-    )
     where = "" if c.kind == "process" else f" in {c.kind} {c.id}"
-    return f"load from {workers}{where}"
+    return f"load from {comm_label(c.detail.get('comms') or {})}{where}"
 
 
 @detector("cpu_saturation")

@@ -88,9 +88,14 @@ def members(rows: Sequence[dict[str, Any]], weight: str | None = None) -> dict[s
     return out
 
 
+def comm_label(comms: dict[str, int]) -> str:
+    """What members run, for a summary: the three commonest programs, with their counts."""
+    top = sorted(comms.items(), key=lambda cn: -cn[1])[:3]
+    return ", ".join(f"{c} x{n}" if n > 1 else c for c, n in top)
+
+
 def _label(rows: Sequence[dict[str, Any]]) -> str:
-    comms = Counter(str(r.get("comm")) for r in rows)
-    return ", ".join(f"{c} x{n}" if n > 1 else c for c, n in comms.most_common(3))
+    return comm_label(Counter(str(r.get("comm")) for r in rows))
 
 
 def _cgroup_dedicated(path: str, rows: Sequence[dict[str, Any]], cgroups: Sequence[dict[str, Any]]) -> bool:
@@ -230,7 +235,6 @@ def tree_culprit(
     if siblings:
         detail["ambiguous"] = f"pid {ppid} also parents {', '.join(sorted(siblings)[:3])}"
     detail |= _others(blamed, children)
-    detail["workers"] = _label(children)
     # The parent pid is the owner: its workers churn, it does not (a restarted parent is a new tree).
     return Culprit("process_tree", head, detail, key=f"tree:{pcomm}[{ppid}]")
 

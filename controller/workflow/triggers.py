@@ -396,8 +396,9 @@ class Triggers:
             return next((lv.run_id for lv in lives if lv.family == family), None)
 
     def lifecycle(self, host_id: str, active: set[str]) -> None:
-        """One evaluation's verdict on the host's live runs: ``active`` holds the
-        fingerprints it found live (an empty set: a clean evaluation)."""
+        """One evaluation's verdict on the host's live runs: ``active`` is what it found
+        live, as ``firing`` gives it (fingerprints and ``family:<name>``; an empty set: a
+        clean evaluation)."""
         lives = self._lives(host_id)
         if not lives:
             return
