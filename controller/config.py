@@ -274,6 +274,9 @@ class WorkflowSettings(_Strict):
     # hysteresis between recovering and resolved.
     resolve_after_clean: int = Field(default=3, ge=1, le=1000)
     queue_max: int = Field(default=1024, ge=1, le=1_000_000)  # hosts waiting for evaluation
+    # The detectors' rules (thresholds, `for`, labels, runbooks, per-host overrides):
+    # docs/rules.md. Read at start; none: every family at its defaults.
+    rules_file: str | None = None
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)

@@ -22,6 +22,7 @@
 #include "perf.hpp"
 #include "process.hpp"
 #include "readers.hpp"
+#include "robust.hpp"
 #include "sockets.hpp"
 #include "taskstats.hpp"
 
@@ -756,6 +757,21 @@ NB_MODULE(probe_core, m) {
   m.def("_crc32c_software", [](const nb::bytes& data, std::uint32_t value) {
     return probe::crc32c_software(data.c_str(), data.size(), value);
   }, "data"_a, "value"_a = 0);
+
+  // --- robust statistics ----------------------------------------------------------------
+  m.def("median_mad", [](nb::handle values) -> nb::object {
+    Py_buffer buf;
+    if (PyObject_GetBuffer(values.ptr(), &buf, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) throw nb::python_error();
+    struct Release {
+      Py_buffer* b;
+      ~Release() { PyBuffer_Release(b); }
+    } release{&buf};
+    if (buf.itemsize != sizeof(double) || buf.format == nullptr || std::strcmp(buf.format, "d") != 0)
+      throw nb::type_error("median_mad takes a buffer of doubles (array('d'), memoryview of one)");
+    const auto r = probe::median_mad(static_cast<const double*>(buf.buf), static_cast<std::size_t>(buf.len) / sizeof(double));
+    if (r.n == 0) return nb::none();
+    return nb::make_tuple(r.median, r.mad, r.n);
+  }, "values"_a, "(median, median absolute deviation, count) of the values that are not NaN; None without any.");
 
   // --- gzip -------------------------------------------------------------------------
   m.def("gzip_compress", [](const nb::bytes& data, int level) {

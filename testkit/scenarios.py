@@ -188,6 +188,31 @@ def nic_errors(d: dict[str, Any], i: int) -> None:
     d["network"]["interfaces"][0]["rates"] = {"rx_errors_per_s": 40.0, "rx_dropped_per_s": 80.0}
 
 
+def network_throughput(d: dict[str, Any], i: int) -> None:
+    """eth0 carrying 450 MB/s, a few sockets backing off behind it."""
+    d["network"]["interfaces"][0]["rates"] = {"rx_bytes_per_s": 450e6, "tx_bytes_per_s": 20e6}
+    d["sockets"]["in_rto_backoff"] = 3
+
+
+def multi_resource_saturation(d: dict[str, Any], i: int) -> None:
+    """CPU, memory and the disk near their limits, none past what its own family fires on."""
+    apply(d, "host.cpu.util_pct", {"user": 78, "system": 7, "idle": 14, "iowait": 1, "steal": 0})
+    apply(d, "host.memory.MemAvailable", int(0.08 * (24 << 30)))
+    d["disk"]["devices"][0]["util_pct"] = 84.0
+    apply(d, "psi.cpu.some.avg10", 15.0)  # tasks wait a little: near, not past, the line
+
+
+def host_instability(d: dict[str, Any], i: int) -> None:
+    """Signals no family reads as a fault moving together: faults, load, tasks, execs, latency."""
+    apply(d, "host.vmstat_rates.pgmajfault_per_s", 400)
+    apply(d, "host.load", [9.0, 5.0, 2.0])
+    apply(d, "host.cpu.procs_blocked", 6)
+    d["processes"]["totals"]["processes"] = 900
+    d["disk"]["devices"][0]["write_await_ms"] = 180.0
+    d["ebpf"]["counts"]["exec"] = 90
+    apply(d, "psi.io.some.avg10", 12.0)  # the blocked tasks wait on IO
+
+
 def _gpu(util: float, mem_pct: float, reasons: list[str], ecc: int = 0) -> dict[str, Any]:
     total = 80 << 30
     return {
@@ -251,6 +276,9 @@ FAULTS: dict[str, tuple[Callable[[dict[str, Any], int], None], str]] = {
     "tcp_retransmit_surge": (tcp_retransmit_surge, "10.0.9.9:5432"),
     "listen_queue_overflow": (listen_queue_overflow, "0.0.0.0:8080"),
     "nic_errors": (nic_errors, "eth0"),
+    "network_throughput": (network_throughput, "eth0"),
+    "multi_resource_saturation": (multi_resource_saturation, "host"),
+    "host_instability": (host_instability, "host"),
     "gpu_throttling": (gpu_throttling, "GPU-aaaa"),
     "gpu_xid": (gpu_xid, "GPU-aaaa"),
     "gpu_ecc": (gpu_ecc, "GPU-aaaa"),

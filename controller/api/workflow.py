@@ -182,6 +182,7 @@ def rca(
 
 
 def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]:
+    rules = wf.opts.rules.for_host(host_id)
     latest = wf.list_runs(host_id=host_id, limit=1)
     failure = wf.failure_of(host_id)
     failing = failure is not None and (failure["last_ok_at"] or 0) < failure["last_failed_at"]
@@ -189,7 +190,7 @@ def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]
         "host_id": host_id,
         "window": {"start": ev.start, "end": ev.end, "samples": ev.samples},
         "freshness": ev.freshness,
-        "hypotheses": [h.to_dict() for h in rank(ev, detect(ev))],
+        "hypotheses": [h.to_dict() for h in rank(ev, detect(ev, rules), rules)],
         "latest_run": (
             {k: latest[0].get(k) for k in ("run_id", "status", "family", "created_at", "state", "flaps")}
             if latest

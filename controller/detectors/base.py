@@ -8,9 +8,10 @@ correlation across signals (Pearson). A detector returns findings with a score i
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ class Finding:
     # The newest sample time that still shows the fault; None: the window's newest (detectors
     # that look only at the latest samples fire only while it lasts).
     last_active: float | None = None
+    pending: bool = False  # has not held for its rule's ``for`` yet (set by the analysis)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,10 +60,29 @@ class Finding:
         d["score"] = round(self.score, 4)
         if self.baseline is not None:
             d["baseline"] = round(self.baseline, 4)
+        if not self.pending:
+            del d["pending"]
         return d
 
 
-Detector = Callable[[Evidence], list[Finding]]
+# A family's tunables (thresholds, hold times), by name: its defaults, or a rules file's
+# values for the host (controller/detectors/rules.py).
+Params = Mapping[str, float]
+RawDetector = Callable[[Evidence, Params], list[Finding]]
+
+
+class Detector:
+    """A family's detector: called with evidence and, optionally, its tunables."""
+
+    def __init__(self, family: str, fn: RawDetector, defaults: dict[str, float]) -> None:
+        self.family = family
+        self.fn = fn
+        self.defaults = defaults
+
+    def __call__(self, ev: Evidence, p: Params | None = None) -> list[Finding]:
+        return self.fn(ev, self.defaults if p is None else p)
+
+
 DETECTORS: dict[str, Detector] = {}
 
 
@@ -70,12 +91,14 @@ class UnknownDetectorError(ControllerError):
         super().__init__(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
 
 
-def detector(family: str) -> Callable[[Detector], Detector]:
-    def register(fn: Detector) -> Detector:
+def detector(family: str, **tunables: float) -> Callable[[RawDetector], Detector]:
+    """Register a family's detector with the tunables a rules file may set, at their defaults."""
+
+    def register(fn: RawDetector) -> Detector:
         if family in DETECTORS:
             raise ValueError(f"detector {family!r} registered twice")
-        DETECTORS[family] = fn
-        return fn
+        DETECTORS[family] = Detector(family, fn, {k: float(v) for k, v in tunables.items()})
+        return DETECTORS[family]
 
     return register
 
@@ -107,13 +130,15 @@ def seasonal_baseline(
     if not points:
         return None
     t_last = points[-1][0]
+    times = [t for t, _ in points]  # in time order: each phase's points found by bisection
     same_phase = []
     k = 1
     while t_last - k * period_s >= points[0][0] - tolerance_s:
         target = t_last - k * period_s
-        near = [v for t, v in points if abs(t - target) <= tolerance_s]
-        if near:
-            same_phase.append(statistics.median(near))
+        a = bisect.bisect_left(times, target - tolerance_s)
+        b = bisect.bisect_right(times, target + tolerance_s)
+        if a < b:
+            same_phase.append(statistics.median(v for _, v in points[a:b]))
         k += 1
     return statistics.median(same_phase) if len(same_phase) >= 2 else None
 

@@ -8,11 +8,13 @@ series, MAX_ROWS per table, MAX_EVENTS events.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgspec
+import probe_core
 
 from collector.wire import Snapshot
 
@@ -79,6 +81,26 @@ class Evidence:
                 return t
         return None
 
+    def tail(self, name: str, n: int) -> Series:
+        """The last n points of a series, oldest first."""
+        if isinstance(self.series, TailMeans):
+            return self.series.tail(name, n)
+        return list(self.series.get(name, [])[-n:])
+
+    def signal_names(self) -> list[str]:
+        """Every series the evidence holds (a lazy window's too, built or not)."""
+        if isinstance(self.series, TailMeans):
+            return self.series.names()
+        return list(self.series)
+
+    def outliers(self, lo: float, hi: float, band: Band) -> list[tuple[str, Baseline, float, float]]:
+        """The signals whose newest point lies outside ``band`` of their baseline: the robust
+        statistics of their points in [lo, hi). (name, baseline, center, half-width) each;
+        a window answers from baselines it keeps while [lo, hi) holds the same points."""
+        if isinstance(self.series, TailMeans):
+            return self.series.outliers(lo, hi, band)
+        return series_outliers(self.series, lo, hi, band)
+
     def interval(self) -> float:
         """The typical time between samples (the collector's interval)."""
         return (self.end - self.start) / (self.samples - 1) if self.samples > 1 else 0.0
@@ -97,15 +119,63 @@ def series_total(series: Mapping[str, Series], name: str) -> float:
     return sum(v for _, v in series.get(name, []))
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """Robust statistics of a signal's points in a stretch of time."""
+
+    median: float
+    mad: float  # the median absolute deviation from the median
+    n: int
+
+
+def robust_baseline(values: Sequence[float] | array[float]) -> Baseline | None:
+    """Median and MAD (NaN left out), by probe_core's selection: a window remakes a few
+    dozen of these each step, and sorting them in Python cost more than the rest of an
+    evaluation."""
+    got = probe_core.median_mad(values if isinstance(values, array) else array("d", values))
+    return Baseline(*got) if got is not None else None
+
+
+# (name, baseline) -> (center, half-width) of the band a signal's newest point is normal in,
+# or None: not judged (too few points, or a signal not looked at).
+Band = Callable[[str, Baseline], tuple[float, float] | None]
+
+
+def series_outliers(
+    series: Mapping[str, Series], lo: float, hi: float, band: Band
+) -> list[tuple[str, Baseline, float, float]]:
+    out = []
+    for name, pts in series.items():
+        if not pts or pts[-1][0] < hi:
+            continue  # no point since the baseline's stretch: nothing new to judge
+        b = robust_baseline([v for t, v in pts if lo <= t < hi])
+        if b is None:
+            continue
+        limits = band(name, b)
+        if limits is not None and abs(pts[-1][1] - limits[0]) >= limits[1]:
+            out.append((name, b, *limits))
+    return out
+
+
 class TailMeans(dict[str, "Series"]):
-    """Series that may answer ``tail_mean`` and ``total`` without building the series they
-    read (controller/detectors/window.py overrides these): here, from the built series."""
+    """Series that may answer ``tail_mean``, ``total``, ``tail`` and ``outliers`` without
+    building the series they read (controller/detectors/window.py overrides these): here,
+    from the built series."""
 
     def tail_mean(self, name: str, n: int) -> float | None:
         return series_tail_mean(self, name, n)
 
     def total(self, name: str) -> float:
         return series_total(self, name)
+
+    def tail(self, name: str, n: int) -> Series:
+        return list(self.get(name, [])[-n:])
+
+    def names(self) -> list[str]:
+        return list(self)
+
+    def outliers(self, lo: float, hi: float, band: Band) -> list[tuple[str, Baseline, float, float]]:
+        return series_outliers(self, lo, hi, band)
 
 
 def _num(x: Any) -> float | None:
@@ -204,14 +274,21 @@ def disk_section(disk: dict[str, Any], values: Values, tables: Tables) -> None:
 
 
 def interface_rates(ifaces: Sequence[Any], values: Values) -> None:
-    """NIC errors and drops, summed over the interfaces' rates."""
-    errs = drops = 0.0
+    """NIC errors and drops, summed over the interfaces' rates; the busiest real interface's
+    bytes per second, in or out (loopback moves no bytes on a wire)."""
+    errs = drops = busiest = 0.0
     for iface in ifaces:
         rates = iface.get("rates") or {}
+        if not isinstance(rates, dict):
+            continue
         errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
         drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
+        if iface.get("name") != "lo":
+            for k in ("rx_bytes_per_s", "tx_bytes_per_s"):
+                busiest = max(busiest, _num(rates.get(k)) or 0.0)
     _add(values, "nic_errors_per_s", errs)
     _add(values, "nic_drops_per_s", drops)
+    _add(values, "nic_bytes_max_per_s", busiest)
 
 
 def network_section(net: dict[str, Any], values: Values, tables: Tables) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.detectors.base import Culprit, Finding
+from controller.detectors.general import GENERAL_FAMILIES
 
 Condition = Callable[[Finding, Finding], bool]
 _RECLAIM_THREADS = ("kswapd", "kcompactd")
@@ -127,6 +128,30 @@ def same_owner(cause: Finding, symptom: Finding) -> bool:
     return cause.culprit.identity == symptom.culprit.identity
 
 
+def known_stronger(cause: Finding, symptom: Finding) -> bool:
+    """A known fault at least as strong: the signals that moved beside it are its effects
+    (a weaker one would hide a broader trouble behind a lesser cause)."""
+    return cause.score >= symptom.score
+
+
+def listed(cause: Finding, symptom: Finding) -> bool:
+    """The anomalous signal is one of those the instability counts."""
+    return symptom.signal in (cause.culprit.detail.get("signals") or [])
+
+
+_LOADS = {
+    "cpu_saturation": "cpu",
+    "memory_pressure": "memory",
+    "io_pressure": "io",
+    "network_throughput": "network",
+}
+
+
+def loads_resource(cause: Finding, symptom: Finding) -> bool:
+    """The finding names the owner of one of the resources near their limits."""
+    return _LOADS.get(cause.family) in (symptom.culprit.detail.get("resources") or [])
+
+
 CONDITIONS: dict[str, Condition] = {
     "same_tree": same_tree,
     "to_listener": to_listener,
@@ -136,7 +161,12 @@ CONDITIONS: dict[str, Condition] = {
     "nic_loss": nic_loss,
     "ecc_xid": ecc_xid,
     "same_owner": same_owner,
+    "known_stronger": known_stronger,
+    "listed": listed,
+    "loads_resource": loads_resource,
 }
+ANY_KNOWN = "*"  # as a cause: any family but the general ones (controller/detectors/general.py)
+GENERAL = frozenset(GENERAL_FAMILIES)
 
 EDGES: tuple[Edge, ...] = (
     Edge("runaway_forks", "cpu_saturation", "same_tree", "the fork storm's own processes burn the CPU"),
@@ -167,10 +197,23 @@ EDGES: tuple[Edge, ...] = (
         "same_owner",
         "the data loader's CPU burn is what starves the GPU",
     ),
+    Edge("host_instability", "anomaly", "listed", "one of the signals the host's instability counts"),
+    Edge(ANY_KNOWN, "anomaly", "known_stronger", "a signal that moved with a known fault that is live"),
+    Edge(
+        ANY_KNOWN, "host_instability", "known_stronger", "the signals moved with a known fault that is live"
+    ),
+    *(
+        Edge(family, "multi_resource_saturation", "loads_resource", f"{family} names who loads {res}")
+        for family, res in _LOADS.items()
+    ),
 )
 _BY_SYMPTOM: dict[str, list[Edge]] = {}
 for _e in EDGES:
     _BY_SYMPTOM.setdefault(_e.symptom, []).append(_e)
+
+
+def _causes(edge_cause: str, family: str) -> bool:
+    return family == edge_cause or (edge_cause == ANY_KNOWN and family not in GENERAL)
 
 
 @dataclass(frozen=True)
@@ -197,7 +240,7 @@ def explain(
                 continue
             for e in edges:
                 stronger = best is None or scores[j] > scores[best.cause]
-                if stronger and e.cause == c.family and CONDITIONS[e.when](c, s):
+                if stronger and _causes(e.cause, c.family) and CONDITIONS[e.when](c, s):
                     best = Explained(j, e)
         if best is not None:
             out[i] = best

@@ -8,6 +8,7 @@ from typing import Any
 from controller.detectors.base import (
     Culprit,
     Finding,
+    Params,
     clamp,
     detector,
     pearson,
@@ -40,8 +41,8 @@ def _device(g: dict[str, Any]) -> Culprit:
     )
 
 
-@detector("gpu_throttling")
-def gpu_throttling(ev: Evidence) -> list[Finding]:
+@detector("gpu_throttling", gpu_idle_util_pct=GPU_IDLE_UTIL_PCT)
+def gpu_throttling(ev: Evidence, p: Params) -> list[Finding]:
     out = []
     for g in _gpus(ev):
         i = g.get("index")
@@ -52,7 +53,7 @@ def gpu_throttling(ev: Evidence) -> list[Finding]:
             util = ev.recent(f"gpu{i}_util_pct")
             against = (
                 [f"GPU {i} is {util:.0f}% utilised: lower clocks cost little work"]
-                if util is not None and util < GPU_IDLE_UTIL_PCT
+                if util is not None and util < p["gpu_idle_util_pct"]
                 else []
             )
             base = clamp(0.6 + (0.3 if any("thermal" in r for r in reasons) else 0.15))
@@ -77,7 +78,7 @@ def gpu_throttling(ev: Evidence) -> list[Finding]:
 
 
 @detector("gpu_xid")
-def gpu_xid(ev: Evidence) -> list[Finding]:
+def gpu_xid(ev: Evidence, p: Params) -> list[Finding]:
     xids = [x for x in ev.tables.get("xid_events", []) if isinstance(x, dict)]
     if not xids:
         return []
@@ -114,7 +115,7 @@ def _last_rise(points: list[tuple[float, float]]) -> float | None:
 
 
 @detector("gpu_ecc")
-def gpu_ecc(ev: Evidence) -> list[Finding]:
+def gpu_ecc(ev: Evidence, p: Params) -> list[Finding]:
     out = []
     for g in _gpus(ev):
         i = g.get("index")
@@ -141,13 +142,15 @@ def gpu_ecc(ev: Evidence) -> list[Finding]:
     return out
 
 
-@detector("gpu_memory_pressure_low_util")
-def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
+@detector(
+    "gpu_memory_pressure_low_util", gpu_mem_used_pct=GPU_MEM_USED_PCT, gpu_low_util_pct=GPU_LOW_UTIL_PCT
+)
+def gpu_memory_pressure_low_util(ev: Evidence, p: Params) -> list[Finding]:
     out = []
     for g in _gpus(ev):
         i = g.get("index")
         mem, util = ev.recent(f"gpu{i}_mem_used_pct"), ev.recent(f"gpu{i}_util_pct")
-        if mem is None or util is None or mem < GPU_MEM_USED_PCT or util > GPU_LOW_UTIL_PCT:
+        if mem is None or util is None or mem < p["gpu_mem_used_pct"] or util > p["gpu_low_util_pct"]:
             continue
         holder = max(g.get("processes") or [], key=lambda p: p.get("used_bytes") or 0, default=None)
         used = ev.values(f"gpu{i}_mem_used_pct")
@@ -156,7 +159,7 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
             if len(used) >= 8 and max(used) - min(used) < 1.0
             else []
         )
-        base = clamp(0.5 + (mem - GPU_MEM_USED_PCT) / 20 + (GPU_LOW_UTIL_PCT - util) / 100)
+        base = clamp(0.5 + (mem - p["gpu_mem_used_pct"]) / 20 + (p["gpu_low_util_pct"] - util) / 100)
         culprit = _device(g)
         if holder:
             culprit.detail["holder_pid"] = holder.get("pid")
@@ -167,7 +170,7 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
                 signal=f"gpu{i}_mem_used_pct",
                 value=mem,
                 baseline=None,
-                threshold=GPU_MEM_USED_PCT,
+                threshold=p["gpu_mem_used_pct"],
                 score=weigh(base, against),
                 culprit=culprit,
                 summary=f"GPU {i} memory {mem:.0f}% used while only {util:.0f}% utilised",
@@ -179,19 +182,25 @@ def gpu_memory_pressure_low_util(ev: Evidence) -> list[Finding]:
     return out
 
 
-@detector("input_pipeline_starvation")
-def input_pipeline_starvation(ev: Evidence) -> list[Finding]:
+@detector(
+    "input_pipeline_starvation",
+    starved_gpu_util_pct=STARVED_GPU_UTIL_PCT,
+    starved_cpu_busy_pct=STARVED_CPU_BUSY_PCT,
+)
+def input_pipeline_starvation(ev: Evidence, p: Params) -> list[Finding]:
     busy = ev.recent("cpu_busy_pct")
-    if busy is None or busy < STARVED_CPU_BUSY_PCT:
+    if busy is None or busy < p["starved_cpu_busy_pct"]:
         return []
     out = []
     for g in _gpus(ev):
         i = g.get("index")
         util = ev.recent(f"gpu{i}_util_pct")
-        if util is None or util > STARVED_GPU_UTIL_PCT:
+        if util is None or util > p["starved_gpu_util_pct"]:
             continue
         r = pearson(ev.values("cpu_busy_pct"), ev.values(f"gpu{i}_util_pct"))
-        score = clamp(0.55 + (busy - STARVED_CPU_BUSY_PCT) / 60 + (STARVED_GPU_UTIL_PCT - util) / 100)
+        score = clamp(
+            0.55 + (busy - p["starved_cpu_busy_pct"]) / 60 + (p["starved_gpu_util_pct"] - util) / 100
+        )
         against = []
         if r is not None and r < -0.3:
             score = clamp(score + 0.15)  # the GPU idles exactly when the CPU is pinned
@@ -208,7 +217,7 @@ def input_pipeline_starvation(ev: Evidence) -> list[Finding]:
                 signal="cpu_busy_pct",
                 value=busy,
                 baseline=r,
-                threshold=STARVED_CPU_BUSY_PCT,
+                threshold=p["starved_cpu_busy_pct"],
                 score=score,
                 culprit=culprit,
                 summary=f"CPU {busy:.0f}% busy while GPU {i} is {util:.0f}% utilised"

@@ -10,6 +10,7 @@ from typing import Any
 from controller.detectors.base import (
     Culprit,
     Finding,
+    Params,
     clamp,
     detector,
     process_culprit,
@@ -61,16 +62,25 @@ def _load_text(c: Culprit) -> str:
     return f"load from {comm_label(c.detail.get('comms') or {})}{where}"
 
 
-@detector("cpu_saturation")
-def cpu_saturation(ev: Evidence) -> list[Finding]:
-    if ev.samples < MIN_SAMPLES:
+@detector(
+    "cpu_saturation",
+    cpu_busy_pct=CPU_BUSY_PCT,
+    psi_cpu_some=PSI_CPU_SOME,
+    psi_nobody_waits=PSI_NOBODY_WAITS,
+    psi_needs_busy_pct=PSI_NEEDS_BUSY_PCT,
+    min_samples=MIN_SAMPLES,
+)
+def cpu_saturation(ev: Evidence, p: Params) -> list[Finding]:
+    if ev.samples < p["min_samples"]:
         return []
     busy = ev.recent("cpu_busy_pct")
     psi = ev.recent("psi_cpu_some")
     # PSI's avg10 trails a load that has ended by tens of seconds: without the CPUs busy
     # now, pressure alone is the echo of a past load, not saturation.
-    pressured = psi is not None and psi >= PSI_CPU_SOME and (busy is None or busy >= PSI_NEEDS_BUSY_PCT)
-    if (busy is None or busy < CPU_BUSY_PCT) and not pressured:
+    pressured = (
+        psi is not None and psi >= p["psi_cpu_some"] and (busy is None or busy >= p["psi_needs_busy_pct"])
+    )
+    if (busy is None or busy < p["cpu_busy_pct"]) and not pressured:
         return []
     rows = ev.tables.get("processes", [])
     hog = top_row(rows, "cpu_pct")
@@ -78,10 +88,10 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
     seasonal = seasonal_baseline(ev.series.get("cpu_busy_pct", []), period_s=300, tolerance_s=15)
     score = clamp(max((busy or 0) / 100, (psi or 0) / 80))
     contradicting = []
-    if seasonal is not None and busy is not None and seasonal >= CPU_BUSY_PCT - 5:
+    if seasonal is not None and busy is not None and seasonal >= p["cpu_busy_pct"] - 5:
         score *= 0.6  # this host is this busy at this phase every period: a pattern, not an incident
         contradicting.append(f"seasonal baseline {seasonal:.0f}% at the same phase")
-    if psi is not None and psi < PSI_NOBODY_WAITS:
+    if psi is not None and psi < p["psi_nobody_waits"]:
         contradicting.append(f"PSI cpu some {psi:.1f}%: hardly any task waits for a CPU")
         score = weigh(score, contradicting[-1:])
     return [
@@ -91,14 +101,17 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
             signal="cpu_busy_pct",
             value=busy or 0.0,
             baseline=seasonal,
-            threshold=CPU_BUSY_PCT,
+            threshold=p["cpu_busy_pct"],
             score=score,
             culprit=culprit,
             summary=f"CPU {busy or 0:.0f}% busy, PSI cpu some {psi or 0:.0f}%"
             + (f"; {_load_text(culprit)}" if hog else ""),
             supporting=[
                 s
-                for s, shown in (("cpu_busy_pct", (busy or 0) >= CPU_BUSY_PCT), ("psi_cpu_some", pressured))
+                for s, shown in (
+                    ("cpu_busy_pct", (busy or 0) >= p["cpu_busy_pct"]),
+                    ("psi_cpu_some", pressured),
+                )
                 if shown
             ],
             contradicting=contradicting,
@@ -107,14 +120,14 @@ def cpu_saturation(ev: Evidence) -> list[Finding]:
     ]
 
 
-@detector("memory_pressure")
-def memory_pressure(ev: Evidence) -> list[Finding]:
+@detector("memory_pressure", mem_available_pct=MEM_AVAILABLE_PCT, psi_memory_some=PSI_MEMORY_SOME)
+def memory_pressure(ev: Evidence, p: Params) -> list[Finding]:
     avail = ev.recent("mem_available_pct", 3)
     psi = ev.recent("psi_memory_some", 3)
     kills = ev.total("oom_kills") + ev.total("ebpf_oom_kill")
     victims = [e for e in ev.events if e.get("type") == "oom_kill"]
-    low = avail is not None and avail <= MEM_AVAILABLE_PCT
-    stalled = psi is not None and psi >= PSI_MEMORY_SOME
+    low = avail is not None and avail <= p["mem_available_pct"]
+    stalled = psi is not None and psi >= p["psi_memory_some"]
     if not (low or stalled or kills > 0 or victims):
         return []
     cg = [c for c in ev.tables.get("cgroups", []) if (c.get("memory") or {}).get("oom_kill")]
@@ -152,7 +165,7 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
     score = clamp(
         max(
             0.9 if kills > 0 or victims else 0.0,
-            (MEM_AVAILABLE_PCT * 2 - (avail or 100)) / (MEM_AVAILABLE_PCT * 2) if low else 0.0,
+            (p["mem_available_pct"] * 2 - (avail or 100)) / (p["mem_available_pct"] * 2) if low else 0.0,
             (psi or 0) / 50,
         )
     )
@@ -168,7 +181,7 @@ def memory_pressure(ev: Evidence) -> list[Finding]:
             signal="mem_available_pct",
             value=avail if avail is not None else -1.0,
             baseline=None,
-            threshold=MEM_AVAILABLE_PCT,
+            threshold=p["mem_available_pct"],
             score=score,
             culprit=culprit,
             summary=f"MemAvailable {avail if avail is not None else float('nan'):.1f}%, PSI memory some "
@@ -195,14 +208,24 @@ def _last_kill(ev: Evidence) -> float | None:
     return max(seen) if seen else None
 
 
-@detector("io_pressure")
-def io_pressure(ev: Evidence) -> list[Finding]:
-    if ev.samples < MIN_SAMPLES:
+@detector(
+    "io_pressure",
+    psi_io_some=PSI_IO_SOME,
+    disk_util_pct=DISK_UTIL_PCT,
+    iowait_pct=IOWAIT_PCT,
+    min_samples=MIN_SAMPLES,
+)
+def io_pressure(ev: Evidence, p: Params) -> list[Finding]:
+    if ev.samples < p["min_samples"]:
         return []
     psi = ev.recent("psi_io_some")
     util = ev.recent("disk_util_max_pct")
     iowait = ev.recent("cpu_iowait_pct")
-    if not ((psi or 0) >= PSI_IO_SOME or (util or 0) >= DISK_UTIL_PCT or (iowait or 0) >= IOWAIT_PCT):
+    if not (
+        (psi or 0) >= p["psi_io_some"]
+        or (util or 0) >= p["disk_util_pct"]
+        or (iowait or 0) >= p["iowait_pct"]
+    ):
         return []
     disks = ev.tables.get("disks", [])
     disk = disks[0] if disks else None
@@ -227,7 +250,7 @@ def io_pressure(ev: Evidence) -> list[Finding]:
     score = clamp(max((psi or 0) / 60, (util or 0) / 100, (iowait or 0) / 50))
     blocked = ev.recent("procs_blocked")
     contradicting = []
-    if blocked is not None and blocked < 0.5 and (util or 0) < DISK_UTIL_PCT / 2:
+    if blocked is not None and blocked < 0.5 and (util or 0) < p["disk_util_pct"] / 2:
         contradicting.append("no task blocked on IO and no disk near busy")
         score = weigh(score, contradicting)
     return [
@@ -237,7 +260,7 @@ def io_pressure(ev: Evidence) -> list[Finding]:
             signal="psi_io_some",
             value=psi or 0.0,
             baseline=None,
-            threshold=PSI_IO_SOME,
+            threshold=p["psi_io_some"],
             score=score,
             culprit=culprit,
             summary=f"PSI io some {psi or 0:.0f}%, busiest disk {util or 0:.0f}% utilised, "
@@ -245,9 +268,9 @@ def io_pressure(ev: Evidence) -> list[Finding]:
             supporting=[
                 s
                 for s, shown in (
-                    ("psi_io_some", (psi or 0) >= PSI_IO_SOME),
-                    ("disk_util_max_pct", (util or 0) >= DISK_UTIL_PCT),
-                    ("cpu_iowait_pct", (iowait or 0) >= IOWAIT_PCT),
+                    ("psi_io_some", (psi or 0) >= p["psi_io_some"]),
+                    ("disk_util_max_pct", (util or 0) >= p["disk_util_pct"]),
+                    ("cpu_iowait_pct", (iowait or 0) >= p["iowait_pct"]),
                     ("procs_blocked", (blocked or 0) >= 0.5),
                 )
                 if shown
@@ -262,18 +285,20 @@ def io_pressure(ev: Evidence) -> list[Finding]:
     ]
 
 
-@detector("fd_exhaustion")
-def fd_exhaustion(ev: Evidence) -> list[Finding]:
+@detector(
+    "fd_exhaustion", process_fds=PROCESS_FDS, process_fd_pct=PROCESS_FD_PCT, fd_growth_floor=FD_GROWTH_FLOOR
+)
+def fd_exhaustion(ev: Evidence, p: Params) -> list[Finding]:
     latest = ev.recent("max_process_fds", 2)
     if latest is None:
         return []
     pct = ev.recent("max_process_fd_pct", 2)
-    near_limit = pct is not None and pct >= PROCESS_FD_PCT
-    # Growth needs latest >= 2 x max(baseline, FD_GROWTH_FLOOR): below that, the robust z
+    near_limit = pct is not None and pct >= p["process_fd_pct"]
+    # Growth needs latest >= 2 x max(baseline, p["fd_growth_floor"]): below that, the robust z
     # (two medians over the window) cannot matter, and most hosts are below it.
-    z = robust_z(ev.values("max_process_fds")) if near_limit or latest >= 2 * FD_GROWTH_FLOOR else None
-    growing = z is not None and z[0] >= 6 and latest >= 2 * max(z[1], FD_GROWTH_FLOOR)
-    if latest < PROCESS_FDS and not growing and not near_limit:
+    z = robust_z(ev.values("max_process_fds")) if near_limit or latest >= 2 * p["fd_growth_floor"] else None
+    growing = z is not None and z[0] >= 6 and latest >= 2 * max(z[1], p["fd_growth_floor"])
+    if latest < p["process_fds"] and not growing and not near_limit:
         return []
     # fd_holders ranks every process by open files; the CPU-ranked rows are the fallback
     # for collectors that do not send it.
@@ -281,13 +306,13 @@ def fd_exhaustion(ev: Evidence) -> list[Finding]:
         ev.tables.get("processes", []), "num_fds"
     )
     if near_limit:
-        method, signal, value, threshold = "threshold", "max_process_fd_pct", pct or 0.0, PROCESS_FD_PCT
+        method, signal, value, threshold = "threshold", "max_process_fd_pct", pct or 0.0, p["process_fd_pct"]
         score = clamp(0.6 + (pct or 0) / 250)
-    elif latest >= PROCESS_FDS:
-        method, signal, value, threshold = "threshold", "max_process_fds", latest, PROCESS_FDS
-        score = clamp(latest / (PROCESS_FDS * 1.5))
+    elif latest >= p["process_fds"]:
+        method, signal, value, threshold = "threshold", "max_process_fds", latest, p["process_fds"]
+        score = clamp(latest / (p["process_fds"] * 1.5))
     else:
-        method, signal, value, threshold = "robust_z", "max_process_fds", latest, PROCESS_FDS
+        method, signal, value, threshold = "robust_z", "max_process_fds", latest, p["process_fds"]
         score = clamp(0.55 + min(z[0], 20) / 50) if z else 0.5
     contradicting = []
     held = ev.values("max_process_fds")
@@ -317,10 +342,10 @@ def fd_exhaustion(ev: Evidence) -> list[Finding]:
     ]
 
 
-@detector("cgroup_cpu_throttling")
-def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
+@detector("cgroup_cpu_throttling", cgroup_throttled_pct=CGROUP_THROTTLED_PCT)
+def cgroup_cpu_throttling(ev: Evidence, p: Params) -> list[Finding]:
     pct = ev.recent("cgroup_throttled_max_pct")
-    if pct is None or pct < CGROUP_THROTTLED_PCT:
+    if pct is None or pct < p["cgroup_throttled_pct"]:
         return []
     rows = [
         c
@@ -358,7 +383,7 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
             signal="cgroup_throttled_max_pct",
             value=pct,
             baseline=None,
-            threshold=CGROUP_THROTTLED_PCT,
+            threshold=p["cgroup_throttled_pct"],
             score=score,
             culprit=culprit,
             summary=f"a cgroup is throttled in {pct:.0f}% of its CFS periods",
@@ -369,16 +394,16 @@ def cgroup_cpu_throttling(ev: Evidence) -> list[Finding]:
     ]
 
 
-@detector("runaway_forks")
-def runaway_forks(ev: Evidence) -> list[Finding]:
+@detector("runaway_forks", forks_per_s=FORKS_PER_S, forks_for_s=FORKS_FOR_S, forker_share=FORKER_SHARE)
+def runaway_forks(ev: Evidence, p: Params) -> list[Finding]:
     latest = ev.recent("forks_per_s", 3)
-    if latest is None or latest < FORKS_PER_S:
+    if latest is None or latest < p["forks_per_s"]:
         return []
     # Held, not a burst: every one of the last samples past the threshold (a `for:` of
-    # FORKS_FOR_S, 2 or 3 samples): a build or a cron job's burst of forks is not a storm.
-    held = min(3, max(2, math.ceil(FORKS_FOR_S / ev.interval()) if ev.interval() > 0 else 3))
+    # p["forks_for_s"], 2 or 3 samples): a build or a cron job's burst of forks is not a storm.
+    held = min(3, max(2, math.ceil(p["forks_for_s"] / ev.interval()) if ev.interval() > 0 else 3))
     tail = ev.values("forks_per_s")[-held:]
-    if len(tail) < held or min(tail) < FORKS_PER_S:
+    if len(tail) < held or min(tail) < p["forks_per_s"]:
         return []
     z = robust_z(ev.values("forks_per_s"))
     if z is not None and z[0] < 5:
@@ -391,7 +416,7 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
         rows = ev.tables.get("processes", [])
         # Several parents forking alike are a pool's workers: the pool (their parent, or the
         # cgroup or unit they share) owns the storm, whichever worker forked most this time.
-        forkers = {p for p, k in parents.items() if k >= FORKER_SHARE * n}
+        forkers = {pid for pid, k in parents.items() if k >= p["forker_share"] * n}
         pool = [r for r in rows if isinstance(r.get("pid"), int) and r["pid"] in forkers]
         if len(pool) >= 2:
             culprit = owner(pool, all_rows=rows, cgroups=ev.tables.get("cgroups", []))
@@ -400,7 +425,7 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
             culprit = tree_culprit(ppid, [e for e in execs if e.get("ppid") == ppid], rows)
         culprit.detail["children_seen"] = sum(parents.values())
         share = n / sum(parents.values())
-        if len(pool) < 2 and share < FORKER_SHARE:
+        if len(pool) < 2 and share < p["forker_share"]:
             # Neither one parent nor a pool: a busy host's many shells, not a storm with an owner.
             contradicting.append(f"execs spread over {len(parents)} parents, the busiest forking {share:.0%}")
     else:
@@ -413,7 +438,7 @@ def runaway_forks(ev: Evidence) -> list[Finding]:
             signal="forks_per_s",
             value=latest,
             baseline=z[1] if z else None,
-            threshold=FORKS_PER_S,
+            threshold=p["forks_per_s"],
             score=weigh(clamp(0.5 + (min(z[0], 50) / 100 if z else 0) + latest / 2000), contradicting),
             culprit=culprit,
             summary=f"{latest:.0f} forks/s" + (f", {z[0]:.0f} robust z over the window" if z else ""),

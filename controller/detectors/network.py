@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.detectors.base import Culprit, Finding, clamp, detector, robust_z, weigh
+from controller.detectors.base import Culprit, Finding, Params, clamp, detector, robust_z, weigh
 from controller.detectors.evidence import Evidence
 from controller.detectors.owners import finite
 
@@ -11,15 +11,15 @@ RTO_BACKOFF_SOCKETS = 5.0
 NIC_BAD_PER_S = 1.0
 
 
-@detector("tcp_retransmit_surge")
-def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
+@detector("tcp_retransmit_surge", retrans_per_s=RETRANS_PER_S, rto_backoff_sockets=RTO_BACKOFF_SOCKETS)
+def tcp_retransmit_surge(ev: Evidence, p: Params) -> list[Finding]:
     latest = ev.recent("ebpf_tcp_retransmit", 3) or 0.0
     backoff = ev.recent("tcp_in_rto_backoff", 3) or 0.0
-    if latest < RETRANS_PER_S and backoff < RTO_BACKOFF_SOCKETS:
+    if latest < p["retrans_per_s"] and backoff < p["rto_backoff_sockets"]:
         return []  # no surge whatever the robust z says
     z = robust_z(ev.values("ebpf_tcp_retransmit"))
-    surge = latest >= RETRANS_PER_S and (z is None or z[0] >= 4)
-    if not surge and backoff < RTO_BACKOFF_SOCKETS:
+    surge = latest >= p["retrans_per_s"] and (z is None or z[0] >= 4)
+    if not surge and backoff < p["rto_backoff_sockets"]:
         return []
     top = ev.tables.get("top_retrans", [])
     peer = top[0] if top else None
@@ -53,7 +53,7 @@ def tcp_retransmit_surge(ev: Evidence) -> list[Finding]:
             signal="ebpf_tcp_retransmit",
             value=latest,
             baseline=z[1] if z else None,
-            threshold=RETRANS_PER_S,
+            threshold=p["retrans_per_s"],
             score=score,
             culprit=culprit,
             summary=f"{latest:.0f} TCP retransmits per sample, {backoff:.0f} sockets in RTO backoff",
@@ -78,7 +78,7 @@ def _full_listener(ev: Evidence, peer: dict[str, object] | None) -> str | None:
 
 
 @detector("listen_queue_overflow")
-def listen_queue_overflow(ev: Evidence) -> list[Finding]:
+def listen_queue_overflow(ev: Evidence, p: Params) -> list[Finding]:
     near = ev.recent("listeners_near_backlog", 3) or 0.0
     if near < 1:
         return []
@@ -122,11 +122,11 @@ def listen_queue_overflow(ev: Evidence) -> list[Finding]:
     ]
 
 
-@detector("nic_errors")
-def nic_errors(ev: Evidence) -> list[Finding]:
+@detector("nic_errors", nic_bad_per_s=NIC_BAD_PER_S)
+def nic_errors(ev: Evidence, p: Params) -> list[Finding]:
     errs = ev.recent("nic_errors_per_s", 3) or 0.0
     drops = ev.recent("nic_drops_per_s", 3) or 0.0
-    if errs + drops < NIC_BAD_PER_S:
+    if errs + drops < p["nic_bad_per_s"]:
         return []
     worst, worst_bad = None, 0.0
     for i in ev.tables.get("interfaces", []):
@@ -154,7 +154,7 @@ def nic_errors(ev: Evidence) -> list[Finding]:
             signal="nic_errors_per_s" if errs >= drops else "nic_drops_per_s",
             value=errs + drops,
             baseline=None,
-            threshold=NIC_BAD_PER_S,
+            threshold=p["nic_bad_per_s"],
             score=score,
             culprit=culprit,
             summary=f"{errs:.1f} errors and {drops:.1f} drops per second on the NICs",

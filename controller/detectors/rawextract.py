@@ -196,7 +196,7 @@ def _disk(data: Raw, values: Values) -> None:
 
 def _network(data: Raw, values: Values) -> None:
     # The same rates the table will show: what raises here would raise there.
-    interface_rates([{"rates": f.rates} for f in _NETWORK.decode(data).interfaces], values)
+    interface_rates([{"name": f.name, "rates": f.rates} for f in _NETWORK.decode(data).interfaces], values)
 
 
 def _sockets(data: Raw, values: Values) -> None:

@@ -98,6 +98,22 @@ def _xid(ev: Evidence, f: Finding) -> tuple[float, str]:
     return 0.4, "recoverable XIDs"
 
 
+def _throughput(ev: Evidence, f: Finding) -> tuple[float, str]:
+    backoff = ev.recent("tcp_in_rto_backoff", 3) or 0.0
+    drops = ev.recent("nic_drops_per_s", 3) or 0.0
+    if f.contradicting:
+        return 0.2, "a busy link, nothing dropped, nobody backing off"
+    return min(
+        1.0, 0.4 + backoff / 20 + min(drops, 100) / 200
+    ), f"{drops:.0f} drops/s, {backoff:.0f} sockets backing off"
+
+
+def _worst_stall(ev: Evidence, f: Finding) -> tuple[float, str]:
+    """The resource whose tasks wait most."""
+    worst = max((_stall(ev, res) for res in ("cpu", "memory", "io")), key=lambda x: x[0])
+    return max(0.35, worst[0]), worst[1]
+
+
 def _gpu(score: float, why: str) -> Callable[[Evidence, Finding], tuple[float, str]]:
     return lambda ev, f: (score, why)
 
@@ -118,6 +134,10 @@ IMPACT: dict[str, Callable[[Evidence, Finding], tuple[float, str]]] = {
     "gpu_memory_pressure_low_util": _gpu(0.3, "device memory held idle: new jobs may not fit"),
     "input_pipeline_starvation": _gpu(0.6, "the GPU waits on the CPU: the job runs slow"),
     "stale_telemetry": _gpu(0.5, "part of the host unobserved"),
+    "network_throughput": _throughput,
+    "multi_resource_saturation": _worst_stall,
+    "host_instability": _worst_stall,
+    "anomaly": _gpu(0.3, "a signal moved; nothing known waits on it"),
 }
 
 

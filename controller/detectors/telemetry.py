@@ -3,12 +3,12 @@ confidence (the analyzer reads the same freshness)."""
 
 from __future__ import annotations
 
-from controller.detectors.base import Culprit, Finding, detector
+from controller.detectors.base import Culprit, Finding, Params, detector
 from controller.detectors.evidence import Evidence
 
 
 @detector("stale_telemetry")
-def stale_telemetry(ev: Evidence) -> list[Finding]:
+def stale_telemetry(ev: Evidence, p: Params) -> list[Finding]:
     bad = ev.not_fresh()
     if not bad:
         return []

@@ -31,11 +31,15 @@ from controller.detectors.evidence import (
     MAX_POINTS,
     MAX_ROWS,
     TABLE_SOURCE,
+    Band,
+    Baseline,
     Evidence,
     Extract,
     Series,
     TailMeans,
     assemble,
+    robust_baseline,
+    series_outliers,
     source_tables,
     tail_mean,
 )
@@ -116,11 +120,14 @@ class LazySeries(_Lazy, TailMeans):
     columns are the window's own, not copies (an analysis worker evaluates between
     batches, never during one)."""
 
-    def __init__(self, ts: list[float], lo: int, columns: dict[str, Column]) -> None:
+    def __init__(
+        self, ts: list[float], lo: int, columns: dict[str, Column], kept: BaselineCache | None = None
+    ) -> None:
         super().__init__()
         self._ts = ts
         self._lo = lo
         self._columns = columns
+        self._kept = kept if kept is not None else BaselineCache()
 
     def _load(self, key: str) -> bool:
         if dict.__contains__(self, key):
@@ -151,6 +158,57 @@ class LazySeries(_Lazy, TailMeans):
         tail.reverse()
         return tail_mean(tail)
 
+    def names(self) -> list[str]:
+        return list(self._columns)
+
+    def tail(self, name: str, n: int) -> Series:
+        if dict.__contains__(self, name):
+            return super().tail(name, n)
+        col = self._columns.get(name)
+        if col is None:
+            return []
+        values, lo, ts = col.values, self._lo, self._ts
+        out: Series = []
+        i = len(values) - 1
+        while i >= lo and len(out) < n:
+            v = values[i]
+            if v == v:
+                out.append((ts[i - lo], v))
+            i -= 1
+        out.reverse()
+        return out
+
+    def outliers(self, lo: float, hi: float, band: Band) -> list[tuple[str, Baseline, float, float]]:
+        ts = self._ts
+        if len(ts) > MAX_POINTS:  # the built series hold only the newest points: judge those
+            return series_outliers({name: self[name] for name in self.names() if name in self}, lo, hi, band)
+        i0, i1 = bisect.bisect_left(ts, lo), bisect.bisect_left(ts, hi)
+        if i1 >= len(ts):
+            return []  # no sample since the stretch: nothing new to judge
+        # The same samples in [lo, hi) (and the same band) give the same baselines: kept
+        # while the window slides, remade once per step of the stretch.
+        key = (lo, hi, band, i1 - i0, ts[i0] if i0 < i1 else None, ts[i1 - 1] if i0 < i1 else None)
+        kept = self._kept
+        if kept.key != key:
+            kept.key, kept.entries = key, {}
+        entries, a, b = kept.entries, self._lo + i0, self._lo + i1
+        out = []
+        for name, col in self._columns.items():
+            entry = entries.get(name, _UNSEEN)
+            if entry is _UNSEEN:
+                base = robust_baseline(col.values[a:b])
+                limits = band(name, base) if base is not None else None
+                entry = entries[name] = None if limits is None or base is None else (base, *limits)
+            if entry is None:
+                continue
+            values = col.values
+            j = len(values) - 1
+            while j >= b and values[j] != values[j]:
+                j -= 1
+            if j >= b and abs(values[j] - entry[1]) >= entry[2]:
+                out.append((name, *entry))
+        return out
+
     def total(self, name: str) -> float:
         if dict.__contains__(self, name):
             return super().total(name)
@@ -160,6 +218,20 @@ class LazySeries(_Lazy, TailMeans):
         values = col.values[self._lo :] if self._lo else col.values
         kept = [v for v in values.tolist() if v == v] if col.gaps else values.tolist()
         return sum(kept[-MAX_POINTS:] if len(kept) > MAX_POINTS else kept)
+
+
+_UNSEEN: Any = object()
+
+
+class BaselineCache:
+    """A window's robust baselines for the stretch last asked about (general detectors):
+    at most one entry per column, dropped when the stretch moves."""
+
+    __slots__ = ("entries", "key")
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.entries: dict[str, tuple[Baseline, float, float] | None] = {}
 
 
 def _points(ts: list[float], values: array[float], whole: bool) -> Series:
@@ -173,6 +245,7 @@ def _points(ts: list[float], values: array[float], whole: bool) -> Series:
 
 class SignalWindow:
     __slots__ = (
+        "baselines",
         "bytes",
         "columns",
         "dropped_signals",
@@ -196,6 +269,7 @@ class SignalWindow:
         self.tables: dict[str, tuple[float, bool, bytes]] = {}
         self.bytes = 0
         self.dropped_signals = 0  # values whose name would pass MAX_SIGNALS, not kept
+        self.baselines = BaselineCache()
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -306,7 +380,7 @@ class SignalWindow:
         ts = self.ts[lo:].tolist()
         series: dict[str, Series]
         if lazy:
-            series = LazySeries(ts, lo, self.columns)
+            series = LazySeries(ts, lo, self.columns, self.baselines)
         else:
             series = {}
             for name, col in self.columns.items():

@@ -9,11 +9,14 @@ not capped: it is about exactly that.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.detectors import DETECTORS, Evidence, Finding
 from controller.detectors.explains import explain, root_of, symptom_record
+from controller.detectors.general import general
+from controller.detectors.rules import DEFAULT_HOST_RULES, HostRules
 from controller.detectors.severity import severity
 
 STALE_CAP = 0.6
@@ -43,11 +46,15 @@ class Hypothesis:
     explained_by: dict[str, Any] | None = None
     signal: str = ""  # the signal the finding turned on, and its threshold (when it has one)
     threshold: float | None = None
-    state: str = "active"  # or "recovering": its signal has not shown the fault for a while
+    # "recovering": its signal has not shown the fault for a while; "pending": not yet held
+    # for its rule's ``for``. Only an active one opens or keeps a run.
+    state: str = "active"
     last_active: float | None = None  # the newest sample that showed it
     age_s: float = 0.0  # how long ago that sample was, at the window's newest
     # How much it hurts (who waits or fails), apart from how sure the cause is.
     severity: dict[str, Any] | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # from the rules file
+    runbook_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -71,6 +78,10 @@ class Hypothesis:
             out["symptoms"] = list(self.symptoms)
         if self.explained_by is not None:
             out["explained_by"] = self.explained_by
+        if self.labels:
+            out["labels"] = self.labels
+        if self.runbook_url:
+            out["runbook_url"] = self.runbook_url
         return out
 
 
@@ -86,14 +97,42 @@ def coverage(ev: Evidence) -> float:
     return sum(1 for s in expected.values() if s == "fresh") / len(expected)
 
 
-def detect(ev: Evidence) -> list[Finding]:
+def detect(ev: Evidence, rules: HostRules = DEFAULT_HOST_RULES) -> list[Finding]:
+    """Every family's findings, then the general detectors' for what they leave uncovered,
+    under the host's rules: tunables, families turned off, and each family's ``for`` (a
+    finding that has not held that long is pending: shown, opening nothing)."""
     out: list[Finding] = []
     for family in sorted(DETECTORS):
-        out.extend(DETECTORS[family](ev))
+        if family not in rules.disabled:
+            out.extend(DETECTORS[family](ev, rules.params.get(family)))
+    out.extend(f for f in general(ev, out, rules.general) if f.family not in rules.disabled)
+    if rules.hold_s:
+        for f in out:
+            hold = rules.hold_s.get(f.family)
+            if hold and held_for(ev, f) < hold:
+                f.pending = True
     return out
 
 
-def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
+def held_for(ev: Evidence, f: Finding) -> float:
+    """How long the finding's signal has stayed on the side of its threshold it is on now
+    (an anomaly: since its onset); a finding with neither has held as long as it is seen."""
+    since = f.culprit.detail.get("since") if f.family == "anomaly" else None
+    if isinstance(since, int | float):
+        return ev.end - float(since)
+    points = (ev.series.get(f.signal) or []) if f.signal and f.threshold is not None else []
+    if not points or f.threshold is None:
+        return math.inf
+    above = points[-1][1] >= f.threshold
+    start = points[-1][0]
+    for t, v in reversed(points):
+        if (v >= f.threshold) != above:
+            break
+        start = t
+    return ev.end - start
+
+
+def rank(ev: Evidence, findings: list[Finding], rules: HostRules = DEFAULT_HOST_RULES) -> list[Hypothesis]:
     """Hypotheses, best first. A symptom (a finding another explains, controller/detectors/
     explains.py) cannot outrank its cause: its confidence as a root cause is capped at its
     cause's, it sorts after it, and it rides on the cause's hypothesis as a symptom."""
@@ -151,7 +190,9 @@ def rank(ev: Evidence, findings: list[Finding]) -> list[Hypothesis]:
                 },
                 signal=f.signal,
                 threshold=f.threshold,
-                state="recovering" if ages[i][1] else "active",
+                state="recovering" if ages[i][1] else "pending" if f.pending else "active",
+                labels=rules.labels.get(f.family, {}),
+                runbook_url=rules.runbook_url.get(f.family),
                 severity=severity(ev, f).to_dict(),
                 last_active=f.last_active if f.last_active is not None else ev.end,
                 age_s=ages[i][0],

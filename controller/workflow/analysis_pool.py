@@ -38,6 +38,7 @@ import msgspec
 from collector.wire import BatchEnvelope
 from controller.config import HotStateSettings
 from controller.detectors import Evidence
+from controller.detectors.rules import Rules
 from controller.hotstate import HotState
 from controller.ingest import Accepted
 from controller.workflow.analysis import detect, fires, rank
@@ -62,6 +63,7 @@ class WorkerConfig:
     hot_state: HotStateSettings
     window_s: float
     open_threshold: float
+    rules: Rules = field(default_factory=Rules)
     nice: int = 10
     # Clean evaluations reported after a host fired: what resolves its runs (the controller
     # needs resolve_after_clean of them; a few more cover a trigger still on its way).
@@ -148,7 +150,8 @@ class Evaluator:
             self.recovered.add(host)
         if len(self.evaluated_at) > 2 * self.config.hot_state.max_hosts:
             self.evaluated_at = {h: t for h, t in self.evaluated_at.items() if self.hot.host(h) is not None}
-        hyps = rank(ev, detect(ev))
+        rules = self.config.rules.for_host(host)
+        hyps = rank(ev, detect(ev, rules), rules)
         if not fires(hyps, self.config.open_threshold):
             left = self.watch.pop(host, 0)
             if left > 0:

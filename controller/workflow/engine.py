@@ -57,7 +57,9 @@ class WorkflowEngine:
         # Without one passed in: this host's interfaces, default options (the posture still decides).
         self.execution = execution or ExecutionService(self.runs, host_env(), clock=clock)
         posture = self.opts.posture
-        self.reader = RunReader(self.runs, store, posture=posture, code_version=code_version, clock=clock)
+        self.reader = RunReader(
+            self.runs, store, posture=posture, code_version=code_version, clock=clock, rules=self.opts.rules
+        )
         self.triggers = Triggers(self.runs, store, hot, self.opts, clock=clock, code_version=code_version)
         self.runner = StageRunner(
             runs=self.runs,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.config import ExecutionSettings, WorkflowSettings
+from controller.detectors.rules import Rules
 from controller.workflow.roles import Posture
 
 _W = WorkflowSettings()
@@ -57,7 +59,9 @@ class WorkflowOptions:
     resolve_after_clean: int = _W.resolve_after_clean
     queue_max: int = _W.queue_max
     posture: Posture = field(default_factory=Posture)
+    rules: Rules = field(default_factory=Rules)  # the detectors' tunables, per host
 
     @classmethod
     def from_settings(cls, w: WorkflowSettings, posture: Posture) -> WorkflowOptions:
-        return _picked(cls, w, posture=posture)
+        rules = Rules.load(Path(w.rules_file) if w.rules_file else None)
+        return _picked(cls, w, posture=posture, rules=rules)

@@ -18,6 +18,7 @@ import msgspec
 from controller import artifacts
 from controller.artifacts import KINDS, Artifact, ArtifactTampered
 from controller.detectors import Evidence
+from controller.detectors.rules import Rules
 from controller.errors import UnknownRun
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunRow, RunStore
@@ -51,9 +52,11 @@ class RunReader:
         posture: Posture | None = None,
         code_version: str = CODE_VERSION,
         clock: Callable[[], float] = time.time,
+        rules: Rules | None = None,
     ) -> None:
         self.runs = runs
         self.payloads = payloads
+        self.rules = rules or Rules()  # what the analysis stages detect under, per host
         # The posture a replay decides under when its run recorded none.
         self.posture = posture or Posture()
         self.code_version = code_version
@@ -176,6 +179,7 @@ class RunReader:
                 posture=posture,
                 memory=memory,
                 replay_of=original,
+                rules=self.rules.for_host(run["host_id"]),
                 advisor=advisor,
                 actions=actions,
             )

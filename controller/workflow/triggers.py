@@ -309,7 +309,8 @@ class Triggers:
         ev = ev or self.evidence_for(host_id)
         if ev is None:
             return None
-        hyps = rank(ev, detect(ev))
+        rules = self.opts.rules.for_host(host_id)
+        hyps = rank(ev, detect(ev, rules), rules)
         self.lifecycle(host_id, firing(hyps, self.opts.open_threshold))
         top = top_firing(hyps, self.opts.open_threshold)
         if top is None:

@@ -91,6 +91,9 @@ AGAINST: dict[str, tuple[Tweak, int]] = {
     "gpu_ecc": (only_fault(lambda d, i: d["gpu"]["devices"][0]["ecc"].update(uncorrected_volatile=1)), 120),
     "gpu_memory_pressure_low_util": (lambda d, i, f: None, 0),
     "input_pipeline_starvation": (idle_gpu_starved, 120),
+    "network_throughput": (only_fault(quiet_path), 120),
+    "multi_resource_saturation": (only_fault(lambda d, i: apply(d, "psi.cpu.some.avg10", 1.0)), 120),
+    "host_instability": (only_fault(lambda d, i: apply(d, "psi.io.some.avg10", 1.0)), 120),
 }
 
 
@@ -103,7 +106,8 @@ def finding_of(family: str, tweak: Tweak | None, calm_s: int, stale: tuple[str, 
 
 
 def test_every_family_has_a_check_against_it_here() -> None:
-    assert set(AGAINST) | {"stale_telemetry"} == set(FAMILIES)
+    # anomaly's check (only a few robust deviations out): tests/controller/test_general.py
+    assert set(AGAINST) | {"stale_telemetry", "anomaly"} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("family", sorted(AGAINST))

@@ -20,7 +20,7 @@ class AnomalyStage(Role):
     kind = "anomaly_finding"
 
     def compute(self, ctx: StageContext) -> Output:
-        findings = sorted(detect(ctx.evidence), key=lambda f: (-f.score, f.family))
+        findings = sorted(detect(ctx.evidence, ctx.rules), key=lambda f: (-f.score, f.family))
         return Output(
             payload={
                 "detectors": sorted(DETECTORS),
@@ -37,7 +37,7 @@ class HypothesisStage(Role):
     kind = "root_cause_hypothesis"
 
     def compute(self, ctx: StageContext) -> Output:
-        hyps = rank(ctx.evidence, detect(ctx.evidence))
+        hyps = rank(ctx.evidence, detect(ctx.evidence, ctx.rules), ctx.rules)
         payload: dict[str, Any] = {"hypotheses": [h.to_dict() for h in hyps]}
         notes = []
         if ctx.memory is not None:

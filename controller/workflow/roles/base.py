@@ -17,6 +17,7 @@ from controller import artifacts
 from controller.artifacts import Artifact, EvidenceRef, Replay, Status, Uncertainty
 from controller.config import ExecutionSettings
 from controller.detectors import Evidence
+from controller.detectors.rules import DEFAULT_HOST_RULES, HostRules
 from controller.errors import ControllerError
 
 _X = ExecutionSettings()
@@ -81,6 +82,7 @@ class StageContext:
     actions: Any = None
     approval: dict[str, Any] | None = None
     fresh: Callable[[float], Evidence | None] | None = None
+    rules: HostRules = DEFAULT_HOST_RULES  # the host's detector rules
 
     def previous(self, kind: str) -> Artifact:
         for art in self.chain:
