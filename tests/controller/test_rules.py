@@ -23,8 +23,8 @@ from controller.detectors.rules import (
 from controller.workflow.analysis import detect, rank, top_firing
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.roles import Posture
-from tests.controller.test_lifecycle import Driver
 from testkit.scenarios import FAULTS, apply, window
+from tests.controller.test_lifecycle import Driver
 
 RULES = """
 rules:
@@ -122,7 +122,7 @@ def test_durations() -> None:
         2.5,
     ]
     for bad in (True, "-1s", "1 week", "", -5):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
 
 
