@@ -41,7 +41,7 @@ from controller.detectors import Evidence
 from controller.detectors.rules import Rules
 from controller.hotstate import HotState
 from controller.ingest import Accepted
-from controller.workflow.analysis import detect, fires, rank
+from controller.workflow.analysis import Hypothesis, detect, fires, rank
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 10.0  # a batch without interval_s is taken to come every 10 s
@@ -134,7 +134,7 @@ class Evaluator:
                 out.append(host)
         return out
 
-    def evaluate(self, host: str) -> tuple[str, Evidence] | None:
+    def evaluate(self, host: str) -> tuple[str, Evidence, list[Hypothesis]] | None:
         """Evaluate one host; its full evidence when the top hypothesis clears the threshold."""
         d = self.dirty.pop(host, None)
         self.evaluations += 1
@@ -165,7 +165,8 @@ class Evaluator:
             self.watch.popitem(last=False)
         self.triggers += 1
         full = self.hot.evidence(host, self.config.window_s)
-        return (host, full) if full is not None else None
+        # The hypotheses go with it: the engine takes them rather than detect again.
+        return (host, full, hyps) if full is not None else None
 
     def stats(self) -> dict[str, Any]:
         s = self.hot.stats()
@@ -224,7 +225,7 @@ def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any) -> None:
                 log.exception("analysis worker %d: evaluating %s failed", index, host)
                 continue
             if fired is not None:
-                outq.put(("trigger", fired[0], fired[1]))
+                outq.put(("trigger", *fired))
         for host in ev.cleans:
             outq.put(("clean", host))
         ev.cleans.clear()
@@ -263,7 +264,7 @@ class AnalysisPool:
         queue_max: int,
         read_timeout_s: float,
         queue_bytes: int = 64 << 20,
-        on_trigger: Callable[[str, Evidence], None],
+        on_trigger: Callable[[str, Evidence, list[Hypothesis]], None],
         on_failure: Callable[[str, str], None] | None = None,
         on_ok: Callable[[str], None] | None = None,
         on_clean: Callable[[str], None] | None = None,
@@ -442,7 +443,7 @@ class AnalysisPool:
                     fut.set_result(msg[2])
             elif kind == "trigger":
                 try:
-                    self.on_trigger(msg[1], msg[2])
+                    self.on_trigger(msg[1], msg[2], msg[3])
                 except Exception:
                     log.exception("taking the trigger for %s failed", msg[1])
             elif kind == "clean" and self.on_clean is not None:

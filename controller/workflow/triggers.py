@@ -90,7 +90,8 @@ class Triggers:
         self._queue: deque[tuple[str, int]] = deque()
         self._gen: dict[str, int] = {}
         self._queued_cleans = 0
-        self._given: dict[str, Evidence] = {}  # host -> the evidence a worker sent with its trigger
+        # host -> the evidence a worker sent with its trigger, and its hypotheses of it
+        self._given: dict[str, tuple[Evidence, list[Hypothesis] | None]] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -120,13 +121,15 @@ class Triggers:
 
     # --- the queue and the worker -----------------------------------------------------------------
 
-    def notify(self, host_id: str, evidence: Evidence | None = None) -> None:
+    def notify(
+        self, host_id: str, evidence: Evidence | None = None, hyps: list[Hypothesis] | None = None
+    ) -> None:
         """Called after an accepted batch, or by an analysis worker whose evaluation fired
-        (with the host's evidence): cheap, bounded, never blocks ingest."""
+        (with the host's evidence and what it found in it): cheap, bounded, never blocks ingest."""
         with self._lock:
             self._gen[host_id] = self._gen.get(host_id, 0) + 1  # cleans queued before this are stale
             if evidence is not None:
-                self._given[host_id] = evidence  # the newest replaces one still waiting
+                self._given[host_id] = (evidence, hyps)  # the newest replaces one still waiting
             if host_id in self._pending:
                 return
             if len(self._queue) - self._queued_cleans >= self.opts.queue_max:
@@ -217,7 +220,7 @@ class Triggers:
                 if not self._queue:
                     break
                 host, gen = self._queue.popleft()
-                given: Evidence | None = None
+                given: tuple[Evidence, list[Hypothesis] | None] | None = None
                 stale = False
                 if gen >= 0:
                     self._queued_cleans -= 1
@@ -230,7 +233,7 @@ class Triggers:
                     self._count_clean(host)
                 continue
             try:
-                self.evaluate(host, given)
+                self.evaluate(host, *(given or (None, None)))
             except Exception as exc:  # one host's failure must not stop the engine for the others
                 self.record_failure(host, exc)
                 log.exception("workflow evaluation of %s failed", host)
@@ -301,7 +304,9 @@ class Triggers:
             return self.pool.evidence(host_id, self.opts.window_s, since)
         return self.hot.evidence(host_id, self.opts.window_s, since=since)
 
-    def evaluate(self, host_id: str, ev: Evidence | None = None) -> str | None:
+    def evaluate(
+        self, host_id: str, ev: Evidence | None = None, hyps: list[Hypothesis] | None = None
+    ) -> str | None:
         """Open or attach a run for this host if its detectors fire on its window (``ev``,
         when a worker sent it), and move its live runs along their lifecycle; returns the
         run id the top hypothesis went to."""
@@ -309,8 +314,9 @@ class Triggers:
         ev = ev or self.evidence_for(host_id)
         if ev is None:
             return None
-        rules = self.opts.rules.for_host(host_id)
-        hyps = rank(ev, detect(ev, rules), rules)
+        if hyps is None:  # a worker's are of this very evidence, under the same rules
+            rules = self.opts.rules.for_host(host_id)
+            hyps = rank(ev, detect(ev, rules), rules)
         self.lifecycle(host_id, firing(hyps, self.opts.open_threshold))
         top = top_firing(hyps, self.opts.open_threshold)
         if top is None:

@@ -110,6 +110,8 @@ def test_a_burst_is_evaluated_once_and_at_its_last_sample() -> None:
     fired = ev.evaluate("h")
     assert ev.evaluations == 1 and ev.evaluated_at["h"] == clock.t - 600 + 10 * 59
     assert fired is not None and fired[0] == "h" and fired[1].end == clock.t - 10
+    # The hypotheses it found go with it, as the engine would find them in that evidence.
+    assert [h.to_dict() for h in fired[2]] == [h.to_dict() for h in rank(fired[1], detect(fired[1]))]
     assert ev.due_hosts() == []
 
 
@@ -153,7 +155,7 @@ def test_a_killed_worker_is_restarted_and_its_hosts_faults_are_still_found() -> 
         workers=2,
         queue_max=1000,
         read_timeout_s=5.0,
-        on_trigger=lambda host, ev: triggers.append((host, ev)),
+        on_trigger=lambda host, ev, hyps: triggers.append((host, ev)),
     )
     pool.start()
     try:
@@ -190,14 +192,16 @@ def test_what_waits_for_a_worker_is_bounded_by_count_and_bytes() -> None:
         queue_max=1000,
         read_timeout_s=1.0,
         queue_bytes=1 << 20,
-        on_trigger=lambda h, e: None,
+        on_trigger=lambda h, e, hy: None,
     )
     pool._workers = [None]  # type: ignore[list-item]  # taken as started: nothing is flushed
     raw = b"x" * (100 << 10)
     for i in range(50):
         pool.submit(Accepted(f"h{i}", raw, 0.0))
     assert pool.submitted == 11 and pool.overflow == 39  # 1 MiB of 100 KiB batches, and one past it
-    small = AnalysisPool(config(), workers=1, queue_max=5, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    small = AnalysisPool(
+        config(), workers=1, queue_max=5, read_timeout_s=1.0, on_trigger=lambda h, e, hy: None
+    )
     small._workers = [None]  # type: ignore[list-item]
     for i in range(8):
         small.submit(Accepted(f"h{i}", b"{}", 0.0))
@@ -208,7 +212,9 @@ def test_a_worker_behind_makes_batches_wait_not_vanish(monkeypatch: pytest.Monke
     # The pipe to a worker holds two hand-overs; a flush that finds it full used to drop its
     # batches (counted as overflow) although the pending list had room for them.
     monkeypatch.setattr(analysis_pool, "FLUSH_S", 0.01)  # many flushes try while the pipe is full
-    pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    pool = AnalysisPool(
+        config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e, hy: None
+    )
     inq: queue.Queue[Any] = queue.Queue(2)
     pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
     inq.put(("batches", [(b"0", 0.0)]))
@@ -236,7 +242,9 @@ def test_a_worker_behind_makes_batches_wait_not_vanish(monkeypatch: pytest.Monke
 def test_batches_go_over_together_and_a_burst_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(analysis_pool, "FLUSH_S", 5.0)
     monkeypatch.setattr(analysis_pool, "FLUSH_BATCHES", 20)
-    pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    pool = AnalysisPool(
+        config(), workers=1, queue_max=100, read_timeout_s=1.0, on_trigger=lambda h, e, hy: None
+    )
     inq: queue.Queue[Any] = queue.Queue(2)
     pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
     flusher = threading.Thread(target=pool._flusher, daemon=True)
@@ -257,7 +265,9 @@ def test_batches_go_over_together_and_a_burst_goes_at_once(monkeypatch: pytest.M
 
 def test_a_read_sees_every_batch_acked_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(analysis_pool, "FLUSH_S", 30.0)  # no flush would come in time
-    pool = AnalysisPool(config(), workers=1, queue_max=100, read_timeout_s=0.3, on_trigger=lambda h, e: None)
+    pool = AnalysisPool(
+        config(), workers=1, queue_max=100, read_timeout_s=0.3, on_trigger=lambda h, e, hy: None
+    )
     inq: queue.Queue[Any] = queue.Queue(2)
     pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
     for i in range(3):
@@ -272,7 +282,9 @@ def test_a_read_sees_every_batch_acked_before_it(monkeypatch: pytest.MonkeyPatch
 def test_batches_held_for_a_worker_behind_count_against_its_bounds() -> None:
     # Taken from the list for a hand-over, batches used to stop counting until it failed and
     # put them back: what arrived meanwhile found room that was not there.
-    pool = AnalysisPool(config(), workers=1, queue_max=5, read_timeout_s=1.0, on_trigger=lambda h, e: None)
+    pool = AnalysisPool(
+        config(), workers=1, queue_max=5, read_timeout_s=1.0, on_trigger=lambda h, e, hy: None
+    )
 
     class FullPipe:
         tries = 0
@@ -297,7 +309,7 @@ def test_a_worker_behind_is_retried_per_flush_interval_not_per_batch(monkeypatch
     monkeypatch.setattr(analysis_pool, "FLUSH_S", 0.1)
     monkeypatch.setattr(analysis_pool, "FLUSH_BATCHES", 2)  # every batch past the first asks to go now
     pool = AnalysisPool(
-        config(), workers=1, queue_max=10_000, read_timeout_s=1.0, on_trigger=lambda h, e: None
+        config(), workers=1, queue_max=10_000, read_timeout_s=1.0, on_trigger=lambda h, e, hy: None
     )
 
     class FullPipe:
