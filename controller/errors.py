@@ -22,6 +22,7 @@ ControllerError
 +-- ActuatorError          actuators/base.py: an action refused or failed
 |   +-- BudgetExhausted    actuators/validate.py: validation's call budget is spent
 +-- UnknownDetectorError   detectors/base.py: a detector name nobody registered
++-- RulesError             detectors/rules.py: a rules file refused at start
 +-- UnknownRoleError       workflow/roles/base.py: an artifact kind no role produces
 +-- NotReady               workflow/roles/base.py: the verifier waits for fresh samples
 

@@ -279,8 +279,6 @@ def interface_rates(ifaces: Sequence[Any], values: Values) -> None:
     errs = drops = busiest = 0.0
     for iface in ifaces:
         rates = iface.get("rates") or {}
-        if not isinstance(rates, dict):
-            continue
         errs += sum(_num(rates.get(k)) or 0.0 for k in ("rx_errors_per_s", "tx_errors_per_s"))
         drops += sum(_num(rates.get(k)) or 0.0 for k in ("rx_dropped_per_s", "tx_dropped_per_s"))
         if iface.get("name") != "lo":

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy.exc
 
+from controller.detectors import DETECTORS
 from tests.controller.conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN, ControllerProc, base_config
 from workbench import Workbench, WorkbenchError
 from workbench.client import LocalSource
@@ -74,7 +75,7 @@ def test_replay_diff_is_empty_with_the_same_code_and_names_what_changes(
     data, ids = store
     with Workbench(data) as wb:
         assert wb.replay(ids["completed"]).empty
-        monkeypatch.setattr("controller.detectors.host.CPU_BUSY_PCT", 95.0)
+        monkeypatch.setitem(DETECTORS["cpu_saturation"].defaults, "cpu_busy_pct", 95.0)
         diff = wb.replay(ids["completed"])
     assert not diff.empty and "anomaly_finding" in set(diff["kind"])
     assert list(diff.columns) == ["kind", "field", "recorded", "replayed"]
