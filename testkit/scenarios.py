@@ -316,18 +316,27 @@ def window(
                 "data": copy.deepcopy(data) if status == "ok" else {},
             }
         snaps.append({"ts": T0 + i, "interval_s": 1.0, "sources": sources})
-    batch = validate_batch(
-        {
-            "schema": "incidentlab.batch/v1",
-            "host_id": "node-a",
-            "boot_id": "b",
-            "stream_id": "s",
-            "seq": 1,
-            "sent_at": T0,
-            "snapshots": snaps,
-        }
-    )
-    return batch.snapshots
+    return validate_batch(batch_doc(snaps, stream_id="s", sent_at=T0)).snapshots
+
+
+def batch_doc(
+    snapshots: list[Any],
+    host_id: str = "node-a",
+    seq: int = 1,
+    stream_id: str = "",
+    sent_at: float | None = None,
+) -> dict[str, Any]:
+    """A wire batch (plain JSON) of snapshots (dicts, or Snapshots made plain here)."""
+    snaps = [s if isinstance(s, dict) else msgspec.to_builtins(s) for s in snapshots]
+    return {
+        "schema": "incidentlab.batch/v1",
+        "host_id": host_id,
+        "boot_id": "b",
+        "stream_id": stream_id or f"s-{host_id}",
+        "seq": seq,
+        "sent_at": snaps[-1]["ts"] if sent_at is None else sent_at,
+        "snapshots": snaps,
+    }
 
 
 def batch_for(
@@ -341,12 +350,4 @@ def batch_for(
     snaps = [msgspec.to_builtins(s) for s in window(family, stale=stale)]
     for s in snaps:
         s["ts"] += shift_s
-    return {
-        "schema": "incidentlab.batch/v1",
-        "host_id": host_id,
-        "boot_id": "b",
-        "stream_id": f"s-{host_id}",
-        "seq": seq,
-        "sent_at": snaps[-1]["ts"],
-        "snapshots": snaps,
-    }
+    return batch_doc(snaps, host_id, seq)

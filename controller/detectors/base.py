@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from controller.detectors.evidence import Evidence
+from controller.detectors.evidence import Evidence, robust_baseline
 from controller.errors import ControllerError
 
 
@@ -114,9 +114,10 @@ def robust_z(values: Sequence[float], tail: int = 3) -> tuple[float, float] | No
     """(z, baseline median) of the mean of the last `tail` points against the rest."""
     if len(values) < tail + 8:
         return None
-    base, last = list(values[:-tail]), list(values[-tail:])
-    med = statistics.median(base)
-    mad = statistics.median(abs(v - med) for v in base)
+    base, last = robust_baseline(values[:-tail]), list(values[-tail:])
+    if base is None:
+        return None
+    med, mad = base.median, base.mad
     # 1.4826 makes the MAD a standard deviation for normal data; the floor keeps a flat
     # baseline from turning any blip into an infinite z.
     scale = max(1.4826 * mad, 0.05 * abs(med), 1e-6)

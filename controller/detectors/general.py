@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from controller.detectors.base import Culprit, Finding, Params, clamp, detector, seasonal_baseline, weigh
 from controller.detectors.evidence import Baseline, Evidence
+from controller.detectors.host import PSI_NOBODY_WAITS
 
 GENERAL_FAMILIES = ("anomaly", "host_instability", "multi_resource_saturation")
 MAD_TO_SIGMA = 1.4826  # makes a MAD a standard deviation for normal data
@@ -224,20 +225,17 @@ def general(ev: Evidence, findings: Sequence[Finding], r: GeneralRules) -> list[
     return out
 
 
-NOBODY_WAITS_PSI = 5.0
-
-
 def _nobody_waits(ev: Evidence) -> list[str]:
     """Against a host-wide finding: no task stalls on any resource (PSI some all low)."""
     psi = [ev.recent(f"psi_{res}_some", 3) for res in ("cpu", "memory", "io")]
-    known = [p for p in psi if p is not None]
-    if known and max(known) < NOBODY_WAITS_PSI:
-        return [f"PSI some under {NOBODY_WAITS_PSI:.0f}% for CPU, memory and IO: no task waits"]
+    known = [x for x in psi if x is not None]
+    if known and max(known) < PSI_NOBODY_WAITS:
+        return [f"PSI some under {PSI_NOBODY_WAITS:.0f}% for CPU, memory and IO: no task waits"]
     return []
 
 
 def _saturation(ev: Evidence, r: GeneralRules) -> list[Finding]:
-    near: dict[str, list[str]] = {}
+    near: dict[str, str] = {}  # resource -> the first of its signals near the limit
     n = held(ev, r.for_s, r.for_samples)
     for resource, name, level, above in r.near_limits:
         if resource in near:
@@ -246,11 +244,11 @@ def _saturation(ev: Evidence, r: GeneralRules) -> list[Finding]:
             if v is None or (v < level if above else v > level):
                 break
         else:
-            near[resource] = [name]
+            near[resource] = name
     if len(near) < r.min_resources:
         return []
     resources = sorted(near)
-    signals = [near[res][0] for res in resources]
+    signals = [near[res] for res in resources]
     against = _nobody_waits(ev)
     return [
         Finding(

@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from collector.settings_io import read_yaml_mapping
 from controller.detectors.base import DETECTORS, Params
 from controller.detectors.general import DEFAULT_GENERAL, GENERAL_FAMILIES, GeneralRules
 from controller.errors import ControllerError
@@ -174,14 +175,13 @@ class Rules:
         return {"spec": self.spec}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["spec"])  # type: ignore[misc]
+        self.spec = state["spec"]
+        self._cache = OrderedDict()
 
     @classmethod
     def load(cls, path: Path | None) -> Rules:
         if path is None:
             return cls()
-        from collector.settings_io import read_yaml_mapping
-
         data = read_yaml_mapping(path, "rules file", RulesError)
         try:
             return cls(RulesFile.model_validate(data))

@@ -50,6 +50,7 @@ MAX_SIGNALS = 512  # names per host; a real host has 30-60 (more with many GPUs)
 _SAMPLE_OVERHEAD = 40
 _COLUMN_OVERHEAD = 96
 _TABLE_OVERHEAD = 48
+_BASELINE_ENTRY = 200  # a kept baseline: its key in the dict, a Baseline and a tuple
 _NAN = math.nan
 _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder()
@@ -227,11 +228,18 @@ class BaselineCache:
     """A window's robust baselines for the stretch last asked about (general detectors):
     at most one entry per column, dropped when the stretch moves."""
 
-    __slots__ = ("entries", "key")
+    __slots__ = ("charged", "entries", "key")
 
     def __init__(self) -> None:
         self.key: Any = None
         self.entries: dict[str, tuple[Baseline, float, float] | None] = {}
+        self.charged = 0  # bytes of it the window has counted so far
+
+    def recharge(self) -> int:
+        """The change in its size since last counted (made between batches, counted at the next)."""
+        size = _BASELINE_ENTRY * len(self.entries)
+        delta, self.charged = size - self.charged, size
+        return delta
 
 
 def _points(ts: list[float], values: array[float], whole: bool) -> Series:
@@ -335,6 +343,7 @@ class SignalWindow:
             if old is None or old[0] <= ex.ts:
                 delta += len(data) - (len(old[2]) if old else -_TABLE_OVERHEAD - len(source))
                 self.tables[source] = (ex.ts, raw, data)
+        delta += self.baselines.recharge()
         self.bytes += delta
         return delta
 
@@ -359,6 +368,7 @@ class SignalWindow:
         floor = self.ts[0] if self.ts else math.inf
         for source in [k for k, (ts, _, _) in self.tables.items() if ts < floor]:
             delta -= len(self.tables.pop(source)[2]) + _TABLE_OVERHEAD + len(source)
+        delta += self.baselines.recharge()
         self.bytes += delta
         return delta
 

@@ -23,7 +23,7 @@ from controller.detectors.general import DEFAULT_GENERAL, GeneralRules, anomalie
 from controller.detectors.rules import HostRules
 from controller.hotstate import HotState
 from controller.workflow.analysis import detect, rank, top_firing
-from testkit.scenarios import T0, apply, window
+from testkit.scenarios import T0, apply, batch_doc, window
 
 
 def evidence(snaps: list[Any]) -> Evidence:
@@ -163,15 +163,7 @@ def test_throughput_must_hold_and_hurt_to_open_a_run() -> None:
 def test_a_window_keeps_its_baselines_between_steps_and_matches_the_plain_path() -> None:
     snaps = window(None, calm_s=230, fault_s=30, tweak=faults)
     hot = HotState(HotStateSettings(samples_per_host=1000, bytes_per_host=64 << 20), clock=lambda: T0 + 400)
-    doc = {
-        "schema": "incidentlab.batch/v1",
-        "host_id": "node-a",
-        "boot_id": "b",
-        "stream_id": "s",
-        "seq": 1,
-        "sent_at": T0,
-        "snapshots": [msgspec.to_builtins(s) for s in snaps],
-    }
+    doc = batch_doc(snaps)
     raw = msgspec.json.encode(doc)
     hot.ingest(validate_batch(doc), raw)
     lazy = hot.evidence("node-a", 300, lazy=True)
@@ -185,6 +177,13 @@ def test_a_window_keeps_its_baselines_between_steps_and_matches_the_plain_path()
     assert again is not None
     anomalies(again, DEFAULT_GENERAL)
     assert kept.key == key and all(kept.entries[n] is entries[n] for n in entries)  # not remade
+    # Counted in the window's bytes at its next sample (hot state's bounds see it).
+    window_ = hot.host("node-a").window  # type: ignore[union-attr]
+    grown = kept.recharge()
+    assert grown == 200 * len(kept.entries) > 0 and kept.recharge() == 0
+    kept.charged = 0  # as if not yet counted: the window's next change counts it
+    window_.drop_oldest()
+    assert kept.charged == grown
     f_lazy = general(lazy, [], DEFAULT_GENERAL)
     f_plain = general(plain, [], DEFAULT_GENERAL)
     assert [f.to_dict() for f in f_lazy] == [f.to_dict() for f in f_plain]
