@@ -65,6 +65,7 @@ def make_store(data: Path) -> None:
                 "resolved_at": t0 + i * 30 + 90,
                 "flaps": 0,
                 "parent_run_id": None,
+                "silenced_by": None,
             }
         )
     with RunStore(db).begin() as tx:

@@ -15,7 +15,7 @@ from controller.api.routes import router
 from controller.api.workflow import router as workflow_router
 from controller.artifacts import ArtifactError
 from controller.config import ControllerSettings
-from controller.errors import Conflict, Invalid, StoreError, UnknownRun
+from controller.errors import Conflict, Invalid, StoreError, UnknownRun, UnknownSilence
 from controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ def create_app(
 
     @api.exception_handler(UnknownRun)
     async def _unknown_run(_: Request, exc: UnknownRun) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @api.exception_handler(UnknownSilence)
+    async def _unknown_silence(_: Request, exc: UnknownSilence) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @api.exception_handler(Conflict)

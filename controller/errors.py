@@ -9,6 +9,7 @@ ControllerError
 +-- StoreError             the database or the payload store failed
 +-- NotLeader              this controller is a follower; carries the leader's URL (503)
 +-- UnknownRun             no workflow run has this id (404)
++-- UnknownSilence         no silence has this id (404)
 +-- Conflict               the run is not in a state for this, or a stale plan (409)
 |   +-- DecisionConflict   another decision moved the run first
 +-- Invalid                a parameter the rules refuse, naming it (400)
@@ -80,6 +81,13 @@ class UnknownRun(ControllerError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no workflow run {run_id!r}")
         self.run_id = run_id
+
+
+class UnknownSilence(ControllerError):
+    """No silence or maintenance window has this id."""
+
+    def __init__(self, silence_id: str) -> None:
+        super().__init__(f"no silence {silence_id!r}")
 
 
 class Conflict(ControllerError):

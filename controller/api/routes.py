@@ -60,7 +60,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "the request is not acceptable (a bad body, cursor or parameter), naming the field",
         401: "no bearer token, or one this controller does not know",
         403: "the token's role may not do this",
-        404: "no such run or host",
+        404: "no such run, host or silence",
         408: "the request body stalled or arrived too slowly",
         409: "the run is not in a state that allows this, or the plan changed",
         413: "the request body is over its limit",

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import artifacts
@@ -23,6 +24,7 @@ from controller.errors import Invalid, UnknownRun
 from controller.store.runs import AuditKind, RunStatus
 from controller.workflow.analysis import detect, rank
 from controller.workflow.engine import WorkflowEngine
+from controller.workflow.silences import SilenceSpec, public
 
 router = APIRouter(prefix="/api/v1/agent", tags=["workflow"], responses=READ_ERRORS)
 # Unix seconds, finite: NaN and infinity compare oddly in SQL.
@@ -392,3 +394,66 @@ def replay(
         "changed": [a.kind for a in chain if a.kind in before and before[a.kind] != _conclusion(a.payload)],
         **chain_body(chain),
     }
+
+
+# --- silences and maintenance windows ------------------------------------------------------------
+
+
+class SilenceOut(_Open):
+    silence_id: str
+    kind: str
+    hosts: list[str]
+    families: list[str]
+    starts_at: float
+    ends_at: float
+    comment: str
+    created_by: str
+    created_at: float
+    expired_at: float | None
+    expired_by: str | None
+
+
+class SilencesPage(_Open):
+    silences: list[SilenceOut]
+    count: int
+
+
+class ExpireBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post(
+    "/silences", response_model=SilenceOut, status_code=201, responses=errors(400, 409) | BODY_ERRORS
+)
+def create_silence(rt: Rt, who: Writer, body: SilenceSpec) -> dict[str, Any]:
+    """Silence runs of some hosts or families (``kind: silence``), or every family on some
+    hosts (``kind: maintenance``), until ``ends_at``: runs still open and are analysed, and
+    carry ``silenced_by``; the live runs it covers are silenced now. Audited."""
+    leader_only(rt)
+    return public(rt.workflow.silences.create(body, who.name))
+
+
+@router.get("/silences", response_model=SilencesPage, responses=errors(400))
+def list_silences(
+    rt: Rt,
+    _: Reader,
+    state: Annotated[Literal["active", "all"], Query(description="active: in force or to come")] = "active",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Silences and maintenance windows, newest first."""
+    rows = rt.workflow.silences.list(active_only=state == "active", limit=limit)
+    return {"silences": [public(r) for r in rows], "count": len(rows)}
+
+
+@router.post(
+    "/silences/{silence_id}/expire",
+    response_model=SilenceOut,
+    responses=errors(404, 409) | BODY_ERRORS,
+)
+def expire_silence(
+    rt: Rt, who: Writer, silence_id: Annotated[str, PathParam(max_length=64)], body: ExpireBody
+) -> dict[str, Any]:
+    """End a silence now, with a reason (audited). Runs it silenced keep saying so."""
+    leader_only(rt)
+    return public(rt.workflow.silences.expire(silence_id, who.name, body.reason))

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collector.settings_io import read_yaml_mapping
+from controller.config import HOST_PATTERN
 from controller.detectors.base import DETECTORS, Params
 from controller.detectors.general import DEFAULT_GENERAL, GENERAL_FAMILIES, GeneralRules
 from controller.errors import ControllerError
@@ -92,8 +93,8 @@ class Match(_Strict):
     @classmethod
     def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for g in v:
-            if not g or len(g) > 256:
-                raise ValueError("a host glob is 1 to 256 characters")
+            if not HOST_PATTERN.match(g):
+                raise ValueError(f"host glob {g!r}: host-id characters and * ? [ ] !, 1 to 128")
         return v
 
     def matches(self, host_id: str, labels: dict[str, str]) -> bool:

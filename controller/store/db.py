@@ -37,6 +37,7 @@ from controller.store.models import (
     IncidentMemory,
     IngestStream,
     SchemaMigration,
+    Silence,
     WorkflowArtifact,
     WorkflowAttachment,
     WorkflowRun,
@@ -124,6 +125,13 @@ def _lifecycle(conn: Connection) -> None:
         conn.execute(text("CREATE INDEX ix_workflow_runs_state ON workflow_runs (state)"))
 
 
+def _silences(conn: Connection) -> None:
+    _create(Silence)(conn)
+    columns = {c["name"] for c in inspect(conn).get_columns("workflow_runs")}
+    if "silenced_by" not in columns:
+        conn.execute(text("ALTER TABLE workflow_runs ADD COLUMN silenced_by VARCHAR(64)"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
     (
@@ -134,6 +142,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "governed execution: action intents, approvals, the append-only audit log", _execution),
     (4, "the evidence window's sha256 per run, checked by every stage", _evidence_digest),
     (5, "a run's lifecycle: firing, recovering, resolved; flaps; the run a symptom belongs to", _lifecycle),
+    (6, "silences and maintenance windows; the one a run opened under", _silences),
 ]
 
 

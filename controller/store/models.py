@@ -77,6 +77,8 @@ class WorkflowRun(SQLModel, table=True):
     resolved_at: float | None = None
     flaps: int = 0  # times it came back within the attach window after resolving
     parent_run_id: str | None = Field(default=None, max_length=64)
+    # The silence or maintenance window active for it when it opened: it pages nobody.
+    silenced_by: str | None = Field(default=None, max_length=64)
 
 
 class WorkflowArtifact(SQLModel, table=True):
@@ -166,3 +168,21 @@ class AuditEntry(SQLModel, table=True):
     plan_hash: str | None = Field(default=None, max_length=64)
     step: int | None = None
     detail: str = "{}"
+
+
+class Silence(SQLModel, table=True):
+    """An operator's silence or maintenance window (controller/workflow/silences.py): never
+    deleted, only expired; creating and expiring it are in the audit log."""
+
+    __tablename__ = "silences"
+    silence_id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)  # silence, maintenance
+    hosts: str = "[]"  # JSON: host-id globs
+    families: str = "[]"  # JSON: family names
+    starts_at: float
+    ends_at: float = Field(index=True)
+    comment: str = Field(max_length=2000)
+    created_by: str = Field(max_length=128)
+    created_at: float
+    expired_at: float | None = None
+    expired_by: str | None = Field(default=None, max_length=128)

@@ -40,6 +40,8 @@ AuditKind = Literal[
     "verification",
     "integrity_failure",
     "stage_failure",
+    "silence_created",
+    "silence_expired",
 ]
 AUDIT_KINDS: tuple[str, ...] = get_args(AuditKind)
 RunStatus = Literal["running", "awaiting_approval", "verifying", "completed", "failed"]
@@ -69,6 +71,21 @@ class RunRow(TypedDict):
     resolved_at: float | None
     flaps: int
     parent_run_id: str | None
+    silenced_by: str | None
+
+
+class SilenceRow(TypedDict):
+    silence_id: str
+    kind: str
+    hosts: str  # JSON list of globs
+    families: str  # JSON list
+    starts_at: float
+    ends_at: float
+    comment: str
+    created_by: str
+    created_at: float
+    expired_at: float | None
+    expired_by: str | None
 
 
 RunState = Literal["firing", "recovering", "resolved", "explained"]
@@ -160,6 +177,11 @@ INSERT_RUN = text(
     f"VALUES ({', '.join(':' + c for c in _RUN_COLUMNS)})"
 )
 SELECT_RUN = text("SELECT * FROM workflow_runs WHERE run_id = :r")
+_SILENCE_COLUMNS = tuple(SilenceRow.__annotations__)
+INSERT_SILENCE = text(
+    f"INSERT INTO silences ({', '.join(_SILENCE_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _SILENCE_COLUMNS)})"
+)
 # An incident stays open while it keeps being seen: a run of its shape whose fault was seen
 # within the attach window takes the sighting, whether its stages are done or not, and
 # whether it had resolved (then it re-opens) or not.
@@ -537,6 +559,50 @@ class RunTx:
         """Record the rollback's result; not ``done`` releases the claim so it can be retried."""
         encoded = json.dumps(result, default=str)
         self.conn.execute(SET_ROLLBACK if done else RELEASE_ROLLBACK, {"r": encoded, "k": key})
+
+    # --- silences ------------------------------------------------------------------------------
+
+    def insert_silence(self, row: SilenceRow) -> None:
+        self.conn.execute(INSERT_SILENCE, dict(row))
+
+    def silence(self, silence_id: str) -> SilenceRow | None:
+        row = self.conn.execute(
+            text("SELECT * FROM silences WHERE silence_id = :s"), {"s": silence_id}
+        ).first()
+        return dict(row._mapping) if row else None  # type: ignore[return-value]
+
+    def expire_silence(self, silence_id: str, *, at: float, actor: str) -> None:
+        self.conn.execute(
+            text("UPDATE silences SET expired_at = :at, expired_by = :who WHERE silence_id = :s"),
+            {"at": at, "who": actor, "s": silence_id},
+        )
+
+    def silences(self, *, active_at: float | None, limit: int) -> list[SilenceRow]:
+        """Newest first; with ``active_at``, those in force or still to start then."""
+        where = "WHERE expired_at IS NULL AND ends_at > :now " if active_at is not None else ""
+        rows = self.conn.execute(
+            text(f"SELECT * FROM silences {where}ORDER BY created_at DESC, silence_id LIMIT :n"),
+            {"now": active_at, "n": limit},
+        )
+        return [dict(r._mapping) for r in rows]  # type: ignore[misc]
+
+    def live_unsilenced(self) -> list[dict[str, Any]]:
+        q = text(
+            "SELECT run_id, host_id, family FROM workflow_runs "
+            "WHERE state IN ('firing', 'recovering') AND status != 'failed' AND silenced_by IS NULL"
+        )
+        return [dict(r._mapping) for r in self.conn.execute(q)]
+
+    def silence_runs(self, run_ids: Sequence[str], silence_id: str) -> None:
+        if run_ids:
+            self.conn.execute(
+                text("UPDATE workflow_runs SET silenced_by = :s WHERE run_id = :r"),
+                [{"s": silence_id, "r": r} for r in run_ids],
+            )
+
+    def count_active_silences(self, now: float) -> int:
+        q = text("SELECT count(*) FROM silences WHERE expired_at IS NULL AND ends_at > :now")
+        return int(self.conn.execute(q, {"now": now}).scalar_one())
 
     # --- the audit log ---------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class WorkflowEngine:
             failpoint=failpoint,
         )
         self.triggers.runner = self.runner
+        self.silences = self.triggers.silences
         self.decisions = Decisions(self.reader, self.execution, posture, self.triggers.schedule)
 
     @property

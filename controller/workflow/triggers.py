@@ -43,6 +43,7 @@ from controller.workflow.analysis_pool import AnalysisPool
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.reads import evidence_key
 from controller.workflow.runner import StageRunner
+from controller.workflow.silences import Silences
 
 log = logging.getLogger(__name__)
 HEALTH_HOSTS = 10_000  # hosts whose evaluation record is kept (least recently failed go first)
@@ -80,6 +81,7 @@ class Triggers:
         self.hot = hot
         self.opts = options
         self.clock = clock
+        self.silences = Silences(runs, lambda: self.clock())  # the clock as it is set later
         self.code_version = code_version
         self.runner: StageRunner | None = None  # set by the engine that wires the two
         # Where windows live when analysis workers keep them (None: this process's hot state).
@@ -529,6 +531,7 @@ class Triggers:
                         "resolved_at": None,
                         "flaps": 0,
                         "parent_run_id": None,
+                        "silenced_by": self.silences.silencing(ev.host_id, family),
                     }
                 ]
             )

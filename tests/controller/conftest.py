@@ -10,12 +10,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from bench.peers import free_port
+
+if TYPE_CHECKING:
+    from controller.runtime import Runtime
 
 COLLECTOR_TOKEN = "collector-token-0123456789"
 OPERATOR_TOKEN = "operator-token-0123456789"
@@ -127,3 +130,45 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_500.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
+    """A controller app served on loopback in this process, its Runtime beside it."""
+    import threading
+
+    import uvicorn
+
+    from controller.app import create_app
+    from controller.config import load_settings
+    from controller.runtime import Runtime
+
+    # Evaluation in this process, and nothing ingested through the API: the test decides
+    # when hosts are evaluated (the engine's worker has nothing queued).
+    settings = load_settings(
+        **base_config(tmp_path / "data", workflow={"enabled": True, "analysis": {"workers": 0}})
+    )
+    rt = Runtime(settings)
+    rt.workflow.clock = Clock()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, rt), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, rt
+    finally:
+        server.should_exit = True
+        thread.join(20)

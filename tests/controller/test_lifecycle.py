@@ -303,6 +303,7 @@ def test_an_explained_run_is_not_taken_back_by_its_own_fingerprint(driver: Drive
                     "resolved_at": None,
                     "flaps": 0,
                     "parent_run_id": "run-cause",
+                    "silenced_by": None,
                 }
             ]
         )

@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import msgspec
-import pytest
-import uvicorn
 
-from bench.peers import free_port
 from collector.wire import validate_batch
-from controller.app import create_app
 from controller.artifacts import KINDS
-from controller.config import load_settings
 from controller.runtime import Runtime
 from testkit.scenarios import batch_for
 
-from .conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN, base_config
+from .conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN
 
 OPS = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_500.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
-    # Evaluation in this process, and nothing ingested through the API: the test decides
-    # when hosts are evaluated (the engine's worker has nothing queued).
-    settings = load_settings(
-        **base_config(tmp_path / "data", workflow={"enabled": True, "analysis": {"workers": 0}})
-    )
-    rt = Runtime(settings)
-    rt.workflow.clock = Clock()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, rt), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client, rt
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 def incident(rt: Runtime, family: str, host: str) -> str:
