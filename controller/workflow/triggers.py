@@ -504,6 +504,7 @@ class Triggers:
         # Evidence first: a run row never points at evidence that is not there.
         window = msgspec.json.encode(ev.to_dict(), order="sorted")
         self.payloads.put(evidence_key(run_id), window)
+        silenced_by = self.silences.silencing(ev.host_id, family)
         with self.runs.begin() as tx:
             tx.insert_runs(
                 [
@@ -531,7 +532,7 @@ class Triggers:
                         "resolved_at": None,
                         "flaps": 0,
                         "parent_run_id": None,
-                        "silenced_by": self.silences.silencing(ev.host_id, family),
+                        "silenced_by": silenced_by,
                     }
                 ]
             )

@@ -43,6 +43,8 @@ def test_a_run_that_opens_under_a_silence_says_so_and_is_still_analysed(api: Api
     assert sil["kind"] == "silence" and sil["hosts"] == ["batch-*"] and sil["created_by"]
     quiet = run_of(rt, incident(rt, "cpu_saturation", "batch-1"))
     assert quiet["silenced_by"] == sil["silence_id"] and quiet["status"] == "completed"
+    shown = client.get(f"/api/v1/agent/workflow/runs/{quiet['run_id']}", headers=OPS).json()["run"]
+    assert shown["silenced_by"] == sil["silence_id"]
     assert run_of(rt, incident(rt, "cpu_saturation", "web-1"))["silenced_by"] is None  # another host
     assert run_of(rt, incident(rt, "fd_exhaustion", "batch-2"))["silenced_by"] is None  # another family
 
