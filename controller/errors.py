@@ -24,6 +24,7 @@ ControllerError
 |   +-- BudgetExhausted    actuators/validate.py: validation's call budget is spent
 +-- UnknownDetectorError   detectors/base.py: a detector name nobody registered
 +-- RulesError             detectors/rules.py: a rules file refused at start
++-- ExprError              detectors/expr.py: an alert expression that cannot be read
 +-- UnknownRoleError       workflow/roles/base.py: an artifact kind no role produces
 +-- NotReady               workflow/roles/base.py: the verifier waits for fresh samples
 

@@ -28,13 +28,23 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from collector.settings_io import read_yaml_mapping
 from controller.config import HOST_PATTERN
 from controller.detectors.base import DETECTORS, Params
+from controller.detectors.expr import MAX_EXPR, ExprError, Node, parse_expr
 from controller.detectors.general import DEFAULT_GENERAL, GENERAL_FAMILIES, GeneralRules
 from controller.errors import ControllerError
 
@@ -103,29 +113,27 @@ class Match(_Strict):
         return all(labels.get(k) == v for k, v in self.labels.items())
 
 
+def _labels(v: dict[str, str]) -> dict[str, str]:
+    for k, x in v.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]{0,127}", k) or len(x) > 256:
+            raise ValueError(f"label {k!r}: a name like team or app.kubernetes.io/name, a value under 256")
+    return v
+
+
+# What a rule and an alert share: how long it must hold, its labels, its runbook.
+Duration = Annotated[float | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))]
+Labels = Annotated[dict[str, str], AfterValidator(_labels), Field(max_length=32)]
+RunbookUrl = Annotated[str | None, Field(max_length=2048, pattern=r"^https?://\S+$")]
+
+
 class Rule(_Strict):
     family: str
     match: Match = Field(default_factory=Match)
     params: dict[str, float] = Field(default_factory=dict, max_length=64)
-    for_s: float | None = Field(default=None, alias="for")
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
-    runbook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    for_s: Duration = Field(default=None, alias="for")
+    labels: Labels = Field(default_factory=dict)
+    runbook_url: RunbookUrl = None
     enabled: bool | None = None
-
-    @field_validator("for_s", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> float | None:
-        return None if v is None else parse_duration(v)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, x in v.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]{0,127}", k) or len(x) > 256:
-                raise ValueError(
-                    f"label {k!r}: a name like team or app.kubernetes.io/name, a value under 256"
-                )
-        return v
 
     @model_validator(mode="after")
     def _known(self) -> Rule:
@@ -142,8 +150,49 @@ class Rule(_Strict):
         return self
 
 
+class Alert(_Strict):
+    """An alert of the operator's own: a family named ``alert`` whose finding holds while
+    ``expr`` does (controller/detectors/expr.py), on the hosts ``match`` selects."""
+
+    alert: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    expr: str = Field(min_length=1, max_length=MAX_EXPR)
+    match: Match = Field(default_factory=Match)
+    for_s: Duration = Field(default=None, alias="for")
+    labels: Labels = Field(default_factory=dict)
+    runbook_url: RunbookUrl = None
+    confidence: float = Field(default=0.7, ge=0, le=1, allow_inf_nan=False)
+    summary: str | None = Field(default=None, max_length=200)
+
+    @field_validator("expr")
+    @classmethod
+    def _expr(cls, v: str) -> str:
+        try:
+            parse_expr(v)
+        except ExprError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _new_name(self) -> Alert:
+        if self.alert in families():
+            raise ValueError(f"alert {self.alert!r} is a built-in family: tune it under rules instead")
+        return self
+
+
 class RulesFile(_Strict):
     rules: tuple[Rule, ...] = Field(default=(), max_length=MAX_RULES)
+    alerts: tuple[Alert, ...] = Field(default=(), max_length=MAX_RULES)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RulesFile:
+        names = [a.alert for a in self.alerts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"alerts named twice: {', '.join(twice)}")
+        return self
+
+    def alert_names(self) -> frozenset[str]:
+        return frozenset(a.alert for a in self.alerts)
 
 
 @dataclass(frozen=True)
@@ -156,6 +205,7 @@ class HostRules:
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     runbook_url: dict[str, str] = field(default_factory=dict)
     disabled: frozenset[str] = frozenset()
+    alerts: tuple[tuple[Alert, Node], ...] = ()  # the operator's own, with their parsed expressions
 
     def enabled(self, family: str) -> bool:
         return family not in self.disabled
@@ -194,7 +244,7 @@ class Rules:
             raise RulesError(f"rules file {path}: {problems}") from None
 
     def for_host(self, host_id: str, labels: dict[str, str] | None = None) -> HostRules:
-        if not self.spec.rules:
+        if not self.spec.rules and not self.spec.alerts:
             return DEFAULT_HOST_RULES
         key = (host_id, tuple(sorted((labels or {}).items())))
         got = self._cache.get(key)
@@ -230,8 +280,19 @@ class Rules:
                 runbook[fam] = rule.runbook_url
             if rule.enabled is not None:
                 (disabled.discard if rule.enabled else disabled.add)(fam)
+        alerts = []
+        for a in self.spec.alerts:
+            if not a.match.matches(host_id, labels):
+                continue
+            alerts.append((a, parse_expr(a.expr)))
+            if a.for_s is not None:
+                hold[a.alert] = a.for_s
+            if a.labels:
+                out_labels[a.alert] = dict(a.labels)
+            if a.runbook_url:
+                runbook[a.alert] = a.runbook_url
         g = DEFAULT_GENERAL
         if general:
             typed = {k: type(getattr(g, k))(v) for k, v in general.items()}
             g = replace(g, **typed)
-        return HostRules(dict(params), g, hold, out_labels, runbook, frozenset(disabled))
+        return HostRules(dict(params), g, hold, out_labels, runbook, frozenset(disabled), tuple(alerts))

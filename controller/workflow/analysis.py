@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.detectors import DETECTORS, Evidence, Finding
 from controller.detectors.explains import explain, root_of, symptom_record
+from controller.detectors.expr import alert_finding
 from controller.detectors.general import general
 from controller.detectors.rules import DEFAULT_HOST_RULES, HostRules
 from controller.detectors.severity import severity
@@ -105,6 +106,10 @@ def detect(ev: Evidence, rules: HostRules = DEFAULT_HOST_RULES) -> list[Finding]
     for family in sorted(DETECTORS):
         if family not in rules.disabled:
             out.extend(DETECTORS[family](ev, rules.params.get(family)))
+    for alert, node in rules.alerts:
+        fired = alert_finding(ev, alert.alert, alert.expr, node, alert.confidence, alert.summary)
+        if fired is not None:
+            out.append(fired)
     out.extend(f for f in general(ev, out, rules.general) if f.family not in rules.disabled)
     if rules.hold_s:
         for f in out:
@@ -115,9 +120,10 @@ def detect(ev: Evidence, rules: HostRules = DEFAULT_HOST_RULES) -> list[Finding]
 
 
 def held_for(ev: Evidence, f: Finding) -> float:
-    """How long the finding's signal has stayed on the side of its threshold it is on now
-    (an anomaly: since its onset); a finding with neither has held as long as it is seen."""
-    since = f.culprit.detail.get("since") if f.family == "anomaly" else None
+    """How long the finding has held: since its onset when it names one (an anomaly, an
+    alert), else as long as its signal has stayed on the side of its threshold it is on
+    now; a finding with neither has held as long as it is seen."""
+    since = f.culprit.detail.get("since")
     if isinstance(since, int | float):
         return ev.end - float(since)
     points = (ev.series.get(f.signal) or []) if f.signal and f.threshold is not None else []

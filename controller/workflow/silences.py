@@ -18,7 +18,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -36,7 +36,7 @@ REFRESH_S = 5.0
 
 # HOST_PATTERN as JSON Schema writes a pattern (no \Z there).
 HostGlob = Annotated[str, StringConstraints(pattern="^" + HOST_PATTERN.pattern.removesuffix(r"\Z") + "$")]
-Family = Literal[FAMILIES]  # type: ignore[valid-type]
+FamilyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 class SilenceSpec(BaseModel):
@@ -46,13 +46,16 @@ class SilenceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Kind = "silence"
     hosts: list[HostGlob] = Field(default_factory=list, max_length=256)
-    families: list[Family] = Field(default_factory=list, max_length=64)
+    families: list[FamilyName] = Field(default_factory=list, max_length=64)
     starts_at: float | None = Field(default=None, ge=0, le=1e11, allow_inf_nan=False)  # none: now
     ends_at: float = Field(ge=0, le=1e11, allow_inf_nan=False)
     comment: str = Field(min_length=1, max_length=2000)
 
 
-def _check(spec: SilenceSpec) -> None:
+def _check(spec: SilenceSpec, known: Collection[str]) -> None:
+    unknown = sorted(set(spec.families) - set(known))
+    if unknown:
+        raise Invalid("families", f"unknown families {unknown}; known: {', '.join(sorted(known))}")
     if spec.kind == "maintenance" and (not spec.hosts or spec.families):
         raise Invalid("hosts", "a maintenance window names hosts and no families (it covers them all)")
     if spec.kind == "silence" and not (spec.hosts or spec.families):
@@ -67,15 +70,18 @@ def matches(row: SilenceRow, host_id: str, family: str) -> bool:
 
 
 class Silences:
-    def __init__(self, runs: RunStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, runs: RunStore, clock: Callable[[], float] = time.time, families: Collection[str] = FAMILIES
+    ) -> None:
         self.runs = runs
         self.clock = clock
+        self.families = frozenset(families)  # what a silence may name: built-in and the rules' alerts
         self._lock = threading.Lock()
         self._active: list[SilenceRow] = []
         self._read_at = -float("inf")
 
     def create(self, spec: SilenceSpec, actor: str) -> SilenceRow:
-        _check(spec)
+        _check(spec, self.families)
         now = self.clock()
         starts = spec.starts_at if spec.starts_at is not None else now
         if spec.ends_at <= max(starts, now):

@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from controller.detectors import Evidence
+from controller.detectors import FAMILIES, Evidence
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
@@ -81,7 +81,10 @@ class Triggers:
         self.hot = hot
         self.opts = options
         self.clock = clock
-        self.silences = Silences(runs, lambda: self.clock())  # the clock as it is set later
+        # The clock as it is set later; a silence may name the rules' own alerts too.
+        self.silences = Silences(
+            runs, lambda: self.clock(), FAMILIES + tuple(options.rules.spec.alert_names())
+        )
         self.code_version = code_version
         self.runner: StageRunner | None = None  # set by the engine that wires the two
         # Where windows live when analysis workers keep them (None: this process's hot state).

@@ -5,6 +5,7 @@ settings, refused with the rule and field named when bad; per-host overrides; th
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from controller.detectors.rules import (
 from controller.workflow.analysis import detect, rank, top_firing
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.roles import Posture
-from testkit.scenarios import FAULTS, apply, window
+from testkit.scenarios import FAULTS, T0, apply, window
 from tests.controller.test_lifecycle import Driver
 
 RULES = """
@@ -199,3 +200,79 @@ def test_the_engine_opens_no_run_for_a_pending_fault_and_one_once_it_holds(tmp_p
     assert len(runs) == 1 and runs[0]["family"] == "cpu_saturation"
     hyp = d.eng.load_chain(runs[0]["run_id"])
     assert hyp is not None
+
+
+ALERTS = """
+alerts:
+  - alert: blocked_tasks
+    expr: procs_blocked > 4 and (psi_io_some > 10 or disk_util_max_pct >= 90)
+    for: 10s
+    confidence: 0.8
+    labels: {team: storage}
+    runbook_url: https://runbooks.example/blocked
+    summary: tasks stuck on IO
+"""
+
+
+def blocked(d: dict[str, Any], i: int, faulty: bool) -> None:
+    if faulty:
+        apply(d, "host.cpu.procs_blocked", 6)
+        apply(d, "psi.io.some.avg10", 15.0)
+
+
+def test_an_alert_of_ones_own_fires_from_its_expression(tmp_path: Path) -> None:
+    rules = rules_from(ALERTS, tmp_path)
+    hyps_now = hyps(None, rules, calm_s=200, fault_s=30, tweak=blocked)
+    top = hyps_now[0]
+    assert top.family == "blocked_tasks" and top.state == "active" and top.confidence == 0.8
+    assert top.culprit["rule"] == "blocked_tasks" and top.culprit["since"] == T0 + 200
+    assert top.summary == "tasks stuck on IO" and top.supporting == [
+        "procs_blocked",
+        "psi_io_some",
+        "disk_util_max_pct",
+    ]
+    d = top.to_dict()
+    assert d["labels"] == {"team": "storage"} and d["runbook_url"] == "https://runbooks.example/blocked"
+    assert top_firing(hyps_now, 0.5) is top  # what it moved rides on it
+    assert not [h for h in hyps(None, rules, calm_s=230, fault_s=0) if h.family == "blocked_tasks"]
+
+
+def test_an_alert_is_pending_until_it_has_held_for_its_for(tmp_path: Path) -> None:
+    rules = rules_from(ALERTS.replace("for: 10s", "for: 60s"), tmp_path)
+    early = [
+        h for h in hyps(None, rules, calm_s=200, fault_s=30, tweak=blocked) if h.family == "blocked_tasks"
+    ]
+    assert early and early[0].state == "pending" and top_firing(early, 0.5) is None
+    late = [
+        h for h in hyps(None, rules, calm_s=200, fault_s=70, tweak=blocked) if h.family == "blocked_tasks"
+    ]
+    assert late and late[0].state == "active"
+
+
+def test_an_alert_applies_only_where_it_matches(tmp_path: Path) -> None:
+    rules = rules_from(
+        ALERTS.replace("    for: 10s\n", "    for: 10s\n    match: {hosts: [db-*]}\n"), tmp_path
+    )
+    assert [
+        h
+        for h in hyps(None, rules, host="db-1", calm_s=200, fault_s=30, tweak=blocked)
+        if h.family == "blocked_tasks"
+    ]
+    assert not [
+        h for h in hyps(None, rules, calm_s=200, fault_s=30, tweak=blocked) if h.family == "blocked_tasks"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("alerts:\n  - alert: x\n    expr: 'a > '\n", "expected num at the end"),
+        ("alerts:\n  - alert: cpu_saturation\n    expr: 'a > 1'\n", "built-in family"),
+        ("alerts:\n  - alert: x\n    expr: 'a > 1'\n  - alert: x\n    expr: 'b > 1'\n", "named twice: x"),
+        ("alerts:\n  - alert: Bad-Name\n    expr: 'a > 1'\n", "alert"),
+        ("alerts:\n  - alert: x\n    expr: 'a > 1'\n    confidence: 2\n", "confidence"),
+    ],
+)
+def test_a_bad_alert_is_refused_naming_it(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(RulesError, match=re.escape(says)):
+        rules_from(text, tmp_path)
