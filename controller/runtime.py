@@ -115,6 +115,7 @@ class Runtime:
                 on_failure=self.workflow.triggers.record_failure_text,
                 on_ok=self.workflow.triggers.record_success,
                 on_clean=self.workflow.triggers.notify_clean,
+                live_hosts=self.workflow.triggers.live_hosts,
             )
             self.workflow.triggers.pool = self.analysis
         else:

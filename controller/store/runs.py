@@ -586,6 +586,13 @@ class RunTx:
         )
         return [dict(r._mapping) for r in rows]  # type: ignore[misc]
 
+    def live_hosts(self, limit: int) -> list[str]:
+        q = text(
+            "SELECT DISTINCT host_id FROM workflow_runs WHERE state IN ('firing', 'recovering') "
+            "AND status != 'failed' ORDER BY host_id LIMIT :n"
+        )
+        return [r[0] for r in self.conn.execute(q, {"n": limit})]
+
     def live_unsilenced(self) -> list[dict[str, Any]]:
         q = text(
             "SELECT run_id, host_id, family FROM workflow_runs "

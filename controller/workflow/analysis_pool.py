@@ -27,7 +27,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -103,6 +103,14 @@ class Evaluator:
         # Hosts that fired lately -> clean evaluations still to report; the hosts to report now.
         self.watch: OrderedDict[str, int] = OrderedDict()
         self.cleans: list[str] = []
+
+    def watch_hosts(self, hosts: Iterable[str]) -> None:
+        """Report these hosts' clean evaluations, as for hosts that fired here (their runs
+        are live from before this worker started)."""
+        for host in hosts:
+            self.watch[host] = self.config.report_clean
+        while len(self.watch) > self.config.hot_state.max_hosts:
+            self.watch.popitem(last=False)
 
     def _failed(self, host: str, error: str) -> None:
         self.errors += 1
@@ -187,11 +195,13 @@ class Evaluator:
         return out
 
 
-def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any) -> None:
-    """A worker process: apply what came, evaluate what is due, answer reads."""
+def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any, watch: Sequence[str] = ()) -> None:
+    """A worker process: apply what came, evaluate what is due, answer reads; ``watch``: the
+    hosts of its partition with live runs, reported clean when found so."""
     if config.nice:
         os.nice(config.nice)
     ev = Evaluator(config)
+    ev.watch_hosts(watch)
     last_stats = 0.0
     while True:
         try:
@@ -268,8 +278,12 @@ class AnalysisPool:
         on_failure: Callable[[str, str], None] | None = None,
         on_ok: Callable[[str], None] | None = None,
         on_clean: Callable[[str], None] | None = None,
+        live_hosts: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.config = config
+        # Hosts with live runs: a worker that starts (or starts again) watches them, so their
+        # clean evaluations resolve those runs rather than the sweep, an attach window later.
+        self.live_hosts = live_hosts
         self.n = workers
         self.queue_max = queue_max
         self.queue_bytes = queue_bytes
@@ -301,12 +315,22 @@ class AnalysisPool:
         self.submitted = 0
         self.overflow = 0
 
+    def _watched(self, index: int) -> list[str]:
+        if self.live_hosts is None:
+            return []
+        try:
+            hosts = self.live_hosts()
+        except Exception:  # the store down: the sweep still resolves them
+            log.exception("reading the hosts with live runs for analysis worker %d failed", index)
+            return []
+        return [h for h in hosts if self.partition(h) == index][: self.config.hot_state.max_hosts]
+
     def _spawn(self, index: int) -> _Worker:
         # Two hand-overs in the pipe at most: the bound on what waits is the pending list's.
         inq, outq = self._ctx.Queue(2), self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(index, self.config, inq, outq),
+            args=(index, self.config, inq, outq, self._watched(index)),
             name=f"incidentlab-analysis-{index}",
             daemon=True,
         )

@@ -145,6 +145,11 @@ class Triggers:
             self._pending.add(host_id)
         self._wake.set()
 
+    def live_hosts(self) -> list[str]:
+        """Hosts with a live run (at most LIVE_HOSTS): what an analysis worker that starts watches."""
+        with self.runs.begin() as tx:
+            return tx.live_hosts(LIVE_HOSTS)
+
     def notify_clean(self, host_id: str) -> None:
         """An analysis worker's evaluation of a host that had fired found nothing live: counted
         toward resolving the host's runs, on the engine's thread, after what came before it."""

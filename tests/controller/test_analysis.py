@@ -150,22 +150,25 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_its_hosts_faults_are_still_found() -> None:
     triggers: list[tuple[str, Evidence]] = []
+    cleans: list[str] = []
     pool = AnalysisPool(
         config(),
         workers=2,
         queue_max=1000,
         read_timeout_s=5.0,
         on_trigger=lambda host, ev, hyps: triggers.append((host, ev)),
+        on_clean=cleans.append,
+        live_hosts=lambda: ["node-x", "node-gone"],  # the store's hosts with live runs
     )
     pool.start()
     try:
         host = "node-x"
 
-        def send(n: int, seq0: int) -> None:
+        def send(n: int, seq0: int, family: str | None = "cpu_saturation") -> None:
             now = time.time()
             for i in range(n):
                 ts = now - (n - i) * 10
-                raw = batch(host, seq0 + i, ts, "cpu_saturation", i)
+                raw = batch(host, seq0 + i, ts, family, i)
                 pool.submit(Accepted(host, raw, now))
 
         send(12, 1)
@@ -176,10 +179,15 @@ def test_a_killed_worker_is_restarted_and_its_hosts_faults_are_still_found() -> 
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: pool.restarts == 1 and pool.stats()["alive"] == 2, 30, "the restart")
+        # The new worker never saw it fire, but its run is live: a calm window is reported
+        # clean, so the run resolves by its lifecycle, not the sweep an attach window later.
+        cleans.clear()
+        send(12, 50, None)
+        wait_for(lambda: host in cleans, 30, "a clean evaluation of the host with a live run")
         triggers.clear()
         send(12, 100)  # the host's next batches fill its window again
         wait_for(lambda: any(h == host for h, _ in triggers), 30, "the fault to be found again")
-        assert triggers[-1][1].samples == 12
+        assert triggers[-1][1].samples == 24  # the new worker's calm and faulty batches, none from before
         wait_for(lambda: pool.stats()["evaluations"] > 0, 10, "stats from the new worker")
     finally:
         pool.stop()
@@ -376,3 +384,47 @@ def test_a_host_that_fired_reports_its_clean_evaluations_then_stops() -> None:
     first = reported.index(["sick"])
     assert reported[first : first + 3] == [["sick"]] * 3 and not any(reported[first + 3 :]), reported
     assert "sick" not in ev.watch
+
+
+def test_hosts_with_live_runs_from_before_are_watched_from_the_start() -> None:
+    clock = Clock(1_900_000_000.0)
+    ev = Evaluator(
+        WorkerConfig(HotStateSettings(), window_s=300.0, open_threshold=0.5, report_clean=2), clock=clock
+    )
+    ev.watch_hosts(["live"])
+    for i in range(12):
+        clock.t += 10
+        for host in ("live", "other"):
+            ev.take(batch(host, i + 1, clock.t, None, i), clock.t)
+            ev.evaluate(host)
+    assert ev.cleans == ["live", "live"]  # report_clean of them; none for a host with no run
+
+
+def test_a_pool_hands_each_worker_the_live_hosts_of_its_partition() -> None:
+    hosts = [f"h{i}" for i in range(40)]
+    pool = AnalysisPool(
+        config(),
+        workers=3,
+        queue_max=10,
+        read_timeout_s=1.0,
+        on_trigger=lambda h, e, hy: None,
+        live_hosts=lambda: hosts,
+    )
+    parts = [pool._watched(i) for i in range(3)]
+    assert sorted(h for p in parts for h in p) == sorted(hosts)
+    assert all(pool.partition(h) == i for i, p in enumerate(parts) for h in p)
+
+    def down() -> list[str]:
+        raise OSError("store down")
+
+    assert (
+        AnalysisPool(
+            config(),
+            workers=1,
+            queue_max=10,
+            read_timeout_s=1.0,
+            on_trigger=lambda h, e, hy: None,
+            live_hosts=down,
+        )._watched(0)
+        == []
+    )
