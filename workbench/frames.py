@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from controller.store.runs import fault_times
+
 RUN_STATUSES = ["running", "awaiting_approval", "verifying", "completed", "failed"]
 RUN_COLUMNS = [
     "run_id",
@@ -27,7 +29,15 @@ RUN_COLUMNS = [
     "closed_at",
     "fingerprint",
     "incident_id",
+    "state",
+    "fault_started_at",
+    "resolved_at",
+    "time_to_detect_s",
+    "time_to_resolve_s",
+    "flaps",
+    "silenced_by",
 ]
+RUN_STATES = ["firing", "recovering", "resolved", "explained"]
 
 
 def _times(values: Any) -> pd.Series:
@@ -35,9 +45,14 @@ def _times(values: Any) -> pd.Series:
     return pd.to_datetime(pd.Series(values, dtype="float64"), unit="s", utc=True).dt.as_unit("ns")
 
 
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run, newest first."""
     culprits = [r.get("culprit") or {} for r in rows]
+    times = [fault_times(r) for r in rows]
     df = pd.DataFrame(
         {
             "run_id": pd.Series([r["run_id"] for r in rows], dtype="string"),
@@ -51,11 +66,16 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "attachments": pd.Series([r["attachments"] for r in rows], dtype="int64"),
             "created_at": _times([r["created_at"] for r in rows]),
             "updated_at": _times([r["updated_at"] for r in rows]),
-            "closed_at": _times(
-                [r["closed_at"] if r["closed_at"] is not None else float("nan") for r in rows]
-            ),
+            "closed_at": _times([_nan(r["closed_at"]) for r in rows]),
             "fingerprint": pd.Series([r["fingerprint"] for r in rows], dtype="string"),
             "incident_id": pd.Series([r["incident_id"] for r in rows], dtype="string"),
+            "state": pd.Categorical([r.get("state", "firing") for r in rows], categories=RUN_STATES),
+            "fault_started_at": _times([_nan(r.get("fault_started_at")) for r in rows]),
+            "resolved_at": _times([_nan(r.get("resolved_at")) for r in rows]),
+            "time_to_detect_s": pd.Series([_nan(t[0]) for t in times], dtype="float64"),
+            "time_to_resolve_s": pd.Series([_nan(t[1]) for t in times], dtype="float64"),
+            "flaps": pd.Series([r.get("flaps", 0) for r in rows], dtype="int64"),
+            "silenced_by": pd.Series([r.get("silenced_by") for r in rows], dtype="string"),
         },
         columns=RUN_COLUMNS,
     )

@@ -21,7 +21,7 @@ from controller.api.routes import BODY_ERRORS, READ_ERRORS, errors
 from controller.artifacts import Artifact
 from controller.detectors import Evidence
 from controller.errors import Invalid, UnknownRun
-from controller.store.runs import AuditKind, RunStatus
+from controller.store.runs import AuditKind, RunStatus, fault_times
 from controller.workflow.analysis import detect, rank
 from controller.workflow.engine import WorkflowEngine
 from controller.workflow.silences import SilenceSpec, public
@@ -124,11 +124,11 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 def run_summary(row: Mapping[str, Any]) -> dict[str, Any]:
     """A run row for the API, with its times to detect and to resolve (from the fault's start)."""
-    started, resolved = row.get("fault_started_at"), row.get("resolved_at")
+    detect, resolve = fault_times(row)
     return dict(row) | {
         "culprit": json.loads(row["culprit"]),
-        "time_to_detect_s": None if started is None else round(row["created_at"] - started, 3),
-        "time_to_resolve_s": None if started is None or resolved is None else round(resolved - started, 3),
+        "time_to_detect_s": detect,
+        "time_to_resolve_s": resolve,
     }
 
 

@@ -18,7 +18,7 @@ Rows come out as the TypedDicts below, JSON columns decoded except the run's
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypedDict, get_args
 
@@ -86,6 +86,15 @@ class SilenceRow(TypedDict):
     created_at: float
     expired_at: float | None
     expired_by: str | None
+
+
+def fault_times(row: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(time to detect, time to resolve) of a run, in seconds from its fault's start (None
+    where not known yet)."""
+    started, resolved = row.get("fault_started_at"), row.get("resolved_at")
+    if started is None:
+        return None, None
+    return round(row["created_at"] - started, 3), None if resolved is None else round(resolved - started, 3)
 
 
 RunState = Literal["firing", "recovering", "resolved", "explained"]

@@ -36,6 +36,16 @@ def test_runs_is_one_typed_row_per_run(store: Store) -> None:
     assert rows[ids["completed"]]["culprit_kind"] == "process_tree"
     assert str(rows[ids["completed"]]["culprit"]) == "pid 24166"
     assert pd.isna(rows[ids["awaiting"]]["closed_at"])
+    # Each run's lifecycle: state, when its fault began, how long it took to find.
+    done = rows[ids["completed"]]
+    assert done["state"] in ("firing", "recovering", "resolved") and done["flaps"] == 0
+    assert (
+        str(df["fault_started_at"].dtype) == "datetime64[ns, UTC]"
+        and df["time_to_detect_s"].dtype == "float64"
+    )
+    assert done["time_to_detect_s"] >= 0 and pd.isna(done["silenced_by"])
+    if done["state"] != "resolved":
+        assert pd.isna(done["time_to_resolve_s"]) and pd.isna(done["resolved_at"])
     with Workbench(data) as wb:
         assert set(wb.runs(status="completed")["run_id"]) == {ids["completed"], ids["memory"]}
         assert list(wb.runs(host="recorded-throttle")["run_id"]) == [ids["awaiting"]]

@@ -7,6 +7,7 @@ fault lasts, so it is no conclusion, and a replay does not compare it."""
 
 from __future__ import annotations
 
+from controller.store.runs import fault_times
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
 
@@ -46,7 +47,7 @@ class Memory(Role):
                     "notes": obs.uncertainty.notes,
                 },
                 "fault_started_at": started,
-                "time_to_detect_s": None if started is None else round(run["created_at"] - started, 3),
+                "time_to_detect_s": fault_times(run)[0],
                 "at_report": {
                     "attachments": run.get("attachments", 0),
                     "state": run.get("state", "firing"),
