@@ -33,10 +33,12 @@ from collector.errors import CollectorError, PermanentRejection, SpoolError, Tra
 from collector.info import CollectorInfo
 from collector.sampler import Sampler
 from collector.spool import Spool, SpoolOptions, atomic_write_json
+from collector.topology import Topology, topology_from
 from collector.transport import Transport, TransportOptions
 from collector.wire import BATCH_SCHEMA, BatchKey, validate_batch
 
 STATUS_FILE = "status.json"
+INFO_EVERY_S = 600.0
 EVENT_DROPS = ("event_overflow", "perf_lost", "undecodable")
 
 
@@ -47,6 +49,7 @@ class Agent:
         *,
         sampler: Sampler | None = None,
         transport: Transport | None = None,
+        topology: Topology | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -59,7 +62,10 @@ class Agent:
             self.spool.close()
             raise
         self._info: CollectorInfo = self.sampler.info()
+        # Labels change on their own thread (the Node object re-read): a change resends the info.
+        self.topology = topology or topology_from(settings)
         self._info_sent: dict[str, Any] | None = None
+        self._info_at = -float("inf")
         self._event_drops: dict[str, int] = dict.fromkeys(EVENT_DROPS, 0)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -95,7 +101,11 @@ class Agent:
             for key in EVENT_DROPS:
                 self._event_drops[key] += int(data.get("dropped", {}).get(key, 0))
         state = self.spool.state
-        info = self._info.to_dict()
+        info = self._info.to_dict() | {"labels": self.topology.labels(), "topology": self.topology.state()}
+        # Sent when it changes, and now and then regardless: a controller that restarted (or a
+        # replica that took the host over) learns the host's labels within INFO_EVERY_S.
+        now = time.monotonic()
+        resend = info != self._info_sent or now - self._info_at >= INFO_EVERY_S
         batch = {
             "schema": BATCH_SCHEMA,
             "host_id": self._info.host_id,
@@ -112,12 +122,14 @@ class Agent:
                 "dead_letters": state.dead_letters,
                 **self._event_drops,
             },
-            "collector": info if info != self._info_sent else None,
+            "collector": info if resend else None,
             "agent": health,
         }
         body = msgspec.json.encode(batch)
         validate_batch(body)  # never spool a batch the receiver would refuse (the bytes it will get)
         self._info_sent = info
+        if resend:
+            self._info_at = now
         return body
 
     def sample_once(self) -> int:
@@ -182,6 +194,7 @@ class Agent:
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         shipper = threading.Thread(target=self._ship_loop, name="collector-shipper", daemon=True)
         shipper.start()
+        self.topology.start()
         n = 0
         try:
             while not self._stop.is_set():
@@ -205,6 +218,7 @@ class Agent:
         # The spool itself is what must be saved; the status file is a convenience.
         with contextlib.suppress(OSError, SpoolError):
             self.write_status()
+        self.topology.stop()
         self.sampler.close()
         self.transport.close()
         self.spool.close()  # flushes pending appends and keeps the acked offset

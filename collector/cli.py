@@ -12,6 +12,7 @@ from typing import Any
 from collector.config import load_settings
 from collector.errors import CollectorError
 from collector.sampler import Sampler
+from collector.topology import topology_from
 
 
 def _summary_line(name: str, entry: dict[str, Any]) -> str:
@@ -63,8 +64,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     sampler = Sampler(settings)
+    topology = topology_from(settings)
     try:
-        info = sampler.info().to_dict()
+        topology.refresh()  # once, in the foreground: what the agent would send first
+        info = sampler.info().to_dict() | {"labels": topology.labels(), "topology": topology.state()}
     finally:
         sampler.close()
     if args.json:
@@ -78,6 +81,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"bpf: {'yes' if caps['bpf'] else 'no: ' + str(caps['bpf_reason'])}")
     print(f"nvml: {'yes' if caps['nvml'] else 'no: ' + str(caps['nvml_reason'])}")
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(info["labels"].items()))
+    print(f"labels: {labels or 'none'}")
+    for where, why in info["topology"]["errors"].items():
+        print(f"  labels from {where} failed: {why}")
     for name, src in info["sources"].items():
         state = "on " if src["enabled"] else "off"
         reason = f"  ({src['reason']})" if src["reason"] else ""

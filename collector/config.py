@@ -15,8 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from collector.errors import ConfigError
+from collector.errors import ConfigError, TopologyError
 from collector.settings_io import EnvOverYaml, describe, read_yaml_mapping
+from collector.topology import check_labels
 
 ENV_PREFIX = "INCIDENTLAB_COLLECTOR_"
 # The wire contract's id rule, repeated from collector/wire.py `_ID` (keep the two equal):
@@ -96,6 +97,27 @@ class TransportSettings(_Strict):
         return self
 
 
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubernetesSettings(_Strict):
+    """Where a collector on Kubernetes reads its node's topology labels (collector/topology.py).
+
+    ``node_name`` comes from the DaemonSet's ``spec.nodeName`` (the Downward API, as
+    INCIDENTLAB_COLLECTOR_KUBERNETES__NODE_NAME); without it the API is not read."""
+
+    node_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    api_url: str = "https://kubernetes.default.svc"
+    token_file: Path | None = SA_DIR / "token"
+    ca_file: Path | None = SA_DIR / "ca.crt"
+    # This pod's labels through the Downward API (where the cluster copies topology labels onto pods).
+    downward_labels_file: Path | None = None
+    # Node label keys carried beyond the well-known ones (their last path part names them).
+    node_label_keys: list[str] = Field(default_factory=list, max_length=16)
+    refresh_s: float = Field(default=300.0, ge=10, le=86_400)
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+
 class CollectorSettings(EnvOverYaml):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -136,6 +158,18 @@ class CollectorSettings(EnvOverYaml):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     transport: TransportSettings = Field(default_factory=TransportSettings)
     external: list[ExternalCommand] = Field(default_factory=list)
+    # Where this host sits (zone, rack, cluster, ...): sent in CollectorInfo; the controller
+    # groups hosts by them. On Kubernetes the node's labels fill the rest (``kubernetes``).
+    labels: dict[str, str] = Field(default_factory=dict)
+    kubernetes: KubernetesSettings | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        try:
+            return check_labels(value, "labels")
+        except TopologyError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("host_id")
     @classmethod

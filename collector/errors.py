@@ -3,6 +3,7 @@
     CollectorError
     +-- ConfigError            settings refused at start (names the key and why)
     |   +-- UnknownSourceError a source name that is not registered
+    |   +-- TopologyError      labels that break the label rules, or a Node object without labels
     +-- SourceError            a source failed to sample (foreign errors wrapped here)
     +-- ParseError             Prometheus text that does not parse (collector/sources/external.py)
     +-- WireError              a batch or ack breaks the wire contract (names the field)
@@ -33,6 +34,10 @@ class UnknownSourceError(ConfigError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown source {name!r}; known sources: {', '.join(sorted(known))}")
         self.name = name
+
+
+class TopologyError(ConfigError):
+    """Labels that break the label rules (names and values, how many); a node without labels."""
 
 
 class SourceError(CollectorError):

@@ -125,6 +125,9 @@ class CollectorInfo:
     versions: dict[str, str]
     capabilities: dict[str, Any]
     sources: dict[str, SourceInfo] = field(default_factory=dict)
+    # Where the host sits, and where those labels came from (collector/topology.py).
+    labels: dict[str, str] = field(default_factory=dict)
+    topology: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,198 @@
+"""Topology labels: settings, the Downward API file, the Node object, and their travel in CollectorInfo."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import load_settings
+from collector.errors import ConfigError, TopologyError
+from collector.topology import Topology, node_labels, parse_downward_labels, topology_from
+from tests.collector.ingest_server import IngestServer
+from tests.collector.test_transport import agent_settings, make_agent
+
+# A GKE node's metadata as the API returns it (trimmed to the labels and name).
+GKE_NODE: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {
+        "name": "gke-prod-gpu-pool-7f3a9c1e-x2lk",
+        "labels": {
+            "beta.kubernetes.io/arch": "amd64",
+            "beta.kubernetes.io/instance-type": "a2-highgpu-1g",
+            "cloud.google.com/gke-nodepool": "gpu-pool",
+            "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+            "failure-domain.beta.kubernetes.io/zone": "us-central1-a",
+            "kubernetes.io/hostname": "gke-prod-gpu-pool-7f3a9c1e-x2lk",
+            "node.kubernetes.io/instance-type": "a2-highgpu-1g",
+            "topology.kubernetes.io/region": "us-central1",
+            "topology.kubernetes.io/zone": "us-central1-a",
+            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB",
+        },
+    },
+}
+
+
+def test_node_labels_map_the_well_known_keys() -> None:
+    got = node_labels(GKE_NODE, extra=("cloud.google.com/gke-accelerator",))
+    assert got == {
+        "zone": "us-central1-a",
+        "region": "us-central1",
+        "instance_type": "a2-highgpu-1g",
+        "gpu_product": "NVIDIA-A100-SXM4-40GB",
+        "node_pool": "gpu-pool",
+        "gke_accelerator": "nvidia-tesla-a100",
+        "node": "gke-prod-gpu-pool-7f3a9c1e-x2lk",
+    }
+
+
+def test_node_labels_fall_back_to_the_beta_keys_and_skip_bad_values() -> None:
+    node = {
+        "metadata": {
+            "labels": {"failure-domain.beta.kubernetes.io/zone": "z1", "eks.amazonaws.com/nodegroup": "x\n"}
+        }
+    }
+    assert node_labels(node) == {"zone": "z1"}
+    with pytest.raises(TopologyError, match=r"metadata\.labels"):
+        node_labels({"metadata": {}})
+    with pytest.raises(TopologyError):
+        node_labels(["not", "a", "node"])
+
+
+def test_downward_file_is_parsed_with_go_quoting() -> None:
+    text = 'app="trainer"\ntopology.kubernetes.io/zone="eu-west-1b"\nnote="a \\"quoted\\" \\u00e9"\n\n'
+    assert parse_downward_labels(text) == {
+        "app": "trainer",
+        "topology.kubernetes.io/zone": "eu-west-1b",
+        "note": 'a "quoted" é',
+    }
+    for bad in ("app=trainer", 'app="unterminated', 'app="bad \\x escape"'):
+        with pytest.raises(TopologyError, match="line 1"):
+            parse_downward_labels(bad)
+
+
+def test_settings_refuse_bad_labels() -> None:
+    assert load_settings(labels={"zone": "a", "rack": "r7"}).labels == {"zone": "a", "rack": "r7"}
+    for bad in ({"Zone": "a"}, {"zone": "x" * 200}, {"zone": "a\nb"}, {f"l{i}": "v" for i in range(40)}):
+        with pytest.raises(ConfigError, match="labels"):
+            load_settings(labels=bad)
+    with pytest.raises(ConfigError, match="node_name"):
+        load_settings(kubernetes={"node_name": "Bad_Name"})
+
+
+class _NodeApi:
+    """A Kubernetes API answering GET /api/v1/nodes/NAME for one node (or an error)."""
+
+    def __init__(self, node: dict[str, Any]) -> None:
+        self.node = node
+        self.status = 200
+        self.auth: list[str | None] = []
+        api = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                api.auth.append(self.headers.get("Authorization"))
+                name = api.node["metadata"]["name"]
+                ok = self.path == f"/api/v1/nodes/{name}" and api.status == 200
+                body = json.dumps(api.node if ok else {"kind": "Status", "code": 404}).encode()
+                self.send_response(200 if ok else (api.status if api.status != 200 else 404))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _plain_open(req: Any, timeout: float) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        body: bytes = resp.read()
+    return body
+
+
+def test_the_node_object_fills_what_settings_leave(tmp_path: Path) -> None:
+    api = _NodeApi(GKE_NODE)
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    try:
+        topo = Topology(
+            {"zone": "override", "cluster": "prod"},
+            node_name="gke-prod-gpu-pool-7f3a9c1e-x2lk",
+            api_url=api.url,
+            token_file=token,
+            opener=_plain_open,
+        )
+        assert topo.labels() == {"zone": "override", "cluster": "prod"}  # nothing read yet
+        topo.refresh()
+        labels = topo.labels()
+        assert labels["zone"] == "override" and labels["cluster"] == "prod"  # settings win
+        assert labels["node_pool"] == "gpu-pool" and labels["region"] == "us-central1"
+        assert api.auth == ["Bearer sa-token"]
+        assert topo.state() == {"sources": ["settings", "kubernetes_api"], "errors": {}}
+        # The API failing later keeps the last labels and says why.
+        api.status = 403
+        topo.refresh()
+        assert topo.labels() == labels
+        assert "HTTP 403" in topo.state()["errors"]["node"]
+    finally:
+        api.close()
+
+
+def test_an_unreachable_api_and_a_bad_file_are_reported_not_raised(tmp_path: Path) -> None:
+    bad = tmp_path / "labels"
+    bad.write_text("not a label line\n")
+    topo = Topology(
+        {}, node_name="n1", api_url="http://127.0.0.1:9", downward_file=bad, timeout_s=1, opener=_plain_open
+    )
+    topo.refresh()
+    errors = topo.state()["errors"]
+    assert set(errors) == {"node", "downward"} and "line 1" in errors["downward"]
+    assert topo.labels() == {}
+    bad.write_text('topology.kubernetes.io/zone="z9"\n')
+    topo.refresh()
+    assert topo.labels() == {"zone": "z9"} and "downward" not in topo.state()["errors"]
+
+
+def test_topology_from_settings(tmp_path: Path) -> None:
+    s = load_settings(labels={"rack": "r1"}, kubernetes={"node_name": "n1", "api_url": "https://api:6443"})
+    topo = topology_from(s)
+    assert topo.node_name == "n1" and topo.api_url == "https://api:6443" and topo.static == {"rack": "r1"}
+    assert topology_from(load_settings()).node_name is None
+
+
+def test_labels_travel_in_collector_info_and_a_change_resends_it(tmp_path: Path) -> None:
+    with IngestServer() as srv:
+        settings = agent_settings(tmp_path, srv.url).model_copy(
+            update={"labels": {"zone": "a", "rack": "r1"}}
+        )
+        agent = make_agent(settings)
+        try:
+            agent.sample_once()
+            agent.sample_once()
+            agent.topology.static = {"zone": "b", "rack": "r1"}  # as if the node moved
+            agent.sample_once()
+            while agent.ship_once():
+                pass
+            infos = [b.collector for b in srv.received.batches]
+            assert infos[0] is not None and infos[0]["labels"] == {"zone": "a", "rack": "r1"}
+            assert infos[0]["topology"] == {"sources": ["settings"], "errors": {}}
+            assert infos[1] is None  # unchanged: not sent again
+            assert infos[2] is not None and infos[2]["labels"]["zone"] == "b"
+        finally:
+            agent.close()
