@@ -20,6 +20,10 @@ the clock starts; then bench/loadgen.py, in its own process, sends the paced bat
 
 Targets (issue 14): <= 0.5 ms of controller CPU per batch; /healthz p99 < 50 ms;
 detection delay within two intervals of the in-process evaluation's.
+
+And the fleet correlator (bench/correlator_bench.py, in process): its CPU per evaluation at
+100, 1,000 and 5,000 hosts (it must grow no worse than linearly) against the same correlator
+pair by pair, and the delay from a member's fault to the fleet incident, in intervals.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import httpx
 import msgspec
 import probe_core
 
+from bench import correlator_bench
 from bench.harness import write_result
 from bench.ingest_bench import ROOT, TOKEN, start_bare, start_controller, stop
 from bench.peers import proc_cpu_s
@@ -289,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=90.0, help="the paced phase")
+    parser.add_argument(
+        "--correlator-only",
+        action="store_true",
+        help="only the correlator's part (printed, not written: fleet.json holds the whole run)",
+    )
     args = parser.parse_args(argv)
+    if args.correlator_only:
+        print(json.dumps(correlator_bench.run(), indent=2))
+        return 0
 
     def step(msg: str) -> None:
         print(f"[fleet bench] {msg}", flush=True)
@@ -335,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         # Every accepted batch's host evaluated: none dropped from a full analysis queue.
         "no_overflow": (pooled["analysis"] or {}).get("queue_overflow") == 0,
     }
+    step("the fleet correlator: CPU per evaluation at 100, 1,000 and 5,000 hosts; delay to the incident")
+    corr = correlator_bench.run()
+    result["correlator"] = corr
+    met["correlator_linear"] = corr["met"]["linear"]
     result["met"] = met
     path = write_result("fleet", result)
     step(

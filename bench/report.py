@@ -180,6 +180,38 @@ def _fleet(doc: dict[str, Any]) -> list[str]:
         f"({c['analysis']['samples'] // c['analysis']['hosts']} samples each), evaluated "
         f"{c['analysis']['evaluations']:,} times and lagged at most {c['analysis']['lag_max_s']} s. "
         "Detection takes as many intervals as the detectors need fresh samples (a mean of the last five).",
+        *_correlator(doc.get("correlator")),
+    ]
+
+
+def _correlator(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    rows = {r["hosts"]: r for r in c["cpu_per_evaluation"]}
+    peer = {r["hosts"]: r for r in c["peer_pairwise_python"]}
+    d = c["delay"]
+    return [
+        "",
+        "The fleet correlator (`bench/correlator_bench.py`, in the same run), every host with a live "
+        "sighting (a fleet-wide event) over 10 zones, a fifth in same-service groups and the rest left to "
+        "correlation, against the same correlator building its matrix pair by pair in Python:",
+        "",
+        "| hosts | CPU per evaluation | per host | pair by pair (peer) |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {n:,} | {r['cpu_ms_per_evaluation']} ms | {r['cpu_us_per_host']} us "
+            f"| {peer[n]['cpu_ms_per_evaluation'] if n in peer else '-'}" + (" ms |" if n in peer else " |")
+            for n, r in rows.items()
+        ),
+        "",
+        f"Per-host cost from 100 to 5,000 hosts: x{c['per_host_growth_100_to_5000']} (it is bounded by "
+        "`fleet.max_group`, the hosts correlated pairwise at once); the peer costs "
+        f"{c['ratio_to_peer_at_1000']}x as much at 1,000 hosts. Six hosts replaying the recorded CPU "
+        f"saturation at a {d['interval_s']:g} s interval, faults 2 s apart: the fleet incident opened "
+        f"{d['fleet_incident_after_third_fault_intervals']} intervals after the third member's fault began "
+        f"(each member's own run took {max(d['member_detect_intervals'].values()):g}; the correlator passes "
+        f"every {d['evaluate_every_s']:g} s), and a member joined at most "
+        f"{d['join_after_member_run_intervals_max']} intervals after its run opened.",
     ]
 
 

@@ -66,6 +66,8 @@ def make_store(data: Path) -> None:
                 "flaps": 0,
                 "parent_run_id": None,
                 "silenced_by": None,
+                "scope": "host",
+                "fleet_run_id": None,
             }
         )
     with RunStore(db).begin() as tx:

@@ -93,6 +93,7 @@ class Agent:
 
     def build_batch(self, snapshot: dict[str, Any], seq: int, health: dict[str, Any]) -> bytes:
         """The batch for one snapshot; runs under the spool's lock, so it must not call the spool."""
+        self.topology.name_pods(snapshot)
         events: list[dict[str, Any]] = []
         ebpf = snapshot["sources"].get("ebpf")
         if ebpf is not None and ebpf["status"] == "ok":

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_LABELS = 32
 MAX_VALUE = 128
-MAX_NODE_BYTES = 1 << 20  # a Node object is a few KiB; more is not a node
+MAX_PODS_BYTES = 16 << 20  # a node's pods (at most a few hundred, each some KiB)
+MAX_PODS = 1000
 # Short name -> the Kubernetes node labels it is read from, first present wins.
 WELL_KNOWN: dict[str, tuple[str, ...]] = {
     "zone": ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"),
@@ -100,6 +101,34 @@ def node_labels(node: Any, extra: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
+def pod_owners(pod_list: Any) -> dict[str, dict[str, str]]:
+    """Pod UID -> {namespace, pod, workload} from a decoded pod list (GET /api/v1/pods).
+
+    The workload is ``<namespace>/<kind>/<name>`` of the pod's controller, a ReplicaSet
+    named by its Deployment (the ReplicaSet's name less its ``-<pod-template-hash>``), so
+    the same Deployment's pods on every node share one; a bare pod is ``<ns>/Pod/<name>``."""
+    items = pod_list.get("items") if isinstance(pod_list, dict) else None
+    if not isinstance(items, list):
+        raise TopologyError("the pod list has no items")
+    out: dict[str, dict[str, str]] = {}
+    for item in items[:MAX_PODS]:
+        meta = item.get("metadata") if isinstance(item, dict) else None
+        if not isinstance(meta, dict):
+            continue
+        uid, ns, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
+        if not (isinstance(uid, str) and isinstance(ns, str) and isinstance(name, str)):
+            continue
+        owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
+        ctrl = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+        kind, owner = ("Pod", name) if ctrl is None else (str(ctrl.get("kind")), str(ctrl.get("name")))
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        tmpl = labels.get("pod-template-hash") if isinstance(labels, dict) else None
+        if kind == "ReplicaSet" and isinstance(tmpl, str) and owner.endswith("-" + tmpl):
+            kind, owner = "Deployment", owner[: -len(tmpl) - 1]
+        out[uid] = {"namespace": ns, "pod": name, "workload": f"{ns}/{kind}/{owner}"[:253]}
+    return out
+
+
 _DOWNWARD_LINE = re.compile(r'^([A-Za-z0-9._/-]{1,316})="(.*)"\Z')
 
 
@@ -148,6 +177,7 @@ class Topology:
         self._open = opener or self._urlopen
         self._lock = threading.Lock()
         self._node: dict[str, str] = {}
+        self._pods: dict[str, dict[str, str]] = {}
         self._downward: dict[str, str] = {}
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
@@ -158,13 +188,21 @@ class Topology:
     def _urlopen(self, req: urllib.request.Request, timeout: float) -> bytes:
         ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
-            body: bytes = resp.read(MAX_NODE_BYTES + 1)
-        if len(body) > MAX_NODE_BYTES:
-            raise TopologyError(f"the node object is over {MAX_NODE_BYTES} bytes")
+            body: bytes = resp.read(MAX_PODS_BYTES + 1)
+        if len(body) > MAX_PODS_BYTES:
+            raise TopologyError(f"the answer is over {MAX_PODS_BYTES} bytes")
         return body
 
+    def _get(self, path: str) -> Any:
+        headers = {"Accept": "application/json"}
+        if self.token_file is not None:
+            headers["Authorization"] = "Bearer " + self.token_file.read_text().strip()
+        req = urllib.request.Request(self.api_url + path, headers=headers)
+        return json.loads(self._open(req, self.timeout_s))
+
     def refresh(self) -> None:
-        """Read the Downward API file and the Node object once; errors are kept, not raised."""
+        """Read the Downward API file, the Node object and the node's pods once; errors are
+        kept, not raised."""
         if self.downward_file is not None:
             try:
                 found = parse_downward_labels(self.downward_file.read_text(errors="replace"))
@@ -175,22 +213,48 @@ class Topology:
                 with self._lock:
                     self._errors["downward"] = f"{self.downward_file}: {exc}"
         if self.node_name:
-            url = f"{self.api_url}/api/v1/nodes/{urllib.parse.quote(self.node_name, safe='')}"
-            try:
-                headers = {"Accept": "application/json"}
-                if self.token_file is not None:
-                    headers["Authorization"] = "Bearer " + self.token_file.read_text().strip()
-                body = self._open(urllib.request.Request(url, headers=headers), self.timeout_s)
-                got = node_labels(json.loads(body), self.extra_keys)
-                with self._lock:
-                    self._node = got
-                    self._errors.pop("node", None)
-            except urllib.error.HTTPError as exc:
-                with self._lock:
-                    self._errors["node"] = f"GET {url}: HTTP {exc.code} {exc.reason}"
-            except (OSError, ValueError, TopologyError) as exc:  # URLError is an OSError
-                with self._lock:
-                    self._errors["node"] = f"GET {url}: {exc}"
+            node = urllib.parse.quote(self.node_name, safe="")
+            self._read(
+                "node",
+                f"/api/v1/nodes/{node}",
+                lambda doc: setattr(self, "_node", node_labels(doc, self.extra_keys)),
+            )
+            selector = urllib.parse.quote(f"spec.nodeName={self.node_name}", safe="")
+            self._read(
+                "pods",
+                f"/api/v1/pods?fieldSelector={selector}",
+                lambda doc: setattr(self, "_pods", pod_owners(doc)),
+            )
+
+    def _read(self, what: str, path: str, take: Callable[[Any], None]) -> None:
+        try:
+            doc = self._get(path)
+            with self._lock:
+                take(doc)
+                self._errors.pop(what, None)
+        except urllib.error.HTTPError as exc:
+            with self._lock:
+                self._errors[what] = f"GET {path}: HTTP {exc.code} {exc.reason}"
+        except (OSError, ValueError, TopologyError) as exc:  # URLError is an OSError
+            with self._lock:
+                self._errors[what] = f"GET {path}: {exc}"
+
+    def pod(self, uid: str) -> dict[str, str] | None:
+        """Namespace, pod name and workload of a pod on this node (None: not known, or off Kubernetes)."""
+        with self._lock:
+            return self._pods.get(uid)
+
+    def name_pods(self, snapshot: dict[str, Any]) -> None:
+        """Process rows of a pod get its namespace, name and workload (what a culprit's service is)."""
+        proc = snapshot.get("sources", {}).get("processes")
+        data = proc.get("data") if isinstance(proc, dict) else None
+        if not isinstance(data, dict) or not self._pods:
+            return
+        for row in data.get("rows") or []:
+            uid = row.get("pod_uid") if isinstance(row, dict) else None
+            meta = self.pod(uid) if isinstance(uid, str) else None
+            if meta is not None:
+                row.update(meta)
 
     def labels(self) -> dict[str, str]:
         with self._lock:

@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from controller import __version__
 from controller.api.fast_ingest import FastIngest
+from controller.api.fleet import router as fleet_router
+from controller.api.gpu import router as gpu_router
 from controller.api.routes import router
 from controller.api.workflow import router as workflow_router
 from controller.artifacts import ArtifactError
@@ -74,4 +76,6 @@ def create_app(
 
     api.include_router(router)
     api.include_router(workflow_router)
+    api.include_router(fleet_router)
+    api.include_router(gpu_router)
     return FastIngest(api, rt.ingest, rt.guard, settings.ingest.max_body_bytes, rt.pool)

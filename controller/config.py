@@ -265,6 +265,25 @@ class AnalysisSettings(_Strict):
     nice: int = Field(default=10, ge=0, le=19)
 
 
+class FleetSettings(_Strict):
+    """The fleet correlator (controller/workflow/fleet.py): host runs of one fault across hosts
+    become one fleet incident, with its blast radius."""
+
+    enabled: bool = True
+    # Hosts whose runs are sighted within this window are grouped together.
+    window_s: float = Field(default=300.0, ge=10, le=86_400)
+    min_hosts: int = Field(default=3, ge=2, le=10_000)
+    # Hosts that share these labels' values (all of them a host has) are correlated; a host
+    # with none of them is correlated with nobody.
+    group_by: list[str] = Field(default_factory=lambda: ["cluster", "zone"], max_length=8)
+    pearson: float = Field(default=0.7, gt=0, le=1)  # the seed's threshold
+    evaluate_every_s: float = Field(default=5.0, ge=0.1, le=3600)
+    max_hosts: int = Field(default=50_000, ge=10, le=1_000_000)  # sightings kept
+    # Hosts correlated pairwise in one label group (the most recently sighted): bounds the cost.
+    max_group: int = Field(default=256, ge=2, le=10_000)
+    series_points: int = Field(default=60, ge=6, le=900)
+
+
 class WorkflowSettings(_Strict):
     enabled: bool = True
     window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
@@ -278,6 +297,7 @@ class WorkflowSettings(_Strict):
     # docs/rules.md. Read at start; none: every family at its defaults.
     rules_file: str | None = None
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     # Fault injection for the crash tests: "<artifact kind>:before_commit|after_commit", or

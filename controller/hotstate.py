@@ -44,6 +44,7 @@ from controller.config import HotStateSettings
 from controller.detectors.evidence import Evidence, extract_or_error
 from controller.detectors.rawextract import extract_raw
 from controller.detectors.window import SignalWindow
+from controller.topology import labels_from_info
 
 Freshness = Literal["fresh", "stale", "missing", "unavailable"]
 _DATA = msgspec.json.Decoder(dict[str, Any])
@@ -77,6 +78,7 @@ class HostState:
     bytes: int = 0  # the window, the event blocks, the source statuses and the raw objects
     last_seen: float = 0.0
     collector: builtins.bytes | None = None  # raw JSON
+    labels: dict[str, str] = field(default_factory=dict)  # from the collector object (topology)
     agent: builtins.bytes | None = None  # raw JSON
     dropped: dict[str, int] = field(default_factory=dict)
     source_ok_at: dict[str, float] = field(default_factory=dict)
@@ -140,6 +142,7 @@ class HotState:
         *,
         windows: bool = True,
         on_error: Callable[[str, str], None] | None = None,
+        on_xids: Callable[[str, list[Any]], None] | None = None,
     ) -> None:
         self.settings = settings
         # False where analysis workers keep the windows (controller/workflow/analysis_pool.py):
@@ -147,12 +150,15 @@ class HotState:
         self.windows = windows
         # (host, error) for a snapshot evidence cannot read: the host's evaluation record takes it.
         self.on_error = on_error
+        # (host, a snapshot's XID events): counted for /metrics where the windows are kept.
+        self.on_xids = on_xids
         self._clock = clock
         self._hosts: OrderedDict[str, HostState] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted_hosts = 0  # hosts that had stopped sending
         self.evicted_live_hosts = 0  # past max_hosts with every host sending
         self.trimmed_for_total = 0  # samples a host gave up to keep the total bound
+        self.labels_refused = 0  # collector labels dropped for breaking the label rules
         self.total_bytes = 0
 
     def ingest(self, batch: BatchEnvelope | Batch, raw: bytes, received_at: float | None = None) -> None:
@@ -171,6 +177,10 @@ class HotState:
             extracts.append(ex)
             if error is not None and self.on_error is not None:
                 self.on_error(batch.host_id, error)
+        if self.on_xids is not None:
+            for ex in extracts:
+                if ex.xids:
+                    self.on_xids(batch.host_id, ex.xids)
         s = self.settings
         collector, agent = _raw(batch.collector), _raw(batch.agent)
         events_json = _events_json(batch) if self.windows else None
@@ -187,6 +197,8 @@ class HotState:
             if collector is not None:
                 self._resize(host, len(collector) - len(host.collector or b""))
                 host.collector = collector
+                host.labels, refused = labels_from_info(collector)
+                self.labels_refused += refused
             if agent is not None:
                 self._resize(host, len(agent) - len(host.agent or b""))
                 host.agent = agent
@@ -386,11 +398,28 @@ class HotState:
             for raw in chosen:
                 events.extend(_EVENTS.decode(raw))
             cap = self.settings.events_per_host
-            return window.evidence(host_id, floor, events[-cap:] if cap else [], freshness, lazy=lazy)
+            ev = window.evidence(host_id, floor, events[-cap:] if cap else [], freshness, lazy=lazy)
+            if ev is not None:
+                ev.labels = host.labels  # replaced, never mutated: shared safely
+            return ev
 
     def host(self, host_id: str) -> HostState | None:
         with self._lock:
             return self._hosts.get(host_id)
+
+    def labels(self, host_id: str) -> dict[str, str]:
+        with self._lock:
+            h = self._hosts.get(host_id)
+            return h.labels if h is not None else {}
+
+    def label_counts(self, match: dict[str, str]) -> tuple[int, int]:
+        """(hosts whose labels include ``match``, hosts known): a blast radius's denominators."""
+        with self._lock:
+            hosts = list(self._hosts.values())
+        if not match:
+            return len(hosts), len(hosts)
+        items = match.items()
+        return sum(1 for h in hosts if all(h.labels.get(k) == v for k, v in items)), len(hosts)
 
     def host_ids(self) -> list[str]:
         with self._lock:
@@ -407,6 +436,7 @@ class HotState:
                 "evicted_hosts": self.evicted_hosts,
                 "evicted_live_hosts": self.evicted_live_hosts,
                 "trimmed_for_total": self.trimmed_for_total,
+                "labels_refused": self.labels_refused,
                 # Signal values past a host's MAX_SIGNALS names, not kept (a host inventing names).
                 "dropped_signals": sum(h.window.dropped_signals for h in self._hosts.values()),
                 "bounds": {

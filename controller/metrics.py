@@ -8,6 +8,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Label sets (host, device, xid) the XID counter keeps; past it, counted apart. A fleet of
+# 10,000 eight-GPU nodes each with two XID codes is 160,000: raise it for such a fleet.
+XID_SERIES = 50_000
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -39,6 +43,18 @@ class Metrics:
             registry=r,
         )
         self.hot_evicted = Gauge("incidentlab_hot_evicted_hosts", "Hosts evicted from hot state", registry=r)
+        self.xids = Counter(
+            "incidentlab_gpu_xid_errors",
+            "GPU XID errors seen, per host, device (UUID) and XID code, since this controller started",
+            ["host", "device", "xid"],
+            registry=r,
+        )
+        self.xid_overflow = Counter(
+            "incidentlab_gpu_xid_errors_unlabelled",
+            "XID errors past the counter's label-set bound (metrics.XID_SERIES), counted here instead",
+            registry=r,
+        )
+        self._xid_keys: set[tuple[str, str, str]] = set()
         self.analysis = {
             key: Gauge(f"incidentlab_analysis_{key}", doc, registry=r)
             for key, doc in (
@@ -49,6 +65,23 @@ class Metrics:
                 ("evaluations", "Host evaluations by the analysis workers"),
             )
         }
+
+    def add_xids(self, host: str, events: list[Any]) -> None:
+        """Count a snapshot's XID events: a counter per host, device and code, so no XID is lost
+        to a scrape that comes late (the last-value gauge dcgm-exporter users complain of)."""
+        for e in events:
+            if not isinstance(e, dict):
+                continue
+            xid, n = e.get("xid"), e.get("count", 1)
+            if not isinstance(xid, int) or isinstance(xid, bool) or not isinstance(n, int) or n <= 0:
+                continue
+            key = (host, str(e.get("device_uuid") or "unknown")[:64], str(xid))
+            if key not in self._xid_keys:
+                if len(self._xid_keys) >= XID_SERIES:
+                    self.xid_overflow.inc(n)
+                    continue
+                self._xid_keys.add(key)
+            self.xids.labels(*key).inc(n)
 
     def bind(self, is_leader: Callable[[], bool], hot_stats: Callable[[], dict[str, int]]) -> None:
         self.leader.set_function(lambda: 1.0 if is_leader() else 0.0)

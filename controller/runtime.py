@@ -115,11 +115,13 @@ class Runtime:
                 on_failure=self.workflow.triggers.record_failure_text,
                 on_ok=self.workflow.triggers.record_success,
                 on_clean=self.workflow.triggers.notify_clean,
+                on_xids=self.metrics.add_xids,
                 live_hosts=self.workflow.triggers.live_hosts,
             )
             self.workflow.triggers.pool = self.analysis
         else:
             self.hot.on_error = self.workflow.triggers.record_failure_text
+            self.hot.on_xids = self.metrics.add_xids
         self.workflow.active = lambda: self.leadership.is_leader
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(

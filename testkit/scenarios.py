@@ -257,6 +257,31 @@ def gpu_memory_pressure_low_util(d: dict[str, Any], i: int) -> None:
     d["gpu"] = _gpu(4.0, 97.0, [])
 
 
+def _links(errors: int, down: bool) -> list[dict[str, Any]]:
+    ok = {"replay": 0, "recovery": 0, "crc_flit": 0, "crc_data": 0}
+    return [
+        {"link": 0, "active": True, "errors": ok},
+        {"link": 1, "active": not down, "errors": ok | {"crc_flit": errors, "replay": errors // 2}},
+    ]
+
+
+def calm_nvlink(d: dict[str, Any], i: int) -> None:
+    d["gpu"] = _gpu(95.0, 60.0, [])
+    d["gpu"]["devices"][0]["nvlink"] = _links(0, False)
+
+
+def gpu_nvlink_degradation(d: dict[str, Any], i: int) -> None:
+    d["gpu"] = _gpu(60.0, 60.0, [])
+    d["gpu"]["devices"][0]["nvlink"] = _links(40 * (i + 1), i >= 5)
+
+
+def gpu_memory_held_idle(d: dict[str, Any], i: int) -> None:
+    d["gpu"] = _gpu(0.0, 40.0, [])
+    d["processes"]["rows"].append(
+        {"pid": 8080, "comm": "ipykernel", "cpu_pct": 0.0, "rss_bytes": 3 << 30, "num_fds": 40}
+    )
+
+
 def input_pipeline_starvation(d: dict[str, Any], i: int) -> None:
     apply(d, "host.cpu.util_pct", {"user": 90, "system": 7, "idle": 2.5, "iowait": 0.5, "steal": 0})
     d["gpu"] = _gpu(12.0 - (i % 3), 60.0, [])
@@ -283,25 +308,34 @@ FAULTS: dict[str, tuple[Callable[[dict[str, Any], int], None], str]] = {
     "gpu_xid": (gpu_xid, "GPU-aaaa"),
     "gpu_ecc": (gpu_ecc, "GPU-aaaa"),
     "gpu_memory_pressure_low_util": (gpu_memory_pressure_low_util, "GPU-aaaa"),
+    "gpu_memory_held_idle": (gpu_memory_held_idle, "ipykernel[8080]"),
+    "gpu_nvlink_degradation": (gpu_nvlink_degradation, "GPU-aaaa"),
     "input_pipeline_starvation": (input_pipeline_starvation, "dataloader[5555]"),
 }
+
+
+# Faults that take longer than 30 s to show: a GPU is idle only after a minute of nothing.
+FAULT_S = {"gpu_memory_held_idle": 75}
 
 
 def window(
     family: str | None,
     calm_s: int = 120,
-    fault_s: int = 30,
+    fault_s: int | None = None,
     stale: tuple[str, ...] = (),
     tweak: Callable[[dict[str, Any], int, bool], None] | None = None,
 ) -> list[Snapshot]:
-    """calm_s seconds of baseline, then fault_s seconds of the family's fault, as Snapshots;
-    ``tweak(data, i, faulty)`` changes each second after that (a test's variation)."""
+    """calm_s seconds of baseline, then fault_s seconds of the family's fault (30, or what
+    FAULT_S says the family needs to show), as Snapshots; ``tweak(data, i, faulty)``
+    changes each second after that (a test's variation)."""
+    if fault_s is None:
+        fault_s = FAULT_S.get(family or "", 30)
     gpu_scenario = family is not None and (family.startswith("gpu") or family == "input_pipeline_starvation")
     snaps = []
     for i in range(calm_s + fault_s):
         d = calm(i)
         if gpu_scenario:
-            calm_gpu(d, i)
+            calm_nvlink(d, i) if family == "gpu_nvlink_degradation" else calm_gpu(d, i)
         if family is not None and i >= calm_s:
             FAULTS[family][0](d, i - calm_s)
         if tweak is not None:

@@ -6,6 +6,7 @@ ipywidgets to step through and approve runs.
     wb = Workbench("https://ctl:8443", token=...)  # or a controller, to approve
     wb.runs()                                     # one row per run
     wb.chain(run_id); wb.evidence(run_id); wb.hypotheses(run_id); wb.audit(); wb.replay(run_id)
+    wb.incidents(); wb.members(fleet_run_id); wb.fleet_view(fleet_run_id)  # incidents across hosts
 """
 
 from __future__ import annotations
@@ -54,6 +55,32 @@ class Workbench:
                 status=status, host=host, since=_unix(since), until=_unix(until), limit=limit
             )
         )
+
+    def incidents(self, *, since: Any = None, limit: int = 1000) -> pd.DataFrame:
+        """One row per fleet incident (one fault across hosts), newest first: family, how it
+        was grouped (same service, same label group, correlated), the service or label group,
+        members and live members, lifecycle and times to detect and resolve."""
+        return frames.incidents_frame(self.source.incidents(since=_unix(since), limit=limit))
+
+    def members(self, run_id: str) -> pd.DataFrame:
+        """A fleet incident's member runs, one row per host."""
+        return frames.members_frame(self.source.fleet_members(run_id))
+
+    def blast_radius(self, run_id: str) -> dict[str, Any]:
+        """How far a fleet incident reaches: hosts, services, zones, clusters, shares."""
+        chain = self.source.run(run_id)["chain"]
+        hyps: list[dict[str, Any]] = next(
+            (a["payload"]["hypotheses"] for a in chain if a["kind"] == "root_cause_hypothesis"), []
+        )
+        radius: dict[str, Any] = hyps[0].get("blast_radius", {}) if hyps else {}
+        return radius
+
+    def fleet_view(self, run_id: str) -> Any:
+        """A fleet incident at a glance: its members' signal as a hosts-by-time heatmap,
+        with the blast radius in the title."""
+        from workbench.plots import plot_fleet
+
+        return plot_fleet(frames.fleet_heat(self.source.evidence(run_id)), self.blast_radius(run_id), run_id)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """The run as the API answers it: run, chain, manifest, problems, actions."""

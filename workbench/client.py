@@ -37,6 +37,8 @@ class Source(Protocol):
         limit: int = MAX_RUNS,
     ) -> list[dict[str, Any]]: ...
     def run(self, run_id: str) -> dict[str, Any]: ...
+    def incidents(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
+    def fleet_members(self, run_id: str) -> list[dict[str, Any]]: ...
     def evidence(self, run_id: str) -> dict[str, Any]: ...
     def after(self, run_id: str) -> dict[str, Any] | None: ...
     def audit(self, **filters: Any) -> list[dict[str, Any]]: ...
@@ -105,6 +107,29 @@ class ApiSource:
     def run(self, run_id: str) -> dict[str, Any]:
         body: dict[str, Any] = self._call("GET", f"/workflow/runs/{run_id}")
         return body
+
+    def incidents(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        cursor = None
+        params = {"since": since} if since is not None else {}
+        while len(out) < limit:
+            page = self._call(
+                "GET",
+                "/workflow/incidents",
+                params=params
+                | {"limit": min(200, limit - len(out))}
+                | ({"cursor": cursor} if cursor else {}),
+            )
+            out.extend(page["incidents"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return out
+
+    def fleet_members(self, run_id: str) -> list[dict[str, Any]]:
+        page = self._call("GET", "/workflow/runs", params={"fleet": run_id, "limit": 500})
+        members: list[dict[str, Any]] = page["runs"]
+        return members
 
     def evidence(self, run_id: str) -> dict[str, Any]:
         body: dict[str, Any] = self._call("GET", f"/workflow/evidence/{run_id}")
@@ -194,6 +219,27 @@ class LocalSource:
         except StoreError as exc:
             raise WorkbenchError(str(exc)) from exc
         return [dict(r) | {"culprit": json.loads(r["culprit"])} for r in rows]
+
+    def incidents(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        try:
+            rows = self.runs.list_runs(scope="fleet", since=since, limit=limit)
+            with self.runs.read() as tx:
+                out = []
+                for r in rows:
+                    members = tx.fleet_members(r["run_id"], limit=500)
+                    live = sum(1 for m in members if m["state"] in ("firing", "recovering"))
+                    out.append(
+                        dict(r)
+                        | {"culprit": json.loads(r["culprit"]), "members": members}
+                        | {"member_count": len(members), "live_members": live}
+                    )
+        except StoreError as exc:
+            raise WorkbenchError(str(exc)) from exc
+        return out
+
+    def fleet_members(self, run_id: str) -> list[dict[str, Any]]:
+        with self.runs.read() as tx:
+            return tx.fleet_members(run_id, limit=500)
 
     def _chain(self, run_id: str, replay: bool) -> list[dict[str, Any]]:
         try:

@@ -36,6 +36,8 @@ RUN_COLUMNS = [
     "time_to_resolve_s",
     "flaps",
     "silenced_by",
+    "scope",
+    "fleet_run_id",
 ]
 RUN_STATES = ["firing", "recovering", "resolved", "explained"]
 
@@ -76,10 +78,92 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "time_to_resolve_s": pd.Series([_nan(t[1]) for t in times], dtype="float64"),
             "flaps": pd.Series([r.get("flaps", 0) for r in rows], dtype="int64"),
             "silenced_by": pd.Series([r.get("silenced_by") for r in rows], dtype="string"),
+            "scope": pd.Categorical([r.get("scope") or "host" for r in rows], categories=["host", "fleet"]),
+            "fleet_run_id": pd.Series([r.get("fleet_run_id") for r in rows], dtype="string"),
         },
         columns=RUN_COLUMNS,
     )
     return df
+
+
+INCIDENT_COLUMNS = [
+    "run_id",
+    "family",
+    "method",
+    "service",
+    "group",
+    "members",
+    "live_members",
+    "state",
+    "status",
+    "confidence",
+    "created_at",
+    "fault_started_at",
+    "resolved_at",
+    "time_to_detect_s",
+    "time_to_resolve_s",
+    "flaps",
+]
+
+
+def incidents_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per fleet incident, newest first: what it groups and how far it reaches."""
+    culprits = [r.get("culprit") or {} for r in rows]
+    times = [fault_times(r) for r in rows]
+    groups = [",".join(f"{k}={v}" for k, v in (c.get("group") or {}).items()) for c in culprits]
+    return pd.DataFrame(
+        {
+            "run_id": pd.Series([r["run_id"] for r in rows], dtype="string"),
+            "family": pd.Series([r["family"] for r in rows], dtype="category"),
+            "method": pd.Series([c.get("method") for c in culprits], dtype="category"),
+            "service": pd.Series([c.get("service") for c in culprits], dtype="string"),
+            "group": pd.Series(groups, dtype="string"),
+            "members": pd.Series([r.get("member_count", 0) for r in rows], dtype="int64"),
+            "live_members": pd.Series([r.get("live_members", 0) for r in rows], dtype="int64"),
+            "state": pd.Categorical([r.get("state", "firing") for r in rows], categories=RUN_STATES),
+            "status": pd.Categorical([r["status"] for r in rows], categories=RUN_STATUSES),
+            "confidence": pd.Series([r["confidence"] for r in rows], dtype="float64"),
+            "created_at": _times([r["created_at"] for r in rows]),
+            "fault_started_at": _times([_nan(r.get("fault_started_at")) for r in rows]),
+            "resolved_at": _times([_nan(r.get("resolved_at")) for r in rows]),
+            "time_to_detect_s": pd.Series([_nan(t[0]) for t in times], dtype="float64"),
+            "time_to_resolve_s": pd.Series([_nan(t[1]) for t in times], dtype="float64"),
+            "flaps": pd.Series([r.get("flaps", 0) for r in rows], dtype="int64"),
+        },
+        columns=INCIDENT_COLUMNS,
+    )
+
+
+def members_frame(members: list[dict[str, Any]]) -> pd.DataFrame:
+    """A fleet incident's member runs: one row per host."""
+    return pd.DataFrame(
+        {
+            "host_id": pd.Series([m["host_id"] for m in members], dtype="string"),
+            "run_id": pd.Series([m["run_id"] for m in members], dtype="string"),
+            "family": pd.Series([m["family"] for m in members], dtype="category"),
+            "state": pd.Categorical([m.get("state", "firing") for m in members], categories=RUN_STATES),
+            "status": pd.Categorical([m["status"] for m in members], categories=RUN_STATUSES),
+            "confidence": pd.Series([m["confidence"] for m in members], dtype="float64"),
+            "fault_started_at": _times([_nan(m.get("fault_started_at")) for m in members]),
+            "resolved_at": _times([_nan(m.get("resolved_at")) for m in members]),
+        }
+    )
+
+
+def fleet_heat(evidence: dict[str, Any]) -> pd.DataFrame:
+    """A fleet incident's member signals as hosts by time (one column per time bin): what
+    its heatmap draws. Series are named ``<signal>@<host>`` in the fleet evidence."""
+    window = evidence.get("window", evidence)
+    rows: dict[str, pd.Series] = {}
+    for name, pts in (window.get("series") or {}).items():
+        if "@" not in name or not pts:
+            continue
+        host = name.rsplit("@", 1)[1]
+        ts = pd.to_datetime([float(t) for t, _ in pts], unit="s", utc=True).floor("10s")
+        rows[host] = pd.Series([float(v) for _, v in pts], index=ts).groupby(level=0).mean()
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).T.sort_index()
 
 
 def summary_of(kind: str, p: dict[str, Any]) -> str:

@@ -74,3 +74,29 @@ def plot_evidence(
 def plot_run(wb: Workbench, run_id: str, signals: list[str] | None = None) -> Any:
     chain = wb.run(run_id)["chain"]
     return plot_evidence(wb.evidence(run_id), chain, signals, title=run_id)
+
+
+def plot_fleet(heat: pd.DataFrame, radius: dict[str, Any], run_id: str) -> Any:
+    """Hosts by time: each member's signal, scaled per host (a host's own range), so hosts
+    that degrade together show as one band whatever their units."""
+    fig, ax = plt.subplots(figsize=(10, 0.35 * max(4, len(heat)) + 1.2))
+    if heat.empty:
+        ax.set_title(f"{run_id}: no member signals in its evidence")
+        return fig
+    lo, hi = heat.min(axis=1), heat.max(axis=1)
+    scaled = heat.sub(lo, axis=0).div((hi - lo).where(hi > lo, 1.0), axis=0)
+    ax.imshow(scaled.to_numpy(dtype=float), aspect="auto", interpolation="nearest", cmap="magma")
+    ax.set_yticks(range(len(heat)), [str(h) for h in heat.index])
+    step = max(1, len(heat.columns) // 8)
+    ax.set_xticks(
+        range(0, len(heat.columns), step),
+        [pd.Timestamp(t).strftime("%H:%M:%S") for t in heat.columns[::step]],
+    )
+    zones = ", ".join(radius.get("zones") or []) or "no zone"
+    share = radius.get("cluster_share", radius.get("share_of_known"))
+    ax.set_title(
+        f"{run_id}: {radius.get('hosts', len(heat))} hosts, {zones}"
+        + (f", {share:.0%} of the hosts known" if isinstance(share, float) else "")
+    )
+    fig.tight_layout()
+    return fig

@@ -115,6 +115,10 @@ def read_device(nv: _Nvml, index: int, handle: Any) -> dict[str, Any]:
         if bar1 is None
         else {"total": bar1.bar1Total, "used": bar1.bar1Used, "free": bar1.bar1Free},
         "temperature_c": nv.opt(m.nvmlDeviceGetTemperature, handle, m.NVML_TEMPERATURE_GPU),
+        # Percent of the fan's maximum; None on passively cooled boards (most data-centre GPUs).
+        "fan_speed_pct": nv.opt(m.nvmlDeviceGetFanSpeed, handle),
+        # Millijoules since the driver loaded (Volta and later): a counter, so rates survive gaps.
+        "energy_mj": nv.opt(m.nvmlDeviceGetTotalEnergyConsumption, handle),
         "power_w": None if power is None else power / 1000.0,
         "power_limit_w": None if limit is None else limit / 1000.0,
         "clocks_mhz": {
@@ -130,10 +134,36 @@ def read_device(nv: _Nvml, index: int, handle: Any) -> dict[str, Any]:
             "tx_bytes_per_s": None if tx is None else tx * 1024,  # NVML reports KB/s
             "rx_bytes_per_s": None if rx is None else rx * 1024,
             "replay_counter": nv.opt(m.nvmlDeviceGetPcieReplayCounter, handle),
+            # A link trained below its maximum (a bad riser or slot) halves or worse its bandwidth.
+            "link_gen": nv.opt(m.nvmlDeviceGetCurrPcieLinkGeneration, handle),
+            "link_width": nv.opt(m.nvmlDeviceGetCurrPcieLinkWidth, handle),
+            "max_link_gen": nv.opt(m.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+            "max_link_width": nv.opt(m.nvmlDeviceGetMaxPcieLinkWidth, handle),
         },
         "nvlink": links,
         "processes": procs,
     }
+
+
+XID_PIDS = 8  # processes named on one XID event
+
+
+def attribute_xids(events: list[dict[str, Any]], devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """XID events with the processes on their device when they were drained. NVML's XID
+    event carries no pid (nvmlEventData_t has none); the processes running on the device
+    then are the candidates (``pids``), and ``pid`` is set only when there was exactly one,
+    so a shared GPU never blames the wrong job. ``pid_source`` says where they came from."""
+    on: dict[str | None, list[int]] = {
+        d.get("uuid"): [p["pid"] for p in d.get("processes") or [] if isinstance(p.get("pid"), int)]
+        for d in devices
+    }
+    out = []
+    for e in events:
+        pids = sorted(set(on.get(e.get("device_uuid"), [])))[:XID_PIDS]
+        out.append(
+            e | {"pid": pids[0] if len(pids) == 1 else None, "pids": pids, "pid_source": "device_processes"}
+        )
+    return out
 
 
 @register
@@ -187,7 +217,6 @@ class GpuSource(Source):
                 uuid = self._nv.opt(m.nvmlDeviceGetUUID, event.device)
                 device = _text(uuid) if uuid is not None else None
             counts[(int(event.eventData), device)] += 1
-        # NVML's XID event carries no pid: None, as the contract allows.
         return [
             {"xid": xid, "device_uuid": dev, "count": n, "pid": None}
             for (xid, dev), n in sorted(counts.items(), key=str)
@@ -202,7 +231,7 @@ class GpuSource(Source):
             "devices": devices,
         }
         if self._events is not None:
-            data["xid_events"] = self._drain_xids()
+            data["xid_events"] = attribute_xids(self._drain_xids(), devices)
         else:
             data["xid_events"] = None
             data["xid_note"] = self._xid_note

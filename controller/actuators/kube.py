@@ -1,8 +1,10 @@
 """Kubernetes actuators through the official client: restart a pod (impacting, no
-rollback: the pod's controller makes a new one), and quarantine a node for a failing
+rollback: the pod's controller makes a new one), quarantine a node for a failing
 GPU by cordoning and tainting it (impacting; rollback restores the node's earlier
-schedulability and taints). Node updates carry the resourceVersion they were computed
-from, so a concurrent change answers 409 instead of being overwritten."""
+schedulability and taints), and pause a Deployment's rollout (impacting; rollback
+resumes it as it was): what a fleet incident on one workload's pods proposes instead
+of acting on each node. Updates carry the resourceVersion they were computed from, so
+a concurrent change answers 409 instead of being overwritten."""
 
 from __future__ import annotations
 
@@ -32,9 +34,27 @@ class QuarantineParams(Params):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
 
 
+class RolloutParams(Params):
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    name: str = Field(pattern=NAME)
+
+
 @contextmanager
 def core_api(target: KubeTarget | None) -> Iterator[Any]:
     """A CoreV1Api whose connection pool is closed after use (one action, a few calls)."""
+    with _api(target, "CoreV1Api") as api:
+        yield api
+
+
+@contextmanager
+def apps_api(target: KubeTarget | None) -> Iterator[Any]:
+    """An AppsV1Api, likewise."""
+    with _api(target, "AppsV1Api") as api:
+        yield api
+
+
+@contextmanager
+def _api(target: KubeTarget | None, which: str) -> Iterator[Any]:
     if target is None:
         raise ActuatorError("no Kubernetes API configured (execution.kubernetes.host)")
     try:
@@ -55,7 +75,7 @@ def core_api(target: KubeTarget | None) -> Iterator[Any]:
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
     api_client = client.ApiClient(cfg)
     try:
-        yield client.CoreV1Api(api_client)
+        yield getattr(client, which)(api_client)
     finally:
         api_client.close()
 
@@ -159,4 +179,57 @@ class CordonAndTaint(Actuator):
         if not data["had_taint"]:
             taints = [t for t in taints if not (t["key"] == p.key and t["effect"] == p.effect)]
         self._patch(p, now["resource_version"], bool(data["unschedulable"]), taints)
+        return self.probe(p)
+
+
+@actuator
+class PauseRollout(Actuator):
+    name = "pause_rollout"
+    safety_class = "impacting"
+    params_model = RolloutParams
+    reversible = True
+
+    def describe(self, p: RolloutParams) -> str:
+        return f"pause the rollout of deployment {p.namespace}/{p.name} (spec.paused: true)"
+
+    def probe(self, p: RolloutParams) -> dict[str, Any]:
+        with apps_api(self.env.kube) as api:
+            d = _call(
+                f"reading deployment {p.namespace}/{p.name}",
+                api.read_namespaced_deployment,
+                p.name,
+                p.namespace,
+            )
+        status = d.status
+        return {
+            "paused": bool(d.spec.paused),
+            "replicas": d.spec.replicas,
+            "updated_replicas": getattr(status, "updated_replicas", None) if status else None,
+            "resource_version": d.metadata.resource_version,
+        }
+
+    def desired(self, p: RolloutParams, before: dict[str, Any]) -> dict[str, Any]:
+        return {"paused": True}
+
+    def _patch(self, p: RolloutParams, rv: str, paused: bool) -> None:
+        body = {"metadata": {"resourceVersion": rv}, "spec": {"paused": paused}}
+        with apps_api(self.env.kube) as api:
+            _call(
+                f"patching deployment {p.namespace}/{p.name}",
+                api.patch_namespaced_deployment,
+                p.name,
+                p.namespace,
+                body,
+            )
+
+    def apply(self, p: RolloutParams, before: dict[str, Any]) -> Applied:
+        self._patch(p, before["resource_version"], True)
+        return Applied(self.probe(p), self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"paused": before["paused"]}
+
+    def rollback(self, p: RolloutParams, data: dict[str, Any]) -> dict[str, Any]:
+        now = self.probe(p)
+        self._patch(p, now["resource_version"], bool(data["paused"]))
         return self.probe(p)

@@ -129,6 +129,11 @@ def run_summary(row: Mapping[str, Any]) -> dict[str, Any]:
         "culprit": json.loads(row["culprit"]),
         "time_to_detect_s": detect,
         "time_to_resolve_s": resolve,
+        # Whether it pages on its own: not a symptom of another run, not silenced, not a
+        # member of a fleet incident (which pages for it).
+        "pages": row.get("state") != "explained"
+        and not row.get("silenced_by")
+        and not row.get("fleet_run_id"),
     }
 
 
@@ -184,7 +189,7 @@ def rca(
 
 
 def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]:
-    rules = wf.opts.rules.for_host(host_id)
+    rules = wf.opts.rules.for_host(host_id, ev.labels)
     latest = wf.list_runs(host_id=host_id, limit=1)
     failure = wf.failure_of(host_id)
     failing = failure is not None and (failure["last_ok_at"] or 0) < failure["last_failed_at"]
@@ -209,6 +214,8 @@ def list_runs(
     _: Reader,
     status: RunStatus | None = None,
     host: Annotated[str | None, Query(max_length=128)] = None,
+    scope: Literal["host", "fleet"] | None = None,
+    fleet: Annotated[str | None, Query(max_length=64, description="members of this fleet incident")] = None,
     since: Annotated[float | None, Query(description="created at or after (Unix seconds)", **TIME)] = None,
     until: Annotated[float | None, Query(description="created before (Unix seconds)", **TIME)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -217,7 +224,14 @@ def list_runs(
     """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     after = decode_cursor(cursor) if cursor else None
     rows = rt.workflow.list_runs(
-        status=status, host_id=host, since=since, until=until, after=after, limit=limit + 1
+        status=status,
+        host_id=host,
+        scope=scope,
+        fleet_run_id=fleet,
+        since=since,
+        until=until,
+        after=after,
+        limit=limit + 1,
     )
     page = rows[:limit]
     more = len(rows) > limit

@@ -36,6 +36,9 @@ class Evidence:
     events: list[dict[str, Any]] = field(default_factory=list)
     freshness: dict[str, str] = field(default_factory=dict)
     sources_seen: list[str] = field(default_factory=list)
+    # The host's topology labels when the window was read: rules match them, and a replay
+    # decides under the labels the run was opened with.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (shares the lists): for encoding, where asdict's deep copy was most of a run's CPU."""
@@ -334,6 +337,11 @@ def ebpf_section(ebpf: dict[str, Any], values: Values) -> None:
         _add(values, f"ebpf_{kind}", _num(counts.get(kind)) or 0.0)
 
 
+def with_ts(xids: list[Any], ts: float) -> list[Any]:
+    """XID events with the time of the sample that drained them (what a timeline orders by)."""
+    return [x | {"ts": ts} if isinstance(x, dict) and "ts" not in x else x for x in xids]
+
+
 def gpu_section(gpu: dict[str, Any], values: Values, tables: Tables) -> list[Any]:
     """The GPUs' signals and table; returns the XID events."""
     devices = [d for d in gpu.get("devices", []) if isinstance(d, dict)]
@@ -348,6 +356,18 @@ def gpu_section(gpu: dict[str, Any], values: Values, tables: Tables) -> list[Any
         _add(values, f"gpu{i}_ecc_uncorrected", _num(_get(dev, "ecc", "uncorrected_volatile")))
         reasons = dev.get("throttle_reasons") or []
         _add(values, f"gpu{i}_throttled", 1.0 if [r for r in reasons if r in BAD_THROTTLE] else 0.0)
+        _add(values, f"gpu{i}_power_w", _num(dev.get("power_w")))
+        links = [x for x in dev.get("nvlink") or [] if isinstance(x, dict)]
+        if links:
+            errs = [_num(v) for x in links for v in (x.get("errors") or {}).values()]
+            _add(values, f"gpu{i}_nvlink_errors", sum(e for e in errs if e is not None))
+            _add(values, f"gpu{i}_nvlink_down", float(sum(1 for x in links if not x.get("active"))))
+        pcie = dev.get("pcie")
+        pcie = pcie if isinstance(pcie, dict) else {}
+        gen, width = _num(pcie.get("link_gen")), _num(pcie.get("link_width"))
+        max_gen, max_width = _num(pcie.get("max_link_gen")), _num(pcie.get("max_link_width"))
+        if None not in (gen, width, max_gen, max_width):
+            _add(values, f"gpu{i}_pcie_degraded", 1.0 if gen < max_gen or width < max_width else 0.0)  # type: ignore[operator]
     return list(gpu.get("xid_events") or [])
 
 
@@ -445,7 +465,7 @@ def fold(
         tables.update(ex.tables)
         for source, raw in ex.raw.items():
             tables.update(source_tables(source, _DATA.decode(raw)))
-        xids.extend(ex.xids)
+        xids.extend(with_ts(ex.xids, ex.ts))
     if xids:
         tables["xid_events"] = xids[-MAX_ROWS:]
     for name in series:

@@ -124,6 +124,17 @@ def ecc_xid(cause: Finding, symptom: Finding) -> bool:
     return cause.culprit.id == symptom.culprit.id and bool(xids) and xids <= _ECC_XIDS
 
 
+def nvlink_xid(cause: Finding, symptom: Finding) -> bool:
+    """The XIDs are the driver's report of the same device's NVLink errors (74)."""
+    xids = set(symptom.culprit.detail.get("xids") or [])
+    return cause.culprit.id == symptom.culprit.id and xids == {74}
+
+
+def holder_device(cause: Finding, symptom: Finding) -> bool:
+    """The idle holder's memory is what fills that device."""
+    return cause.culprit.detail.get("gpu") == symptom.culprit.id
+
+
 def same_owner(cause: Finding, symptom: Finding) -> bool:
     return cause.culprit.identity == symptom.culprit.identity
 
@@ -160,6 +171,8 @@ CONDITIONS: dict[str, Condition] = {
     "same_cgroup": same_cgroup,
     "nic_loss": nic_loss,
     "ecc_xid": ecc_xid,
+    "nvlink_xid": nvlink_xid,
+    "holder_device": holder_device,
     "same_owner": same_owner,
     "known_stronger": known_stronger,
     "listed": listed,
@@ -191,6 +204,13 @@ EDGES: tuple[Edge, ...] = (
     ),
     Edge("nic_errors", "tcp_retransmit_surge", "nic_loss", "packets lost on the interface are retransmitted"),
     Edge("gpu_ecc", "gpu_xid", "ecc_xid", "the XIDs report the same device's uncorrectable ECC errors"),
+    Edge("gpu_nvlink_degradation", "gpu_xid", "nvlink_xid", "XID 74 reports the same device's NVLink errors"),
+    Edge(
+        "gpu_memory_held_idle",
+        "gpu_memory_pressure_low_util",
+        "holder_device",
+        "the idle process's memory is what fills the device",
+    ),
     Edge(
         "input_pipeline_starvation",
         "cpu_saturation",

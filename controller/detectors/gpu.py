@@ -1,5 +1,6 @@
 """GPU detectors: thermal or power throttling, XID errors (critical codes flagged), ECC
-errors, memory pressure with low utilisation, input-pipeline starvation."""
+errors, memory pressure with low utilisation, a process holding memory on an idle GPU,
+NVLink degradation, input-pipeline starvation."""
 
 from __future__ import annotations
 
@@ -18,10 +19,18 @@ from controller.detectors.base import (
 )
 from controller.detectors.evidence import Evidence
 
-# XIDs that mean the GPU (not the application) is in trouble: double-bit ECC (48), internal
-# micro-controller faults (61-64), NVLink (74), fallen off the bus (79), high single-bit ECC
-# rate (92), contained and uncontained ECC (94, 95), GSP errors (119, 120).
-CRITICAL_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120})
+# XIDs that end or corrupt the job on the GPU, the seed's set (13, 31, 43, 48, 63, 79, 94) and
+# more (README "GPU XIDs" says why each): a graphics engine exception (13) and an MMU fault
+# (31) kill the job's context (often its own bug, but a device that keeps raising them under
+# different jobs is hardware); a stopped channel (43); double-bit ECC (48); internal
+# micro-controller faults (61, 62, 64) and ECC page retirement or row remapping failures
+# (63); NVLink (74); fallen off the bus (79); high single-bit ECC rate (92); contained and
+# uncontained ECC (94, 95); GSP errors (119, 120).
+CRITICAL_XIDS = frozenset({13, 31, 43, 48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120})
+NVLINK_ERRORS = 10.0  # link errors (CRC, replay, recovery) in the window that degrade a link
+HELD_IDLE_UTIL_PCT = 2.0  # "idle": at or under this for the whole stretch
+HELD_IDLE_S = 60.0
+HELD_IDLE_BYTES = 1 << 30
 GPU_MEM_USED_PCT = 90.0
 GPU_LOW_UTIL_PCT = 20.0
 STARVED_GPU_UTIL_PCT = 30.0
@@ -225,6 +234,123 @@ def input_pipeline_starvation(ev: Evidence, p: Params) -> list[Finding]:
                 supporting=["cpu_busy_pct", f"gpu{i}_util_pct"],
                 contradicting=against,
                 expected=["data-loader workers at 100% CPU", "GPU utilisation rising when loaders are added"],
+            )
+        )
+    return out
+
+
+@detector("gpu_nvlink_degradation", nvlink_errors=NVLINK_ERRORS)
+def gpu_nvlink_degradation(ev: Evidence, p: Params) -> list[Finding]:
+    """A link that went down in the window, or link errors piling up: collective
+    communication over NVLink slows or hangs for every rank of the job."""
+    out = []
+    for g in _gpus(ev):
+        i = g.get("index")
+        errs, down = ev.values(f"gpu{i}_nvlink_errors"), ev.values(f"gpu{i}_nvlink_down")
+        if len(errs) < 2 or len(down) < 2:
+            continue
+        new_errors, went_down = errs[-1] - errs[0], down[-1] - min(down)
+        if went_down <= 0 and new_errors < p["nvlink_errors"]:
+            continue
+        links = [x for x in g.get("nvlink") or [] if isinstance(x, dict)]
+        replay_only = all(
+            (x.get("errors") or {}).get(k) in (0, None)
+            for x in links
+            for k in ("crc_flit", "crc_data", "recovery")
+        )
+        against = (
+            ["only replay errors: the link retried and recovered each time"]
+            if replay_only and went_down <= 0
+            else []
+        )
+        base = 0.9 if went_down > 0 else clamp(0.6 + new_errors / (10 * p["nvlink_errors"]))
+        culprit = _device(g)
+        culprit.detail["links_down"] = int(down[-1])
+        out.append(
+            Finding(
+                family="gpu_nvlink_degradation",
+                method="threshold",
+                signal=f"gpu{i}_nvlink_down" if went_down > 0 else f"gpu{i}_nvlink_errors",
+                value=down[-1] if went_down > 0 else new_errors,
+                baseline=min(down) if went_down > 0 else errs[0],
+                threshold=1.0 if went_down > 0 else p["nvlink_errors"],
+                score=weigh(base, against),
+                culprit=culprit,
+                summary=f"GPU {i}: "
+                + (f"{went_down:.0f} NVLink link(s) went down" if went_down > 0 else "")
+                + (" and " if went_down > 0 and new_errors else "")
+                + (f"{new_errors:.0f} NVLink errors in the window" if new_errors else ""),
+                supporting=[f"gpu{i}_nvlink_down", f"gpu{i}_nvlink_errors"],
+                contradicting=against,
+                last_active=_last_rise(ev.series.get(f"gpu{i}_nvlink_errors", []))
+                or _last_rise(ev.series.get(f"gpu{i}_nvlink_down", [])),
+                expected=["NCCL collectives slowing or timing out", "XID 74 on the device"],
+            )
+        )
+    return out
+
+
+@detector(
+    "gpu_memory_held_idle",
+    held_idle_util_pct=HELD_IDLE_UTIL_PCT,
+    held_idle_s=HELD_IDLE_S,
+    held_idle_bytes=HELD_IDLE_BYTES,
+)
+def gpu_memory_held_idle(ev: Evidence, p: Params) -> list[Finding]:
+    """A process holding device memory on a GPU that has done nothing for a while: a
+    finished notebook kernel or a stuck job keeping the GPU from the next one."""
+    out = []
+    for g in _gpus(ev):
+        i = g.get("index")
+        series = ev.series.get(f"gpu{i}_util_pct", [])
+        idle = []
+        for t, v in reversed(series):
+            if v > p["held_idle_util_pct"]:
+                break
+            idle.append(t)
+        if not idle or idle[0] - idle[-1] < p["held_idle_s"]:
+            continue
+        procs = [
+            x
+            for x in g.get("processes") or []
+            if isinstance(x, dict) and isinstance(x.get("used_bytes"), int)
+        ]
+        holder = max(procs, key=lambda x: x["used_bytes"], default=None)
+        if holder is None or holder["used_bytes"] < p["held_idle_bytes"]:
+            continue
+        total = (g.get("memory") or {}).get("total") if isinstance(g.get("memory"), dict) else None
+        share = holder["used_bytes"] / total if isinstance(total, int) and total > 0 else None
+        against = (
+            ["it holds under a tenth of the device's memory: little for the next job to miss"]
+            if share is not None and share < 0.1
+            else []
+        )
+        row = next((r for r in ev.tables.get("processes", []) if r.get("pid") == holder.get("pid")), None)
+        culprit = process_culprit(row, "the holder is not among the process rows")
+        if row is None:
+            culprit = Culprit(
+                "process", f"pid {holder.get('pid')}", {"pid": holder.get("pid")}, key="gpu-holder"
+            )
+        culprit.detail.update(gpu=g.get("uuid") or f"gpu{i}", gpu_bytes=holder["used_bytes"])
+        gib = holder["used_bytes"] / (1 << 30)
+        out.append(
+            Finding(
+                family="gpu_memory_held_idle",
+                method="threshold",
+                signal=f"gpu{i}_util_pct",
+                value=ev.recent(f"gpu{i}_util_pct") or 0.0,
+                baseline=None,
+                threshold=p["held_idle_util_pct"],
+                score=weigh(clamp(0.6 + 0.3 * (share or 0.0)), against),
+                culprit=culprit,
+                summary=f"pid {holder.get('pid')} holds {gib:.1f} GiB on GPU {i}, "
+                f"idle for {idle[0] - idle[-1]:.0f} s",
+                supporting=[f"gpu{i}_util_pct", f"gpu{i}_mem_used_pct"],
+                contradicting=against,
+                expected=[
+                    "the next job on this GPU failing to allocate",
+                    "an idle notebook kernel or a hung job",
+                ],
             )
         )
     return out

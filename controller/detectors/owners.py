@@ -134,7 +134,9 @@ def _single_owner(
             "pod",
             uid,
             f"pod:{uid}",
-            {"container_id": row.get("container_id"), "cgroup": row.get("cgroup")},
+            {"container_id": row.get("container_id"), "cgroup": row.get("cgroup")}
+            # Named by the collector where it reads the node's pods (collector/topology.py).
+            | {k: row[k] for k in ("namespace", "pod", "workload") if isinstance(row.get(k), str)},
         )
     path = _cg(row)
     if path is not None:
@@ -242,3 +244,26 @@ def tree_culprit(
 def _others(rows: Sequence[dict[str, Any]], group: Sequence[dict[str, Any]]) -> dict[str, Any]:
     rest = [r for r in rows if r not in group]
     return {"others": _label(rest)} if rest else {}
+
+
+def service_of(kind: str, cid: str, detail: dict[str, Any]) -> str | None:
+    """What the culprit runs as, the same on every host that runs it: the workload (when the
+    collector names a pod's), the systemd unit, a dedicated cgroup's path, the program (a
+    tree's parent, a process, a pod's or container's heaviest member); None for host-level
+    culprits. A pod's UID and a container's id differ per host, so neither is a service."""
+    workload = detail.get("workload")
+    if isinstance(workload, str) and workload:
+        return f"workload:{workload}"
+    if kind == "unit":
+        return f"unit:{cid}"
+    if kind == "cgroup":
+        return f"cgroup:{cid}"
+    comm = detail.get("comm")
+    if kind in ("pod", "container") or not isinstance(comm, str):
+        comms = detail.get("comms")
+        comm = next(iter(comms), None) if isinstance(comms, dict) and comms else None
+    if kind in ("process_tree", "process", "pod", "container") and isinstance(comm, str) and comm:
+        return f"program:{comm[:64]}"
+    if kind == "socket":  # a listener is its port anywhere; a peer (a shared backend) its address
+        return f"listener:{cid.rsplit(':', 1)[-1]}" if "backlog" in detail else f"peer:{cid}"
+    return None

@@ -132,6 +132,8 @@ IMPACT: dict[str, Callable[[Evidence, Finding], tuple[float, str]]] = {
     "gpu_ecc": _gpu(0.8, "uncorrected ECC errors: the job's results are suspect"),
     "gpu_throttling": _gpu(0.5, "slower steps for the job on it"),
     "gpu_memory_pressure_low_util": _gpu(0.3, "device memory held idle: new jobs may not fit"),
+    "gpu_memory_held_idle": _gpu(0.35, "an idle process keeps the GPU from the next job"),
+    "gpu_nvlink_degradation": _gpu(0.7, "every rank of a multi-GPU job waits on the slow link"),
     "input_pipeline_starvation": _gpu(0.6, "the GPU waits on the CPU: the job runs slow"),
     "stale_telemetry": _gpu(0.5, "part of the host unobserved"),
     "network_throughput": _throughput,

@@ -42,6 +42,7 @@ from controller.detectors.evidence import (
     series_outliers,
     source_tables,
     tail_mean,
+    with_ts,
 )
 
 MAX_SIGNALS = 512  # names per host; a real host has 30-60 (more with many GPUs)
@@ -414,9 +415,9 @@ class SignalWindow:
                 last = names
         xids: list[Any] = []
         if self.xid_samples:
-            for raw in itertools.islice(self.xids, lo, n):
+            for t, raw in zip(ts, itertools.islice(self.xids, lo, n), strict=True):
                 if raw is not None:
-                    xids.extend(_DEC.decode(raw))
+                    xids.extend(with_ts(_DEC.decode(raw), t))
         kept = {source: (raw, data) for source, (t, raw, data) in self.tables.items() if t >= ts[0]}
         extra = {"xid_events": xids[-MAX_ROWS:]} if xids else {}
         tables: dict[str, Any]

@@ -132,6 +132,19 @@ def _silences(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE workflow_runs ADD COLUMN silenced_by VARCHAR(64)"))
 
 
+def _fleet(conn: Connection) -> None:
+    """workflow_runs.scope (host or fleet) and fleet_run_id (the fleet incident a host run is part of)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("workflow_runs")}
+    if "scope" not in columns:
+        conn.execute(text("ALTER TABLE workflow_runs ADD COLUMN scope VARCHAR(8) NOT NULL DEFAULT 'host'"))
+    if "fleet_run_id" not in columns:
+        conn.execute(text("ALTER TABLE workflow_runs ADD COLUMN fleet_run_id VARCHAR(64)"))
+    indexes = {i["name"] for i in inspect(conn).get_indexes("workflow_runs")}
+    for col in ("scope", "fleet_run_id"):
+        if f"ix_workflow_runs_{col}" not in indexes:
+            conn.execute(text(f"CREATE INDEX ix_workflow_runs_{col} ON workflow_runs ({col})"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "ingest ledger and leader", _create(IngestStream, ControllerLeader)),
     (
@@ -143,6 +156,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "the evidence window's sha256 per run, checked by every stage", _evidence_digest),
     (5, "a run's lifecycle: firing, recovering, resolved; flaps; the run a symptom belongs to", _lifecycle),
     (6, "silences and maintenance windows; the one a run opened under", _silences),
+    (7, "fleet incidents: a run's scope, and the fleet incident a host run belongs to", _fleet),
 ]
 
 

@@ -79,6 +79,10 @@ class WorkflowRun(SQLModel, table=True):
     parent_run_id: str | None = Field(default=None, max_length=64)
     # The silence or maintenance window active for it when it opened: it pages nobody.
     silenced_by: str | None = Field(default=None, max_length=64)
+    # "host": one fault on one host; "fleet": one fault across hosts (controller/workflow/fleet.py).
+    scope: str = Field(default="host", index=True, max_length=8, sa_column_kwargs={"server_default": "host"})
+    # The fleet incident this host run is a member of: it pages through it, not on its own.
+    fleet_run_id: str | None = Field(default=None, index=True, max_length=64)
 
 
 class WorkflowArtifact(SQLModel, table=True):

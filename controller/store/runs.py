@@ -72,6 +72,8 @@ class RunRow(TypedDict):
     flaps: int
     parent_run_id: str | None
     silenced_by: str | None
+    scope: str  # host or fleet
+    fleet_run_id: str | None
 
 
 class SilenceRow(TypedDict):
@@ -229,6 +231,22 @@ REOPEN = text(
 EXPLAIN_RUN = text(
     "UPDATE workflow_runs SET state = 'explained', parent_run_id = :p, updated_at = :at "
     "WHERE run_id = :r AND state IN ('firing', 'recovering')"
+)
+JOIN_FLEET = text(
+    "UPDATE workflow_runs SET fleet_run_id = :f, updated_at = :at WHERE run_id = :r "
+    "AND scope = 'host' AND (fleet_run_id IS NULL OR fleet_run_id != :f)"
+)
+FLEET_MEMBERS = text(
+    "SELECT run_id, host_id, family, state, status, confidence, fault_started_at, resolved_at "
+    "FROM workflow_runs WHERE fleet_run_id = :f ORDER BY host_id LIMIT :n"
+)
+LIVE_HOST_RUNS = text(
+    "SELECT run_id, host_id, family, confidence, state, fleet_run_id, silenced_by FROM workflow_runs "
+    "WHERE scope = 'host' AND state IN ('firing', 'recovering') AND status != 'failed' "
+    "ORDER BY last_seen_at DESC LIMIT :n"
+)
+AWAITING_RUNS = text(
+    "SELECT * FROM workflow_runs WHERE status = 'awaiting_approval' ORDER BY created_at DESC LIMIT :n"
 )
 ATTACHMENTS_OF = text(
     "SELECT at, detail FROM workflow_attachments WHERE run_id = :r ORDER BY at DESC LIMIT :n"
@@ -415,6 +433,22 @@ class RunTx:
         """A live run becomes a symptom of ``parent``'s fault: it stops paging on its own."""
         return bool(self.conn.execute(EXPLAIN_RUN, {"p": parent, "at": at, "r": run_id}).rowcount == 1)
 
+    def join_fleet(self, run_id: str, fleet_run_id: str, *, at: float) -> bool:
+        """A host run becomes a member of a fleet incident; False when it already was."""
+        params = {"f": fleet_run_id, "at": at, "r": run_id}
+        return bool(self.conn.execute(JOIN_FLEET, params).rowcount == 1)
+
+    def fleet_members(self, fleet_run_id: str, *, limit: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(FLEET_MEMBERS, {"f": fleet_run_id, "n": limit}).all()
+        return [dict(r._mapping) for r in rows]
+
+    def live_host_runs(self, *, limit: int) -> list[dict[str, Any]]:
+        """The live host runs, most recently seen first: what joint risk is made of."""
+        return [dict(r._mapping) for r in self.conn.execute(LIVE_HOST_RUNS, {"n": limit})]
+
+    def awaiting(self, *, limit: int) -> list[RunRow]:
+        return [dict(r._mapping) for r in self.conn.execute(AWAITING_RUNS, {"n": limit})]  # type: ignore[misc]
+
     def attachments(self, run_id: str, *, limit: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(ATTACHMENTS_OF, {"r": run_id, "n": limit}).all()
         return [{"at": r[0], "detail": json.loads(r[1])} for r in rows]
@@ -445,6 +479,8 @@ class RunTx:
         *,
         status: str | None = None,
         host_id: str | None = None,
+        scope: str | None = None,
+        fleet_run_id: str | None = None,
         since: float | None = None,
         until: float | None = None,
         after: tuple[float, str] | None = None,
@@ -454,6 +490,8 @@ class RunTx:
         filters = [
             ("status", "=", "status", status),
             ("host_id", "=", "host", host_id),
+            ("scope", "=", "scope", scope),
+            ("fleet_run_id", "=", "fleet", fleet_run_id),
             ("created_at", ">=", "since", since),
             ("created_at", "<", "until", until),
         ]

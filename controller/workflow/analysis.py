@@ -17,6 +17,7 @@ from controller.detectors import DETECTORS, Evidence, Finding
 from controller.detectors.explains import explain, root_of, symptom_record
 from controller.detectors.expr import alert_finding
 from controller.detectors.general import general
+from controller.detectors.owners import service_of
 from controller.detectors.rules import DEFAULT_HOST_RULES, HostRules
 from controller.detectors.severity import severity
 
@@ -178,7 +179,7 @@ def rank(ev: Evidence, findings: list[Finding], rules: HostRules = DEFAULT_HOST_
                 rank=n,
                 family=f.family,
                 confidence=capped[i],
-                culprit={"kind": f.culprit.kind, "id": f.culprit.id, **f.culprit.detail},
+                culprit=_culprit(f),
                 summary=f.summary,
                 method=f.method,
                 # A signal a symptom showed supports the cause only through that symptom: named there.
@@ -204,6 +205,14 @@ def rank(ev: Evidence, findings: list[Finding], rules: HostRules = DEFAULT_HOST_
                 age_s=ages[i][0],
             )
         )
+    return out
+
+
+def _culprit(f: Finding) -> dict[str, Any]:
+    out = {"kind": f.culprit.kind, "id": f.culprit.id, **f.culprit.detail}
+    service = service_of(f.culprit.kind, f.culprit.id, f.culprit.detail)
+    if service is not None:
+        out["service"] = service
     return out
 
 

@@ -56,6 +56,7 @@ FLUSH_S = 0.5
 FLUSH_BATCHES = 256
 FLUSH_BYTES = 8 << 20
 STATS_EVERY_S = 1.0
+XIDS_MAX = 10_000  # snapshots with XID events a worker holds for the controller between reports
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ class Evaluator:
     def __init__(self, config: WorkerConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.hot = HotState(config.hot_state, clock=clock, on_error=self._failed)
+        self.hot = HotState(config.hot_state, clock=clock, on_error=self._failed, on_xids=self._xids)
+        self.xids: list[tuple[str, list[Any]]] = []  # XID events to report (bounded: XIDS_MAX)
+        self.xids_dropped = 0
         # Per-host evaluation records for the controller: errors to report, and hosts that
         # failed and have since been evaluated cleanly.
         self.failed: dict[str, str] = {}
@@ -111,6 +114,12 @@ class Evaluator:
             self.watch[host] = self.config.report_clean
         while len(self.watch) > self.config.hot_state.max_hosts:
             self.watch.popitem(last=False)
+
+    def _xids(self, host: str, events: list[Any]) -> None:
+        if len(self.xids) >= XIDS_MAX:
+            self.xids_dropped += 1
+            return
+        self.xids.append((host, events))
 
     def _failed(self, host: str, error: str) -> None:
         self.errors += 1
@@ -158,7 +167,7 @@ class Evaluator:
             self.recovered.add(host)
         if len(self.evaluated_at) > 2 * self.config.hot_state.max_hosts:
             self.evaluated_at = {h: t for h, t in self.evaluated_at.items() if self.hot.host(h) is not None}
-        rules = self.config.rules.for_host(host)
+        rules = self.config.rules.for_host(host, ev.labels)
         hyps = rank(ev, detect(ev, rules), rules)
         if not fires(hyps, self.config.open_threshold):
             left = self.watch.pop(host, 0)
@@ -188,6 +197,7 @@ class Evaluator:
             "evaluations": self.evaluations,
             "triggers": self.triggers,
             "errors": self.errors,
+            "xids_dropped": self.xids_dropped,
             "waiting": len(self.dirty),
             "lag_max_s": round(self.lag_max, 3),
         }
@@ -195,15 +205,30 @@ class Evaluator:
         return out
 
 
-def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any, watch: Sequence[str] = ()) -> None:
+def _worker_main(
+    index: int,
+    config: WorkerConfig,
+    inq: Any,
+    outq: Any,
+    watch: Sequence[str] = (),
+    parent: int | None = None,
+) -> None:
     """A worker process: apply what came, evaluate what is due, answer reads; ``watch``: the
-    hosts of its partition with live runs, reported clean when found so."""
+    hosts of its partition with live runs, reported clean when found so; ``parent``: the
+    controller's pid (passed in: it may be gone before this process gets to ask)."""
     if config.nice:
         os.nice(config.nice)
+    parent = parent if parent is not None else os.getppid()
     ev = Evaluator(config)
     ev.watch_hosts(watch)
     last_stats = 0.0
     while True:
+        if os.getppid() != parent:
+            # The controller died (kill -9, OOM): nothing reads this worker any more. Without
+            # this, every crash left its workers behind, each holding its hosts' windows.
+            log.warning("analysis worker %d: the controller is gone; exiting", index)
+            outq.cancel_join_thread()  # nobody reads it: do not wait at exit to flush it
+            return
         try:
             msgs = [inq.get(timeout=0.1 if ev.dirty else 0.5)]
         except queue.Empty:
@@ -245,6 +270,9 @@ def _worker_main(index: int, config: WorkerConfig, inq: Any, outq: Any, watch: S
         for host in ev.recovered:
             outq.put(("ok", host))
         ev.recovered.clear()
+        if ev.xids:
+            outq.put(("xids", ev.xids))
+            ev.xids = []
         now = time.monotonic()
         if now - last_stats >= STATS_EVERY_S:
             last_stats = now
@@ -278,6 +306,7 @@ class AnalysisPool:
         on_failure: Callable[[str, str], None] | None = None,
         on_ok: Callable[[str], None] | None = None,
         on_clean: Callable[[str], None] | None = None,
+        on_xids: Callable[[str, list[Any]], None] | None = None,
         live_hosts: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.config = config
@@ -292,6 +321,7 @@ class AnalysisPool:
         self.on_failure = on_failure
         self.on_ok = on_ok
         self.on_clean = on_clean
+        self.on_xids = on_xids
         self._ctx = multiprocessing.get_context("spawn")  # a fork of a threaded process can hang
         self._workers: list[_Worker] = []
         self._replies: dict[int, Future[Evidence | None]] = {}
@@ -330,7 +360,7 @@ class AnalysisPool:
         inq, outq = self._ctx.Queue(2), self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(index, self.config, inq, outq, self._watched(index)),
+            args=(index, self.config, inq, outq, self._watched(index), os.getpid()),
             name=f"incidentlab-analysis-{index}",
             daemon=True,
         )
@@ -476,6 +506,9 @@ class AnalysisPool:
                 self.on_failure(msg[1], msg[2])
             elif kind == "ok" and self.on_ok is not None:
                 self.on_ok(msg[1])
+            elif kind == "xids" and self.on_xids is not None:
+                for host, events in msg[1]:
+                    self.on_xids(host, events)
             elif kind == "stats":
                 self._stats[msg[1]] = msg[2]
 

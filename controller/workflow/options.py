@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.config import ExecutionSettings, WorkflowSettings
+from controller.config import ExecutionSettings, FleetSettings, WorkflowSettings
 from controller.detectors.rules import Rules
 from controller.workflow.roles import Posture
 
@@ -60,6 +60,7 @@ class WorkflowOptions:
     queue_max: int = _W.queue_max
     posture: Posture = field(default_factory=Posture)
     rules: Rules = field(default_factory=Rules)  # the detectors' tunables, per host
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     @classmethod
     def from_settings(cls, w: WorkflowSettings, posture: Posture) -> WorkflowOptions:

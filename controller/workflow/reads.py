@@ -179,7 +179,7 @@ class RunReader:
                 posture=posture,
                 memory=memory,
                 replay_of=original,
-                rules=self.rules.for_host(run["host_id"]),
+                rules=self.rules.for_host(run["host_id"], ev.labels),
                 advisor=advisor,
                 actions=actions,
             )

@@ -113,7 +113,7 @@ class StageRunner:
                 actions=self.execution,
                 approval=approval,
                 fresh=functools.partial(self._fresh, run_id, run["host_id"]),
-                rules=self.reader.rules.for_host(run["host_id"]),
+                rules=self.reader.rules.for_host(run["host_id"], ev.labels),
             )
             try:
                 art = role_for(KINDS[index]).run(ctx)

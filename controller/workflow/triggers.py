@@ -40,6 +40,13 @@ from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
 from controller.workflow.analysis import Hypothesis, detect, firing, onset, rank, top_firing
 from controller.workflow.analysis_pool import AnalysisPool
+from controller.workflow.fleet import (
+    Correlator,
+    FleetGroup,
+    blast_radius,
+    fleet_culprit,
+    fleet_evidence,
+)
 from controller.workflow.options import WorkflowOptions
 from controller.workflow.reads import evidence_key
 from controller.workflow.runner import StageRunner
@@ -119,6 +126,15 @@ class Triggers:
         self.reopened = 0  # flaps: a resolved fault back within the attach window
         self.explained = 0
         self.cleans_dropped = 0
+        # The fleet correlator: host sightings in, fleet incidents out (controller/workflow/fleet.py).
+        self.fleet = Correlator(options.fleet)
+        self._fleet_at = 0.0
+        self._fleet_live: dict[str, str] = {}  # live fleet run -> its state as last written
+        self.fleet_opened = 0
+        self.fleet_joined = 0
+        self.fleet_resolved = 0
+        # Hosts known, with labels: the blast radius's denominator (this process's hot state).
+        self.known: Callable[[dict[str, str]], tuple[int, int]] = hot.label_counts
 
     def _runner(self) -> StageRunner:
         assert self.runner is not None, "the engine wires a stage runner before anything runs"
@@ -213,6 +229,14 @@ class Triggers:
                     with self._lock:
                         self.failures += 1
                     log.exception("continuing run %s failed", run_id)
+            if self.opts.fleet.enabled and self.clock() - self._fleet_at >= self.opts.fleet.evaluate_every_s:
+                self._fleet_at = self.clock()
+                try:
+                    self.fleet_pass()
+                except Exception:
+                    with self._lock:
+                        self.failures += 1
+                    log.exception("the fleet correlator's pass failed")
             if self.clock() - self._swept_at >= SWEEP_EVERY_S:
                 self._swept_at = self.clock()
                 try:
@@ -264,6 +288,13 @@ class Triggers:
             "reopened": self.reopened,
             "explained": self.explained,
             "cleans_dropped": self.cleans_dropped,
+            "fleet": {
+                "sightings": len(self.fleet),
+                "opened": self.fleet_opened,
+                "joined": self.fleet_joined,
+                "resolved": self.fleet_resolved,
+                "live": len(self._fleet_live),
+            },
             "failures": self.failures,
         }
 
@@ -325,7 +356,7 @@ class Triggers:
         if ev is None:
             return None
         if hyps is None:  # a worker's are of this very evidence, under the same rules
-            rules = self.opts.rules.for_host(host_id)
+            rules = self.opts.rules.for_host(host_id, ev.labels)
             hyps = rank(ev, detect(ev, rules), rules)
         self.lifecycle(host_id, firing(hyps, self.opts.open_threshold))
         top = top_firing(hyps, self.opts.open_threshold)
@@ -353,12 +384,94 @@ class Triggers:
         if open_id is not None:
             self._track(host_id, open_id, top.fingerprint, top.family, now)
             self._absorb(host_id, open_id, top)
+            self._sight(host_id, open_id, top, ev, now, onset(ev, top))
             return open_id
-        run_id = self.open_run(ev, top.fingerprint, top.family, top.culprit, top.confidence, onset(ev, top))
+        started = onset(ev, top)
+        run_id = self.open_run(ev, top.fingerprint, top.family, top.culprit, top.confidence, started)
         self._track(host_id, run_id, top.fingerprint, top.family, now)
         self._absorb(host_id, run_id, top)
+        self._sight(host_id, run_id, top, ev, now, started)
         self._runner().execute(run_id)
         return run_id
+
+    def _sight(
+        self, host_id: str, run_id: str, top: Hypothesis, ev: Evidence, now: float, started: float | None
+    ) -> None:
+        if not self.opts.fleet.enabled:
+            return
+        if not ev.labels:  # a worker that restarted may not have them yet; this process may
+            ev.labels = self.hot.labels(host_id)
+        self.fleet.observe(host_id, run_id, top, ev, now, started)
+
+    # --- fleet incidents -------------------------------------------------------------------------
+
+    def fleet_pass(self) -> int:
+        """Group the current sightings; open, join and move fleet incidents. Returns how many
+        groups there were."""
+        if not self.opts.fleet.enabled:
+            return 0
+        now = self.clock()
+        groups = self.fleet.groups(now)
+        seen: set[str] = set()
+        for g in groups:
+            seen.add(self._fleet_incident(g, now))
+        for fid in [f for f in self._fleet_live if f not in seen]:
+            self._fleet_settle(fid, now)
+        return len(groups)
+
+    def _fleet_incident(self, g: FleetGroup, now: float) -> str:
+        radius = blast_radius(g, self.known)
+        fp = g.fingerprint
+        with self.runs.begin() as tx:
+            fid = tx.open_run_of(fp, since=now - self.opts.attach_window_s)
+            if fid is not None:
+                tx.reopen(fid, at=now)
+                tx.set_state(fid, state="firing", at=now, seen=now, resolved=None)
+        new = fid is None
+        if fid is None:
+            conf = sum(m.confidence for m in g.members) / len(g.members)
+            starts = [m.started for m in g.members if m.started is not None]
+            fid = self.open_run(
+                fleet_evidence(g, radius, now),
+                fp,
+                g.family,
+                fleet_culprit(g, radius),
+                conf,
+                min(starts) if starts else None,
+                scope="fleet",
+            )
+            self.fleet_opened += 1
+        joined = 0
+        with self.runs.begin() as tx:
+            for m in g.members:
+                if tx.join_fleet(m.run_id, fid, at=now):
+                    joined += 1
+                    tx.attach(fid, at=now, detail={"member": m.host, "run_id": m.run_id, "family": m.family})
+        self.fleet_joined += joined
+        self._fleet_live[fid] = "firing"
+        if new:
+            self._runner().execute(fid)
+        return fid
+
+    def _fleet_settle(self, fid: str, now: float) -> None:
+        """A fleet incident its members no longer make: recovering while any member is live,
+        resolved when every member is (as of the last member's resolution)."""
+        with self.runs.begin() as tx:
+            row = tx.run(fid)
+            if row is None or row["state"] not in ("firing", "recovering"):
+                self._fleet_live.pop(fid, None)  # resolved by the sweep, or gone
+                return
+            members = tx.fleet_members(fid, limit=10_000)
+            seen = row["last_seen_at"]
+            if any(m["state"] in ("firing", "recovering") for m in members):
+                if self._fleet_live.get(fid) != "recovering":
+                    tx.set_state(fid, state="recovering", at=now, seen=seen, resolved=None)
+                    self._fleet_live[fid] = "recovering"
+                return
+            ends = [m["resolved_at"] for m in members if m["resolved_at"] is not None]
+            tx.set_state(fid, state="resolved", at=now, seen=seen, resolved=max(ends) if ends else now)
+        self._fleet_live.pop(fid, None)
+        self.fleet_resolved += 1
 
     # --- the lifecycle ---------------------------------------------------------------------------
 
@@ -439,6 +552,7 @@ class Triggers:
                 if lv.clean >= self.opts.resolve_after_clean:
                     lv.state = "resolved"
                     writes.append((lv, now))
+                    self.fleet.forget(host_id, lv.run_id)
                 elif before == "firing":
                     lv.state = "recovering"
                     writes.append((lv, None))
@@ -505,6 +619,8 @@ class Triggers:
         culprit: dict[str, Any],
         confidence: float,
         started: float | None = None,
+        *,
+        scope: str = "host",
     ) -> str:
         now = self.clock()
         seed = hashlib.sha256(f"{fp}|{now}".encode()).hexdigest()
@@ -541,6 +657,8 @@ class Triggers:
                         "flaps": 0,
                         "parent_run_id": None,
                         "silenced_by": silenced_by,
+                        "scope": scope,
+                        "fleet_run_id": None,
                     }
                 ]
             )

@@ -118,6 +118,18 @@ def fake_nvml(xids: list[tuple[int, str]], *, events_supported: bool = True) -> 
     setattr(m, "nvmlDeviceGetTotalEccErrors", ecc)
     setattr(m, "nvmlDeviceGetPcieThroughput", lambda h, c: {0: 1000, 1: 2000}[c])
     setattr(m, "nvmlDeviceGetPcieReplayCounter", lambda h: 12)
+    setattr(m, "nvmlDeviceGetCurrPcieLinkGeneration", lambda h: 3 if h.ecc_ok else 4)
+    setattr(m, "nvmlDeviceGetCurrPcieLinkWidth", lambda h: 8 if h.ecc_ok else 16)
+    setattr(m, "nvmlDeviceGetMaxPcieLinkGeneration", lambda h: 4)
+    setattr(m, "nvmlDeviceGetMaxPcieLinkWidth", lambda h: 16)
+
+    def fan(h: Any) -> int:
+        if h.ecc_ok:  # a passively cooled board: no fan
+            raise NVMLError_NotSupported()
+        return 35
+
+    setattr(m, "nvmlDeviceGetFanSpeed", fan)
+    setattr(m, "nvmlDeviceGetTotalEnergyConsumption", lambda h: 123_456_789)
 
     def nvlink_state(h: Any, link: int) -> int:
         if link >= h.nvlinks:
@@ -126,7 +138,15 @@ def fake_nvml(xids: list[tuple[int, str]], *, events_supported: bool = True) -> 
 
     setattr(m, "nvmlDeviceGetNvLinkState", nvlink_state)
     setattr(m, "nvmlDeviceGetNvLinkErrorCounter", lambda h, link, code: link * 10 + code)
-    setattr(m, "nvmlDeviceGetComputeRunningProcesses", lambda h: [ns(pid=4242, usedGpuMemory=60 << 30)])
+    setattr(
+        m,
+        "nvmlDeviceGetComputeRunningProcesses",
+        lambda h: (
+            [ns(pid=4242, usedGpuMemory=60 << 30)]
+            if h.ecc_ok
+            else [ns(pid=7, usedGpuMemory=1 << 30), ns(pid=8, usedGpuMemory=None)]
+        ),
+    )
     setattr(m, "nvmlDeviceGetGraphicsRunningProcesses", not_supported)
     if events_supported:
         setattr(m, "nvmlEventSetCreate", lambda: "evset")
@@ -172,7 +192,18 @@ def test_every_field_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
         "uncorrected_aggregate": 2,
     }
     assert d1["ecc"] == dict.fromkeys(d0["ecc"])  # not supported: None, not 0
-    assert d0["pcie"] == {"tx_bytes_per_s": 1000 * 1024, "rx_bytes_per_s": 2000 * 1024, "replay_counter": 12}
+    assert d0["pcie"] == {
+        "tx_bytes_per_s": 1000 * 1024,
+        "rx_bytes_per_s": 2000 * 1024,
+        "replay_counter": 12,
+        "link_gen": 3,
+        "link_width": 8,
+        "max_link_gen": 4,
+        "max_link_width": 16,
+    }
+    assert d1["pcie"]["link_gen"] == 4 and d1["pcie"]["link_width"] == 16
+    assert d0["fan_speed_pct"] is None and d1["fan_speed_pct"] == 35  # no fan: None, not 0
+    assert d0["energy_mj"] == 123_456_789
     assert d0["nvlink"] == [
         {"link": 0, "active": True, "errors": {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}},
         {
@@ -183,10 +214,13 @@ def test_every_field_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     assert d1["nvlink"] == []
     assert d0["processes"] == [{"pid": 4242, "used_bytes": 60 << 30}]
+    assert d1["processes"] == [{"pid": 7, "used_bytes": 1 << 30}, {"pid": 8, "used_bytes": None}]
+    # The one process on GPU-aaaa is named; GPU-bbbb's two are candidates, neither blamed.
+    src_ = "device_processes"
     assert r.data["xid_events"] == [
-        {"xid": 13, "device_uuid": "GPU-bbbb", "count": 1, "pid": None},
-        {"xid": 48, "device_uuid": "GPU-aaaa", "count": 1, "pid": None},
-        {"xid": 79, "device_uuid": "GPU-aaaa", "count": 2, "pid": None},
+        {"xid": 13, "device_uuid": "GPU-bbbb", "count": 1, "pid": None, "pids": [7, 8], "pid_source": src_},
+        {"xid": 48, "device_uuid": "GPU-aaaa", "count": 1, "pid": 4242, "pids": [4242], "pid_source": src_},
+        {"xid": 79, "device_uuid": "GPU-aaaa", "count": 2, "pid": 4242, "pids": [4242], "pid_source": src_},
     ]
     assert src.sample().data["xid_events"] == []  # drained: each event counted once
     src.close()

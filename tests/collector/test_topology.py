@@ -12,7 +12,7 @@ import pytest
 
 from collector.config import load_settings
 from collector.errors import ConfigError, TopologyError
-from collector.topology import Topology, node_labels, parse_downward_labels, topology_from
+from collector.topology import Topology, node_labels, parse_downward_labels, pod_owners, topology_from
 from tests.collector.ingest_server import IngestServer
 from tests.collector.test_transport import agent_settings, make_agent
 
@@ -88,8 +88,10 @@ def test_settings_refuse_bad_labels() -> None:
 class _NodeApi:
     """A Kubernetes API answering GET /api/v1/nodes/NAME for one node (or an error)."""
 
-    def __init__(self, node: dict[str, Any]) -> None:
+    def __init__(self, node: dict[str, Any], pods: dict[str, Any] | None = None) -> None:
         self.node = node
+        self.pods = pods or {"kind": "PodList", "items": []}
+        self.paths: list[str] = []
         self.status = 200
         self.auth: list[str | None] = []
         api = self
@@ -100,9 +102,12 @@ class _NodeApi:
 
             def do_GET(self) -> None:
                 api.auth.append(self.headers.get("Authorization"))
+                api.paths.append(self.path)
                 name = api.node["metadata"]["name"]
-                ok = self.path == f"/api/v1/nodes/{name}" and api.status == 200
-                body = json.dumps(api.node if ok else {"kind": "Status", "code": 404}).encode()
+                pods = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}"
+                doc = {f"/api/v1/nodes/{name}": api.node, pods: api.pods}.get(self.path)
+                ok = doc is not None and api.status == 200
+                body = json.dumps(doc if ok else {"kind": "Status", "code": 404}).encode()
                 self.send_response(200 if ok else (api.status if api.status != 200 else 404))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -143,7 +148,7 @@ def test_the_node_object_fills_what_settings_leave(tmp_path: Path) -> None:
         labels = topo.labels()
         assert labels["zone"] == "override" and labels["cluster"] == "prod"  # settings win
         assert labels["node_pool"] == "gpu-pool" and labels["region"] == "us-central1"
-        assert api.auth == ["Bearer sa-token"]
+        assert api.auth == ["Bearer sa-token"] * 2  # the node, and its pods
         assert topo.state() == {"sources": ["settings", "kubernetes_api"], "errors": {}}
         # The API failing later keeps the last labels and says why.
         api.status = 403
@@ -162,7 +167,7 @@ def test_an_unreachable_api_and_a_bad_file_are_reported_not_raised(tmp_path: Pat
     )
     topo.refresh()
     errors = topo.state()["errors"]
-    assert set(errors) == {"node", "downward"} and "line 1" in errors["downward"]
+    assert set(errors) == {"node", "pods", "downward"} and "line 1" in errors["downward"]
     assert topo.labels() == {}
     bad.write_text('topology.kubernetes.io/zone="z9"\n')
     topo.refresh()
@@ -196,3 +201,89 @@ def test_labels_travel_in_collector_info_and_a_change_resends_it(tmp_path: Path)
             assert infos[2] is not None and infos[2]["labels"]["zone"] == "b"
         finally:
             agent.close()
+
+
+# A node's pods as the API lists them (trimmed): a Deployment's, a StatefulSet's, a bare one.
+PODS: dict[str, Any] = {
+    "kind": "PodList",
+    "items": [
+        {
+            "metadata": {
+                "name": "api-7d9c6b5f4-x2lkq",
+                "namespace": "shop",
+                "uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000001",
+                "labels": {"app": "api", "pod-template-hash": "7d9c6b5f4"},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": "api-7d9c6b5f4",
+                        "controller": True,
+                    }
+                ],
+            }
+        },
+        {
+            "metadata": {
+                "name": "db-0",
+                "namespace": "shop",
+                "uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000002",
+                "ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": True}],
+            }
+        },
+        {"metadata": {"name": "debug", "namespace": "ops", "uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000003"}},
+        {"metadata": {"name": "broken"}},
+        "garbage",
+    ],
+}
+
+
+def test_pod_owners_name_the_workload() -> None:
+    got = pod_owners(PODS)
+    assert got == {
+        "0b1c2d3e-aaaa-bbbb-cccc-000000000001": {
+            "namespace": "shop",
+            "pod": "api-7d9c6b5f4-x2lkq",
+            "workload": "shop/Deployment/api",
+        },
+        "0b1c2d3e-aaaa-bbbb-cccc-000000000002": {
+            "namespace": "shop",
+            "pod": "db-0",
+            "workload": "shop/StatefulSet/db",
+        },
+        "0b1c2d3e-aaaa-bbbb-cccc-000000000003": {
+            "namespace": "ops",
+            "pod": "debug",
+            "workload": "ops/Pod/debug",
+        },
+    }
+    with pytest.raises(TopologyError, match="items"):
+        pod_owners({"kind": "Status"})
+
+
+def test_process_rows_of_a_pod_are_named(tmp_path: Path) -> None:
+    api = _NodeApi(GKE_NODE, PODS)
+    try:
+        topo = Topology({}, node_name=GKE_NODE["metadata"]["name"], api_url=api.url, opener=_plain_open)
+        topo.refresh()
+        assert "pods" not in topo.state()["errors"]
+        snap: dict[str, Any] = {
+            "sources": {
+                "processes": {
+                    "data": {
+                        "rows": [
+                            {"pid": 1, "pod_uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000001"},
+                            {"pid": 2, "pod_uid": None},
+                            {"pid": 3, "pod_uid": "0b1c2d3e-aaaa-bbbb-cccc-0000000000ff"},  # not on this node
+                        ]
+                    }
+                }
+            }
+        }
+        topo.name_pods(snap)
+        rows = snap["sources"]["processes"]["data"]["rows"]
+        assert rows[0]["workload"] == "shop/Deployment/api" and rows[0]["namespace"] == "shop"
+        assert "workload" not in rows[1] and "workload" not in rows[2]
+        topo.name_pods({"sources": {}})  # no processes source: nothing to do
+    finally:
+        api.close()

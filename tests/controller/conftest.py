@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -141,9 +142,12 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
-    """A controller app served on loopback in this process, its Runtime beside it."""
+@contextlib.contextmanager
+def served_api(
+    tmp_path: Path, database_url: str | None = None, **workflow: Any
+) -> Iterator[tuple[httpx.Client, Runtime]]:
+    """A controller app served on loopback in this process, its Runtime beside it; ``workflow``
+    settings go over the defaults."""
     import threading
 
     import uvicorn
@@ -154,8 +158,11 @@ def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
 
     # Evaluation in this process, and nothing ingested through the API: the test decides
     # when hosts are evaluated (the engine's worker has nothing queued).
+    extra = {"database_url": database_url} if database_url else {}
     settings = load_settings(
-        **base_config(tmp_path / "data", workflow={"enabled": True, "analysis": {"workers": 0}})
+        **base_config(
+            tmp_path / "data", workflow={"enabled": True, "analysis": {"workers": 0}} | workflow, **extra
+        )
     )
     rt = Runtime(settings)
     rt.workflow.clock = Clock()
@@ -172,3 +179,10 @@ def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
+    """A controller app served on loopback in this process, its Runtime beside it."""
+    with served_api(tmp_path) as got:
+        yield got

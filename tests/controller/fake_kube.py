@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 POD_UID = "0b1c2d3e-aaaa-bbbb-cccc-000000000042"
+DEPLOYMENT = "/apis/apps/v1/namespaces/shop/deployments/api"
 
 
 class FakeKube:
@@ -25,6 +26,20 @@ class FakeKube:
             },
         }
         self.pods: list[dict[str, Any]] = [self._pod("trainer-0", POD_UID)]
+        self.deployment: dict[str, Any] = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "api", "namespace": "shop", "uid": "d-1", "resourceVersion": "7"},
+            "spec": {
+                "replicas": 6,
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {
+                    "metadata": {"labels": {"app": "api"}},
+                    "spec": {"containers": [{"name": "api", "image": "api:2"}]},
+                },
+            },
+            "status": {"replicas": 6, "updatedReplicas": 3},
+        }
         self.requests: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -85,6 +100,8 @@ class FakeKube:
                 with kube.lock:
                     if url.path == "/api/v1/nodes/node-1":
                         return self._send(200, kube.node)
+                    if url.path == DEPLOYMENT:
+                        return self._send(200, kube.deployment)
                     if url.path == "/api/v1/pods":
                         sel = urllib.parse.parse_qs(url.query).get("fieldSelector", [""])[0]
                         items = [
@@ -99,6 +116,8 @@ class FakeKube:
                 url = self._record()
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with kube.lock:
+                    if url.path == DEPLOYMENT:
+                        return self._patch(kube.deployment, body)
                     if url.path != "/api/v1/nodes/node-1":
                         return self._status(404, "NotFound")
                     rv = body.get("metadata", {}).get("resourceVersion")
@@ -109,6 +128,14 @@ class FakeKube:
                         int(kube.node["metadata"]["resourceVersion"]) + 1
                     )
                     return self._send(200, kube.node)
+
+            def _patch(self, obj: dict[str, Any], body: dict[str, Any]) -> None:
+                rv = body.get("metadata", {}).get("resourceVersion")
+                if rv is not None and rv != obj["metadata"]["resourceVersion"]:
+                    return self._status(409, "Conflict")
+                obj["spec"].update(body.get("spec", {}))
+                obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+                return self._send(200, obj)
 
             def do_DELETE(self) -> None:
                 url = self._record()

@@ -45,6 +45,7 @@ def test_every_actuator_has_a_class_and_a_schema() -> None:
         "drop_page_cache",
         "restart_pod",
         "cordon_and_taint",
+        "pause_rollout",
     }
     classes = {n: a.safety_class for n, a in ACTUATORS.items()}
     assert classes["sigkill"] == "destructive" and classes["sigterm"] == "impacting"
@@ -60,6 +61,8 @@ def test_every_actuator_has_a_class_and_a_schema() -> None:
         ("cgroup_cpu_quota", {"cgroup": "../etc", "cores": 1}, "cgroup"),
         ("cgroup_cpu_quota", {"cgroup": "/a", "cores": 0}, "cores"),
         ("restart_pod", {"uid": "not-a-uid", "node": "n1"}, "uid"),
+        ("pause_rollout", {"namespace": "Shop", "name": "api"}, "namespace"),
+        ("pause_rollout", {"namespace": "shop", "name": "../x"}, "name"),
     ],
 )
 def test_bad_parameters_get_a_clear_error(name: str, params: dict[str, object], problem: str) -> None:
@@ -300,6 +303,35 @@ def test_cordon_and_taint_then_roll_back_through_the_client() -> None:
         stale = dict(before, resource_version="0")
         with pytest.raises(ActuatorError, match="409"):
             act.apply(p, stale)
+
+
+def test_pause_rollout_then_resume_through_the_client() -> None:
+    from controller.actuators import KubeTarget
+
+    from .fake_kube import DEPLOYMENT, FakeKube
+
+    with FakeKube() as kube:
+        act = get("pause_rollout", HostEnv(kube=KubeTarget(kube.url)))
+        assert act.safety_class == "impacting" and act.reversible
+        p = act.validate({"namespace": "shop", "name": "api"})
+        before = act.probe(p)
+        assert before == {"paused": False, "replicas": 6, "updated_replicas": 3, "resource_version": "7"}
+
+        def paused() -> object:
+            return kube.deployment["spec"].get("paused")
+
+        done = act.apply(p, before)
+        assert paused() is True and done.after["paused"] is True
+        assert ("PATCH", DEPLOYMENT, None) in kube.requests
+        assert act.settle(p, before, act.probe(p)) == "applied"
+        assert done.rollback == {"paused": False}
+        act.rollback(p, done.rollback)
+        assert paused() is False
+        with pytest.raises(ActuatorError, match="409"):
+            act.apply(p, before)  # read at resourceVersion 7: the deployment moved on since
+        missing = act.validate({"namespace": "shop", "name": "gone"})
+        with pytest.raises(ActuatorError, match="404"):
+            act.probe(missing)
 
 
 def test_restart_pod_finds_it_by_uid_on_its_node() -> None:

@@ -10,6 +10,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +26,8 @@ from controller.workflow import analysis_pool
 from controller.workflow.analysis import detect, rank
 from controller.workflow.analysis_pool import AnalysisPool, Evaluator, WorkerConfig
 from testkit.scenarios import FAULTS, calm
+
+from .conftest import ControllerProc
 
 
 class Clock:
@@ -428,3 +432,30 @@ def test_a_pool_hands_each_worker_the_live_hosts_of_its_partition() -> None:
         )._watched(0)
         == []
     )
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_analysis_workers_exit_when_the_controller_is_killed(
+    controller_factory: Callable[..., ControllerProc],
+) -> None:
+    """A controller killed with SIGKILL leaves no analysis worker behind holding windows."""
+    ctl = controller_factory()
+    assert ctl.proc is not None
+    workers = [p for p in _children(ctl.proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert workers, "the controller runs its analysis in worker processes by default"
+    ctl.kill9()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.1)
+    assert not [p for p in workers if Path(f"/proc/{p}").exists()], "orphaned analysis workers"

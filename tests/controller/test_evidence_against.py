@@ -65,7 +65,18 @@ def idle_gpu_starved(d: dict[str, Any], i: int, faulty: bool) -> None:
 
 def no_critical(d: dict[str, Any], i: int) -> None:
     for x in d["gpu"]["xid_events"]:
-        x["xid"] = 13
+        x["xid"] = 45  # preemptive cleanup: not critical
+
+
+def small_holder(d: dict[str, Any], i: int) -> None:
+    d["gpu"]["devices"][0]["processes"] = [{"pid": 8080, "used_bytes": 2 << 30}]  # 2.5% of 80 GiB
+
+
+def replay_only(d: dict[str, Any], i: int) -> None:
+    """Errors that are all replays, and no link lost: the link retried and recovered."""
+    for link in d["gpu"]["devices"][0]["nvlink"]:
+        link["active"] = True
+        link["errors"] = {"replay": 40 * (i + 1), "recovery": 0, "crc_flit": 0, "crc_data": 0}
 
 
 # family: (the tweak that makes its check against hold, the window's calm seconds)
@@ -90,6 +101,8 @@ AGAINST: dict[str, tuple[Tweak, int]] = {
     "gpu_xid": (only_fault(no_critical), 120),
     "gpu_ecc": (only_fault(lambda d, i: d["gpu"]["devices"][0]["ecc"].update(uncorrected_volatile=1)), 120),
     "gpu_memory_pressure_low_util": (lambda d, i, f: None, 0),
+    "gpu_memory_held_idle": (only_fault(small_holder), 120),
+    "gpu_nvlink_degradation": (only_fault(replay_only), 120),
     "input_pipeline_starvation": (idle_gpu_starved, 120),
     "network_throughput": (only_fault(quiet_path), 120),
     "multi_resource_saturation": (only_fault(lambda d, i: apply(d, "psi.cpu.some.avg10", 1.0)), 120),

@@ -76,6 +76,18 @@ CASES: list[tuple[str, Finding, Finding, Finding]] = [
         finding("gpu_xid", Culprit("device", "GPU-a", {"xids": [79]})),
     ),
     (
+        "nvlink_xid",
+        finding("gpu_nvlink_degradation", Culprit("device", "GPU-a")),
+        finding("gpu_xid", Culprit("device", "GPU-a", {"xids": [74]})),
+        finding("gpu_xid", Culprit("device", "GPU-b", {"xids": [74]})),
+    ),
+    (
+        "holder_device",
+        finding("gpu_memory_held_idle", Culprit("process", "ipykernel[8]", {"gpu": "GPU-a"})),
+        finding("gpu_memory_pressure_low_util", Culprit("device", "GPU-a")),
+        finding("gpu_memory_pressure_low_util", Culprit("device", "GPU-b")),
+    ),
+    (
         "same_owner",
         finding("input_pipeline_starvation", Culprit("process", "loader[5]", key="process:loader@/")),
         finding("cpu_saturation", Culprit("process", "loader[5]", key="process:loader@/")),

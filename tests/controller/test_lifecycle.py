@@ -304,6 +304,8 @@ def test_an_explained_run_is_not_taken_back_by_its_own_fingerprint(driver: Drive
                     "flaps": 0,
                     "parent_run_id": "run-cause",
                     "silenced_by": None,
+                    "scope": "host",
+                    "fleet_run_id": None,
                 }
             ]
         )

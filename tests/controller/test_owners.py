@@ -184,3 +184,23 @@ def test_hostile_rows_never_fail_the_detectors() -> None:
         snaps = window(family, tweak=hostile)
         ev = build_evidence("node-a", snaps, [], {n: "fresh" for n in snaps[0].sources})
         assert rank(ev, detect(ev)) is not None
+
+
+def test_a_culprits_service_is_the_same_on_every_host() -> None:
+    from controller.detectors.owners import service_of
+
+    # Two nodes' pods of one Deployment: different UIDs, one workload (named by the collector).
+    for uid in ("0b1c2d3e-aaaa-bbbb-cccc-000000000001", "0b1c2d3e-aaaa-bbbb-cccc-000000000002"):
+        row = {"pid": 7, "comm": "api", "cpu_pct": 90.0, "pod_uid": uid, "workload": "shop/Deployment/api"}
+        c = owner([row], weight="cpu_pct")
+        assert c.kind == "pod" and c.detail["workload"] == "shop/Deployment/api"
+        assert service_of(c.kind, c.id, c.detail) == "workload:shop/Deployment/api"
+    # Without the collector's name a pod is its program, never its UID (which differs per host).
+    bare = owner([{"pid": 7, "comm": "api", "cpu_pct": 90.0, "pod_uid": "u1"}], weight="cpu_pct")
+    assert service_of(bare.kind, bare.id, bare.detail) == "program:api"
+    assert service_of("unit", "nginx.service", {}) == "unit:nginx.service"
+    assert service_of("cgroup", "/jobs/etl", {}) == "cgroup:/jobs/etl"
+    assert service_of("process_tree", "make[42]", {"comm": "make"}) == "program:make"
+    assert service_of("socket", "10.0.0.1:8080", {"backlog": 128}) == "listener:8080"
+    assert service_of("socket", "10.0.9.9:5432", {}) == "peer:10.0.9.9:5432"
+    assert service_of("host", "host", {}) is None and service_of("device", "GPU-a", {}) is None

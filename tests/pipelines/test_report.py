@@ -85,3 +85,20 @@ def test_notebooks_have_one_parameters_cell_and_no_stored_outputs(name: str) -> 
     assert len(tagged) == 1
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
+
+
+def test_a_postmortem_of_a_fleet_incident(tmp_path: Path) -> None:
+    """A fleet incident's postmortem: its blast radius, members and the hosts-by-time view."""
+    from testkit.fleet import Fleet, play_together, recorded
+    from testkit.scenarios import T0
+
+    fleet = Fleet(tmp_path / "data", min_hosts=3)
+    hosts = [f"node-{i}" for i in range(3)]
+    plays = {h: recorded("cpu_workers_cgroup", T0 + i) for i, h in enumerate(hosts)}
+    play_together(fleet, plays, {h: {"cluster": "prod", "zone": "a"} for h in hosts}, 92)
+    (inc,) = fleet.runs(scope="fleet")
+    fleet.db.dispose()
+    report = render(inc["run_id"], str(tmp_path / "data"), tmp_path / "reports")
+    html = report.html.read_text()
+    assert "3 hosts; zones a; services cgroup:/ilab-workers" in html and "node-2" in html
+    assert "chain intact: 8 artifacts" in html and "<img" in html

@@ -10,6 +10,7 @@ from typing import Any
 
 from controller.detectors import DETECTORS
 from controller.workflow.analysis import detect, rank
+from controller.workflow.roles import fleet
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
 MAX_FINDINGS = 10
@@ -20,6 +21,8 @@ class AnomalyStage(Role):
     kind = "anomaly_finding"
 
     def compute(self, ctx: StageContext) -> Output:
+        if fleet.is_fleet(ctx):
+            return fleet.findings(ctx)
         findings = sorted(detect(ctx.evidence, ctx.rules), key=lambda f: (-f.score, f.family))
         return Output(
             payload={
@@ -37,6 +40,8 @@ class HypothesisStage(Role):
     kind = "root_cause_hypothesis"
 
     def compute(self, ctx: StageContext) -> Output:
+        if fleet.is_fleet(ctx):
+            return fleet.hypothesis(ctx)
         hyps = rank(ctx.evidence, detect(ctx.evidence, ctx.rules), ctx.rules)
         payload: dict[str, Any] = {"hypotheses": [h.to_dict() for h in hyps]}
         notes = []

@@ -7,6 +7,7 @@ the hash. Roles never touch the store: the engine persists what they return.
 
 from __future__ import annotations
 
+import json
 import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -83,6 +84,11 @@ class StageContext:
     approval: dict[str, Any] | None = None
     fresh: Callable[[float], Evidence | None] | None = None
     rules: HostRules = DEFAULT_HOST_RULES  # the host's detector rules
+
+    def run_culprit(self) -> dict[str, Any]:
+        raw = self.run.get("culprit") or "{}"
+        got = json.loads(raw) if isinstance(raw, str) else raw
+        return dict(got) if isinstance(got, dict) else {}
 
     def previous(self, kind: str) -> Artifact:
         for art in self.chain:

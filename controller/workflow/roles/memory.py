@@ -8,6 +8,7 @@ fault lasts, so it is no conclusion, and a replay does not compare it."""
 from __future__ import annotations
 
 from controller.store.runs import fault_times
+from controller.workflow.roles import fleet
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
 
@@ -23,8 +24,10 @@ class Memory(Role):
         obs = ctx.previous("observation_summary")
         run = ctx.run
         started = run.get("fault_started_at")
+        extra = fleet.report_extra(ctx) if fleet.is_fleet(ctx) else {}
         return Output(
-            payload={
+            payload=extra
+            | {
                 "host_id": ctx.run["host_id"],
                 "timeline": [{"stage": a.kind, "at": a.finished_at, "status": a.status} for a in ctx.chain],
                 "most_likely_cause": None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from controller.workflow.roles import fleet
 from controller.workflow.roles.base import Output, Role, StageContext, register, stats
 
 KEY_SIGNALS = (
@@ -33,6 +34,8 @@ class Observer(Role):
     kind = "observation_summary"
 
     def compute(self, ctx: StageContext) -> Output:
+        if fleet.is_fleet(ctx):
+            return fleet.observe(ctx)
         ev = ctx.evidence
         names = [n for n in KEY_SIGNALS if ev.series.get(n)]
         names += sorted(n for n in ev.series if n.startswith("gpu") and n not in names)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.actuators import ACTUATORS
+from controller.workflow.roles import fleet
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
 MEMBER_ACTIONS_MAX = 4  # per-process steps for a culprit with many members (the heaviest first)
@@ -207,6 +208,8 @@ class Planner(Role):
     kind = "remediation_proposal"
 
     def compute(self, ctx: StageContext) -> Output:
+        if fleet.is_fleet(ctx):
+            return fleet.proposals(ctx)
         hyps = ctx.previous("root_cause_hypothesis").payload.get("hypotheses", [])
         proposals = []
         # A symptom (explained by a cause above it) is not acted on: its cause is.

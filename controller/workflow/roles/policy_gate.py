@@ -20,7 +20,11 @@ from controller.artifacts import canonical
 from controller.workflow.roles.base import Output, Posture, Role, StageContext, register
 
 VALIDATE = "validate_state"
-CLUSTER_ACTIONS = ("restart_pod", "cordon_and_taint")  # act through the Kubernetes API, from anywhere
+CLUSTER_ACTIONS = (
+    "restart_pod",
+    "cordon_and_taint",
+    "pause_rollout",
+)  # act through the Kubernetes API, from anywhere
 
 
 def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple[str, str | None]:

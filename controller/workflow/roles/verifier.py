@@ -14,6 +14,7 @@ import statistics
 from typing import Any
 
 from controller.artifacts import Status
+from controller.workflow.roles import fleet
 from controller.workflow.roles.base import NotReady, Output, Role, StageContext, register
 from controller.workflow.roles.observer import KEY_SIGNALS
 
@@ -55,6 +56,12 @@ class Verifier(Role):
             reason = "dry_run" if execution.get("dry_run", True) else "nothing changed on the host"
             return Output(
                 payload={"verdict": "skipped", "reason": reason, "compared_signals": []}, status="skipped"
+            )
+        if fleet.is_fleet(ctx):
+            # A fleet action (a paused rollout) shows in its members, each verified on its host.
+            why = "a fleet action is judged by its member runs' lifecycle (live_members of the incident)"
+            return Output(
+                payload={"verdict": "inconclusive", "reason": why, "compared_signals": []}, status="degraded"
             )
         signal = target_signal(ctx, ctx.run["family"])
         opts = ctx.actions.opts
