@@ -19,7 +19,7 @@ $(PY):
 
 # --no-build-isolation keeps the CMake build dir warm between installs, so a change to one
 # .cpp rebuilds one object; the build requirements come from pyproject.toml itself.
-$(STAMP): $(NATIVE_SRC) | $(PY)
+$(STAMP): $(NATIVE_SRC) pyproject.toml | $(PY)
 	@scripts/ensure-system.sh build
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")

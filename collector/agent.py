@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import threading
 import time
@@ -38,7 +39,9 @@ from collector.transport import Transport, TransportOptions
 from collector.wire import BATCH_SCHEMA, BatchKey, validate_batch
 
 STATUS_FILE = "status.json"
+log = logging.getLogger(__name__)
 INFO_EVERY_S = 600.0
+FAILURE_LOG_EVERY_S = 60.0
 EVENT_DROPS = ("event_overflow", "perf_lost", "undecodable")
 
 
@@ -70,6 +73,8 @@ class Agent:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._ship_error: str | None = None
+        self._failures = 0  # delivery attempts failed since the last that went through
+        self._failure_logged_at = -float("inf")
 
     # --- batches ---------------------------------------------------------------------------------
 
@@ -157,10 +162,27 @@ class Agent:
             return True
         except TransportError as exc:
             self._ship_error = str(exc)
+            self._log_failure(str(exc))
             return False
+        if self._failures:
+            log.warning("delivering again after %d failed attempts", self._failures)
+            self._failures = 0
         self._ship_error = None
         self.spool.ack(rec.seq)
         return True
+
+    def _log_failure(self, why: str) -> None:
+        """Delivery failures, at most one line a minute (a controller away for an hour is one
+        line a minute, not one per retry), with how many there were since the last."""
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_EVERY_S:
+            self._failure_logged_at = now
+            log.warning(
+                "cannot deliver (%d failed attempts so far; records stay in the spool): %s",
+                self._failures,
+                why,
+            )
 
     def _ship_loop(self) -> None:
         backoff = self.settings.transport.backoff_base_s

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from collector import __version__
 from collector.config import load_settings
 from collector.errors import CollectorError
 from collector.sampler import Sampler
@@ -95,6 +98,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from collector.agent import Agent
 
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     agent = Agent(load_settings(args.config))
     print(
         f"incidentlab-collector: running, stream {agent.spool.stream_id}, spool {agent.settings.spool.dir}, "
@@ -131,6 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="incidentlab-collector", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sample = sub.add_parser("sample", help="sample this host and print snapshots")
     sample.add_argument("--config", type=Path, help="YAML settings file")
@@ -144,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent: sample, spool and ship to the controller")
     run.add_argument("--config", type=Path, help="YAML settings file")
     run.add_argument("--count", type=int, default=None, help="stop after this many samples (tests)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning")
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="the agent's health from its spool directory")
     status.add_argument("--config", type=Path, help="YAML settings file")
@@ -163,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except CollectorError as exc:
         print(f"incidentlab-collector: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `incidentlab-collector info --json | head`: quiet, as such tools are
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return code
 
 

@@ -23,6 +23,28 @@ from controller.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+def _docs(api: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files: a cluster without the
+    internet gets it too. The bearer scheme in the OpenAPI document gives it Authorize."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    api.mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="incidentlab controller",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+
 def create_app(
     settings: ControllerSettings, runtime: Runtime | None = None, *, init_store: bool = False
 ) -> FastIngest:
@@ -49,6 +71,8 @@ def create_app(
         redirect_slashes=False,
     )
     api.state.runtime = rt
+    if settings.server.docs:
+        _docs(api)
 
     @api.exception_handler(ArtifactError)
     @api.exception_handler(StoreError)

@@ -124,6 +124,9 @@ class ServerSettings(_Strict):
     """
 
     allow_http: bool = False  # plain HTTP without TLS: loopback tests and a trusted network only
+    # /docs: the API to explore (Swagger UI, served from this process: no CDN), with an
+    # Authorize button for the bearer token. The OpenAPI document is always at /openapi.json.
+    docs: bool = True
     # The request parser: httptools (llhttp, C) or h11 (pure Python, a third of the loop's
     # time per batch); and the event loop: uvloop or the standard library's.
     http: Literal["httptools", "h11"] = "httptools"
@@ -284,6 +287,49 @@ class FleetSettings(_Strict):
     series_points: int = Field(default=60, ge=6, le=900)
 
 
+class PostmortemSettings(_Strict):
+    """Postmortems rendered when runs end (controller/workflow/postmortems.py): a bounded
+    background worker runs ``command`` (papermill and nbconvert, by default in a process of
+    their own: the controller never imports the pipelines) off the request path; failures are
+    recorded, never in the workflow's way."""
+
+    enabled: bool = True
+    # resolved: when the fault ends (times to detect and resolve known); completed: when the
+    # stages end; both: whichever comes first.
+    when: Literal["resolved", "completed", "both"] = "resolved"
+    # None: <data_dir>/postmortems. Each run's report goes to <dir>/<run_id>/postmortem.html.
+    dir: Path | None = None
+    # The renderer, given RUN_ID --source SOURCE --out DIR; None: this Python's incidentlab-report.
+    command: list[str] | None = None
+    # What the renderer reads: None, the data directory (SQLite); a controller URL with
+    # token_file where metadata lives in PostgreSQL.
+    source: str | None = None
+    token_file: Path | None = None
+    queue_max: int = Field(default=64, ge=1, le=10_000)  # waiting; past it: not rendered, counted
+    timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    max_attempts: int = Field(default=2, ge=1, le=10)
+
+
+class WebhookTarget(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    # The HMAC key the body is signed with (X-Incidentlab-Signature); none: unsigned.
+    secret_file: Path | None = None
+
+
+class AlertSettings(_Strict):
+    """Who is told (controller/workflow/notify.py): Alertmanager's v2 API and webhooks."""
+
+    alertmanager_urls: list[str] = Field(default_factory=list, max_length=8)  # e.g. http://am:9093
+    webhooks: list[WebhookTarget] = Field(default_factory=list, max_length=8)
+    # Where links in alerts point (this controller as people reach it); None: ha.advertise_url.
+    external_url: str | None = None
+    resend_s: float = Field(default=60.0, ge=1, le=3600)  # live alerts sent again this often
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_s: float = Field(default=0.5, gt=0, le=60)
+    queue_max: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class WorkflowSettings(_Strict):
     enabled: bool = True
     window_s: float = Field(default=300.0, ge=10, le=3600)  # the hot-state window a run's evidence holds
@@ -298,6 +344,8 @@ class WorkflowSettings(_Strict):
     rules_file: str | None = None
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    postmortems: PostmortemSettings = Field(default_factory=PostmortemSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     # Fault injection for the crash tests: "<artifact kind>:before_commit|after_commit", or

@@ -412,6 +412,11 @@ class HotState:
             h = self._hosts.get(host_id)
             return h.labels if h is not None else {}
 
+    def last_seen(self) -> list[tuple[str, float]]:
+        """(host, when its last batch arrived), least recently seen first."""
+        with self._lock:
+            return [(h.host_id, h.last_seen) for h in self._hosts.values()]
+
     def label_counts(self, match: dict[str, str]) -> tuple[int, int]:
         """(hosts whose labels include ``match``, hosts known): a blast radius's denominators."""
         with self._lock:

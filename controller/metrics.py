@@ -6,7 +6,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Label sets (host, device, xid) the XID counter keeps; past it, counted apart. A fleet of
 # 10,000 eight-GPU nodes each with two XID codes is 160,000: raise it for such a fleet.
@@ -42,7 +44,14 @@ class Metrics:
             "Bytes held in hot state (batches, agent and collector objects)",
             registry=r,
         )
-        self.hot_evicted = Gauge("incidentlab_hot_evicted_hosts", "Hosts evicted from hot state", registry=r)
+        self.stage_seconds = Histogram(
+            "incidentlab_stage_seconds",
+            "Time each workflow stage took, by artifact kind",
+            ["kind"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0),
+            registry=r,
+        )
+        self.build = Info("incidentlab_build", "The running controller's version", registry=r)
         self.xids = Counter(
             "incidentlab_gpu_xid_errors",
             "GPU XID errors seen, per host, device (UUID) and XID code, since this controller started",
@@ -87,7 +96,12 @@ class Metrics:
         self.leader.set_function(lambda: 1.0 if is_leader() else 0.0)
         self.hot_hosts.set_function(lambda: float(hot_stats()["hosts"]))
         self.hot_bytes.set_function(lambda: float(hot_stats()["bytes"]))
-        self.hot_evicted.set_function(lambda: float(hot_stats()["evicted_hosts"]))
+        self.registry.register(_HotCounters(hot_stats))
+
+    def bind_operations(self, state: Callable[[], dict[str, Any]]) -> None:
+        """What operators alert on, read when scraped: runs by status, family and lifecycle,
+        runs awaiting approval, and per host the last time it was heard from."""
+        self.registry.register(_Operations(state))
 
     def bind_analysis(self, analysis_stats: Callable[[], dict[str, Any]]) -> None:
         for key, gauge in self.analysis.items():
@@ -96,3 +110,64 @@ class Metrics:
 
 def _stat(stats: Callable[[], dict[str, Any]], key: str) -> float:
     return float(stats().get(key, 0))
+
+
+class _HotCounters(Collector):
+    """Hot state's eviction counts as counters (they only ever grow), read when scraped."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        s = self.stats()
+        for name, key, doc in (
+            (
+                "incidentlab_hot_evicted_hosts",
+                "evicted_hosts",
+                "Hosts evicted from hot state (quiet ones first)",
+            ),
+            ("incidentlab_hot_evicted_live_hosts", "evicted_live_hosts", "Hosts evicted while still sending"),
+            (
+                "incidentlab_hot_labels_refused",
+                "labels_refused",
+                "Collector labels dropped for breaking the rules",
+            ),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], float(s.get(key, 0)))
+            yield c
+
+
+class _Operations(Collector):
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self.state = state
+
+    def collect(self) -> Any:
+        st = self.state()
+        runs = GaugeMetricFamily(
+            "incidentlab_runs",
+            "Runs by stage status, family, lifecycle state and scope",
+            labels=["status", "family", "state", "scope"],
+        )
+        for (status, family, state, scope), n in sorted(st["runs"].items()):
+            runs.add_metric([status, family, state, scope], float(n))
+        yield runs
+        waiting = GaugeMetricFamily(
+            "incidentlab_runs_awaiting_approval", "Runs whose plan waits for an operator"
+        )
+        waiting.add_metric([], float(st["awaiting_approval"]))
+        yield waiting
+        seen = GaugeMetricFamily(
+            "incidentlab_host_last_seen_timestamp_seconds",
+            "When each host's last batch arrived (Unix seconds)",
+            labels=["host"],
+        )
+        for host, t in st["last_seen"]:
+            seen.add_metric([host], t)
+        yield seen
+        fresh = GaugeMetricFamily(
+            "incidentlab_hosts_by_freshness", "Hosts by their worst source's freshness", labels=["freshness"]
+        )
+        for state, n in sorted(st["freshness"].items()):
+            fresh.add_metric([state], float(n))
+        yield fresh

@@ -11,9 +11,11 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
+from controller import __version__
 from controller.actuators import KubeTarget, host_env
 from controller.api.guard import Guard
 from controller.artifacts import KINDS
@@ -33,7 +35,10 @@ from controller.workflow.advisor import Advisor
 from controller.workflow.analysis_pool import AnalysisPool, WorkerConfig
 from controller.workflow.engine import Failpoint, WorkflowEngine
 from controller.workflow.execution import ExecutionService
+from controller.workflow.notify import Notifier
 from controller.workflow.options import ExecutionOptions, WorkflowOptions, posture_from
+from controller.workflow.postmortems import Postmortems
+from controller.workflow.reads import CODE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,24 @@ class Runtime:
         else:
             self.hot.on_error = self.workflow.triggers.record_failure_text
             self.hot.on_xids = self.metrics.add_xids
+        # Postmortems when runs end, rendered off the engine's path (the leader's worker).
+        self.postmortems = Postmortems(self.runs, w.postmortems, data_dir=settings.data_dir, clock=time.time)
+        self.workflow.triggers.on_ended = self.postmortems.ask
+        self.workflow.runner.on_ended = self.postmortems.ask
+        self.workflow.postmortems = self.postmortems
+        # Somebody gets told: Alertmanager and webhooks, off the engine's path.
+        self.notifier = Notifier(
+            w.alerts,
+            clock=time.time,
+            external_url=settings.ha.advertise_url,
+            labels_of=self.hot.labels,
+            live=self._live_paging,
+            load=self.runs.run,
+        )
+        self.workflow.triggers.on_event = self.notifier.tell
+        self.workflow.runner.on_event = self.notifier.tell
+        self.workflow.notifier = self.notifier
+        self.workflow.runner.on_stage = lambda kind, s: self.metrics.stage_seconds.labels(kind).observe(s)
         self.workflow.active = lambda: self.leadership.is_leader
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
@@ -136,8 +159,34 @@ class Runtime:
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         if self.analysis is not None:
             self.metrics.bind_analysis(self.analysis.stats)
+        self.metrics.bind_operations(self._operations)
+        self.metrics.build.info({"version": __version__, "code_version": CODE_VERSION})
         self.schema_version = 0
         self.ready = False
+
+    def _operations(self) -> dict[str, Any]:
+        """What /metrics reads when scraped: runs by status, family, state and scope, and the
+        hosts' last batch and freshness."""
+        with self.runs.read() as tx:
+            counts = tx.run_counts()
+        fresh: dict[str, int] = {}
+        order = ("missing", "stale", "fresh", "unavailable")
+        for host, _ in self.hot.last_seen():
+            states = set(self.hot.freshness(host).values()) or {"missing"}
+            worst = next((s for s in order if s in states), "missing")
+            fresh[worst] = fresh.get(worst, 0) + 1
+        return {
+            "runs": counts,
+            "awaiting_approval": sum(
+                n for (status, *_), n in counts.items() if status == "awaiting_approval"
+            ),
+            "last_seen": self.hot.last_seen(),
+            "freshness": fresh,
+        }
+
+    def _live_paging(self, limit: int) -> list[Any]:
+        with self.runs.read() as tx:
+            return list(tx.live_paging(limit=limit))
 
     def _on_accepted(self, accepted: Accepted) -> None:
         if self.analysis is not None:
@@ -180,11 +229,15 @@ class Runtime:
         self.ledger.reload()
         if self.settings.workflow.enabled:
             self.workflow.start()
+            self.postmortems.start()
+            self.notifier.start()
 
     def stop(self) -> None:
         self.ready = False
         self.leadership.stop()
         self.workflow.stop()
+        self.postmortems.stop()
+        self.notifier.stop()
         if self.analysis is not None:
             self.analysis.stop()
         self.execution.close()

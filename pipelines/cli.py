@@ -10,12 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from controller import __version__
 from pipelines.errors import PipelineError
 from pipelines.report import render
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="incidentlab-report", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("run_id", nargs="?", help="the run to report on")
     ap.add_argument("--all-closed", action="store_true", help="every completed run without a report yet")
     ap.add_argument("--force", action="store_true", help="with --all-closed: redo reports that exist")

@@ -2,12 +2,13 @@
 # Installs the Debian packages a profile needs, and only when one is missing, so
 # `make test` sets up a fresh machine by itself and costs nothing on a warm one.
 #   build: compilers and headers for probe_core, capsh for the privilege-drop tests,
-#          chromium for the real-browser test of the workbench (JupyterLab)
+#          chromium for the real-browser test of the workbench (JupyterLab), alertmanager
+#          for the alerting tests (a real Alertmanager, started by the test)
 #   bench: the peers the benchmarks compare against
 set -euo pipefail
 
 case "${1:-build}" in
-  build) pkgs=(g++ cmake ninja-build zlib1g-dev libcap2-bin iproute2 nftables prometheus-node-exporter chromium) ;;
+  build) pkgs=(g++ cmake ninja-build zlib1g-dev libcap2-bin iproute2 nftables prometheus-node-exporter prometheus-alertmanager chromium) ;;
   bench) pkgs=(prometheus-node-exporter) ;;
   *) echo "ensure-system: unknown profile '$1' (build, bench)" >&2; exit 2 ;;
 esac

@@ -82,6 +82,11 @@ class Workbench:
 
         return plot_fleet(frames.fleet_heat(self.source.evidence(run_id)), self.blast_radius(run_id), run_id)
 
+    def postmortem(self, run_id: str) -> dict[str, Any] | None:
+        """The run's postmortem, made when it ended: status (queued, rendering, written,
+        failed), and where it is (``path``; ``url`` through a controller) or why it failed."""
+        return self.source.postmortem(run_id)
+
     def run(self, run_id: str) -> dict[str, Any]:
         """The run as the API answers it: run, chain, manifest, problems, actions."""
         return self.source.run(run_id)

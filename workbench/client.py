@@ -39,6 +39,7 @@ class Source(Protocol):
     def run(self, run_id: str) -> dict[str, Any]: ...
     def incidents(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
     def fleet_members(self, run_id: str) -> list[dict[str, Any]]: ...
+    def postmortem(self, run_id: str) -> dict[str, Any] | None: ...
     def evidence(self, run_id: str) -> dict[str, Any]: ...
     def after(self, run_id: str) -> dict[str, Any] | None: ...
     def audit(self, **filters: Any) -> list[dict[str, Any]]: ...
@@ -61,7 +62,7 @@ class ApiSource:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             r = self._http.request(method, "/api/v1/agent" + path, **kw)
         except httpx.HTTPError as exc:
@@ -72,7 +73,19 @@ class ApiSource:
             except ValueError:
                 detail = r.text
             raise WorkbenchError(f"{method} {path}: {r.status_code} {detail}", status=r.status_code)
-        return r.json()
+        return r
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        return self._request(method, path, **kw).json()
+
+    def rollback(self, run_id: str, reason: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "POST", f"/workflow/runs/{run_id}/rollback", json={"reason": reason}
+        )
+        return answer
+
+    def postmortem_html(self, run_id: str) -> str:
+        return self._request("GET", f"/workflow/runs/{run_id}/postmortem").text
 
     def list_runs(
         self,
@@ -125,6 +138,12 @@ class ApiSource:
             if cursor is None:
                 break
         return out
+
+    def postmortem(self, run_id: str) -> dict[str, Any] | None:
+        got: dict[str, Any] | None = self.run(run_id).get("postmortem")
+        if got is not None and got.get("url"):
+            got["url"] = self.url.rstrip("/") + got["url"]
+        return got
 
     def fleet_members(self, run_id: str) -> list[dict[str, Any]]:
         page = self._call("GET", "/workflow/runs", params={"fleet": run_id, "limit": 500})
@@ -240,6 +259,11 @@ class LocalSource:
     def fleet_members(self, run_id: str) -> list[dict[str, Any]]:
         with self.runs.read() as tx:
             return tx.fleet_members(run_id, limit=500)
+
+    def postmortem(self, run_id: str) -> dict[str, Any] | None:
+        with self.runs.read() as tx:
+            row = tx.postmortem(run_id)
+        return None if row is None else dict(row)
 
     def _chain(self, run_id: str, replay: bool) -> list[dict[str, Any]]:
         try:

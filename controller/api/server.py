@@ -115,7 +115,9 @@ def guarded_protocol(guard: Guard, http: str = "httptools") -> Protocol:
     return type(f"Guarded{base.__name__}", (_HeadGuard, base), {"guard": guard})
 
 
-def uvicorn_options(settings: ControllerSettings, guard: Guard) -> dict[str, Any]:
+def uvicorn_options(
+    settings: ControllerSettings, guard: Guard, *, log_level: str = "warning", access_log: bool = False
+) -> dict[str, Any]:
     """What ``uvicorn.run`` takes for these settings: one worker, the guarded protocol."""
     srv = settings.server
     return {
@@ -126,8 +128,9 @@ def uvicorn_options(settings: ControllerSettings, guard: Guard) -> dict[str, Any
         "loop": srv.loop,
         "limit_concurrency": srv.max_connections,
         "timeout_keep_alive": max(1, round(srv.keep_alive_s)),
-        "log_level": "warning",
-        "access_log": False,
+        "log_level": log_level,
+        # Off by default: at a fleet's pace every batch is a request (1,000 hosts: 100 lines/s).
+        "access_log": access_log,
         # X-Forwarded-For from any loopback client would name whatever peer it likes, and the
         # per-address shares (controller/api/guard.py) go by the peer: behind a proxy every
         # client is the proxy's one address, which is what the generous shares are sized for.

@@ -8,11 +8,13 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import artifacts
@@ -67,6 +69,7 @@ class RunsPage(_Open):
 
 class RunDetail(_Open):
     run: dict[str, Any]
+    postmortem: dict[str, Any] | None = None
     attachments: list[dict[str, Any]]
     chain: list[dict[str, Any]]
     manifest: dict[str, Any] | None
@@ -250,13 +253,46 @@ def get_run(rt: Rt, _: Reader, run_id: str) -> dict[str, Any]:
     replay = wf.load_chain(run_id, replay=True)
     body = chain_body(wf.load_chain(run_id))
     body["problems"] = body["problems"] + wf.integrity_problems(run_id)
+    with wf.runs.read() as tx:
+        row = tx.postmortem(run_id)
+    postmortem: dict[str, Any] | None = None if row is None else dict(row)
+    if postmortem is not None and postmortem["status"] == "written":
+        postmortem["url"] = f"/api/v1/agent/workflow/runs/{run_id}/postmortem"
     return {
         "run": run_summary(run),
+        "postmortem": postmortem,
         "attachments": wf.attachments(run_id),
         **body,
         "replay": chain_body(replay) if replay else None,
         "actions": rt.execution.intents(run_id),
     }
+
+
+# Its refusals are JSON like every other route's, though its answer is HTML.
+JSON_ERRORS = {
+    code: entry | {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code, entry in errors(401, 403, 404, 422).items()
+}
+
+
+@router.get(
+    "/workflow/runs/{run_id}/postmortem",
+    response_class=HTMLResponse,
+    responses=JSON_ERRORS | {200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+def get_postmortem(rt: Rt, _: Reader, run_id: str) -> HTMLResponse:
+    """The run's postmortem (HTML), made when it ended; 404 until one is written."""
+    _run_or_404(rt.workflow, run_id)
+    with rt.workflow.runs.read() as tx:
+        row = tx.postmortem(run_id)
+    if row is None or row["status"] != "written" or not row["path"]:
+        why = "not asked for" if row is None else row["status"]
+        raise HTTPException(404, f"no postmortem of {run_id} ({why})")
+    path = Path(row["path"]).resolve()
+    # Only ever a file the worker wrote, under its own directory.
+    if not path.is_relative_to(rt.postmortems.dir) or not path.is_file():
+        raise HTTPException(404, f"no postmortem of {run_id} (its file is gone)")
+    return HTMLResponse(path.read_text(errors="replace"))
 
 
 PLAN_HASH = r"^[0-9a-f]{64}$"

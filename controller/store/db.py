@@ -36,6 +36,7 @@ from controller.store.models import (
     ControllerLeader,
     IncidentMemory,
     IngestStream,
+    Postmortem,
     SchemaMigration,
     Silence,
     WorkflowArtifact,
@@ -157,6 +158,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "a run's lifecycle: firing, recovering, resolved; flaps; the run a symptom belongs to", _lifecycle),
     (6, "silences and maintenance windows; the one a run opened under", _silences),
     (7, "fleet incidents: a run's scope, and the fleet incident a host run belongs to", _fleet),
+    (8, "postmortems rendered when runs end", _create(Postmortem)),
 ]
 
 

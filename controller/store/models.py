@@ -190,3 +190,19 @@ class Silence(SQLModel, table=True):
     created_at: float
     expired_at: float | None = None
     expired_by: str | None = Field(default=None, max_length=128)
+
+
+class Postmortem(SQLModel, table=True):
+    """A run's postmortem, rendered in the background when it resolves or completes
+    (controller/workflow/postmortems.py): where it is, or why it failed."""
+
+    __tablename__ = "postmortems"
+    run_id: str = Field(primary_key=True, max_length=64)
+    status: str = Field(index=True, max_length=16)  # queued, rendering, written, failed
+    reason: str = Field(max_length=16)  # resolved or completed: what asked for it
+    requested_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    path: str | None = None  # the HTML, under workflow.postmortems.dir
+    error: str | None = Field(default=None, max_length=2000)
+    attempts: int = 0

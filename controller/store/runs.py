@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypedDict, get_args
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller.errors import StoreError
@@ -42,6 +42,8 @@ AuditKind = Literal[
     "stage_failure",
     "silence_created",
     "silence_expired",
+    "postmortem_written",
+    "postmortem_failed",
 ]
 AUDIT_KINDS: tuple[str, ...] = get_args(AuditKind)
 RunStatus = Literal["running", "awaiting_approval", "verifying", "completed", "failed"]
@@ -74,6 +76,18 @@ class RunRow(TypedDict):
     silenced_by: str | None
     scope: str  # host or fleet
     fleet_run_id: str | None
+
+
+class PostmortemRow(TypedDict):
+    run_id: str
+    status: str  # queued, rendering, written, failed
+    reason: str
+    requested_at: float
+    started_at: float | None
+    finished_at: float | None
+    path: str | None
+    error: str | None
+    attempts: int
 
 
 class SilenceRow(TypedDict):
@@ -240,13 +254,42 @@ FLEET_MEMBERS = text(
     "SELECT run_id, host_id, family, state, status, confidence, fault_started_at, resolved_at "
     "FROM workflow_runs WHERE fleet_run_id = :f ORDER BY host_id LIMIT :n"
 )
+# The live fleet incidents these host runs belong to (a fault whose group changed shape as
+# it went on stays with the incident it was in).
+LIVE_FLEETS_OF = text(
+    "SELECT m.fleet_run_id FROM workflow_runs m JOIN workflow_runs f ON f.run_id = m.fleet_run_id "
+    "WHERE m.run_id IN :ids AND f.state IN ('firing', 'recovering') AND f.status != 'failed'"
+).bindparams(bindparam("ids", expanding=True))
 LIVE_HOST_RUNS = text(
     "SELECT run_id, host_id, family, confidence, state, fleet_run_id, silenced_by FROM workflow_runs "
     "WHERE scope = 'host' AND state IN ('firing', 'recovering') AND status != 'failed' "
     "ORDER BY last_seen_at DESC LIMIT :n"
 )
+LIVE_PAGING = text(
+    "SELECT * FROM workflow_runs WHERE state IN ('firing', 'recovering') AND status != 'failed' "
+    "AND silenced_by IS NULL AND fleet_run_id IS NULL ORDER BY last_seen_at DESC LIMIT :n"
+)
+RUN_COUNTS = text(
+    "SELECT status, family, state, scope, COUNT(*) FROM workflow_runs GROUP BY status, family, state, scope"
+)
 AWAITING_RUNS = text(
     "SELECT * FROM workflow_runs WHERE status = 'awaiting_approval' ORDER BY created_at DESC LIMIT :n"
+)
+# A postmortem asked for once per run: a second ask (resolved after completed) is a no-op.
+REQUEST_POSTMORTEM = text(
+    "INSERT INTO postmortems (run_id, status, reason, requested_at, attempts) "
+    "VALUES (:r, 'queued', :why, :at, 0) ON CONFLICT (run_id) DO NOTHING"
+)
+START_POSTMORTEM = text(
+    "UPDATE postmortems SET status = 'rendering', started_at = :at, attempts = attempts + 1 "
+    "WHERE run_id = :r AND status IN ('queued', 'rendering')"
+)
+FINISH_POSTMORTEM = text(
+    "UPDATE postmortems SET status = :s, finished_at = :at, path = :p, error = :e WHERE run_id = :r"
+)
+SELECT_POSTMORTEM = text("SELECT * FROM postmortems WHERE run_id = :r")
+UNFINISHED_POSTMORTEMS = text(
+    "SELECT run_id FROM postmortems WHERE status IN ('queued', 'rendering') ORDER BY requested_at LIMIT :n"
 )
 ATTACHMENTS_OF = text(
     "SELECT at, detail FROM workflow_attachments WHERE run_id = :r ORDER BY at DESC LIMIT :n"
@@ -438,6 +481,13 @@ class RunTx:
         params = {"f": fleet_run_id, "at": at, "r": run_id}
         return bool(self.conn.execute(JOIN_FLEET, params).rowcount == 1)
 
+    def live_fleets_of(self, run_ids: Sequence[str]) -> list[str]:
+        """The live fleet incidents of these runs, one entry per member (the commonest first)."""
+        if not run_ids:
+            return []
+        got = [r[0] for r in self.conn.execute(LIVE_FLEETS_OF, {"ids": list(run_ids)})]
+        return sorted(set(got), key=lambda f: (-got.count(f), f))
+
     def fleet_members(self, fleet_run_id: str, *, limit: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(FLEET_MEMBERS, {"f": fleet_run_id, "n": limit}).all()
         return [dict(r._mapping) for r in rows]
@@ -446,8 +496,38 @@ class RunTx:
         """The live host runs, most recently seen first: what joint risk is made of."""
         return [dict(r._mapping) for r in self.conn.execute(LIVE_HOST_RUNS, {"n": limit})]
 
+    def live_paging(self, *, limit: int) -> list[RunRow]:
+        """Live runs that page on their own (explained ones are not live), most recent first."""
+        return [dict(r._mapping) for r in self.conn.execute(LIVE_PAGING, {"n": limit})]  # type: ignore[misc]
+
+    def run_counts(self) -> dict[tuple[str, str, str, str], int]:
+        """Runs by (status, family, state, scope): bounded by those, whatever the history."""
+        return {(r[0], r[1], r[2], r[3]): int(r[4]) for r in self.conn.execute(RUN_COUNTS)}
+
     def awaiting(self, *, limit: int) -> list[RunRow]:
         return [dict(r._mapping) for r in self.conn.execute(AWAITING_RUNS, {"n": limit})]  # type: ignore[misc]
+
+    # --- postmortems ------------------------------------------------------------------------------
+
+    def request_postmortem(self, run_id: str, *, why: str, at: float) -> bool:
+        """Ask for a run's postmortem; False when it was asked for already."""
+        return bool(self.conn.execute(REQUEST_POSTMORTEM, {"r": run_id, "why": why, "at": at}).rowcount == 1)
+
+    def start_postmortem(self, run_id: str, *, at: float) -> bool:
+        return bool(self.conn.execute(START_POSTMORTEM, {"r": run_id, "at": at}).rowcount == 1)
+
+    def finish_postmortem(
+        self, run_id: str, *, ok: bool, at: float, path: str | None, error: str | None
+    ) -> None:
+        params = {"s": "written" if ok else "failed", "at": at, "p": path, "e": error, "r": run_id}
+        self.conn.execute(FINISH_POSTMORTEM, params)
+
+    def postmortem(self, run_id: str) -> PostmortemRow | None:
+        row = self.conn.execute(SELECT_POSTMORTEM, {"r": run_id}).first()
+        return dict(row._mapping) if row else None  # type: ignore[return-value]
+
+    def unfinished_postmortems(self, limit: int) -> list[str]:
+        return [r[0] for r in self.conn.execute(UNFINISHED_POSTMORTEMS, {"n": limit})]
 
     def attachments(self, run_id: str, *, limit: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(ATTACHMENTS_OF, {"r": run_id, "n": limit}).all()

@@ -74,6 +74,8 @@ class WorkflowEngine:
             failpoint=failpoint,
         )
         self.triggers.runner = self.runner
+        self.postmortems: Any = None  # the runtime's postmortem worker, when there is one
+        self.notifier: Any = None  # the runtime's notifier (Alertmanager, webhooks)
         self.silences = self.triggers.silences
         self.decisions = Decisions(self.reader, self.execution, posture, self.triggers.schedule)
 
@@ -117,7 +119,12 @@ class WorkflowEngine:
         self.triggers.schedule(run_id, when)
 
     def stats(self) -> dict[str, Any]:
-        return self.triggers.stats()
+        out = self.triggers.stats()
+        if self.postmortems is not None:
+            out["postmortems"] = self.postmortems.stats()
+        if self.notifier is not None:
+            out["alerts"] = self.notifier.stats()
+        return out
 
     def evaluate(self, host_id: str) -> str | None:
         return self.triggers.evaluate(host_id)

@@ -63,6 +63,12 @@ class StageRunner:
     clock: Callable[[], float]
     advisor: Any = None
     failpoint: Failpoint | None = None
+    # Told of each run whose stages completed (its postmortem may be made then).
+    on_ended: Callable[[str, str], None] | None = None
+    # Told what somebody should hear of: (kind, run_id) (controller/workflow/notify.py).
+    on_event: Callable[[str, str], None] | None = None
+    # Told how long each committed stage took: (kind, seconds) (the /metrics histogram).
+    on_stage: Callable[[str, float], None] | None = None
 
     def __post_init__(self) -> None:
         self._after: dict[str, Evidence] = {}  # run_id -> the window the verifier last read
@@ -141,6 +147,8 @@ class StageRunner:
         decision = self.execution.decision(run_id, plan["plan_hash"])
         if decision is None:
             self.execution.wait_for_approval(run_id)
+            if self.on_event is not None:
+                self.on_event("awaiting_approval", run_id)
             return True, None
         # Expiry counts only before anything ran: a stage rerun after a crash finishes what began.
         started = bool(self.execution.intents(run_id))
@@ -194,6 +202,10 @@ class StageRunner:
                 tx.remember(run, resolution=resolution, at=now)
         if self.failpoint is not None:
             self.failpoint(art.kind, "after_commit")
+        if self.on_stage is not None:
+            self.on_stage(art.kind, max(0.0, art.finished_at - art.started_at))
+        if final and self.on_ended is not None:
+            self.on_ended(run_id, "completed")
 
     def write_package(self, run_id: str, chain: list[Artifact], ev: Evidence | None = None) -> None:
         """The evidence package: the chain, its manifest, and the evidence its refs point at."""

@@ -133,6 +133,10 @@ class Triggers:
         self.fleet_opened = 0
         self.fleet_joined = 0
         self.fleet_resolved = 0
+        # Told of each run that resolves (its postmortem is made then: controller/workflow/postmortems.py).
+        self.on_ended: Callable[[str, str], None] | None = None
+        # Told what somebody should hear of (controller/workflow/notify.py): (kind, run_id).
+        self.on_event: Callable[[str, str], None] | None = None
         # Hosts known, with labels: the blast radius's denominator (this process's hot state).
         self.known: Callable[[dict[str, str]], tuple[int, int]] = hot.label_counts
 
@@ -375,13 +379,17 @@ class Triggers:
                     detail["culprit"] = {"kind": top.culprit.get("kind"), "id": top.culprit.get("id")}
                 else:
                     self._untrack(host_id, same_family)  # failed or moved on since it was cached
+            reopened = False
             if open_id is not None:
                 if tx.reopen(open_id, at=now):
                     self.reopened += 1
                     detail["reopened"] = True
+                    reopened = True
                 tx.attach(open_id, at=now, detail=detail)
                 self.attached += 1
         if open_id is not None:
+            if reopened:
+                self._event("firing", open_id)  # a flap: it pages again
             self._track(host_id, open_id, top.fingerprint, top.family, now)
             self._absorb(host_id, open_id, top)
             self._sight(host_id, open_id, top, ev, now, onset(ev, top))
@@ -391,6 +399,7 @@ class Triggers:
         self._track(host_id, run_id, top.fingerprint, top.family, now)
         self._absorb(host_id, run_id, top)
         self._sight(host_id, run_id, top, ev, now, started)
+        self._event("firing", run_id)
         self._runner().execute(run_id)
         return run_id
 
@@ -423,7 +432,10 @@ class Triggers:
         radius = blast_radius(g, self.known)
         fp = g.fingerprint
         with self.runs.begin() as tx:
-            fid = tx.open_run_of(fp, since=now - self.opts.attach_window_s)
+            # Its members' live incident first: a fault whose sightings change shape as it goes
+            # on (its culprit tails off to another program) is still the one incident.
+            held = tx.live_fleets_of([m.run_id for m in g.members])
+            fid = held[0] if held else tx.open_run_of(fp, since=now - self.opts.attach_window_s)
             if fid is not None:
                 tx.reopen(fid, at=now)
                 tx.set_state(fid, state="firing", at=now, seen=now, resolved=None)
@@ -441,14 +453,18 @@ class Triggers:
                 scope="fleet",
             )
             self.fleet_opened += 1
-        joined = 0
+        joined: list[str] = []
         with self.runs.begin() as tx:
             for m in g.members:
                 if tx.join_fleet(m.run_id, fid, at=now):
-                    joined += 1
+                    joined.append(m.run_id)
                     tx.attach(fid, at=now, detail={"member": m.host, "run_id": m.run_id, "family": m.family})
-        self.fleet_joined += joined
+        self.fleet_joined += len(joined)
         self._fleet_live[fid] = "firing"
+        if new:
+            self._event("firing", fid)
+        for member in joined:
+            self._event("absorbed", member)  # the fleet incident pages for it now
         if new:
             self._runner().execute(fid)
         return fid
@@ -472,6 +488,7 @@ class Triggers:
             tx.set_state(fid, state="resolved", at=now, seen=seen, resolved=max(ends) if ends else now)
         self._fleet_live.pop(fid, None)
         self.fleet_resolved += 1
+        self._ended(fid)
 
     # --- the lifecycle ---------------------------------------------------------------------------
 
@@ -565,6 +582,9 @@ class Triggers:
                 tx.set_state(lv.run_id, state=lv.state, at=now, seen=seen, resolved=resolved)  # type: ignore[arg-type]
                 lv.seen = seen
         self.resolved += sum(1 for _, r in writes if r is not None)
+        for lv, resolved in writes:
+            if resolved is not None:
+                self._ended(lv.run_id)
 
     def _absorb(self, host_id: str, run_id: str, top: Hypothesis) -> None:
         """Live runs of the host whose fault is a symptom of ``top`` become part of its run."""
@@ -578,11 +598,15 @@ class Triggers:
         if not taken:
             return
         now = self.clock()
+        absorbed: list[str] = []
         with self.runs.begin() as tx:
             for lv in taken:
                 if tx.explain_run(lv.run_id, parent=run_id, at=now):
                     self.explained += 1
                     tx.attach(run_id, at=now, detail={"explains_run": lv.run_id})
+                    absorbed.append(lv.run_id)
+        for symptom in absorbed:
+            self._event("absorbed", symptom)
 
     def sweep(self) -> int:
         """Resolve live runs not seen active for the attach window (their host went quiet, or
@@ -596,6 +620,7 @@ class Triggers:
         with self._lock:
             cached = {lv.run_id: lv for lives in self._live.values() for lv in lives}
         done = 0
+        ended: list[str] = []
         with self.runs.begin() as tx:
             for run_id, _, seen in stale:
                 lv = cached.get(run_id)
@@ -603,13 +628,25 @@ class Triggers:
                     continue  # seen since, not yet written
                 tx.set_state(run_id, state="resolved", at=now, seen=seen, resolved=seen or now)
                 done += 1
+                ended.append(run_id)
         with self._lock:
             for run_id, host_id, _ in stale:
                 lives = self._live.get(host_id)
                 if lives is not None:
                     lives[:] = [lv for lv in lives if lv.run_id != run_id or (lv.seen_now or 0) >= before]
         self.resolved += done
+        for run_id in ended:
+            self._ended(run_id)
         return done
+
+    def _ended(self, run_id: str) -> None:
+        if self.on_ended is not None:
+            self.on_ended(run_id, "resolved")
+        self._event("resolved", run_id)
+
+    def _event(self, kind: str, run_id: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, run_id)
 
     def open_run(
         self,

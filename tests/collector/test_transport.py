@@ -479,3 +479,25 @@ def test_a_batch_the_controller_keeps_failing_on_goes_to_the_dead_letters(tmp_pa
     entry = json.loads(line)
     assert entry["seq"] == 1
     assert entry["reason"] == "controller answered HTTP 500 3 times: injected"
+
+
+def test_delivery_failures_are_logged_at_most_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    agent = make_agent(agent_settings(tmp_path, free_url()))
+    try:
+        agent.sample_once()
+        with caplog.at_level(logging.WARNING, logger="collector.agent"):
+            for _ in range(5):
+                assert agent.ship_once() is False
+            lines = [r.getMessage() for r in caplog.records if r.name == "collector.agent"]
+            assert len(lines) == 1 and "cannot deliver (1 failed attempts so far" in lines[0]
+            with IngestServer() as srv:
+                agent.transport.url = srv.url
+                assert agent.ship_once() is True
+            lines = [r.getMessage() for r in caplog.records if r.name == "collector.agent"]
+            assert lines[-1] == "delivering again after 5 failed attempts"
+    finally:
+        agent.close()
