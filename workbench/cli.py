@@ -209,8 +209,11 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     try:
         if args.controller:
             from controller.config import load_settings as controller_settings
+            from controller.detectors.rules import Rules
 
-            controller_settings(Path(args.controller))
+            settings = controller_settings(Path(args.controller))
+            if settings.workflow.rules_file:  # read at start too: a bad rule stops the controller
+                Rules.load(Path(settings.workflow.rules_file))
         else:
             from collector.config import load_settings as collector_settings
 

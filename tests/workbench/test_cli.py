@@ -112,6 +112,12 @@ def test_check_config_says_what_a_service_would_refuse(
     err = capsys.readouterr().err
     assert "interval_s" in err and "labels" in err
     assert main(["check-config"], out=io.StringIO()) == 1
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - family: no_such_family\n")
+    with_rules = tmp_path / "with-rules.yaml"
+    with_rules.write_text(json.dumps(base_config(tmp_path, workflow={"rules_file": str(rules)})))
+    assert main(["check-config", "--controller", str(with_rules)], out=io.StringIO()) == 1
+    assert "no_such_family" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module", ["workbench.cli", "controller.cli", "collector.cli", "pipelines.cli"])
