@@ -64,16 +64,16 @@ def incidents(
     """Fleet incidents (one fault across hosts), newest first, each with its member runs and
     blast radius; ``state=live`` keeps firing and recovering ones."""
     after = decode_cursor(cursor) if cursor else None
-    out: list[Any] = []
-    # Filtered by state after the read: pages on until a page is full or the rows end.
-    while len(out) <= limit:
-        rows = rt.workflow.list_runs(scope="fleet", since=since, after=after, limit=limit + 1)
-        out.extend(r for r in rows if state == "all" or r["state"] in ("firing", "recovering"))
-        if len(rows) <= limit:
-            break
-        after = (rows[-1]["created_at"], rows[-1]["run_id"])
-    more = len(out) > limit
-    page = out[:limit]
+    # A fleet run is never explained: live is everything not resolved.
+    rows = rt.workflow.list_runs(
+        scope="fleet",
+        not_state="resolved" if state == "live" else None,
+        since=since,
+        after=after,
+        limit=limit + 1,
+    )
+    more = len(rows) > limit
+    page = rows[:limit]
     body = []
     with rt.workflow.runs.read() as tx:
         for row in page:

@@ -1,7 +1,7 @@
 """Rules an operator tunes, in the Prometheus habit: per family, its thresholds and hold
 times (``params``), how long a finding must hold before it counts (``for``), labels and
 a runbook URL for what it opens, and overrides for some hosts (``match``: host-id
-globs, and host labels once hosts carry them). Rules apply in file order, a later
+globs, and host labels as their collectors report them). Rules apply in file order, a later
 matching rule over an earlier one, over each family's registered defaults.
 
     rules:

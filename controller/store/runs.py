@@ -561,6 +561,7 @@ class RunTx:
         host_id: str | None = None,
         scope: str | None = None,
         fleet_run_id: str | None = None,
+        not_state: str | None = None,
         since: float | None = None,
         until: float | None = None,
         after: tuple[float, str] | None = None,
@@ -572,6 +573,7 @@ class RunTx:
             ("host_id", "=", "host", host_id),
             ("scope", "=", "scope", scope),
             ("fleet_run_id", "=", "fleet", fleet_run_id),
+            ("state", "!=", "not_state", not_state),
             ("created_at", ">=", "since", since),
             ("created_at", "<", "until", until),
         ]

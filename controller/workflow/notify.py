@@ -35,11 +35,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import httpx
 
 from controller.config import AlertSettings
+from controller.errors import ConfigError
 
 log = logging.getLogger(__name__)
 NoticeKind = Literal["firing", "awaiting_approval", "absorbed", "resolved"]
@@ -160,6 +162,22 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def _secret(path: Path | None) -> bytes | None:
+    """A webhook's HMAC key, or ConfigError naming the file: the controller does not start
+    with a key it cannot read."""
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"workflow.alerts.webhooks: cannot read secret_file {path}: {exc.strerror}"
+        ) from None
+    if not key:
+        raise ConfigError(f"workflow.alerts.webhooks: secret_file {path} is empty")
+    return key
+
+
 class Notifier:
     def __init__(
         self,
@@ -177,9 +195,7 @@ class Notifier:
         self.labels_of = labels_of
         self.live = live  # the paging live runs, for Alertmanager's re-sends
         self.load = load  # a run's row as it is when its notice goes out
-        self._secrets = {
-            w.url: (w.secret_file.read_bytes().strip() if w.secret_file else None) for w in settings.webhooks
-        }
+        self._secrets = {w.url: _secret(w.secret_file) for w in settings.webhooks}
         self._queue: deque[tuple[NoticeKind, str, float]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()

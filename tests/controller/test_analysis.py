@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from bench.fleet_bench import _children
 from collector.wire import BATCH_SCHEMA, validate_batch
 from controller.config import HotStateSettings
 from controller.detectors import Evidence
@@ -432,18 +433,6 @@ def test_a_pool_hands_each_worker_the_live_hosts_of_its_partition() -> None:
         )._watched(0)
         == []
     )
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def test_analysis_workers_exit_when_the_controller_is_killed(
