@@ -72,6 +72,9 @@ class Actuator(ABC):
     safety_class: ClassVar[SafetyClass]
     params_model: ClassVar[type[Params]]
     reversible: ClassVar[bool] = False
+    # Families this action brings about on its own target while it stands (a CPU quota
+    # throttles the cgroup it caps): a sighting of one is the change working, not a new fault.
+    expected_effects: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, env: HostEnv) -> None:
         self.env = env

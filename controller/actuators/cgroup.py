@@ -84,6 +84,7 @@ class CgroupCpuQuota(_CgroupActuator):
     safety_class = "safe_reversible"
     params_model = CpuQuotaParams
     reversible = True
+    expected_effects = ("cgroup_cpu_throttling",)
     controller = "cpu"
 
     def describe(self, p: CpuQuotaParams) -> str:

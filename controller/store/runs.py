@@ -350,6 +350,11 @@ RELEASE_ROLLBACK = text(
     "UPDATE action_intents SET rolled_back_at = NULL, rollback_result = :r WHERE idempotency_key = :k"
 )
 INTENTS_OF = text("SELECT * FROM action_intents WHERE run_id = :run ORDER BY step")
+STANDING = text(
+    "SELECT i.* FROM action_intents i JOIN workflow_runs r ON r.run_id = i.run_id "
+    "WHERE r.host_id = :h AND i.outcome IN ('applied', 'settled_applied') AND i.rolled_back_at IS NULL "
+    "AND i.result_at >= :since AND i.action IN :actions ORDER BY i.result_at DESC LIMIT 16"
+).bindparams(bindparam("actions", expanding=True))
 LATEST_DECISION = text(
     "SELECT * FROM approvals WHERE run_id = :run AND plan_hash = :plan ORDER BY id DESC LIMIT 1"
 )
@@ -659,6 +664,13 @@ class RunTx:
 
     def intents_of(self, run_id: str) -> list[IntentRow]:
         return [_intent(r) for r in self.conn.execute(INTENTS_OF, {"run": run_id})]
+
+    def standing_changes(self, host_id: str, actions: list[str], *, since: float) -> list[IntentRow]:
+        """The host's changes of these kinds applied since then and not rolled back, newest first."""
+        if not actions:
+            return []
+        rows = self.conn.execute(STANDING, {"h": host_id, "since": since, "actions": actions})
+        return [_intent(r) for r in rows]
 
     def claim_intent(self, intent: NewIntent, *, replacing: float | None = None) -> bool:
         """Claim the key: a new row, or (``replacing`` the intent_at that was read) taking

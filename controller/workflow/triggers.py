@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from controller.actuators import ACTUATORS
 from controller.detectors import FAMILIES, Evidence
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
@@ -59,6 +60,7 @@ CLEANS_MAX = 100_000  # clean evaluations waiting to be counted (past it: droppe
 SEEN_PERSIST_S = 60.0  # a live run's last sighting is written at most this often
 SWEEP_EVERY_S = 30.0  # how often live runs not seen for the attach window are resolved
 SWEEP_BATCH = 500
+EXPECTED_EFFECT_S = 3600.0  # how long a change of ours explains the effect it is made to have
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Triggers:
         self.resolved = 0
         self.reopened = 0  # flaps: a resolved fault back within the attach window
         self.explained = 0
+        self.expected_effects = 0
         self.cleans_dropped = 0
         # The fleet correlator: host sightings in, fleet incidents out (controller/workflow/fleet.py).
         self.fleet = Correlator(options.fleet)
@@ -291,6 +294,7 @@ class Triggers:
             "resolved": self.resolved,
             "reopened": self.reopened,
             "explained": self.explained,
+            "expected_effects": self.expected_effects,
             "cleans_dropped": self.cleans_dropped,
             "fleet": {
                 "sightings": len(self.fleet),
@@ -370,6 +374,9 @@ class Triggers:
         detail: dict[str, Any] = {"confidence": top.confidence, "summary": top.summary}
         if top.symptoms:
             detail["symptoms"] = [{"family": s["family"], "why": s["why"]} for s in top.symptoms]
+        caused = self._expected_effect(host_id, top, now)
+        if caused is not None:
+            return caused
         same_family = self._live_of_family(host_id, top.family)
         with self.runs.begin() as tx:
             open_id = tx.open_run_of(top.fingerprint, since=now - self.opts.attach_window_s)
@@ -402,6 +409,29 @@ class Triggers:
         self._event("firing", run_id)
         self._runner().execute(run_id)
         return run_id
+
+    def _expected_effect(self, host_id: str, top: Hypothesis, now: float) -> str | None:
+        """A sighting that is one of this controller's own changes working (the cgroup it
+        capped, throttled) goes to the run that made the change, as an attachment: it opens
+        no run of its own and takes no run over as its symptom."""
+        actions = [name for name, a in ACTUATORS.items() if top.family in a.expected_effects]
+        if not actions:
+            return None
+        ids = {str(v) for v in (top.culprit.get("id"), top.culprit.get("cgroup")) if v}
+        with self.runs.begin() as tx:
+            for row in tx.standing_changes(host_id, actions, since=now - EXPECTED_EFFECT_S):
+                params = row["params"] or {}
+                targets = {str(params[k]) for k in ("cgroup", "pid", "unit") if params.get(k) is not None}
+                if ids & targets:
+                    effect = {"family": top.family, "culprit": top.culprit.get("id")}
+                    tx.attach(
+                        row["run_id"],
+                        at=now,
+                        detail={"expected_effect": effect | {"step": row["step"], "action": row["action"]}},
+                    )
+                    self.expected_effects += 1
+                    return row["run_id"]
+        return None
 
     def _sight(
         self, host_id: str, run_id: str, top: Hypothesis, ev: Evidence, now: float, started: float | None

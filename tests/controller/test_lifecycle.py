@@ -313,3 +313,50 @@ def test_an_explained_run_is_not_taken_back_by_its_own_fingerprint(driver: Drive
         # A stale cache cannot move it either.
         tx.set_state("run-symptom", state="firing", at=driver.t, seen=driver.t, resolved=None)
     assert (driver.eng.load_run("run-symptom") or {})["state"] == "explained"
+
+
+def test_the_effect_our_own_change_is_made_to_have_opens_no_run(driver: Driver) -> None:
+    """A CPU quota the controller applied throttles the cgroup it caps: that is the change
+    working. The throttling attaches to the run that made the change (saying so) instead of
+    opening a run that would take the original fault over as its symptom; once the change
+    is rolled back, throttling there is a fault of its own again."""
+    from testkit.scenarios import cgroup_cpu_throttling
+
+    path = "/kubepods/burstable/pod" + FAULTS["cgroup_cpu_throttling"][1] + "/" + "c" * 64
+    driver.run(40)
+    (cpu_run,) = {r for r in driver.run(5, cpu) if r}
+    now = driver.t
+    with driver.eng.runs.begin() as tx:
+        tx.claim_intent(
+            {
+                "idempotency_key": "k-quota",
+                "run_id": cpu_run,
+                "step": 3,
+                "action": "cgroup_cpu_quota",
+                "params": {"cgroup": path, "cores": 0.5},
+                "before": {},
+                "intent_at": now,
+            }
+        )
+        tx.set_result("k-quota", {"outcome": "applied", "step": 3}, at=now)
+    went = {r for r in driver.run(10, cgroup_cpu_throttling) if r}
+    assert went == {cpu_run}, went
+    assert [r["run_id"] for r in driver.runs()] == [cpu_run]  # no run of its own
+    effects = [
+        a["detail"]["expected_effect"]
+        for a in driver.eng.attachments(cpu_run)
+        if "expected_effect" in a["detail"]
+    ]
+    assert (
+        effects
+        and effects[0]["family"] == "cgroup_cpu_throttling"
+        and effects[0]["action"] == "cgroup_cpu_quota"
+    )
+    assert driver.eng.stats()["expected_effects"] == len(effects)
+    symptom = driver.eng.load_run(cpu_run)
+    assert symptom is not None and symptom["state"] != "explained"
+    with driver.eng.runs.begin() as tx:
+        assert tx.claim_rollback("k-quota", at=driver.t)
+        tx.finish_rollback("k-quota", {"outcome": "rolled_back"}, done=True)
+    later = {r for r in driver.run(5, cgroup_cpu_throttling) if r}
+    assert len(later - {cpu_run}) == 1, later  # the quota is gone: throttling is a fault again
