@@ -306,6 +306,10 @@ class PostmortemSettings(_Strict):
     source: str | None = None
     token_file: Path | None = None
     queue_max: int = Field(default=64, ge=1, le=10_000)  # waiting; past it: not rendered, counted
+    # Also print postmortem.pdf beside the HTML (headless Chromium: Debian's chromium package,
+    # or ``browser``, a path or command). Off by default: a browser is a large install.
+    pdf: bool = False
+    browser: str | None = Field(default=None, max_length=4096)
     timeout_s: float = Field(default=300.0, gt=0, le=3600)
     max_attempts: int = Field(default=2, ge=1, le=10)
 

@@ -1,6 +1,6 @@
 """incidentlab-report: postmortem reports of runs, through papermill and nbconvert.
 
-incidentlab-report RUN_ID [--source data] [--out reports]
+incidentlab-report RUN_ID [--source data] [--out reports] [--pdf]
 incidentlab-report --all-closed [--force]
 """
 
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports"), help="reports go to OUT/RUN_ID/")
     ap.add_argument("--show-input", action="store_true", help="keep the code cells in the HTML")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    ap.add_argument("--pdf", action="store_true", help="also print postmortem.pdf (headless Chromium)")
+    ap.add_argument("--browser", default=None, help="the Chromium to print with (default: found on PATH)")
     args = ap.parse_args(argv)
     if bool(args.run_id) == args.all_closed:
         ap.error("give a RUN_ID or --all-closed")
@@ -43,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
                 token_file=str(Path(args.token_file).resolve()) if args.token_file else "",
                 show_input=args.show_input,
                 timeout_s=args.timeout,
+                pdf=args.pdf,
+                browser=args.browser,
             )
-            print(f"{run_id}: {report.html} ({report.notebook.name} beside it)")
+            beside = ", ".join(p.name for p in (report.notebook, report.pdf) if p is not None)
+            print(f"{run_id}: {report.html} ({beside} beside it)")
         if not run_ids:
             print("no completed run without a report")
     except PipelineError as exc:

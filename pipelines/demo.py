@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from pipelines.errors import PipelineError
-from pipelines.report import render
+from pipelines.report import find_browser, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP = "ilab-demo"
@@ -112,6 +112,28 @@ def stop(p: subprocess.Popen[bytes] | None) -> None:
             p.wait()
 
 
+def approve(api: httpx.Client, run_id: str) -> None:
+    """As an operator would: approve only the step that caps the hogs' cgroup (the renices
+    stay unapproved), or every step that needs approval where there is no such step."""
+    body = api.get(f"/api/v1/agent/workflow/runs/{run_id}").json()
+    plan = next(a["payload"] for a in body["chain"] if a["kind"] == "execution_plan")
+    waiting = [s for s in plan["steps"] if s["step"] in plan["needs_approval"]]
+    capped = [s["step"] for s in waiting if s["action"] == "cgroup_cpu_quota"]
+    steps = capped or None
+    answer = api.post(
+        f"/api/v1/agent/workflow/runs/{run_id}/approve",
+        json={
+            "plan_hash": plan["plan_hash"],
+            "steps": steps,
+            "reason": "demo: cap the hogs' cgroup, leave the processes alone",
+        },
+    )
+    if answer.status_code != 200:
+        raise PipelineError(f"approving {run_id}: {answer.status_code} {answer.text[:300]}")
+    which = ", ".join(f"{s['step']} ({s['action']})" for s in waiting if steps is None or s["step"] in steps)
+    say(f"approved step(s) {which} as {answer.json()['actor']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -157,7 +179,18 @@ def main(argv: list[str] | None = None) -> int:
                         },
                     ]
                 },
-                "workflow": {"window_s": 60},
+                "workflow": {
+                    "window_s": 60,
+                    # The demo lets this host be changed, one approved step at a time, so its
+                    # postmortem shows an approval, a change, its verification and the end.
+                    "execution": {
+                        "dry_run": False,
+                        "allow_safe_reversible": True,
+                        "approval_required": True,
+                        "verify_settle_s": 2.0,
+                        "verify_min_samples": 3,
+                    },
+                },
             }
         )
     )
@@ -213,23 +246,41 @@ def main(argv: list[str] | None = None) -> int:
         what = fault.start()
         say(f"fault: {what}")
 
-        def reported() -> dict[str, Any] | None:
-            since = {"since": injected_at}
-            runs = api.get("/api/v1/agent/workflow/runs", params=since).json()["runs"]
-            for r in runs:
-                if r["status"] == "completed":
-                    return dict(r)
-            if runs:
-                say(
-                    f"run {runs[0]['run_id']}: {runs[0]['family']}, "
-                    f"stage {runs[0]['stage']}/8, {runs[0]['status']}"
-                )
-            return None
+        def settled(statuses: tuple[str, ...]) -> Callable[[], dict[str, Any] | None]:
+            def check() -> dict[str, Any] | None:
+                runs = api.get("/api/v1/agent/workflow/runs", params={"since": injected_at}).json()["runs"]
+                for r in runs:
+                    if r["status"] in statuses:
+                        return dict(r)
+                if runs:
+                    say(
+                        f"run {runs[0]['run_id']}: {runs[0]['family']}, "
+                        f"stage {runs[0]['stage']}/8, {runs[0]['status']}"
+                    )
+                return None
 
-        left = args.timeout - (time.monotonic() - began)
-        run = wait(reported, max(10.0, left), "the incident report", every=2.0)
-        say(f"run {run['run_id']} reached its incident report")
-        body = api.get(f"/api/v1/agent/workflow/runs/{run['run_id']}").json()
+            return check
+
+        def left() -> float:
+            return max(10.0, float(args.timeout) - (time.monotonic() - began))
+
+        run = wait(settled(("awaiting_approval", "completed")), left(), "the plan", every=2.0)
+        if run["status"] == "awaiting_approval":
+            approve(api, run["run_id"])
+            run = wait(settled(("completed",)), left(), "the change and its verification", every=2.0)
+        say(f"run {run['run_id']} reached its incident report; ending the fault")
+        fault.stop()
+        run_id = run["run_id"]
+
+        def resolved() -> bool:
+            return bool(api.get(f"/api/v1/agent/workflow/runs/{run_id}").json()["run"]["state"] == "resolved")
+
+        try:
+            wait(resolved, 45, "the fault to be seen ending", every=1.0)
+            say("the fault has ended (resolved)")
+        except PipelineError as exc:  # the postmortem says it was not resolved when written
+            say(f"{exc}; writing the postmortem anyway")
+        body = api.get(f"/api/v1/agent/workflow/runs/{run_id}").json()
     finally:
         fault.stop()
         stop(agent)
@@ -237,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         api.close()
         say("stopped the fault, the collector and the controller")
     say("writing the postmortem (papermill, nbconvert)")
-    report = render(run["run_id"], str(data), data / "reports")
+    try:
+        find_browser()
+        pdf = True
+    except PipelineError as exc:
+        say(f"HTML only: {exc}")
+        pdf = False
+    report = render(run["run_id"], str(data), data / "reports", pdf=pdf)
     final = next(a["payload"] for a in body["chain"] if a["kind"] == "incident_report")
     cause = final["most_likely_cause"] or {}
     print()
@@ -255,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     print("actions    " + ", ".join(f"{a['action']}: {a['outcome']}" for a in final["actions"]))
     print(f"verdict    {final['verification']['verdict']} ({final['verification']['reason']})")
     print(f"report     {report.html}")
+    if report.pdf is not None:
+        print(f"pdf        {report.pdf}")
     print(f"notebook   {report.notebook}")
     print(f"store      {data / 'agent' / 'workflow_runs.db'}")
     print(f"took       {time.monotonic() - began:.0f} s")

@@ -9,7 +9,9 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from controller.workflow.postmortems import BROWSERS
 from pipelines.errors import PipelineError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -21,6 +23,57 @@ class Report:
     run_id: str
     notebook: Path
     html: Path
+    pdf: Path | None = None
+
+
+PDF_TIMEOUT_S = 120
+
+
+def find_browser(name: str | None = None) -> str:
+    """The headless browser that prints the PDF: ``name`` (a path or a command), else the
+    first of BROWSERS on PATH."""
+    import shutil
+
+    for candidate in [name] if name else BROWSERS:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise PipelineError(
+        f"no browser to print the PDF with ({name or ' or '.join(BROWSERS)} not found): "
+        "install Debian's chromium, or leave the PDF out"
+    )
+
+
+def print_pdf(html: Path, pdf: Path, *, browser: str | None = None, timeout_s: float = PDF_TIMEOUT_S) -> Path:
+    """The HTML report printed to PDF by headless Chromium (what nbconvert's webpdf does
+    through playwright, without the browser download a machine off the internet cannot do).
+    Written atomically; a browser that fails or hangs is a PipelineError with its last words."""
+    import subprocess
+
+    exe = find_browser(browser)
+    with tempfile.TemporaryDirectory(dir=pdf.parent) as work:
+        out = Path(work) / "postmortem.pdf"
+        argv = [
+            exe,
+            "--headless",
+            "--no-sandbox",  # root in a container: Chromium's sandbox needs user namespaces
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--user-data-dir={Path(work) / 'profile'}",
+            f"--print-to-pdf={out}",
+            html.resolve().as_uri(),
+        ]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"printing {html.name} to PDF: {exe} took over {timeout_s:g} s") from None
+        if done.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise PipelineError(
+                f"printing {html.name} to PDF: {exe} exited {done.returncode}: {' | '.join(tail)[:500]}"
+            )
+        _atomic_write(pdf, out.read_bytes())
+    return pdf
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -60,6 +113,34 @@ def _cell(executed: Path, index: int) -> str:
     return f"cell {index - injected} ({first[:80]!r})"
 
 
+def _html(nb: Any, show_input: bool) -> str:
+    """The report a reader gets: no prompts, no code unless asked, no authoring cells
+    (tagged remove-cell), a title from the notebook's first heading."""
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+    from traitlets.config import Config
+
+    config = Config()
+    config.TagRemovePreprocessor.remove_cell_tags = ("remove-cell",) if not show_input else ()
+    config.TagRemovePreprocessor.enabled = True
+    exporter = HTMLExporter(
+        config=config, exclude_input=not show_input, exclude_input_prompt=True, exclude_output_prompt=True
+    )
+    exporter.register_preprocessor(TagRemovePreprocessor(config=config), enabled=True)
+    title = next(
+        (
+            o["data"]["text/markdown"].lstrip("# ").strip()
+            for c in nb.cells
+            for o in c.get("outputs", [])
+            if str(o.get("data", {}).get("text/markdown", "")).startswith("# ")
+        ),
+        "Postmortem",
+    )
+    nb.metadata["title"] = title
+    html, _ = exporter.from_notebook_node(nb)
+    return str(html)
+
+
 def render(
     run_id: str,
     source: str,
@@ -70,11 +151,13 @@ def render(
     show_input: bool = False,
     timeout_s: int = 600,
     kernel: str = "python3",
+    pdf: bool = False,
+    browser: str | None = None,
 ) -> Report:
-    """Execute the postmortem notebook for run_id and write <out>/<run_id>/postmortem.{ipynb,html}."""
+    """Execute the postmortem notebook for run_id and write <out>/<run_id>/postmortem.{ipynb,html}
+    (and .pdf, printed from the HTML, with ``pdf``)."""
     import nbformat
     import papermill
-    from nbconvert import HTMLExporter
     from papermill.exceptions import PapermillExecutionError
 
     target = out_dir / run_id
@@ -100,8 +183,9 @@ def render(
         except Exception as exc:  # no kernel, unreadable notebook: one clear error
             raise PipelineError(f"postmortem of {run_id}: {type(exc).__name__}: {exc}") from exc
         nb = nbformat.read(scratch, as_version=4)
-        html, _ = HTMLExporter(exclude_input=not show_input, exclude_input_prompt=True).from_notebook_node(nb)
+        html = _html(nb, show_input)
         _atomic_write(executed, scratch.read_bytes())
     html_path = target / "postmortem.html"
     _atomic_write(html_path, html.encode())
-    return Report(run_id, executed, html_path)
+    printed = print_pdf(html_path, target / "postmortem.pdf", browser=browser) if pdf else None
+    return Report(run_id, executed, html_path, printed)

@@ -7,6 +7,7 @@ ipywidgets to step through and approve runs.
     wb.runs()                                     # one row per run
     wb.chain(run_id); wb.evidence(run_id); wb.hypotheses(run_id); wb.audit(); wb.replay(run_id)
     wb.incidents(); wb.members(fleet_run_id); wb.fleet_view(fleet_run_id)  # incidents across hosts
+    wb.diagram(run_id); wb.finding_plots(run_id); wb.facts(run_id)          # what a postmortem shows
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pandas as pd
 from workbench import frames
 from workbench.client import ApiSource, LocalSource, Source, open_source
 from workbench.errors import WorkbenchError
+from workbench.postmortem import DECISIONS as DECISION_KINDS
+from workbench.postmortem import Facts
 
 __all__ = ["ApiSource", "LocalSource", "Workbench", "WorkbenchError"]
 
@@ -117,6 +120,41 @@ class Workbench:
         from workbench.plots import plot_run
 
         return plot_run(self, run_id, signals)
+
+    def finding_plots(self, run_id: str) -> list[tuple[dict[str, Any], Any]]:
+        """One small figure per signal that fired: (finding, figure), in rank order."""
+        from workbench.plots import finding_figures
+
+        return finding_figures(self, run_id)
+
+    def diagram(self, run_id: str, current: int | None = None) -> Diagram:
+        """The run's chain as an SVG diagram (status colours, the gate and the approvals)."""
+        from workbench.diagram import chain_svg
+
+        chain = self.source.run(run_id)["chain"]
+        decisions = [e for e in self.source.audit(run_id=run_id) if e.get("kind") in DECISION_KINDS]
+        return Diagram(chain_svg(chain, decisions, current=current))
+
+    def facts(self, run_id: str) -> Facts:
+        """What the postmortem is written from (workbench.postmortem): run, chain, audit."""
+        return Facts.of(self.source.run(run_id), self.source.audit(run_id=run_id))
+
+
+class Diagram:
+    """SVG text that a notebook draws (``_repr_svg_``) and a page embeds (``svg``)."""
+
+    def __init__(self, svg: str) -> None:
+        self.svg = svg
+
+    def _repr_svg_(self) -> str:
+        return self.svg
+
+    def __repr__(self) -> str:  # the text a notebook stores beside the picture: no address
+        stages = self.svg.count('class="stage"')
+        return f"<chain diagram: {stages} stages>"
+
+    def _repr_html_(self) -> str:  # inline in HTML reports: searchable, printed sharp in the PDF
+        return f'<div class="incidentlab-chain">{self.svg}</div>'
 
 
 def _unix(value: Any) -> float | None:

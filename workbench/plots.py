@@ -15,33 +15,80 @@ if TYPE_CHECKING:
 MAX_PANELS = 4
 
 
+def anomaly_window(evidence: pd.DataFrame, finding: dict[str, Any]) -> tuple[Any, Any] | None:
+    """From the first point of the finding's signal at or over its threshold (its last point
+    without one) to the end of the run's window."""
+    series = evidence[(evidence["signal"] == finding["signal"]) & (evidence["window"] == "run")]
+    limit = finding.get("threshold")
+    over = series[series["value"] >= limit] if limit is not None else series.tail(1)
+    return None if over.empty else (over["ts"].min(), series["ts"].max())
+
+
 def marks(chain: list[dict[str, Any]], evidence: pd.DataFrame) -> dict[str, Any]:
-    """Where the anomaly was seen, when the host was changed, and the window verified."""
-    out: dict[str, Any] = {"anomaly": None, "actions": [], "verification": None, "signals": []}
+    """Where the anomaly was seen (per signal that fired), when the host was changed, and
+    the window verified."""
+    out: dict[str, Any] = {
+        "anomaly": None,
+        "anomalies": {},
+        "actions": [],
+        "verification": None,
+        "signals": [],
+    }
     findings: list[dict[str, Any]] = next(
         (a["payload"]["findings"] for a in chain if a["kind"] == "anomaly_finding"), []
     )
-    for f in findings[:MAX_PANELS]:
-        if f["signal"] not in out["signals"]:
+    for f in findings:
+        if f["signal"] not in out["anomalies"]:
+            out["anomalies"][f["signal"]] = anomaly_window(evidence, f)
+        if f["signal"] not in out["signals"] and len(out["signals"]) < MAX_PANELS:
             out["signals"].append(f["signal"])
     if findings:
-        f = findings[0]
-        series = evidence[(evidence["signal"] == f["signal"]) & (evidence["window"] == "run")]
-        over = series[series["value"] >= f["threshold"]] if f.get("threshold") is not None else series.tail(1)
-        if not over.empty:
-            out["anomaly"] = (over["ts"].min(), series["ts"].max())
+        out["anomaly"] = out["anomalies"][findings[0]["signal"]]
+    # A change or a verification far from the window (a recorded window replayed days later)
+    # would stretch the axis to nothing: only those near it are drawn.
+    near = _near(evidence)
     for a in chain:
         if a["kind"] == "execution_result":
             out["actions"] = [
                 (pd.Timestamp(r["applied_at"], unit="s", tz="UTC"), r["action"])
                 for r in a["payload"].get("results", [])
-                if r.get("applied_at")
+                if r.get("applied_at") and near(pd.Timestamp(r["applied_at"], unit="s", tz="UTC"))
             ]
         if a["kind"] == "verification_result" and a["payload"].get("after", {}).get("from"):
             start = pd.Timestamp(a["payload"]["after"]["from"], unit="s", tz="UTC")
             after = evidence[evidence["window"] == "after"]
-            out["verification"] = (start, after["ts"].max() if not after.empty else start)
+            if near(start):
+                out["verification"] = (start, after["ts"].max() if not after.empty else start)
     return out
+
+
+def _near(evidence: pd.DataFrame) -> Any:
+    """Whether a time lies within the evidence's span of it (a minute at least)."""
+    if evidence.empty:
+        return lambda t: True
+    lo, hi = evidence["ts"].min(), evidence["ts"].max()
+    slack = max(hi - lo, pd.Timedelta(seconds=60))
+    return lambda t: lo - slack <= t <= hi + slack
+
+
+def _panel(
+    ax: Any, evidence: pd.DataFrame, name: str, m: dict[str, Any], threshold: float | None = None
+) -> None:
+    for window, style in (("run", "-"), ("after", "--")):
+        s = evidence[(evidence["signal"] == name) & (evidence["window"] == window)]
+        if not s.empty:
+            ax.plot(s["ts"], s["value"], style, label=f"{name} ({window})")
+    anomaly = m["anomalies"].get(name, m["anomaly"])
+    if anomaly is not None:
+        ax.axvspan(*anomaly, color="tab:red", alpha=0.12, label="anomaly")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linewidth=0.8, linestyle=":", label="threshold")
+    for at, action in m["actions"]:
+        ax.axvline(at, color="tab:purple", linewidth=1.5, label=f"action: {action}")
+    if m["verification"] is not None:
+        ax.axvspan(*m["verification"], color="tab:green", alpha=0.12, label="verification")
+    ax.set_ylabel(name)
+    ax.legend(loc="upper left", fontsize="small")
 
 
 def plot_evidence(
@@ -53,22 +100,48 @@ def plot_evidence(
         max(1, len(names)), 1, figsize=(10, 2.4 * max(1, len(names))), sharex=True, squeeze=False
     )
     for ax, name in zip(axes[:, 0], names, strict=False):
-        for window, style in (("run", "-"), ("after", "--")):
-            s = evidence[(evidence["signal"] == name) & (evidence["window"] == window)]
-            if not s.empty:
-                ax.plot(s["ts"], s["value"], style, label=f"{name} ({window})")
-        if m["anomaly"] is not None:
-            ax.axvspan(*m["anomaly"], color="tab:red", alpha=0.12, label="anomaly")
-        for at, action in m["actions"]:
-            ax.axvline(at, color="tab:purple", linewidth=1.5, label=f"action: {action}")
-        if m["verification"] is not None:
-            ax.axvspan(*m["verification"], color="tab:green", alpha=0.12, label="verification")
-        ax.set_ylabel(name)
-        ax.legend(loc="upper left", fontsize="small")
+        _panel(ax, evidence, name, m)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_finding(evidence: pd.DataFrame, chain: list[dict[str, Any]], finding: dict[str, Any]) -> Any:
+    """One small plot of one signal that fired: its threshold, the anomaly window, each change
+    and the verification window; titled with what the detector saw."""
+    m = marks(chain, evidence)
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    _panel(ax, evidence, finding["signal"], m, finding.get("threshold"))
+    value = finding.get("value")
+    seen = f" {value:.4g}" if isinstance(value, int | float) else ""
+    ax.set_title(f"{finding['family']}: {finding['signal']}{seen}", fontsize="medium")
+    ax.xaxis.set_major_formatter(_clock())
+    fig.tight_layout()
+    return fig
+
+
+def _clock() -> Any:
+    import matplotlib.dates as mdates
+
+    return mdates.DateFormatter("%H:%M:%S")  # type: ignore[no-untyped-call]
+
+
+def finding_figures(wb: Workbench, run_id: str) -> list[tuple[dict[str, Any], Any]]:
+    """One (finding, figure) per signal that fired, in the order the findings rank."""
+    chain = wb.run(run_id)["chain"]
+    findings: list[dict[str, Any]] = next(
+        (a["payload"]["findings"] for a in chain if a["kind"] == "anomaly_finding"), []
+    )
+    evidence = wb.evidence(run_id)
+    seen: set[str] = set()
+    out = []
+    for f in findings:
+        if f["signal"] in seen or evidence[evidence["signal"] == f["signal"]].empty:
+            continue
+        seen.add(f["signal"])
+        out.append((f, plot_finding(evidence, chain, f)))
+    return out
 
 
 def plot_run(wb: Workbench, run_id: str, signals: list[str] | None = None) -> Any:

@@ -258,6 +258,8 @@ def get_run(rt: Rt, _: Reader, run_id: str) -> dict[str, Any]:
     postmortem: dict[str, Any] | None = None if row is None else dict(row)
     if postmortem is not None and postmortem["status"] == "written":
         postmortem["url"] = f"/api/v1/agent/workflow/runs/{run_id}/postmortem"
+        if postmortem["path"] and Path(postmortem["path"]).with_suffix(".pdf").is_file():
+            postmortem["pdf_url"] = postmortem["url"] + "?format=pdf"
     return {
         "run": run_summary(run),
         "postmortem": postmortem,
@@ -278,10 +280,25 @@ JSON_ERRORS = {
 @router.get(
     "/workflow/runs/{run_id}/postmortem",
     response_class=HTMLResponse,
-    responses=JSON_ERRORS | {200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+    responses=JSON_ERRORS
+    | {
+        200: {
+            "content": {
+                "text/html": {"schema": {"type": "string"}},
+                "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
 )
-def get_postmortem(rt: Rt, _: Reader, run_id: str) -> HTMLResponse:
-    """The run's postmortem (HTML), made when it ended; 404 until one is written."""
+def get_postmortem(
+    rt: Rt,
+    _: Reader,
+    run_id: str,
+    format: Annotated[
+        Literal["html", "pdf"], Query(description="pdf where workflow.postmortems.pdf printed one")
+    ] = "html",
+) -> Response:
+    """The run's postmortem (HTML, or PDF when printed), made when it ended; 404 until one is written."""
     _run_or_404(rt.workflow, run_id)
     with rt.workflow.runs.read() as tx:
         row = tx.postmortem(run_id)
@@ -292,6 +309,15 @@ def get_postmortem(rt: Rt, _: Reader, run_id: str) -> HTMLResponse:
     # Only ever a file the worker wrote, under its own directory.
     if not path.is_relative_to(rt.postmortems.dir) or not path.is_file():
         raise HTTPException(404, f"no postmortem of {run_id} (its file is gone)")
+    if format == "pdf":
+        pdf = path.with_suffix(".pdf")
+        if not pdf.is_file():
+            raise HTTPException(404, f"no PDF of {run_id}'s postmortem (workflow.postmortems.pdf is off?)")
+        return Response(
+            pdf.read_bytes(),
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{run_id}-postmortem.pdf"'},
+        )
     return HTMLResponse(path.read_text(errors="replace"))
 
 

@@ -15,6 +15,7 @@ unfinished.
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import PostmortemSettings
+from controller.errors import ConfigError
 from controller.store.runs import PostmortemRow, RunStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,24 @@ class Command:
             proc.kill()
 
 
+# What incidentlab-report prints PDFs with, looked for in this order (pipelines/report.py
+# looks for the same: a controller that starts with pdf on can print).
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def browser_of(name: str | None) -> str:
+    """The browser the PDFs will be printed with, or ConfigError: pdf on and nothing to print
+    with is found at start, not at the first postmortem."""
+    for candidate in [name] if name else BROWSERS:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise ConfigError(
+        f"workflow.postmortems.pdf is on but no browser to print with was found "
+        f"({name or ' or '.join(BROWSERS)}): install Debian's chromium, set browser, or turn pdf off"
+    )
+
+
 class Postmortems:
     def __init__(
         self,
@@ -80,6 +100,8 @@ class Postmortems:
         self.source = settings.source or str(data_dir.resolve())
         self.clock = clock
         self.render: Renderer = render or Command()
+        if settings.enabled and settings.pdf and render is None:
+            self.browser = browser_of(settings.browser)
         self._queue: deque[tuple[str, str]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -109,6 +131,8 @@ class Postmortems:
         argv = [*base, run_id, "--source", self.source, "--out", str(self.dir)]
         if self.s.token_file is not None:
             argv += ["--token-file", str(self.s.token_file)]
+        if self.s.pdf:
+            argv += ["--pdf"] + (["--browser", self.s.browser] if self.s.browser else [])
         return argv
 
     def path_of(self, run_id: str) -> Path:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from controller.config import PostmortemSettings
+from controller.errors import ConfigError
 from controller.runtime import Runtime
 from controller.workflow.postmortems import Postmortems
 from testkit.fleet import Fleet, Playback, recorded
@@ -32,9 +34,11 @@ class FakeRenderer:
         if self.fail:
             self.fail -= 1
             return 1, "Traceback ...\nPipelineError: the kernel died"
-        run_id, out = argv[-5], Path(argv[argv.index("--out") + 1])
+        run_id, out = argv[argv.index("--source") - 1], Path(argv[argv.index("--out") + 1])
         (out / run_id).mkdir(parents=True, exist_ok=True)
         (out / run_id / "postmortem.html").write_text(f"<html><h1>Postmortem of {run_id}</h1></html>")
+        if "--pdf" in argv:
+            (out / run_id / "postmortem.pdf").write_bytes(b"%PDF-1.4\n% a postmortem\n%%EOF\n")
         return 0, ""
 
 
@@ -196,9 +200,45 @@ def test_the_real_renderer_writes_a_postmortem(tmp_path: Path) -> None:
     row = pm.make(run_id, "resolved")
     assert row is not None and row["status"] == "written", row
     html = Path(row["path"] or "").read_text()
-    assert "chain intact: 8 artifacts" in html and "cpu_saturation" in html
+    assert "Chain intact: 8 artifacts" in html and "cpu_saturation" in html
     # Made when the fault ended: how long it took to detect and to resolve.
-    assert "s after it began)" in html and "resolved     not yet" not in html
+    assert "after it began" in html and "The fault lasted" in html
+    assert "not resolved when written" not in html and "<strong>Status:</strong> resolved" in html
+
+
+def test_pdfs_are_asked_for_and_served(api: tuple[httpx.Client, Runtime], tmp_path: Path) -> None:
+    client, rt = api
+    run_id = incident(rt, "cpu_saturation", "node-q")
+    rt.postmortems.render = FakeRenderer()
+    rt.postmortems.make(run_id, "resolved")
+    url = f"/api/v1/agent/workflow/runs/{run_id}/postmortem"
+    detail = client.get(f"/api/v1/agent/workflow/runs/{run_id}", headers=OPS).json()["postmortem"]
+    assert "pdf_url" not in detail  # pdf is off: none printed
+    missing = client.get(url, params={"format": "pdf"}, headers=OPS)
+    assert missing.status_code == 404 and "no PDF" in missing.json()["detail"]
+    assert client.get(url, params={"format": "exe"}, headers=OPS).status_code == 422
+    # Printed beside the HTML: linked and served as a PDF.
+    rt.postmortems.s = PostmortemSettings(pdf=True, browser="sh")
+    run_id = incident(rt, "cpu_saturation", "node-r")
+    url = f"/api/v1/agent/workflow/runs/{run_id}/postmortem"
+    assert rt.postmortems.command(run_id)[-3:] == ["--pdf", "--browser", "sh"]
+    rt.postmortems.make(run_id, "resolved")
+    detail = client.get(f"/api/v1/agent/workflow/runs/{run_id}", headers=OPS).json()["postmortem"]
+    assert detail["pdf_url"] == url + "?format=pdf"
+    pdf = client.get(detail["pdf_url"], headers=OPS)
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF-") and run_id in pdf.headers["content-disposition"]
+    assert client.get(detail["pdf_url"]).status_code == 401
+
+
+def test_pdf_on_without_a_browser_stops_the_start(tmp_path: Path) -> None:
+    fleet, _ = one_run(tmp_path)
+    settings = PostmortemSettings(pdf=True, browser="/nowhere/chromium")
+    with pytest.raises(ConfigError, match=r"pdf is on but no browser .*\(/nowhere/chromium\)"):
+        Postmortems(fleet.eng.runs, settings, data_dir=tmp_path, clock=time.time)
+    off = PostmortemSettings(pdf=True, browser="/nowhere/chromium", enabled=False)
+    Postmortems(fleet.eng.runs, off, data_dir=tmp_path, clock=time.time)  # off: nothing to print
+    fleet.db.dispose()
 
 
 def test_stopping_ends_a_render_that_is_running_and_a_slow_one_times_out() -> None:

@@ -1,5 +1,6 @@
 """make demo, shortened only by the detectors' own pace: a controller, a collector, two CPU
-hogs in a cgroup of their own, the run to its incident report, the postmortem."""
+hogs in a cgroup of their own, one step of the plan approved and applied, the run to its
+incident report, the postmortem in HTML and PDF."""
 
 from __future__ import annotations
 
@@ -37,7 +38,17 @@ def test_make_demo_reports_the_injected_cause(tmp_path: Path) -> None:
     assert "cause      cpu_saturation: cgroup /ilab-demo (sha256sum x" in out, out[-3000:]
     (report,) = (data / "reports").glob("run-*/postmortem.html")
     html = report.read_text()
-    assert "cpu_saturation" in html and "sha256sum" in html and "chain intact" in html
+    assert "cpu_saturation" in html and "sha256sum" in html and "Chain intact" in html
+    # The operator's part: one step of the plan approved, applied and verified.
+    assert "approved step(s)" in out and "(cgroup_cpu_quota) as demo-operator" in out, out[-3000:]
+    assert "cgroup_cpu_quota: applied" in out, out[-3000:]
+    verdict = next(line for line in out.splitlines() if line.startswith("verdict"))
+    assert verdict.split()[1] in ("improved", "not_improved"), verdict  # compared, not skipped
+    for section in ("Summary", "Impact", "Action items", "Lessons learned", "Timeline", "Approvals"):
+        assert f">{section}" in html, section
+    assert "demo-operator" in html
+    # Printed beside it (CI installs Debian's chromium).
+    assert report.with_suffix(".pdf").read_bytes().startswith(b"%PDF-")
     assert not Path("/sys/fs/cgroup/cpu/ilab-demo").exists()  # it cleans up after itself
     # Everything it started is gone: no hog is left running.
     left = subprocess.run(["pgrep", "-f", "sha256sum /dev/zero"], capture_output=True, text=True)
