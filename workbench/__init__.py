@@ -8,6 +8,7 @@ ipywidgets to step through and approve runs.
     wb.chain(run_id); wb.evidence(run_id); wb.hypotheses(run_id); wb.audit(); wb.replay(run_id)
     wb.incidents(); wb.members(fleet_run_id); wb.fleet_view(fleet_run_id)  # incidents across hosts
     wb.diagram(run_id); wb.finding_plots(run_id); wb.facts(run_id)          # what a postmortem shows
+    wb.live(host)                                 # a host's window and hypotheses, refreshing
 """
 
 from __future__ import annotations
@@ -134,6 +135,19 @@ class Workbench:
         chain = self.source.run(run_id)["chain"]
         decisions = [e for e in self.source.audit(run_id=run_id) if e.get("kind") in DECISION_KINDS]
         return Diagram(chain_svg(chain, decisions, current=current))
+
+    def window(self, host_id: str, signals: list[str] | None = None, points: int = 300) -> pd.DataFrame:
+        """A host's hot-state window now (through a controller): tidy (ts, signal, value)."""
+        from workbench.live import window_frame
+
+        return window_frame(self.source.window(host_id, signals, points))
+
+    def live(self, host_id: str, *, every_s: float = 5.0, signals: list[str] | None = None) -> Any:
+        """A live look at a host: its window and current hypotheses, refreshing every
+        ``every_s`` while on (a LiveView widget; ``.stop()`` ends it)."""
+        from workbench.live import LiveView
+
+        return LiveView(self, host_id, every_s=every_s, signals=signals)
 
     def facts(self, run_id: str) -> Facts:
         """What the postmortem is written from (workbench.postmortem): run, chain, audit."""

@@ -61,7 +61,7 @@ def _source(args: argparse.Namespace) -> ApiSource:
         token = Path(token_file).read_text().strip()
     except OSError as exc:
         raise WorkbenchError(f"cannot read the token file {token_file}: {exc.strerror}") from None
-    verify: bool | str = args.ca_file or True
+    verify: bool | str = args.ca_file or os.environ.get("INCIDENTLAB_CA_FILE") or True
     return ApiSource(url, token, verify=verify)
 
 
@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--url", help="the controller (default INCIDENTLAB_URL, else https://127.0.0.1:8443)")
     p.add_argument("--token-file", help="an operator token (default INCIDENTLAB_TOKEN_FILE)")
-    p.add_argument("--ca-file", help="the CA that signed the controller's certificate")
+    p.add_argument(
+        "--ca-file", help="the CA that signed the controller's certificate (default INCIDENTLAB_CA_FILE)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     runs = sub.add_parser("runs", help="runs, newest first")
     runs.add_argument("--status")

@@ -9,6 +9,7 @@ the controller's to record).
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,29 @@ from controller.workflow.reads import RunReader, evidence_key
 from workbench.errors import WorkbenchError
 
 MAX_RUNS = 100_000  # runs() reads at most this many rows
+
+
+class Pages:
+    """The progress of a load that takes more than one page: nothing for one page, a bar
+    (tqdm.auto: a widget in JupyterLab, text in a terminal) from the second on."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what, self.total, self.got = what, total, 0
+        self.bar: Any = None
+
+    def add(self, n: int, more: bool) -> None:
+        self.got += n
+        if self.bar is None and more:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc=self.what, total=self.total, unit=" rows", leave=False)
+            self.bar.update(self.got)
+        elif self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Source(Protocol):
@@ -48,6 +72,7 @@ class Source(Protocol):
         self, run_id: str, plan_hash: str, steps: list[int] | None, reason: str
     ) -> dict[str, Any]: ...
     def reject(self, run_id: str, reason: str, plan_hash: str | None = None) -> dict[str, Any]: ...
+    def window(self, host_id: str, signals: list[str] | None = None, points: int = 300) -> dict[str, Any]: ...
 
 
 class ApiSource:
@@ -55,8 +80,14 @@ class ApiSource:
 
     def __init__(self, url: str, token: str, *, timeout_s: float = 30.0, verify: bool | str = True) -> None:
         self.url = url.rstrip("/")
+        try:
+            tls: bool | ssl.SSLContext = (
+                ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            )
+        except (OSError, ssl.SSLError) as exc:  # a CA file that is missing or not PEM
+            raise WorkbenchError(f"cannot use the CA file {verify}: {exc.strerror or exc}") from None
         self._http = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s, verify=verify
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s, verify=tls
         )
 
     def close(self) -> None:
@@ -103,19 +134,30 @@ class ApiSource:
         }
         out: list[dict[str, Any]] = []
         cursor = None
-        while len(out) < limit:
-            page = self._call(
-                "GET",
-                "/workflow/runs",
-                params=params
-                | {"limit": min(500, limit - len(out))}
-                | ({"cursor": cursor} if cursor else {}),
-            )
-            out.extend(page["runs"])
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
+        pages = Pages("runs", total=None if limit >= MAX_RUNS else limit)
+        try:
+            while len(out) < limit:
+                page = self._call(
+                    "GET",
+                    "/workflow/runs",
+                    params=params
+                    | {"limit": min(500, limit - len(out))}
+                    | ({"cursor": cursor} if cursor else {}),
+                )
+                out.extend(page["runs"])
+                cursor = page["next_cursor"]
+                pages.add(len(page["runs"]), cursor is not None and len(out) < limit)
+                if cursor is None:
+                    break
+        finally:
+            pages.close()
         return out
+
+    def window(self, host_id: str, signals: list[str] | None = None, points: int = 300) -> dict[str, Any]:
+        """The host's hot-state window now: current hypotheses and series."""
+        params: dict[str, Any] = {"points": points} | ({"signal": signals} if signals else {})
+        body: dict[str, Any] = self._call("GET", f"/hosts/{host_id}/window", params=params)
+        return body
 
     def run(self, run_id: str) -> dict[str, Any]:
         body: dict[str, Any] = self._call("GET", f"/workflow/runs/{run_id}")
@@ -141,8 +183,9 @@ class ApiSource:
 
     def postmortem(self, run_id: str) -> dict[str, Any] | None:
         got: dict[str, Any] | None = self.run(run_id).get("postmortem")
-        if got is not None and got.get("url"):
-            got["url"] = self.url.rstrip("/") + got["url"]
+        for key in ("url", "pdf_url"):
+            if got is not None and got.get(key):
+                got[key] = self.url.rstrip("/") + got[key]
         return got
 
     def fleet_members(self, run_id: str) -> list[dict[str, Any]]:
@@ -263,7 +306,13 @@ class LocalSource:
     def postmortem(self, run_id: str) -> dict[str, Any] | None:
         with self.runs.read() as tx:
             row = tx.postmortem(run_id)
-        return None if row is None else dict(row)
+        if row is None:
+            return None
+        got = dict(row)
+        pdf = Path(str(got["path"])).with_suffix(".pdf") if got.get("path") else None
+        if pdf is not None and pdf.is_file():
+            got["pdf"] = str(pdf)
+        return got
 
     def _chain(self, run_id: str, replay: bool) -> list[dict[str, Any]]:
         try:
@@ -350,6 +399,9 @@ class LocalSource:
 
     def reject(self, run_id: str, reason: str, plan_hash: str | None = None) -> dict[str, Any]:
         raise WorkbenchError("a local source is read-only: reject through the controller's API")
+
+    def window(self, host_id: str, signals: list[str] | None = None, points: int = 300) -> dict[str, Any]:
+        raise WorkbenchError("a live look needs a controller: a data directory has no hot state")
 
 
 def open_source(source: str | Path | Source, token: str | None = None) -> Source:

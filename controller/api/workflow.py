@@ -61,6 +61,10 @@ class RcaPage(_Open):
     count: int
 
 
+class HostWindow(RcaHost):
+    series: dict[str, list[tuple[float, float]]]
+
+
 class RunsPage(_Open):
     runs: list[dict[str, Any]]
     count: int
@@ -209,6 +213,47 @@ def _rca_entry(wf: WorkflowEngine, host_id: str, ev: Evidence) -> dict[str, Any]
         # The host's latest evaluation failed (its window holds data evidence cannot read).
         "error": failure["last_error"] if failing and failure is not None else None,
     }
+
+
+MAX_WINDOW_SIGNALS = 12
+LIVE_DEFAULT = ("cpu_busy_pct", "mem_available_pct", "psi_cpu_some", "psi_memory_some", "psi_io_some")
+
+
+@router.get(
+    "/hosts/{host_id}/window",
+    response_model=HostWindow,
+    responses=errors(404, 500),
+)
+def host_window(
+    rt: Rt,
+    _: Reader,
+    host_id: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")],
+    signal: Annotated[
+        list[Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:@/-]+$")]] | None,
+        Query(max_length=MAX_WINDOW_SIGNALS, description="these series; default: what fires, and key ones"),
+    ] = None,
+    points: Annotated[int, Query(ge=1, le=900, description="the newest points of each series")] = 300,
+) -> dict[str, Any]:
+    """A host's hot-state window now, for a live look (``wb.live``): the current ranked
+    hypotheses and the series asked for (at most 12, the newest ``points`` of each); without
+    ``signal``, the signals of what fires and a few key ones."""
+    wf = rt.workflow
+    try:
+        ev = wf.evidence_for(host_id)
+        entry = _rca_entry(wf, host_id, ev) if ev is not None else None
+    except Exception as exc:  # a window evidence cannot read: the host's failure, said here
+        wf.record_failure(host_id, exc)
+        log.exception("window of host %s failed", host_id)
+        raise HTTPException(500, f"window of host {host_id!r}: {type(exc).__name__}: {exc}"[:500]) from exc
+    if ev is None or entry is None:
+        raise HTTPException(404, f"no telemetry in hot state for host {host_id!r}")
+    names = list(signal or [])
+    if not names:
+        fired = [s for h in entry["hypotheses"] for s in h.get("supporting") or [] if isinstance(s, str)]
+        names = list(dict.fromkeys([*fired, *LIVE_DEFAULT]))
+    have = set(ev.signal_names())
+    entry["series"] = {n: ev.tail(n, points) for n in names[:MAX_WINDOW_SIGNALS] if n in have}
+    return entry
 
 
 @router.get("/workflow/runs", response_model=RunsPage, responses=errors(400))

@@ -185,3 +185,19 @@ def test_the_example_configs_are_ones_the_services_take(tmp_path: Path) -> None:
     assert main(["check-config", "--controller", str(tmp_path / "controller.yaml")], out=out) == 0
     assert main(["check-config", "--collector", str(tmp_path / "collector.yaml")], out=out) == 0
     assert out.getvalue().count(": ok\n") == 2
+
+
+def test_a_ca_file_that_cannot_be_used_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "ops.token"
+    token.write_text(OPERATOR_TOKEN)
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    for how in (["--ca-file", str(tmp_path / "missing.pem")], ["--ca-file", str(garbage)]):
+        assert main([*how, "--url", "https://127.0.0.1:1", "--token-file", str(token), "runs"]) == 1
+        err = capsys.readouterr().err
+        assert "cannot use the CA file" in err and "Traceback" not in err, err
+    monkeypatch.setenv("INCIDENTLAB_CA_FILE", str(tmp_path / "missing.pem"))
+    assert main(["--url", "https://127.0.0.1:1", "--token-file", str(token), "runs"]) == 1
+    assert f"cannot use the CA file {tmp_path / 'missing.pem'}" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from testkit.scenarios import T0
 from tests.controller.conftest import OPERATOR_TOKEN, ControllerProc, base_config
 from workbench import Workbench
 from workbench.frames import fleet_heat
+from workbench.widgets import RunStepper
 
 
 def make_store(tmp: Path) -> str:
@@ -49,6 +50,15 @@ def test_the_fleet_view_from_a_local_store(tmp_path: Path) -> None:
     run_id = make_store(tmp_path)
     with Workbench(tmp_path) as wb:
         check(wb, run_id)
+        # The stepper on a fleet incident shows its members and the hosts-by-time view.
+        stepper = RunStepper(wb, run_id)
+        assert stepper.state.fleet and "Across hosts</b>: 3 hosts, zones a" in stepper.fleet.value
+        assert all(f"node-{i}" in stepper.fleet.value for i in range(3))
+        assert bytes(stepper.fleet_plot.value).startswith(b"\x89PNG")
+        assert stepper.fleet_plot.layout.display == "block"
+        members = next(r for r in wb.runs()["run_id"] if r != run_id)
+        alone = RunStepper(wb, members)  # a member run: no fleet part, no broken image
+        assert alone.fleet.value == "" and alone.fleet_plot.layout.display == "none"
     assert fleet_heat({"series": {}}).empty and fleet_heat({"series": {"cpu_busy_pct": [[1, 2]]}}).empty
 
 

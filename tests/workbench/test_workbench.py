@@ -3,8 +3,10 @@ evidence, replay diffs, plots, and the stepper's logic against a real controller
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ import sqlalchemy.exc
 
 from controller.detectors import DETECTORS
 from tests.controller.conftest import COLLECTOR_TOKEN, OPERATOR_TOKEN, ControllerProc, base_config
+from tests.workbench.conftest import acting
 from workbench import Workbench, WorkbenchError
 from workbench.client import LocalSource
 from workbench.widgets import BrowserState, RunBrowser, RunStepper, StepperState
@@ -139,16 +142,16 @@ def test_stepper_steps_and_enables_decisions_only_while_awaiting(store: Store) -
         assert widget.state.index == 1 and not widget.prev_button.disabled
         assert "anomaly_finding" in widget.summary.value
         browser = BrowserState(wb, status="awaiting_approval")
-        assert list(browser.table()["run_id"]) == [ids["awaiting"]]
+        assert sorted(browser.table()["run_id"]) == sorted([ids["awaiting"], ids["choose"]])
         assert list(RunBrowser(wb).pick.options)  # the table fills the picker
 
 
 @pytest.fixture
-def controller_on(tmp_path: Path) -> Iterator[Callable[[Path], ControllerProc]]:
+def controller_on(tmp_path: Path) -> Iterator[Callable[..., ControllerProc]]:
     started: list[ControllerProc] = []
 
-    def start(data: Path) -> ControllerProc:
-        c = ControllerProc(tmp_path, base_config(data), "wb")
+    def start(data: Path, config: dict[str, Any] | None = None) -> ControllerProc:
+        c = ControllerProc(tmp_path, config or base_config(data), "wb")
         started.append(c)
         return c.start()
 
@@ -172,6 +175,76 @@ def test_approve_through_the_stepper_reaches_the_controller(
         assert list(audit["actor"]) == ["ops"]
     with Workbench(ctl.url, token=COLLECTOR_TOKEN) as intruder, pytest.raises(WorkbenchError, match="403"):
         intruder.runs()
+
+
+@pytest.mark.root
+def test_approve_a_chosen_subset_then_roll_back_from_the_stepper(
+    store: Store, controller_on: Callable[..., ControllerProc], plan_cgroup: Path
+) -> None:
+    """Of three steps that need approval the operator ticks one (the CPU quota); it is applied
+    to a real cgroup, the renices are not run; then Roll back puts the quota back."""
+    data, ids = store
+    before = plan_cgroup.read_text()
+    ctl = controller_on(data, acting(data))
+    with Workbench(ctl.url, token=OPERATOR_TOKEN) as wb:
+        widget = RunStepper(wb, ids["choose"], follow_every_s=0.2)
+        assert sorted(widget.step_boxes) == [1, 2, 3] and widget.rollback_button.disabled
+        assert "cgroup_cpu_quota" in widget.step_boxes[3].description
+        widget.step_boxes[1].value = widget.step_boxes[2].value = False
+        assert widget.chosen() == [3]
+        widget.approve_button.click()
+        assert "approved by ops: step(s) 3" in widget.status.value, widget.status.value
+        deadline = time.monotonic() + 30
+        while widget.state.status != "completed":
+            assert time.monotonic() < deadline, widget.state.status
+            widget.tick()
+            time.sleep(0.2)
+        assert widget.state.index == 7  # following: on the newest stage
+        outcomes = {r["step"]: r["outcome"] for r in widget.state.undoable()}
+        assert outcomes == {3: "applied"}
+        result = next(a["payload"] for a in widget.state.chain if a["kind"] == "execution_result")
+        assert {r["step"]: r["outcome"] for r in result["results"]}[1] == "not_run"
+        assert plan_cgroup.read_text() != before  # the host changed
+        assert not widget.rollback_button.disabled
+        widget.rollback_button.click()  # no reason: refused, nothing sent
+        assert "needs a reason" in widget.status.value
+        widget.reason.value = "the quota starves the service"
+        widget.rollback_button.click()
+        assert "step 3 rolled_back" in widget.status.value, widget.status.value
+        assert plan_cgroup.read_text() == before
+        assert widget.rollback_button.disabled and not widget.state.undoable()
+        (entry,) = wb.source.audit(run_id=ids["choose"], kind="rollback")
+        assert entry["actor"] == "ops" and entry["step"] == 3
+        (approval,) = wb.source.audit(run_id=ids["choose"], kind="approval")
+        assert approval["detail"]["steps"] == [3]
+        assert 'data-status="ok"' in widget.graph.value and "approved 3 by ops" in widget.graph.value
+
+
+def test_stepper_cards_signals_and_the_json_toggle(store: Store) -> None:
+    data, ids = store
+    with Workbench(data) as wb:
+        widget = RunStepper(wb, ids["completed"])
+        assert widget.json.layout.display == "none"
+        widget.json_toggle.value = True
+        assert widget.json.layout.display == "block" and "observation_summary" in widget.json.value
+        assert "Read:</b> the host&#x27;s hot-state window (window recorded-cpu" in widget.card.value
+        widget.next_button.click()
+        assert widget.state.signals() == ["cpu_busy_pct"] and bytes(widget.plot.value).startswith(b"\x89PNG")
+        assert "Concluded:</b> cpu_saturation (0.80)" in widget.card.value
+        assert 'stroke-width="3"' in widget.graph.value  # the current stage outlined
+        widget.last_button.click()
+        assert widget.state.index == 7 and widget.last_button.disabled
+        assert widget.decide.layout.display == "none"  # nothing to decide or undo
+        assert not widget.state.live and widget.tick() is False  # a finished run does not move
+        with pytest.raises(WorkbenchError, match="no applied change"):
+            widget.state.rollback("why not")
+        choose = StepperState(wb, ids["choose"])
+        with pytest.raises(WorkbenchError, match="at least one step"):
+            choose.approve("", steps=[])
+        with pytest.raises(WorkbenchError, match=r"steps \[0\] do not need approval"):
+            choose.approve("", steps=[0, 3])
+        with pytest.raises(WorkbenchError, match="read-only"):
+            choose.approve("", steps=[3])
 
 
 def test_reject_through_the_widget_reaches_the_controller(
