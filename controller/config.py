@@ -305,6 +305,7 @@ class PostmortemSettings(_Strict):
     # token_file where metadata lives in PostgreSQL.
     source: str | None = None
     token_file: Path | None = None
+    ca_file: Path | None = None  # the CA that signed that controller's certificate (a private CA)
     queue_max: int = Field(default=64, ge=1, le=10_000)  # waiting; past it: not rendered, counted
     # Also print postmortem.pdf beside the HTML (headless Chromium: Debian's chromium package,
     # or ``browser``, a path or command). Off by default: a browser is a large install.

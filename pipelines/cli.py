@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         "--source", default="data", help="a data directory, or a controller URL (with --token-file)"
     )
     ap.add_argument("--token-file", default="", help="an operator token, for a controller URL")
+    ap.add_argument("--ca-file", default="", help="the CA that signed the controller's certificate")
     ap.add_argument("--out", type=Path, default=Path("reports"), help="reports go to OUT/RUN_ID/")
     ap.add_argument("--show-input", action="store_true", help="keep the code cells in the HTML")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell")
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a RUN_ID or --all-closed")
     try:
         run_ids = (
-            [args.run_id] if args.run_id else _closed(args.source, args.token_file, args.out, args.force)
+            [args.run_id]
+            if args.run_id
+            else _closed(args.source, args.token_file, args.ca_file, args.out, args.force)
         )
         for run_id in run_ids:
             report = render(
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.source,
                 args.out,
                 token_file=str(Path(args.token_file).resolve()) if args.token_file else "",
+                ca_file=str(Path(args.ca_file).resolve()) if args.ca_file else "",
                 show_input=args.show_input,
                 timeout_s=args.timeout,
                 pdf=args.pdf,
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             beside = ", ".join(p.name for p in (report.notebook, report.pdf) if p is not None)
             print(f"{run_id}: {report.html} ({beside} beside it)")
+            if report.pdf_error:
+                print(f"incidentlab-report: no PDF: {report.pdf_error}", file=sys.stderr)
         if not run_ids:
             print("no completed run without a report")
     except PipelineError as exc:
@@ -58,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _closed(source: str, token_file: str, out: Path, force: bool) -> list[str]:
+def _closed(source: str, token_file: str, ca_file: str, out: Path, force: bool) -> list[str]:
     from workbench import Workbench, WorkbenchError
 
     token = Path(token_file).read_text().strip() if token_file else None
     try:
-        with Workbench(_local(source), token=token) as wb:
+        with Workbench(_local(source), token=token, ca_file=ca_file or None) as wb:
             runs = wb.runs(status="completed")
     except WorkbenchError as exc:
         raise PipelineError(str(exc)) from exc

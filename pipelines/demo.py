@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report     {report.html}")
     if report.pdf is not None:
         print(f"pdf        {report.pdf}")
+    elif report.pdf_error:
+        print(f"pdf        not printed: {report.pdf_error}")
     print(f"notebook   {report.notebook}")
     print(f"store      {data / 'agent' / 'workflow_runs.db'}")
     print(f"took       {time.monotonic() - began:.0f} s")

@@ -6,6 +6,7 @@ asked). Files are written atomically, so a rerun replaces a report whole or not 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ class Report:
     notebook: Path
     html: Path
     pdf: Path | None = None
+    pdf_error: str | None = None  # asked for and not printed: the HTML stands, this says why
 
 
 PDF_TIMEOUT_S = 120
@@ -138,7 +140,13 @@ def _html(nb: Any, show_input: bool) -> str:
     )
     nb.metadata["title"] = title
     html, _ = exporter.from_notebook_node(nb)
-    return str(html)
+    # The template's scripts (require.js, MathJax, mermaid from a CDN) are not needed by a
+    # report of static outputs: without them it loads nothing from the internet, prints
+    # offline, and nothing in it runs.
+    return _SCRIPT.sub("", str(html))
+
+
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.S | re.I)
 
 
 def render(
@@ -147,6 +155,7 @@ def render(
     out_dir: Path,
     *,
     token_file: str = "",
+    ca_file: str = "",
     notebook: Path = POSTMORTEM,
     show_input: bool = False,
     timeout_s: int = 600,
@@ -155,7 +164,8 @@ def render(
     browser: str | None = None,
 ) -> Report:
     """Execute the postmortem notebook for run_id and write <out>/<run_id>/postmortem.{ipynb,html}
-    (and .pdf, printed from the HTML, with ``pdf``)."""
+    (and .pdf, printed from the HTML, with ``pdf``; a print that fails leaves the HTML and
+    says why in ``pdf_error``)."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -170,7 +180,12 @@ def render(
                 str(notebook),
                 str(scratch),
                 # A token file's path, never the token: the executed notebook is kept.
-                parameters={"source": _absolute(source), "run_id": run_id, "token_file": token_file},
+                parameters={
+                    "source": _absolute(source),
+                    "run_id": run_id,
+                    "token_file": token_file,
+                    "ca_file": ca_file,
+                },
                 kernel_name=kernel,
                 progress_bar=False,
                 execution_timeout=timeout_s,
@@ -187,5 +202,12 @@ def render(
         _atomic_write(executed, scratch.read_bytes())
     html_path = target / "postmortem.html"
     _atomic_write(html_path, html.encode())
-    printed = print_pdf(html_path, target / "postmortem.pdf", browser=browser) if pdf else None
-    return Report(run_id, executed, html_path, printed)
+    pdf_path = target / "postmortem.pdf"
+    if not pdf:
+        pdf_path.unlink(missing_ok=True)  # an older print would no longer match the HTML
+        return Report(run_id, executed, html_path)
+    try:
+        return Report(run_id, executed, html_path, print_pdf(html_path, pdf_path, browser=browser))
+    except PipelineError as exc:
+        pdf_path.unlink(missing_ok=True)
+        return Report(run_id, executed, html_path, None, str(exc))

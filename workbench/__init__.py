@@ -3,7 +3,7 @@ ipywidgets to step through and approve runs.
 
     from workbench import Workbench
     wb = Workbench("data")                        # a local data directory, read only
-    wb = Workbench("https://ctl:8443", token=...)  # or a controller, to approve
+    wb = Workbench("https://ctl:8443", token=..., ca_file="ca.pem")  # or a controller, to approve
     wb.runs()                                     # one row per run
     wb.chain(run_id); wb.evidence(run_id); wb.hypotheses(run_id); wb.audit(); wb.replay(run_id)
     wb.incidents(); wb.members(fleet_run_id); wb.fleet_view(fleet_run_id)  # incidents across hosts
@@ -29,8 +29,10 @@ __all__ = ["ApiSource", "LocalSource", "Workbench", "WorkbenchError"]
 
 
 class Workbench:
-    def __init__(self, source: str | Path | Source, token: str | None = None) -> None:
-        self.source = open_source(source, token)
+    def __init__(
+        self, source: str | Path | Source, token: str | None = None, ca_file: str | Path | None = None
+    ) -> None:
+        self.source = open_source(source, token, ca_file)
 
     def close(self) -> None:
         close = getattr(self.source, "close", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,7 +157,8 @@ class ApiSource:
     def window(self, host_id: str, signals: list[str] | None = None, points: int = 300) -> dict[str, Any]:
         """The host's hot-state window now: current hypotheses and series."""
         params: dict[str, Any] = {"points": points} | ({"signal": signals} if signals else {})
-        body: dict[str, Any] = self._call("GET", f"/hosts/{host_id}/window", params=params)
+        path = f"/hosts/{urllib.parse.quote(host_id, safe='')}/window"
+        body: dict[str, Any] = self._call("GET", path, params=params)
         return body
 
     def run(self, run_id: str) -> dict[str, Any]:
@@ -404,15 +406,18 @@ class LocalSource:
         raise WorkbenchError("a live look needs a controller: a data directory has no hot state")
 
 
-def open_source(source: str | Path | Source, token: str | None = None) -> Source:
-    """A URL (http or https, with a token), a data directory, or a database URL."""
+def open_source(
+    source: str | Path | Source, token: str | None = None, ca_file: str | Path | None = None
+) -> Source:
+    """A URL (http or https, with a token; ``ca_file``: the CA that signed its certificate,
+    for a private CA), a data directory, or a database URL."""
     if not isinstance(source, (str, Path)):
         return source
     text = str(source)
     if text.startswith(("http://", "https://")):
         if not token:
             raise WorkbenchError("a controller URL needs a token (an operator's)")
-        return ApiSource(text, token)
+        return ApiSource(text, token, verify=str(ca_file) if ca_file else True)
     if text.startswith(("sqlite:", "postgresql")):
         raise WorkbenchError(
             "a database URL needs payload_url too: use LocalSource(database_url=..., payload_url=...)"

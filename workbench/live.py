@@ -11,8 +11,10 @@ poll a controller forever.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +26,79 @@ from workbench.errors import WorkbenchError
 if TYPE_CHECKING:
     from workbench import Workbench
 
+log = logging.getLogger(__name__)
+
 MAX_PANELS = 4
 MIN_EVERY_S = 1.0
 MAX_S = 3600.0
+
+
+class Ticker:
+    """A background loop that calls ``tick`` every ``every_s``: until stopped, until ``tick``
+    says there is nothing more to follow (False), or ``max_s`` after it started. Each start
+    has its own stop event, so a loop still inside a slow tick when it was stopped never
+    runs beside the next one; a tick that raises is said (``error``), not the end of it."""
+
+    def __init__(
+        self,
+        name: str,
+        tick: Callable[[], bool],
+        every_s: float,
+        *,
+        max_s: float | None = None,
+        on_end: Callable[[str], None] = lambda why: None,
+    ) -> None:
+        self.name, self.tick, self.every_s, self.max_s, self.on_end = name, tick, every_s, max_s, on_end
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            stop = self._stop = threading.Event()
+            thread = self._thread = threading.Thread(
+                target=self._loop, args=(stop, time.monotonic()), name=self.name, daemon=True
+            )
+        thread.start()
+
+    def _loop(self, stop: threading.Event, began: float) -> None:
+        why = "stopped"
+        try:
+            while not stop.wait(self.every_s):
+                if self.max_s is not None and time.monotonic() - began > self.max_s:
+                    why = "timeout"
+                    break
+                try:
+                    more = self.tick()
+                    self.error = None
+                except Exception as exc:  # a bad answer, a plot that failed: said; it goes on
+                    self.error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.warning("%s: %s", self.name, self.error)
+                    continue
+                if not more:
+                    why = "done"
+                    break
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread, self._stop = None, None
+            if not stop.is_set():
+                self.on_end(why)
+
+    def stop(self) -> None:
+        """Ends the loop without waiting for a tick in flight (it finds its own event set)."""
+        with self._lock:
+            if self._stop is not None:
+                self._stop.set()
+            self._thread, self._stop = None, None
 
 
 def window_frame(body: dict[str, Any]) -> pd.DataFrame:
@@ -88,10 +160,11 @@ def headline(body: dict[str, Any]) -> str:
 
 
 def plot_window(df: pd.DataFrame, title: str) -> Any:
-    import matplotlib.pyplot as plt
+    from workbench.plots import Figure
 
     names = list(dict.fromkeys(df["signal"]))[:MAX_PANELS] or ["(no series)"]
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 1.8 * len(names)), sharex=True, squeeze=False)
+    fig = Figure(figsize=(9, 1.8 * len(names)))
+    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         s = df[df["signal"] == name]
         ax.plot(s["ts"], s["value"])
@@ -122,8 +195,7 @@ class LiveView:
         self.max_s = max_s
         self.body: dict[str, Any] = {}
         self.refreshes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.ticker = Ticker(f"live-{host_id}", self._tick, self.every_s, max_s=max_s, on_end=self._ended)
         self.head = w.HTML()
         self.progress = w.IntProgress(min=0, max=3, description="loading", layout=w.Layout(width="40%"))
         self.toggle = w.ToggleButton(description="Live", icon="refresh", value=False)
@@ -162,35 +234,25 @@ class LiveView:
         self.table.value = hypotheses_html(body)
         self.refreshes += 1
         self.status.value = f"refreshed {time.strftime('%H:%M:%S')}" + (
-            f", every {self.every_s:g} s" if self._thread is not None else ""
+            f", every {self.every_s:g} s" if self.ticker.running else ""
         )
         self._step(3, "")
         return True
 
+    def _tick(self) -> bool:
+        self.refresh()
+        return True
+
+    def _ended(self, why: str) -> None:
+        if why == "timeout":
+            self.status.value = f"stopped after {self.max_s:g} s; press Live to go on"
+        self.toggle.value = False
+
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        began = time.monotonic()
-
-        def loop() -> None:
-            while not self._stop.wait(self.every_s):
-                if time.monotonic() - began > self.max_s:
-                    self.status.value = f"stopped after {self.max_s:g} s; press Live to go on"
-                    break
-                self.refresh()
-            self._thread = None
-            self.toggle.value = False
-
-        self._thread = threading.Thread(target=loop, name=f"live-{self.host_id}", daemon=True)
-        self._thread.start()
+        self.ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.every_s + 5)
-        self._thread = None
+        self.ticker.stop()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -3,11 +3,14 @@ time of each change and the verification window marked."""
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
-# No backend chosen here: a notebook's inline backend draws, headless runs get Agg.
-import matplotlib.pyplot as plt
 import pandas as pd
+
+# Figures are made without pyplot (matplotlib.figure.Figure): no global state, so a live
+# view may draw on its own thread, and a notebook shows one with display(fig).
+from matplotlib.figure import Figure as _Figure
 
 if TYPE_CHECKING:
     from workbench import Workbench
@@ -15,12 +18,27 @@ if TYPE_CHECKING:
 MAX_PANELS = 4
 
 
+class Figure(_Figure):
+    """A figure that draws itself in a notebook (``_repr_png_``) with no pyplot backend set up."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+
+
 def anomaly_window(evidence: pd.DataFrame, finding: dict[str, Any]) -> tuple[Any, Any] | None:
-    """From the first point of the finding's signal at or over its threshold (its last point
-    without one) to the end of the run's window."""
+    """From the first point of the finding's signal past its threshold, on the side the
+    detector saw it (over, or under where low is bad), to the end of the run's window; its
+    last point without a threshold."""
     series = evidence[(evidence["signal"] == finding["signal"]) & (evidence["window"] == "run")]
-    limit = finding.get("threshold")
-    over = series[series["value"] >= limit] if limit is not None else series.tail(1)
+    limit, value = finding.get("threshold"), finding.get("value")
+    if limit is None:
+        over = series.tail(1)
+    elif isinstance(value, int | float) and value < limit:  # low is bad (memory available)
+        over = series[series["value"] <= limit]
+    else:
+        over = series[series["value"] >= limit]
     return None if over.empty else (over["ts"].min(), series["ts"].max())
 
 
@@ -96,9 +114,8 @@ def plot_evidence(
 ) -> Any:
     m = marks(chain, evidence)
     names = (signals or m["signals"] or sorted(evidence["signal"].unique().tolist()))[:MAX_PANELS]
-    fig, axes = plt.subplots(
-        max(1, len(names)), 1, figsize=(10, 2.4 * max(1, len(names))), sharex=True, squeeze=False
-    )
+    fig = Figure(figsize=(10, 2.4 * max(1, len(names))))
+    axes = fig.subplots(max(1, len(names)), 1, sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=False):
         _panel(ax, evidence, name, m)
     if title:
@@ -111,7 +128,8 @@ def plot_finding(evidence: pd.DataFrame, chain: list[dict[str, Any]], finding: d
     """One small plot of one signal that fired: its threshold, the anomaly window, each change
     and the verification window; titled with what the detector saw."""
     m = marks(chain, evidence)
-    fig, ax = plt.subplots(figsize=(8, 2.2))
+    fig = Figure(figsize=(8, 2.2))
+    ax = fig.subplots()
     _panel(ax, evidence, finding["signal"], m, finding.get("threshold"))
     value = finding.get("value")
     seen = f" {value:.4g}" if isinstance(value, int | float) else ""
@@ -152,7 +170,8 @@ def plot_run(wb: Workbench, run_id: str, signals: list[str] | None = None) -> An
 def plot_fleet(heat: pd.DataFrame, radius: dict[str, Any], run_id: str) -> Any:
     """Hosts by time: each member's signal, scaled per host (a host's own range), so hosts
     that degrade together show as one band whatever their units."""
-    fig, ax = plt.subplots(figsize=(10, 0.35 * max(4, len(heat)) + 1.2))
+    fig = Figure(figsize=(10, 0.35 * max(4, len(heat)) + 1.2))
+    ax = fig.subplots()
     if heat.empty:
         ax.set_title(f"{run_id}: no member signals in its evidence")
         return fig

@@ -9,6 +9,8 @@ dicts. docs/postmortem.md compares the result with the template, incident.io and
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +36,17 @@ GATE_WHY = {
     "approval_required": "changes the host: an operator approves it first",
     "allowed": "reads only, or allowed by the posture",
 }
+
+
+_MD_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md(text: Any) -> str:
+    """Data (a cgroup path, a process name, a label a collector sent) as Markdown that shows
+    it literally: HTML escaped, Markdown's active characters backslashed, so nothing in it
+    becomes a tag, a link or emphasis in the report."""
+    out = _MD_ACTIVE.sub(r"\\\1", html.escape(str(text), quote=False))
+    return "\n".join("\\" + line if line[:1] in "-=" else line for line in out.split("\n"))
 
 
 def when(t: float | None) -> str:
@@ -556,9 +569,7 @@ def timeline(f: Facts) -> list[dict[str, str]]:
     for e in f.rollbacks():
         rows.append((e["at"], ORDER["rollback"], f"rollback of step {e.get('step')} by {e.get('actor')}"))
     if t["resolved"] is not None:
-        rows.append(
-            (t["resolved"], ORDER["resolved"], "fault ended (resolved: no longer seen for three evaluations)")
-        )
+        rows.append((t["resolved"], ORDER["resolved"], "fault ended (resolved: no longer seen)"))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [{"at": when(at), "event": what} for at, _, what in rows]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
+from html import escape
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pandas as pd
 from controller.errors import ControllerError
 from workbench import frames
 from workbench.errors import WorkbenchError
+from workbench.live import Ticker
 
 if TYPE_CHECKING:
     from workbench import Workbench
@@ -330,11 +332,8 @@ class BrowserState:
 def _png(fig: Any) -> bytes:
     import io
 
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=80)  # a pyplot-free Figure: nothing to close
     return buf.getvalue()
 
 
@@ -356,8 +355,7 @@ class RunStepper:
         self.state = StepperState(wb, run_id)
         self.w = w
         self.follow_every_s = follow_every_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.ticker = Ticker(f"follow-{run_id}", self._follow, follow_every_s, on_end=self._ended)
         self._lock = threading.Lock()
         self.title = w.HTML()
         self.graph = w.HTML()
@@ -467,12 +465,10 @@ class RunStepper:
         self.steps_box.children = tuple(self.step_boxes.values())
 
     def render(self) -> None:
-        from html import escape
-
         with self._lock:
             s = self.state
             run = s.body["run"]
-            live = " (live: following)" if self._thread is not None else (" (live)" if s.live else "")
+            live = " (live: following)" if self.ticker.running else (" (live)" if s.live else "")
             self.title.value = (
                 f"<h3 style='margin:4px 0'>{escape(s.run_id)} on {escape(str(run['host_id']))}: "
                 f"{escape(str(run.get('family')))}, {escape(s.status)}{live}</h3>"
@@ -511,9 +507,9 @@ class RunStepper:
             self.rollback_button.disabled = not s.can_rollback()
             self.decide.layout.display = "block" if s.can_decide() or s.can_rollback() else "none"
             self.steps.layout.display = "block" if s.can_decide() else "none"
-            message = s.message
+            message = escape(s.message)  # it carries the API's words, which carry collectors'
             if s.diff is not None and not s.diff.empty:
-                message += s.diff.to_html(index=False, border=0)
+                message += s.diff.to_html(index=False, border=0)  # escapes its cells
             self.status.value = message
             self.plot.value = self._plot()
             self._fleet()
@@ -544,13 +540,12 @@ class RunStepper:
             radius = s.wb.blast_radius(s.run_id)
             fig = s.wb.fleet_view(s.run_id)
         except (WorkbenchError, ControllerError) as exc:
-            self.fleet.value = f"no fleet view: {exc}"
+            self.fleet.value = f"no fleet view: {escape(str(exc))}"
             return
         table = members[["host_id", "run_id", "family", "state", "confidence"]].to_html(index=False, border=0)
-        self.fleet.value = (
-            f"<b>Across hosts</b>: {radius.get('hosts', len(members))} hosts, "
-            f"zones {', '.join(radius.get('zones') or []) or 'none named'}{table}"
-        )
+        zones = escape(", ".join(map(str, radius.get("zones") or [])) or "none named")
+        hosts = escape(str(radius.get("hosts", len(members))))
+        self.fleet.value = f"<b>Across hosts</b>: {hosts} hosts, zones {zones}{table}"
         self.fleet_plot.value = _png(fig)
 
     # --- live mode ----------------------------------------------------------------------------
@@ -566,30 +561,20 @@ class RunStepper:
             self.render()
         return moved
 
+    def _follow(self) -> bool:
+        self.tick()
+        return self.state.live
+
+    def _ended(self, why: str) -> None:
+        self.follow_toggle.value = False
+        self.render()
+
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-
-        def loop() -> None:
-            while not self._stop.wait(self.follow_every_s):
-                self.tick()
-                if not self.state.live:
-                    break
-            self._thread = None
-            self.follow_toggle.value = False
-            self.render()
-
-        self._thread = threading.Thread(target=loop, name=f"follow-{self.state.run_id}", daemon=True)
-        self._thread.start()
+        self.ticker.start()
         self.render()
 
     def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.follow_every_s + 5)
-        self._thread = None
+        self.ticker.stop()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -353,6 +353,10 @@ def cgroup_cpu_throttling(ev: Evidence, p: Params) -> list[Finding]:
         if (c.get("cpu") or {}).get("throttled_periods_pct") is not None
     ]
     worst = max(rows, key=lambda c: c["cpu"]["throttled_periods_pct"]) if rows else None
+    if "cgroups" in ev.tables and (worst is None or worst["cpu"]["throttled_periods_pct"] <= 0):
+        # The newest table has no cgroup throttled (the one that was is gone, or freed): the
+        # series' recent mean lags the end of it, and a fault with no culprit is not one.
+        return []
     if worst and worst.get("kubernetes"):
         culprit = Culprit(
             "pod",

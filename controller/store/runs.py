@@ -352,8 +352,9 @@ RELEASE_ROLLBACK = text(
 INTENTS_OF = text("SELECT * FROM action_intents WHERE run_id = :run ORDER BY step")
 STANDING = text(
     "SELECT i.* FROM action_intents i JOIN workflow_runs r ON r.run_id = i.run_id "
-    "WHERE r.host_id = :h AND i.outcome IN ('applied', 'settled_applied') AND i.rolled_back_at IS NULL "
-    "AND i.result_at >= :since AND i.action IN :actions ORDER BY i.result_at DESC LIMIT 16"
+    "WHERE r.host_id = :h AND i.outcome IN ('applied', 'settled_applied') "
+    "AND (i.rolled_back_at IS NULL OR i.rolled_back_at >= :undone_since) "
+    "AND i.result_at >= :since AND i.action IN :actions ORDER BY i.result_at DESC LIMIT 64"
 ).bindparams(bindparam("actions", expanding=True))
 LATEST_DECISION = text(
     "SELECT * FROM approvals WHERE run_id = :run AND plan_hash = :plan ORDER BY id DESC LIMIT 1"
@@ -665,11 +666,16 @@ class RunTx:
     def intents_of(self, run_id: str) -> list[IntentRow]:
         return [_intent(r) for r in self.conn.execute(INTENTS_OF, {"run": run_id})]
 
-    def standing_changes(self, host_id: str, actions: list[str], *, since: float) -> list[IntentRow]:
-        """The host's changes of these kinds applied since then and not rolled back, newest first."""
+    def standing_changes(
+        self, host_id: str, actions: list[str], *, since: float, undone_since: float | None = None
+    ) -> list[IntentRow]:
+        """The host's changes of these kinds applied since then and not rolled back (or rolled
+        back no earlier than ``undone_since``), newest first."""
         if not actions:
             return []
-        rows = self.conn.execute(STANDING, {"h": host_id, "since": since, "actions": actions})
+        undone = undone_since if undone_since is not None else 1e18  # none: only those standing
+        params = {"h": host_id, "since": since, "actions": actions, "undone_since": undone}
+        rows = self.conn.execute(STANDING, params)
         return [_intent(r) for r in rows]
 
     def claim_intent(self, intent: NewIntent, *, replacing: float | None = None) -> bool:

@@ -131,6 +131,8 @@ class Postmortems:
         argv = [*base, run_id, "--source", self.source, "--out", str(self.dir)]
         if self.s.token_file is not None:
             argv += ["--token-file", str(self.s.token_file)]
+        if self.s.ca_file is not None:
+            argv += ["--ca-file", str(self.s.ca_file)]
         if self.s.pdf:
             argv += ["--pdf"] + (["--browser", self.s.browser] if self.s.browser else [])
         return argv
@@ -198,6 +200,9 @@ class Postmortems:
         with self.runs.begin() as tx:
             tx.finish_postmortem(run_id, ok=ok, at=at, path=str(path) if ok else None, error=error)
             detail: dict[str, Any] = {"path": str(path)} if ok else {"error": (error or "")[-500:]}
+            if ok and self.s.pdf and not path.with_suffix(".pdf").is_file():
+                # The HTML stands; the print's failure is said, not made the postmortem's.
+                detail["pdf_error"] = (out.strip() or "no PDF was printed")[-500:]
             tx.audit(
                 at=at,
                 actor="postmortems",

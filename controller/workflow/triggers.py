@@ -38,7 +38,7 @@ from controller.actuators import ACTUATORS
 from controller.detectors import FAMILIES, Evidence
 from controller.hotstate import HotState
 from controller.store.payloads import PayloadStore
-from controller.store.runs import RunStore
+from controller.store.runs import IntentRow, RunStore
 from controller.workflow.analysis import Hypothesis, detect, firing, onset, rank, top_firing
 from controller.workflow.analysis_pool import AnalysisPool
 from controller.workflow.fleet import (
@@ -61,6 +61,9 @@ SEEN_PERSIST_S = 60.0  # a live run's last sighting is written at most this ofte
 SWEEP_EVERY_S = 30.0  # how often live runs not seen for the attach window are resolved
 SWEEP_BATCH = 500
 EXPECTED_EFFECT_S = 3600.0  # how long a change of ours explains the effect it is made to have
+UNDONE_GRACE_S = 60.0  # a change rolled back this recently still explains what it did
+EXPECTED_SEEN_MAX = 10_000  # (run, fingerprint) pairs already attached as an expected effect
+EXPECTED_FAMILIES = frozenset(f for a in ACTUATORS.values() for f in a.expected_effects)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Triggers:
         self.reopened = 0  # flaps: a resolved fault back within the attach window
         self.explained = 0
         self.expected_effects = 0
+        self._expected_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.cleans_dropped = 0
         # The fleet correlator: host sightings in, fleet incidents out (controller/workflow/fleet.py).
         self.fleet = Correlator(options.fleet)
@@ -367,6 +371,7 @@ class Triggers:
             rules = self.opts.rules.for_host(host_id, ev.labels)
             hyps = rank(ev, detect(ev, rules), rules)
         self.lifecycle(host_id, firing(hyps, self.opts.open_threshold))
+        hyps = self._unexpected(host_id, hyps)
         top = top_firing(hyps, self.opts.open_threshold)
         if top is None:
             return None
@@ -374,9 +379,6 @@ class Triggers:
         detail: dict[str, Any] = {"confidence": top.confidence, "summary": top.summary}
         if top.symptoms:
             detail["symptoms"] = [{"family": s["family"], "why": s["why"]} for s in top.symptoms]
-        caused = self._expected_effect(host_id, top, now)
-        if caused is not None:
-            return caused
         same_family = self._live_of_family(host_id, top.family)
         with self.runs.begin() as tx:
             open_id = tx.open_run_of(top.fingerprint, since=now - self.opts.attach_window_s)
@@ -410,28 +412,58 @@ class Triggers:
         self._runner().execute(run_id)
         return run_id
 
-    def _expected_effect(self, host_id: str, top: Hypothesis, now: float) -> str | None:
-        """A sighting that is one of this controller's own changes working (the cgroup it
-        capped, throttled) goes to the run that made the change, as an attachment: it opens
-        no run of its own and takes no run over as its symptom."""
-        actions = [name for name, a in ACTUATORS.items() if top.family in a.expected_effects]
-        if not actions:
-            return None
-        ids = {str(v) for v in (top.culprit.get("id"), top.culprit.get("cgroup")) if v}
-        with self.runs.begin() as tx:
-            for row in tx.standing_changes(host_id, actions, since=now - EXPECTED_EFFECT_S):
-                params = row["params"] or {}
-                targets = {str(params[k]) for k in ("cgroup", "pid", "unit") if params.get(k) is not None}
-                if ids & targets:
-                    effect = {"family": top.family, "culprit": top.culprit.get("id")}
+    def _unexpected(self, host_id: str, hyps: list[Hypothesis]) -> list[Hypothesis]:
+        """The hypotheses less those that are one of this controller's own changes working:
+        a cgroup it capped, throttled at exactly the cap it set. Such a sighting opens no run
+        and takes no run over as its symptom; it is attached, once, to the run that made the
+        change. Anything else (another target, another host, a quota it raised, a cap someone
+        changed since, a change rolled back or older than the hour) is a fault as before."""
+        threshold = self.opts.open_threshold
+        candidates = [
+            h
+            for h in hyps
+            if h.family in EXPECTED_FAMILIES and h.state == "active" and h.confidence >= threshold
+        ]
+        if not candidates:
+            return hyps
+        actions = [name for name, a in ACTUATORS.items() if a.expected_effects]
+        now = self.clock()
+        with self.runs.read() as tx:
+            # A change undone a moment ago still shows in the window's newest samples.
+            standing = tx.standing_changes(
+                host_id, actions, since=now - EXPECTED_EFFECT_S, undone_since=now - UNDONE_GRACE_S
+            )
+        if not standing:
+            return hyps
+        dropped: list[tuple[Hypothesis, IntentRow]] = []
+        for h in candidates:
+            row = next((r for r in standing if expected_effect(h.family, h.culprit, r)), None)
+            if row is not None:
+                dropped.append((h, row))
+        if not dropped:
+            return hyps
+        fresh = [(h, r) for h, r in dropped if self._note_expected(r["run_id"], h.fingerprint)]
+        if fresh:
+            with self.runs.begin() as tx:
+                for h, r in fresh:
+                    effect = {"family": h.family, "culprit": h.culprit.get("id"), "step": r["step"]}
                     tx.attach(
-                        row["run_id"],
-                        at=now,
-                        detail={"expected_effect": effect | {"step": row["step"], "action": row["action"]}},
+                        r["run_id"], at=now, detail={"expected_effect": effect | {"action": r["action"]}}
                     )
                     self.expected_effects += 1
-                    return row["run_id"]
-        return None
+        gone = {id(h) for h, _ in dropped}
+        return [h for h in hyps if id(h) not in gone]
+
+    def _note_expected(self, run_id: str, fingerprint: str) -> bool:
+        """True the first time this run's change is seen having this effect (one attachment)."""
+        key = (run_id, fingerprint)
+        with self._lock:
+            if key in self._expected_seen:
+                return False
+            self._expected_seen[key] = None
+            while len(self._expected_seen) > EXPECTED_SEEN_MAX:
+                self._expected_seen.popitem(last=False)
+            return True
 
     def _sight(
         self, host_id: str, run_id: str, top: Hypothesis, ev: Evidence, now: float, started: float | None
@@ -731,3 +763,23 @@ class Triggers:
             )
         self.runs_opened += 1
         return run_id
+
+
+def expected_effect(family: str, culprit: dict[str, Any], change: IntentRow) -> bool:
+    """Whether a sighting of ``family`` on ``culprit`` is what ``change`` was made to do: a
+    CPU quota that lowered the cgroup's cap throttles that cgroup, at that cap."""
+    act = ACTUATORS.get(change["action"])
+    if act is None or family not in act.expected_effects:
+        return False
+    params, before = change["params"] or {}, change["before"] or {}
+    if change["action"] != "cgroup_cpu_quota":
+        return False
+    cgroup, cores = params.get("cgroup"), params.get("cores")
+    if not isinstance(cores, int | float) or cgroup not in (culprit.get("id"), culprit.get("cgroup")):
+        return False
+    quota, period = before.get("quota_us"), before.get("period_us")
+    was = quota / period if isinstance(quota, int) and isinstance(period, int) and period > 0 else None
+    if was is not None and cores >= was:
+        return False  # it raised the quota (to end throttling): throttling now is a fault
+    cap = culprit.get("quota_cores")
+    return isinstance(cap, int | float) and abs(cap - cores) <= 0.01 * max(cores, 0.01)

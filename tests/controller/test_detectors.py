@@ -140,3 +140,17 @@ def test_retransmit_and_fork_detectors_read_their_tail_before_the_window() -> No
     assert forks(_ev(forks_per_s=[1.0] * 28 + [60.0] * 3))[0].method == "robust_z"
     assert forks(_ev(forks_per_s=[55.0] * 28 + [60.0] * 3)) == []  # high, but no surge over its window
     assert forks(_ev(forks_per_s=[1.0] * 28 + [49.0] * 3)) == []
+
+
+def test_throttling_that_ended_with_its_cgroup_is_no_fault() -> None:
+    """The throttled cgroup is gone (its workload ended) in the newest sample: the series'
+    recent mean still lags above the threshold, but nobody is throttled, so nothing fires
+    (it used to fire with the host as culprit and open a run for a fault already over)."""
+
+    def gone(d: dict[str, Any], i: int, faulty: bool) -> None:
+        if i == 120 + 29:  # the last second: the cgroup has been removed
+            d["cgroup"]["cgroups"] = []
+
+    assert "cgroup_cpu_throttling" in [h.family for h in analyse(window("cgroup_cpu_throttling"))]
+    hyps = analyse(window("cgroup_cpu_throttling", tweak=gone))
+    assert "cgroup_cpu_throttling" not in [h.family for h in hyps], [(h.family, h.culprit) for h in hyps]

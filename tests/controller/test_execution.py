@@ -409,3 +409,22 @@ def test_the_audit_log_is_append_only(db: Engine, tmp_path: Path) -> None:
     assert [e["actor"] for e in RunStore(db).audit_entries()] == ["alice"]
     with pytest.raises(ValueError, match="unknown audit kind"), RunStore(db).begin() as tx:
         tx.audit(at=1.0, actor="x", kind="whatever")
+
+
+def test_the_verifier_compares_against_the_samples_since_the_fault_began() -> None:
+    """Detected within seconds, the run's last ten samples are half calm: the change is
+    measured against the faulty ones alone (at least three of them), else the last ten."""
+    from types import SimpleNamespace
+
+    from controller.detectors.evidence import Evidence
+    from controller.workflow.roles.verifier import during_fault
+
+    points = [(float(t), 2.0) for t in range(6)] + [(float(t), 98.0) for t in range(6, 10)]
+    ev = Evidence("h", 0.0, 9.0, 10, series={"cpu_busy_pct": points})
+    ctx: Any = SimpleNamespace(evidence=ev, run={"fault_started_at": 6.0})
+    assert during_fault(ctx, "cpu_busy_pct") == [98.0] * 4
+    ctx.run["fault_started_at"] = 8.5  # one faulty sample: too few to stand alone
+    assert during_fault(ctx, "cpu_busy_pct") == [v for _, v in points]
+    ctx.run["fault_started_at"] = None
+    assert during_fault(ctx, "cpu_busy_pct") == [v for _, v in points]
+    assert during_fault(ctx, "missing") == []

@@ -315,48 +315,103 @@ def test_an_explained_run_is_not_taken_back_by_its_own_fingerprint(driver: Drive
     assert (driver.eng.load_run("run-symptom") or {})["state"] == "explained"
 
 
-def test_the_effect_our_own_change_is_made_to_have_opens_no_run(driver: Driver) -> None:
-    """A CPU quota the controller applied throttles the cgroup it caps: that is the change
-    working. The throttling attaches to the run that made the change (saying so) instead of
-    opening a run that would take the original fault over as its symptom; once the change
-    is rolled back, throttling there is a fault of its own again."""
-    from testkit.scenarios import cgroup_cpu_throttling
+THROTTLED = "/kubepods/burstable/pod" + FAULTS["cgroup_cpu_throttling"][1] + "/" + "c" * 64
 
-    path = "/kubepods/burstable/pod" + FAULTS["cgroup_cpu_throttling"][1] + "/" + "c" * 64
-    driver.run(40)
-    (cpu_run,) = {r for r in driver.run(5, cpu) if r}
-    now = driver.t
+
+def changed(driver: Driver, run_id: str, key: str, params: dict[str, Any], before: dict[str, Any]) -> None:
+    """A cgroup_cpu_quota the executor applied for run_id, as the store records it."""
     with driver.eng.runs.begin() as tx:
         tx.claim_intent(
             {
-                "idempotency_key": "k-quota",
-                "run_id": cpu_run,
+                "idempotency_key": key,
+                "run_id": run_id,
                 "step": 3,
                 "action": "cgroup_cpu_quota",
-                "params": {"cgroup": path, "cores": 0.5},
-                "before": {},
-                "intent_at": now,
+                "params": params,
+                "before": before,
+                "intent_at": driver.t,
             }
         )
-        tx.set_result("k-quota", {"outcome": "applied", "step": 3}, at=now)
-    went = {r for r in driver.run(10, cgroup_cpu_throttling) if r}
-    assert went == {cpu_run}, went
+        tx.set_result(key, {"outcome": "applied", "step": 3}, at=driver.t)
+
+
+UNCAPPED = {"version": 1, "quota_us": None, "period_us": 100_000}
+
+
+def test_the_effect_our_own_change_is_made_to_have_opens_no_run(driver: Driver) -> None:
+    """A CPU quota the controller set throttles the cgroup it capped, at that cap: the change
+    working. It is attached once to the run that made the change and opens no run that
+    would take the original fault over as its symptom; once the change is rolled back,
+    throttling there is a fault of its own again."""
+    from controller.workflow.triggers import UNDONE_GRACE_S
+    from testkit.scenarios import cgroup_cpu_throttling
+
+    driver.run(40)
+    (cpu_run,) = {r for r in driver.run(5, cpu) if r}
+    changed(driver, cpu_run, "k-quota", {"cgroup": THROTTLED, "cores": 0.5}, UNCAPPED)
+    driver.run(10, cgroup_cpu_throttling)
     assert [r["run_id"] for r in driver.runs()] == [cpu_run]  # no run of its own
     effects = [
         a["detail"]["expected_effect"]
         for a in driver.eng.attachments(cpu_run)
         if "expected_effect" in a["detail"]
     ]
-    assert (
-        effects
-        and effects[0]["family"] == "cgroup_cpu_throttling"
-        and effects[0]["action"] == "cgroup_cpu_quota"
-    )
-    assert driver.eng.stats()["expected_effects"] == len(effects)
+    assert len(effects) == 1 and effects[0]["family"] == "cgroup_cpu_throttling"  # attached once
+    assert effects[0]["action"] == "cgroup_cpu_quota" and driver.eng.stats()["expected_effects"] == 1
     symptom = driver.eng.load_run(cpu_run)
     assert symptom is not None and symptom["state"] != "explained"
     with driver.eng.runs.begin() as tx:
         assert tx.claim_rollback("k-quota", at=driver.t)
         tx.finish_rollback("k-quota", {"outcome": "rolled_back"}, done=True)
+    # Just undone, the window's newest samples still show what it did: still no run.
+    assert not {r for r in driver.run(3, cgroup_cpu_throttling) if r} - {cpu_run}
+    driver.t += UNDONE_GRACE_S
     later = {r for r in driver.run(5, cgroup_cpu_throttling) if r}
     assert len(later - {cpu_run}) == 1, later  # the quota is gone: throttling is a fault again
+
+
+@pytest.mark.parametrize(
+    ("params", "before", "why"),
+    [
+        ({"cgroup": "/another", "cores": 0.5}, UNCAPPED, "another cgroup"),
+        (
+            {"cgroup": THROTTLED, "cores": 0.5},
+            {"quota_us": 20_000, "period_us": 100_000},
+            "it raised the quota",
+        ),
+        ({"cgroup": THROTTLED, "cores": 0.8}, UNCAPPED, "the cap is not ours (someone changed it since)"),
+    ],
+)
+def test_a_change_explains_only_the_effect_it_was_made_to_have(
+    driver: Driver, params: dict[str, Any], before: dict[str, Any], why: str
+) -> None:
+    from testkit.scenarios import cgroup_cpu_throttling
+
+    driver.run(40)
+    (cpu_run,) = {r for r in driver.run(5, cpu) if r}
+    changed(driver, cpu_run, "k-quota", params, before)
+    opened = {r for r in driver.run(10, cgroup_cpu_throttling) if r} - {cpu_run}
+    assert len(opened) == 1, why  # throttling there is a fault: a run of its own
+    assert driver.eng.stats()["expected_effects"] == 0, why
+
+
+def test_a_change_on_another_host_or_past_the_hour_explains_nothing(driver: Driver) -> None:
+    from controller.workflow.triggers import EXPECTED_EFFECT_S, expected_effect
+
+    culprit = {"kind": "cgroup", "id": THROTTLED, "quota_cores": 0.5}
+    row: Any = {
+        "action": "cgroup_cpu_quota",
+        "params": {"cgroup": THROTTLED, "cores": 0.5},
+        "before": UNCAPPED,
+    }
+    assert expected_effect("cgroup_cpu_throttling", culprit, row)
+    assert not expected_effect("cpu_saturation", culprit, row)  # not what a quota brings about
+    assert not expected_effect("cgroup_cpu_throttling", culprit, row | {"action": "renice"})
+    driver.run(40)
+    (cpu_run,) = {r for r in driver.run(5, cpu) if r}
+    changed(driver, cpu_run, "k-old", {"cgroup": THROTTLED, "cores": 0.5}, UNCAPPED)
+    driver.t += EXPECTED_EFFECT_S + 1  # an hour on, the cap is a fault if it hurts
+    with driver.eng.runs.read() as tx:
+        assert tx.standing_changes("node-a", ["cgroup_cpu_quota"], since=driver.t - EXPECTED_EFFECT_S) == []
+        assert len(tx.standing_changes("node-a", ["cgroup_cpu_quota"], since=0)) == 1
+        assert tx.standing_changes("node-b", ["cgroup_cpu_quota"], since=0) == []  # another host's

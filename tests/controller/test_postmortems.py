@@ -25,9 +25,10 @@ from .test_workflow_api import OPS, incident
 class FakeRenderer:
     """Writes the report where incidentlab-report would, or fails as told."""
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, prints: bool = True) -> None:
         self.calls: list[list[str]] = []
         self.fail = fail
+        self.prints = prints
 
     def __call__(self, argv: list[str], timeout_s: float) -> tuple[int, str]:
         self.calls.append(argv)
@@ -37,8 +38,10 @@ class FakeRenderer:
         run_id, out = argv[argv.index("--source") - 1], Path(argv[argv.index("--out") + 1])
         (out / run_id).mkdir(parents=True, exist_ok=True)
         (out / run_id / "postmortem.html").write_text(f"<html><h1>Postmortem of {run_id}</h1></html>")
-        if "--pdf" in argv:
+        if "--pdf" in argv and self.prints:
             (out / run_id / "postmortem.pdf").write_bytes(b"%PDF-1.4\n% a postmortem\n%%EOF\n")
+        elif "--pdf" in argv:
+            return 0, "incidentlab-report: no PDF: printing postmortem.html to PDF: chromium exited 3"
         return 0, ""
 
 
@@ -179,6 +182,10 @@ def test_the_api_and_the_workbench_link_it(api: tuple[httpx.Client, Runtime]) ->
     )
     page = client.get(detail["url"], headers=OPS)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    # What collectors sent is in it: served so that nothing in it runs or loads.
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "sandbox" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
     assert f"Postmortem of {run_id}" in page.text
     assert client.get(detail["url"]).status_code == 401
     assert client.get("/api/v1/agent/workflow/runs/run-nope/postmortem", headers=OPS).status_code == 404
@@ -229,6 +236,18 @@ def test_pdfs_are_asked_for_and_served(api: tuple[httpx.Client, Runtime], tmp_pa
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-") and run_id in pdf.headers["content-disposition"]
     assert client.get(detail["pdf_url"]).status_code == 401
+
+
+def test_a_pdf_that_was_not_printed_leaves_the_html_and_says_why(tmp_path: Path) -> None:
+    fleet, run_id = one_run(tmp_path)
+    render = FakeRenderer(prints=False)
+    settings = PostmortemSettings(pdf=True, browser="sh")
+    pm = Postmortems(fleet.eng.runs, settings, data_dir=tmp_path, clock=lambda: 5.0, render=render)
+    row = pm.make(run_id, "resolved")
+    assert row is not None and row["status"] == "written"  # the HTML stands
+    (entry,) = fleet.eng.runs.audit_entries(run_id=run_id, kind="postmortem_written")
+    assert "chromium exited 3" in entry["detail"]["pdf_error"]
+    fleet.db.dispose()
 
 
 def test_pdf_on_without_a_browser_stops_the_start(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_the_stepper_in_jupyterlab(store: Store, tmp_path: Path, plan_cgroup: Pa
                 # The run's postmortem as a reader gets it: its approval and its rollback in it.
                 report = render(ids["choose"], ctl.url, tmp_path / "reports", token_file=str(token_file))
                 html = report.html.read_text()
-                assert "demo-operator" not in html and "rollback of step 3 by ops" in html
+                assert "approval by ops (steps 3)" in html and "rollback of step 3 by ops" in html
                 page.goto(report.html.as_uri())
                 page.get_by_text("Lessons learned").first.wait_for(timeout=15_000)
                 page.screenshot(path=str(ARTIFACTS / "postmortem.png"), full_page=False)

@@ -3,6 +3,7 @@ and wb.window / wb.live drawing from it, against a controller holding a recorded
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from collector.wire import validate_batch
 from testkit.store import batches, snapshots
 from tests.controller.conftest import OPERATOR_TOKEN, served_api
 from workbench import Workbench, WorkbenchError
-from workbench.live import LiveView, headline, hypotheses_html, window_frame
+from workbench.live import LiveView, Ticker, headline, hypotheses_html, window_frame
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -35,6 +36,11 @@ def test_a_hosts_window_live_from_the_controller(tmp_path: Path) -> None:
             headers=AUTH,
         ).json()
         assert list(few["series"]) == ["load1"] and len(few["series"]["load1"]) == 5
+        # Names it does not have never push out the ones it has.
+        padded = {"signal": [f"nope{i}" for i in range(11)] + ["load1"]}
+        assert list(
+            client.get("/api/v1/agent/hosts/node-live/window", params=padded, headers=AUTH).json()["series"]
+        ) == ["load1"]
         # Bounded and checked: too many signals, too many points, a bad host name, no token.
         many = {"signal": [f"s{i}" for i in range(13)]}
         for params in (many, {"points": 901}, {"points": 0}, {"signal": "a b"}):
@@ -60,10 +66,12 @@ def test_a_hosts_window_live_from_the_controller(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             view.toggle.value = False
-            assert view._thread is None
+            assert not view.ticker.running
+            time.sleep(0.5)  # a refresh in flight when stopped may finish; then nothing more
             done = view.refreshes
-            time.sleep(0.5)
+            time.sleep(0.6)
             assert view.refreshes == done  # stopped means stopped
+            assert not any(t.name == "live-node-live" for t in threading.enumerate())
             gone = LiveView(wb, "nobody", start=False)
             assert gone.refreshes == 0 and "no telemetry in hot state" in gone.status.value
 
@@ -74,12 +82,53 @@ def test_a_live_view_stops_by_itself(tmp_path: Path) -> None:
             rt.hot.ingest(validate_batch(raw), raw)
         with Workbench(str(client.base_url), token=OPERATOR_TOKEN) as wb:
             view = wb.live("node-live", every_s=0.05)
-            view.max_s = 0.3
+            view.max_s = view.ticker.max_s = 0.3
             deadline = time.monotonic() + 10
-            while view._thread is not None:
+            while view.ticker.running:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             assert not view.toggle.value and "stopped after" in view.status.value
+
+
+def test_a_stop_during_a_slow_tick_never_leaves_two_loops() -> None:
+    """Stopped while a tick is in flight, started again at once: the old loop ends after its
+    tick; only the new one goes on. A tick that raises is said and the loop goes on."""
+    seen: list[int] = []
+    slow = threading.Event()
+
+    def tick() -> bool:
+        seen.append(threading.get_ident())
+        if len(seen) == 1:
+            slow.wait(2)  # the first tick is slow: the stop comes in the middle of it
+        if len(seen) == 3:
+            raise ValueError("not JSON")
+        return True
+
+    t = Ticker("t", tick, 0.05)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not seen:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first = seen[0]
+    t.stop()
+    t.start()
+    slow.set()
+    deadline = time.monotonic() + 5
+    while len(seen) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    t.stop()
+    assert seen.count(first) == 1  # the old loop ran no tick after its stop
+    assert len(set(seen[1:])) == 1 and t.error is None  # one loop, and it went on past the raise
+    ended: list[str] = []
+    done = Ticker("d", lambda: False, 0.01, on_end=ended.append)
+    done.start()
+    deadline = time.monotonic() + 5
+    while not ended:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert ended == ["done"] and not done.running
 
 
 def test_a_data_directory_has_no_live_look(built_store: tuple[Path, dict[str, str]]) -> None:

@@ -238,6 +238,10 @@ def test_stepper_cards_signals_and_the_json_toggle(store: Store) -> None:
         assert not widget.state.live and widget.tick() is False  # a finished run does not move
         with pytest.raises(WorkbenchError, match="no applied change"):
             widget.state.rollback("why not")
+        # What the API says (and collectors said) shows as text, never as markup.
+        widget.state.message = 'refused: <img src=x onerror="alert(1)">'
+        widget.render()
+        assert "<img" not in widget.status.value and "&lt;img src=x" in widget.status.value
         choose = StepperState(wb, ids["choose"])
         with pytest.raises(WorkbenchError, match="at least one step"):
             choose.approve("", steps=[])
@@ -302,3 +306,20 @@ def test_a_local_source_never_writes(store: Store) -> None:
         with pytest.raises(sqlalchemy.exc.OperationalError, match="readonly"), source.db.begin() as conn:
             conn.exec_driver_sql("DELETE FROM workflow_runs")
     assert db_file.stat().st_mtime_ns == before
+
+
+def test_the_anomaly_window_starts_where_the_signal_went_bad_either_way() -> None:
+    from workbench.plots import anomaly_window
+
+    ts = pd.to_datetime([0, 10, 20, 30, 40], unit="s", utc=True)
+    frame = pd.DataFrame(
+        {"ts": ts, "value": [60.0, 55, 50, 6, 4], "signal": "mem_available_pct", "window": "run"}
+    )
+    low = {"signal": "mem_available_pct", "threshold": 10.0, "value": 4.0}  # low is bad
+    assert anomaly_window(frame, low) == (ts[3], ts[4])
+    high = frame.assign(value=[1.0, 2, 3, 95, 97], signal="cpu_busy_pct")
+    assert anomaly_window(high, {"signal": "cpu_busy_pct", "threshold": 90.0, "value": 97.0}) == (
+        ts[3],
+        ts[4],
+    )
+    assert anomaly_window(high, {"signal": "cpu_busy_pct", "threshold": 99.0, "value": 99.5}) is None

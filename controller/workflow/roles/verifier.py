@@ -21,6 +21,7 @@ from controller.workflow.roles.observer import KEY_SIGNALS
 IMPROVED = 0.10  # the target signal's median fell by at least this share
 WORSE = 0.25  # another key signal's median rose by more than this share: a regression hint
 BEFORE_SAMPLES = 10
+MIN_DURING = 3  # samples since the fault began, at least, to compare against them alone
 
 
 def _median(values: list[float]) -> float | None:
@@ -73,7 +74,7 @@ class Verifier(Role):
             raise NotReady(
                 now + max(1.0, opts.verify_settle_s / 2), "waiting for fresh samples after the action"
             )
-        before = ctx.evidence.values(signal)[-BEFORE_SAMPLES:] if signal else []
+        before = during_fault(ctx, signal) if signal else []
         b, a = _median(before), _median(after)
         payload: dict[str, Any] = {
             "target_signal": signal,
@@ -113,12 +114,22 @@ class Verifier(Role):
         return Output(payload=payload, status="ok" if verdict == "improved" else "degraded")
 
 
+def during_fault(ctx: StageContext, name: str) -> list[float]:
+    """The window's last BEFORE_SAMPLES points of a signal taken since the fault began: a
+    fault detected within seconds leaves calm samples among the last ten, and comparing the
+    change against those would call a fix that worked no better than before."""
+    points = ctx.evidence.tail(name, BEFORE_SAMPLES)
+    began = ctx.run.get("fault_started_at")
+    during = [v for t, v in points if began is None or t >= began]
+    return during if len(during) >= MIN_DURING else [v for _, v in points]
+
+
 def regressions(ctx: StageContext, after_ev: Any, skip: str | None) -> list[dict[str, Any]]:
     hints = []
     for name in KEY_SIGNALS:
         if name == skip:
             continue
-        b = _median(ctx.evidence.values(name)[-BEFORE_SAMPLES:])
+        b = _median(during_fault(ctx, name))
         a = _median(after_ev.values(name))
         if a is None or b is None:
             continue
