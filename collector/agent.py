@@ -32,6 +32,7 @@ import msgspec
 from collector.config import CollectorSettings
 from collector.errors import CollectorError, PermanentRejection, SpoolError, TransportError
 from collector.info import CollectorInfo
+from collector.metrics import MetricsServer
 from collector.sampler import Sampler
 from collector.spool import Spool, SpoolOptions, atomic_write_json
 from collector.topology import Topology, topology_from
@@ -75,6 +76,9 @@ class Agent:
         self._ship_error: str | None = None
         self._failures = 0  # delivery attempts failed since the last that went through
         self._failure_logged_at = -float("inf")
+        # (seq, snapshot, health) of the latest sample: what /metrics renders, off this path.
+        self._latest: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+        self.metrics: MetricsServer | None = None
 
     # --- batches ---------------------------------------------------------------------------------
 
@@ -142,8 +146,22 @@ class Agent:
         snapshot = self.sampler.sample()
         health = self._health()
         seq = self.spool.append_with(lambda s: self.build_batch(snapshot, s, health))
+        self._latest = (seq, snapshot, health)
         self._wake.set()
         return seq
+
+    def start_metrics(self) -> None:
+        """Serve /metrics when metrics.enabled; a port it cannot have is CollectorError."""
+        m = self.settings.metrics
+        if not m.enabled or self.metrics is not None:
+            return
+        try:
+            self.metrics = MetricsServer(m.host, m.port, lambda: self._latest, self._info.host_id)
+        except OSError as exc:
+            raise CollectorError(
+                f"metrics: cannot listen on {m.host}:{m.port}: {exc.strerror or exc}"
+            ) from None
+        self.metrics.start()
 
     # --- shipping ----------------------------------------------------------------------------------
 
@@ -214,6 +232,7 @@ class Agent:
         self._wake.set()
 
     def run(self, max_samples: int | None = None) -> None:
+        self.start_metrics()  # a port it cannot have stops the start, before anything runs
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         shipper = threading.Thread(target=self._ship_loop, name="collector-shipper", daemon=True)
         shipper.start()
@@ -241,6 +260,9 @@ class Agent:
         # The spool itself is what must be saved; the status file is a convenience.
         with contextlib.suppress(OSError, SpoolError):
             self.write_status()
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         self.topology.stop()
         self.sampler.close()
         self.transport.close()

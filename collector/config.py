@@ -118,6 +118,16 @@ class KubernetesSettings(_Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
+class MetricsSettings(_Strict):
+    """GET /metrics (Prometheus text) from the latest snapshot (collector/metrics.py), for a
+    ServiceMonitor to scrape each node without a second exporter. Off by default; the
+    DaemonSet turns it on and listens on the pod's address."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=9143, ge=0, le=65535)  # 0: any free port (tests)
+
+
 class CollectorSettings(EnvOverYaml):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -158,6 +168,7 @@ class CollectorSettings(EnvOverYaml):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     transport: TransportSettings = Field(default_factory=TransportSettings)
     external: list[ExternalCommand] = Field(default_factory=list)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     # Where this host sits (zone, rack, cluster, ...): sent in CollectorInfo; the controller
     # groups hosts by them. On Kubernetes the node's labels fill the rest (``kubernetes``).
     labels: dict[str, str] = Field(default_factory=dict)
