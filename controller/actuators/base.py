@@ -75,6 +75,8 @@ class Actuator(ABC):
     # Families this action brings about on its own target while it stands (a CPU quota
     # throttles the cgroup it caps): a sighting of one is the change working, not a new fault.
     expected_effects: ClassVar[tuple[str, ...]] = ()
+    # What shows whether it worked, beyond the family's own signal the verifier compares.
+    verify_signal: ClassVar[str | None] = None
 
     def __init__(self, env: HostEnv) -> None:
         self.env = env

@@ -1,20 +1,30 @@
-"""Kubernetes actuators through the official client: restart a pod (impacting, no
-rollback: the pod's controller makes a new one), quarantine a node for a failing
-GPU by cordoning and tainting it (impacting; rollback restores the node's earlier
-schedulability and taints), and pause a Deployment's rollout (impacting; rollback
-resumes it as it was): what a fleet incident on one workload's pods proposes instead
-of acting on each node. Updates carry the resourceVersion they were computed from, so
-a concurrent change answers 409 instead of being overwritten."""
+"""Kubernetes actuators through the official client, each with its safety class, the
+rollback data it keeps and the signal its verification reads (``verify_signal``):
+
+- restart_pod: delete one pod so its controller starts a fresh one (impacting, no
+  rollback; runnable only where ``execution.allow_without_rollback`` names it);
+- cordon_and_taint: quarantine a node with a failing GPU (impacting; rollback restores
+  its schedulability and taints);
+- pause_rollout: stop a Deployment's rollout, what a fleet incident on one workload's
+  pods proposes instead of acting on each node (impacting; rollback resumes it);
+- restart_deployment: ``kubectl rollout restart`` (impacting; rollback puts the template's
+  restartedAt annotation back, which rolls out the old template once more);
+- scale_deployment: replicas through the scale subresource, to a count or by a step
+  (impacting; rollback: the previous count).
+
+Updates carry the resourceVersion they were computed from, so a concurrent change answers
+409 instead of being overwritten."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from controller.actuators.base import Actuator, ActuatorError, Applied, KubeTarget, Params, actuator
+from controller.actuators.base import Actuator, ActuatorError, Applied, KubeTarget, Params, Settled, actuator
 
 MAX_TAINTS = 32  # the taint list travels in the intent and the result: bounded
 NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
@@ -98,6 +108,7 @@ class RestartPod(Actuator):
     name = "restart_pod"
     safety_class = "impacting"
     params_model = PodParams
+    verify_signal = "a new pod of the same controller running, then the family's own signal"
 
     def describe(self, p: PodParams) -> str:
         return f"delete pod {p.uid} on node {p.node} so that its controller starts a new one"
@@ -133,6 +144,7 @@ class CordonAndTaint(Actuator):
     safety_class = "impacting"
     params_model = QuarantineParams
     reversible = True
+    verify_signal = "the node unschedulable and tainted; no new pods land on it"
 
     def describe(self, p: QuarantineParams) -> str:
         return f"cordon node {p.node} and taint it {p.key}={p.value}:{p.effect}"
@@ -188,6 +200,7 @@ class PauseRollout(Actuator):
     safety_class = "impacting"
     params_model = RolloutParams
     reversible = True
+    verify_signal = "updated replicas stop rising; the members' family signals"
 
     def describe(self, p: RolloutParams) -> str:
         return f"pause the rollout of deployment {p.namespace}/{p.name} (spec.paused: true)"
@@ -232,4 +245,157 @@ class PauseRollout(Actuator):
     def rollback(self, p: RolloutParams, data: dict[str, Any]) -> dict[str, Any]:
         now = self.probe(p)
         self._patch(p, now["resource_version"], bool(data["paused"]))
+        return self.probe(p)
+
+
+class ScaleParams(RolloutParams):
+    """To a count (``replicas``) or by a step from the count now (``by``), never past
+    ``max_replicas`` nor below 0."""
+
+    replicas: int | None = Field(default=None, ge=0, le=10_000)
+    by: int | None = Field(default=None, ge=-100, le=100)
+    max_replicas: int = Field(default=100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one(self) -> ScaleParams:
+        if (self.replicas is None) == (self.by is None):
+            raise ValueError("give replicas or by, one of them")
+        if self.replicas is not None and self.replicas > self.max_replicas:
+            raise ValueError(f"replicas {self.replicas} is past max_replicas {self.max_replicas}")
+        return self
+
+    def target(self, now: int) -> int:
+        if self.replicas is not None:
+            return self.replicas
+        return max(0, min(self.max_replicas, now + (self.by or 0)))
+
+
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+@actuator
+class RestartDeployment(Actuator):
+    """``kubectl rollout restart``: the pod template's restartedAt annotation set to now, so
+    the Deployment replaces its pods by its own rollout strategy. Impacting; the rollback
+    puts the annotation back as it was, which starts one more rollout to the old template."""
+
+    name = "restart_deployment"
+    safety_class = "impacting"
+    params_model = RolloutParams
+    reversible = True
+    verify_signal = "restarts of the workload's pods and the family's own signal"
+
+    def describe(self, p: RolloutParams) -> str:
+        return f"rollout restart of deployment {p.namespace}/{p.name}"
+
+    def _read(self, p: RolloutParams) -> Any:
+        with apps_api(self.env.kube) as api:
+            return _call(
+                f"reading deployment {p.namespace}/{p.name}",
+                api.read_namespaced_deployment,
+                p.name,
+                p.namespace,
+            )
+
+    def probe(self, p: RolloutParams) -> dict[str, Any]:
+        d = self._read(p)
+        tmpl = d.spec.template.metadata if d.spec.template is not None else None
+        annotations = (tmpl.annotations if tmpl is not None else None) or {}
+        return {
+            "restarted_at": annotations.get(RESTARTED_AT),
+            "observed_generation": getattr(d.status, "observed_generation", None) if d.status else None,
+            "generation": d.metadata.generation,
+            "resource_version": d.metadata.resource_version,
+        }
+
+    def desired(self, p: RolloutParams, before: dict[str, Any]) -> dict[str, Any] | None:
+        return None  # a new timestamp: any value but the one before (settle says how)
+
+    def settle(self, p: RolloutParams, before: dict[str, Any], now: dict[str, Any]) -> Settled:
+        return "not_applied" if now.get("restarted_at") == before.get("restarted_at") else "applied"
+
+    def _patch(self, p: RolloutParams, rv: str, value: str | None) -> None:
+        body = {
+            "metadata": {"resourceVersion": rv},
+            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: value}}}},
+        }
+        with apps_api(self.env.kube) as api:
+            _call(
+                f"patching deployment {p.namespace}/{p.name}",
+                api.patch_namespaced_deployment,
+                p.name,
+                p.namespace,
+                body,
+            )
+
+    def apply(self, p: RolloutParams, before: dict[str, Any]) -> Applied:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._patch(p, before["resource_version"], now)
+        after = self.probe(p)
+        if after["restarted_at"] == before["restarted_at"]:
+            raise ActuatorError(f"deployment {p.namespace}/{p.name} kept its restartedAt annotation")
+        return Applied(after, self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"restarted_at": before["restarted_at"]}
+
+    def rollback(self, p: RolloutParams, data: dict[str, Any]) -> dict[str, Any]:
+        now = self.probe(p)
+        self._patch(p, now["resource_version"], data["restarted_at"])
+        return self.probe(p)
+
+
+@actuator
+class ScaleDeployment(Actuator):
+    """spec.replicas of a Deployment, through its scale subresource (what ``kubectl scale``
+    does, and all an HPA-free RBAC role needs). Impacting; rollback: the previous count."""
+
+    name = "scale_deployment"
+    safety_class = "impacting"
+    params_model = ScaleParams
+    reversible = True
+    verify_signal = "ready replicas, then the family's own signal"
+
+    def describe(self, p: ScaleParams) -> str:
+        how = f"to {p.replicas}" if p.replicas is not None else f"by {p.by:+d} (at most {p.max_replicas})"
+        return f"scale deployment {p.namespace}/{p.name} {how} replicas"
+
+    def probe(self, p: ScaleParams) -> dict[str, Any]:
+        with apps_api(self.env.kube) as api:
+            s = _call(
+                f"reading the scale of deployment {p.namespace}/{p.name}",
+                api.read_namespaced_deployment_scale,
+                p.name,
+                p.namespace,
+            )
+        return {
+            "replicas": s.spec.replicas if s.spec is not None else None,
+            "ready": getattr(s.status, "replicas", None) if s.status else None,
+            "resource_version": s.metadata.resource_version,
+        }
+
+    def desired(self, p: ScaleParams, before: dict[str, Any]) -> dict[str, Any]:
+        return {"replicas": p.target(int(before["replicas"] or 0))}
+
+    def _patch(self, p: ScaleParams, rv: str, replicas: int) -> None:
+        body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}}
+        with apps_api(self.env.kube) as api:
+            _call(
+                f"scaling deployment {p.namespace}/{p.name}",
+                api.patch_namespaced_deployment_scale,
+                p.name,
+                p.namespace,
+                body,
+            )
+
+    def apply(self, p: ScaleParams, before: dict[str, Any]) -> Applied:
+        self._patch(p, before["resource_version"], p.target(int(before["replicas"] or 0)))
+        return Applied(self.probe(p), self.rollback_data(before))
+
+    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"replicas": before["replicas"]}
+
+    def rollback(self, p: ScaleParams, data: dict[str, Any]) -> dict[str, Any]:
+        now = self.probe(p)
+        self._patch(p, now["resource_version"], int(data["replicas"]))
         return self.probe(p)

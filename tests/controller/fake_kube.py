@@ -14,6 +14,17 @@ POD_UID = "0b1c2d3e-aaaa-bbbb-cccc-000000000042"
 DEPLOYMENT = "/apis/apps/v1/namespaces/shop/deployments/api"
 
 
+def merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    """A JSON merge patch (RFC 7386), as the API applies one: nested maps merge, null deletes."""
+    for key, value in patch.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
 class FakeKube:
     def __init__(self) -> None:
         self.node: dict[str, Any] = {
@@ -102,6 +113,8 @@ class FakeKube:
                         return self._send(200, kube.node)
                     if url.path == DEPLOYMENT:
                         return self._send(200, kube.deployment)
+                    if url.path == DEPLOYMENT + "/scale":
+                        return self._send(200, self._scale())
                     if url.path == "/api/v1/pods":
                         sel = urllib.parse.parse_qs(url.query).get("fieldSelector", [""])[0]
                         items = [
@@ -118,6 +131,15 @@ class FakeKube:
                 with kube.lock:
                     if url.path == DEPLOYMENT:
                         return self._patch(kube.deployment, body)
+                    if url.path == DEPLOYMENT + "/scale":
+                        rv = body.get("metadata", {}).get("resourceVersion")
+                        if rv is not None and rv != kube.deployment["metadata"]["resourceVersion"]:
+                            return self._status(409, "Conflict")
+                        kube.deployment["spec"]["replicas"] = body["spec"]["replicas"]
+                        kube.deployment["metadata"]["resourceVersion"] = str(
+                            int(kube.deployment["metadata"]["resourceVersion"]) + 1
+                        )
+                        return self._send(200, self._scale())
                     if url.path != "/api/v1/nodes/node-1":
                         return self._status(404, "NotFound")
                     rv = body.get("metadata", {}).get("resourceVersion")
@@ -133,9 +155,25 @@ class FakeKube:
                 rv = body.get("metadata", {}).get("resourceVersion")
                 if rv is not None and rv != obj["metadata"]["resourceVersion"]:
                     return self._status(409, "Conflict")
-                obj["spec"].update(body.get("spec", {}))
+                merge(obj["spec"], body.get("spec", {}))
                 obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+                if "template" in body.get("spec", {}):
+                    obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
                 return self._send(200, obj)
+
+            def _scale(self) -> dict[str, Any]:
+                d = kube.deployment
+                return {
+                    "apiVersion": "autoscaling/v1",
+                    "kind": "Scale",
+                    "metadata": {
+                        "name": d["metadata"]["name"],
+                        "namespace": d["metadata"]["namespace"],
+                        "resourceVersion": d["metadata"]["resourceVersion"],
+                    },
+                    "spec": {"replicas": d["spec"]["replicas"]},
+                    "status": {"replicas": d["status"]["replicas"], "selector": "app=api"},
+                }
 
             def do_DELETE(self) -> None:
                 url = self._record()

@@ -46,8 +46,13 @@ def test_every_actuator_has_a_class_and_a_schema() -> None:
         "restart_pod",
         "cordon_and_taint",
         "pause_rollout",
+        "restart_deployment",
+        "scale_deployment",
     }
     classes = {n: a.safety_class for n, a in ACTUATORS.items()}
+    # Every Kubernetes action says what shows whether it worked.
+    kube = ("restart_pod", "cordon_and_taint", "pause_rollout", "restart_deployment", "scale_deployment")
+    assert all(ACTUATORS[n].verify_signal for n in kube)
     assert classes["sigkill"] == "destructive" and classes["sigterm"] == "impacting"
     assert classes["renice"] == classes["cgroup_cpu_quota"] == "safe_reversible"
 
@@ -370,3 +375,60 @@ def test_a_pid_reused_by_a_program_of_the_same_name_is_refused(sleeper: subproce
     with pytest.raises(ActuatorError, match="reused by another process"):
         kill.apply(kill.validate({"pid": sleeper.pid}), {"start_time": 1})
     assert sleeper.poll() is None
+
+
+def test_restart_deployment_rolls_out_and_rolls_back_through_the_client() -> None:
+    from controller.actuators import KubeTarget
+    from controller.actuators.kube import RESTARTED_AT
+
+    from .fake_kube import DEPLOYMENT, FakeKube
+
+    with FakeKube() as kube:
+        act = get("restart_deployment", HostEnv(kube=KubeTarget(kube.url)))
+        assert act.safety_class == "impacting" and act.reversible and act.verify_signal
+        p = act.validate({"namespace": "shop", "name": "api"})
+        before = act.probe(p)
+        assert before["restarted_at"] is None and before["resource_version"] == "7"
+
+        def annotation() -> object:
+            return (kube.deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(
+                RESTARTED_AT
+            )
+
+        done = act.apply(p, before)
+        assert isinstance(annotation(), str) and annotation().endswith("Z")  # an RFC 3339 time
+        assert kube.deployment["spec"]["template"]["metadata"]["labels"] == {"app": "api"}  # merged, kept
+        assert ("PATCH", DEPLOYMENT, None) in kube.requests
+        assert act.settle(p, before, act.probe(p)) == "applied"
+        assert act.settle(p, before, before) == "not_applied"
+        assert done.rollback == {"restarted_at": None}
+        act.rollback(p, done.rollback)
+        assert annotation() is None  # as it was: no annotation
+        with pytest.raises(ActuatorError, match="409"):
+            act.apply(p, before)  # read at resourceVersion 7: moved on since
+
+
+def test_scale_deployment_to_a_count_or_by_a_step_and_back() -> None:
+    from controller.actuators import KubeTarget
+
+    from .fake_kube import DEPLOYMENT, FakeKube
+
+    with FakeKube() as kube:
+        act = get("scale_deployment", HostEnv(kube=KubeTarget(kube.url)))
+        assert act.safety_class == "impacting" and act.reversible
+        p = act.validate({"namespace": "shop", "name": "api", "by": 2, "max_replicas": 7})
+        before = act.probe(p)
+        assert before == {"replicas": 6, "ready": 6, "resource_version": "7"}
+        assert act.desired(p, before) == {"replicas": 7}  # 6 + 2, never past max_replicas
+        done = act.apply(p, before)
+        assert kube.deployment["spec"]["replicas"] == 7 and done.rollback == {"replicas": 6}
+        assert ("PATCH", DEPLOYMENT + "/scale", None) in kube.requests
+        assert act.settle(p, before, act.probe(p)) == "applied"
+        act.rollback(p, done.rollback)
+        assert kube.deployment["spec"]["replicas"] == 6
+        to = act.validate({"namespace": "shop", "name": "api", "replicas": 0})
+        act.apply(to, act.probe(to))
+        assert kube.deployment["spec"]["replicas"] == 0
+        for bad in ({}, {"replicas": 3, "by": 1}, {"replicas": 200, "max_replicas": 100}, {"by": 1000}):
+            with pytest.raises(ActuatorError):
+                act.validate({"namespace": "shop", "name": "api", **bad})

@@ -34,9 +34,12 @@ class Posture:
     allow_safe_reversible: bool = _X.allow_safe_reversible
     allow_impacting: bool = _X.allow_impacting
     local_hosts: tuple[str, ...] = ()  # hosts whose processes and cgroups this controller reaches
+    # Impacting actions with no rollback that may run anyway (approval and allow_impacting
+    # still apply): an explicit opt-in, e.g. restart_pod, whose pod its controller replaces.
+    allow_without_rollback: tuple[str, ...] = ()
 
     def public(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "dry_run": self.dry_run,
             "approval_required": self.approval_required,
             "allow_safe_reversible": self.allow_safe_reversible,
@@ -44,6 +47,9 @@ class Posture:
             "destructive": "proposal_only",
             "validation": "read_only",
         }
+        if self.allow_without_rollback:  # recorded only when set: older plans hash as they did
+            out["allow_without_rollback"] = sorted(self.allow_without_rollback)
+        return out
 
 
 def recorded_posture(plan: dict[str, Any], host_id: str) -> Posture:
@@ -56,6 +62,7 @@ def recorded_posture(plan: dict[str, Any], host_id: str) -> Posture:
         allow_safe_reversible=bool(p.get("allow_safe_reversible", d.allow_safe_reversible)),
         allow_impacting=bool(p.get("allow_impacting", d.allow_impacting)),
         local_hosts=(host_id,) if p.get("host_reachable") else (),
+        allow_without_rollback=tuple(str(a) for a in p.get("allow_without_rollback") or ()),
     )
 
 

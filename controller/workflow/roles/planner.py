@@ -62,8 +62,22 @@ def _act(
     return act
 
 
-def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
+def _deployment(culprit: dict[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the Deployment the culprit's pod belongs to (its ``workload``,
+    as the collector names it: <namespace>/Deployment/<name>), or None."""
+    workload = culprit.get("workload")
+    parts = workload.split("/") if isinstance(workload, str) else []
+    return (parts[0], parts[2]) if len(parts) == 3 and parts[1] == "Deployment" else None
+
+
+def actions_for(
+    h: dict[str, Any], host_id: str = "", labels: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The proposals for one hypothesis. Kubernetes actions name the node by the host's
+    ``node`` label (the Node object's name, which the collector reads), never by host id;
+    without one they are not proposed."""
     fam, c = h["family"], h["culprit"]
+    node = (labels or {}).get("node")
     pid, cgroup = _pid(c), c.get("cgroup")
     if cgroup is None and c.get("kind") == "cgroup":
         cgroup = c.get("id")
@@ -179,23 +193,50 @@ def actions_for(h: dict[str, Any], host_id: str = "") -> list[dict[str, Any]]:
                 rollback_none_reason="a dropped cache cannot be put back",
             )
         )
-    if c.get("kind") == "pod" and fam in ("memory_pressure", "cpu_saturation", "cgroup_cpu_throttling"):
+    deployment = _deployment(c)
+    if deployment is not None and fam == "memory_pressure":
+        ns, name = deployment
+        acts.append(
+            _act(
+                "restart_deployment",
+                f"deployment:{ns}/{name}",
+                {"namespace": ns, "name": name},
+                expected_effect="fresh pods by the Deployment's own rollout, memory given back",
+                rollback={"restore": "the template's previous restartedAt annotation"},
+            )
+        )
+    if deployment is not None and fam in ("cpu_saturation", "cgroup_cpu_throttling"):
+        ns, name = deployment
+        acts.append(
+            _act(
+                "scale_deployment",
+                f"deployment:{ns}/{name}",
+                {"namespace": ns, "name": name, "by": 1},
+                expected_effect="one more replica shares the load",
+                rollback={"restore": "the previous replica count"},
+            )
+        )
+    if (
+        c.get("kind") == "pod"
+        and node
+        and fam in ("memory_pressure", "cpu_saturation", "cgroup_cpu_throttling")
+    ):
         acts.append(
             _act(
                 "restart_pod",
                 f"pod:{c.get('id')}",
-                {"uid": c.get("id"), "node": host_id},
+                {"uid": c.get("id"), "node": node},
                 expected_effect="the pod's controller starts a fresh replica",
                 rollback=None,
                 rollback_none_reason="a deleted pod is replaced, not restored",
             )
         )
-    if fam in ("gpu_xid", "gpu_ecc") and c.get("kind") == "device":
+    if fam in ("gpu_xid", "gpu_ecc") and c.get("kind") == "device" and node:
         acts.append(
             _act(
                 "cordon_and_taint",
-                f"node:{host_id}",
-                {"node": host_id, "value": fam.replace("_", "-")},
+                f"node:{node}",
+                {"node": node, "value": fam.replace("_", "-")},
                 expected_effect="no new work lands on the faulty GPU",
                 rollback={"undo": "uncordon and remove the taint"},
             )
@@ -214,7 +255,7 @@ class Planner(Role):
         proposals = []
         # A symptom (explained by a cause above it) is not acted on: its cause is.
         for h in [h for h in hyps if not h.get("explained_by")][:2]:
-            for a in actions_for(h, ctx.run["host_id"]):
+            for a in actions_for(h, ctx.run["host_id"], ctx.evidence.labels):
                 proposals.append({"for_family": h["family"], "for_rank": h["rank"], **a})
         return Output(
             payload={"actions": proposals[:8]},

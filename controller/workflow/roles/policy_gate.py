@@ -24,6 +24,8 @@ CLUSTER_ACTIONS = (
     "restart_pod",
     "cordon_and_taint",
     "pause_rollout",
+    "restart_deployment",
+    "scale_deployment",
 )  # act through the Kubernetes API, from anywhere
 
 
@@ -44,7 +46,8 @@ def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple
     if cls == "destructive":
         return "blocked", "destructive actions are proposal-only"
     reversible = name in ACTUATORS and ACTUATORS[name].reversible
-    if cls == "impacting" and (action.get("rollback") is None or not reversible):
+    opted_in = name in posture.allow_without_rollback
+    if cls == "impacting" and (action.get("rollback") is None or not reversible) and not opted_in:
         return "blocked", "an impacting action without rollback data stays a proposal"
     if cls == "impacting" and not posture.allow_impacting:
         return "blocked", "impacting actions are off (posture.allow_impacting)"
