@@ -396,7 +396,8 @@ def test_restart_deployment_rolls_out_and_rolls_back_through_the_client() -> Non
             )
 
         done = act.apply(p, before)
-        assert isinstance(annotation(), str) and annotation().endswith("Z")  # an RFC 3339 time
+        stamp = annotation()
+        assert isinstance(stamp, str) and stamp.endswith("Z")  # an RFC 3339 time
         assert kube.deployment["spec"]["template"]["metadata"]["labels"] == {"app": "api"}  # merged, kept
         assert ("PATCH", DEPLOYMENT, None) in kube.requests
         assert act.settle(p, before, act.probe(p)) == "applied"

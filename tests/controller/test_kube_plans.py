@@ -63,7 +63,7 @@ def test_restart_pod_runs_only_where_an_operator_opted_in() -> None:
         "impacting actions are off (posture.allow_impacting)"
     )
     with pytest.raises(ValidationError):
-        ExecutionSettings(allow_without_rollback=["sigkill"])  # only actions that heal themselves
+        ExecutionSettings.model_validate({"allow_without_rollback": ["sigkill"]})  # only self-healing ones
     posture = posture_from(ExecutionSettings(allow_without_rollback=["restart_pod"]), [])
     assert posture.allow_without_rollback == ("restart_pod",)
     assert posture.public()["allow_without_rollback"] == ["restart_pod"]
