@@ -129,6 +129,31 @@ def pod_owners(pod_list: Any) -> dict[str, dict[str, str]]:
     return out
 
 
+_RUNTIME_ID = re.compile(r"^[a-z0-9.-]+://([0-9a-f]{12,64})$")
+
+
+def container_names(pod_list: Any) -> dict[str, str]:
+    """Container id -> container name, from the pods' (init) container statuses, whose ids
+    carry the runtime's scheme (containerd://, cri-o://, docker://) before the id the
+    cgroup path holds."""
+    items = pod_list.get("items") if isinstance(pod_list, dict) else None
+    if not isinstance(items, list):
+        raise TopologyError("the pod list has no items")
+    out: dict[str, str] = {}
+    for item in items[:MAX_PODS]:
+        status = item.get("status") if isinstance(item, dict) else None
+        if not isinstance(status, dict):
+            continue
+        for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
+            for c in status.get(key) or []:
+                if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+                    continue
+                m = _RUNTIME_ID.match(str(c.get("containerID") or ""))
+                if m:
+                    out[m.group(1)] = c["name"][:253]
+    return out
+
+
 _DOWNWARD_LINE = re.compile(r'^([A-Za-z0-9._/-]{1,316})="(.*)"\Z')
 
 
@@ -178,6 +203,7 @@ class Topology:
         self._lock = threading.Lock()
         self._node: dict[str, str] = {}
         self._pods: dict[str, dict[str, str]] = {}
+        self._containers: dict[str, str] = {}  # container id -> its name, on this node
         self._downward: dict[str, str] = {}
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
@@ -223,8 +249,12 @@ class Topology:
             self._read(
                 "pods",
                 f"/api/v1/pods?fieldSelector={selector}",
-                lambda doc: setattr(self, "_pods", pod_owners(doc)),
+                self._take_pods,
             )
+
+    def _take_pods(self, doc: Any) -> None:
+        self._pods = pod_owners(doc)
+        self._containers = container_names(doc)
 
     def _read(self, what: str, path: str, take: Callable[[Any], None]) -> None:
         try:
@@ -245,7 +275,8 @@ class Topology:
             return self._pods.get(uid)
 
     def name_pods(self, snapshot: dict[str, Any]) -> None:
-        """Process rows of a pod get its namespace, name and workload (what a culprit's service is)."""
+        """Process rows of a pod get its namespace, name and workload (what a culprit's
+        service is), and their container's name."""
         proc = snapshot.get("sources", {}).get("processes")
         data = proc.get("data") if isinstance(proc, dict) else None
         if not isinstance(data, dict) or not self._pods:
@@ -255,6 +286,10 @@ class Topology:
             meta = self.pod(uid) if isinstance(uid, str) else None
             if meta is not None:
                 row.update(meta)
+                with self._lock:
+                    name = self._containers.get(str(row.get("container_id") or ""))
+                if name is not None:
+                    row["container"] = name
 
     def labels(self) -> dict[str, str]:
         with self._lock:

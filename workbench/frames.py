@@ -51,6 +51,15 @@ def _nan(x: float | None) -> float:
     return float("nan") if x is None else x
 
 
+def culprit_label(c: dict[str, Any]) -> str | None:
+    """A culprit as an operator names it: a pod as namespace/pod/container (the UID is
+    what the kernel shows; the name is what kubectl shows), anything else by its id."""
+    if c.get("kind") in ("pod", "container") and c.get("namespace") and c.get("pod"):
+        return "/".join(str(c[k]) for k in ("namespace", "pod", "container") if c.get(k))
+    cid = c.get("id")
+    return None if cid is None else str(cid)
+
+
 def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run, newest first."""
     culprits = [r.get("culprit") or {} for r in rows]
@@ -62,7 +71,7 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "status": pd.Categorical([r["status"] for r in rows], categories=RUN_STATUSES),
             "family": pd.Series([r["family"] for r in rows], dtype="category"),
             "culprit_kind": pd.Series([c.get("kind") for c in culprits], dtype="category"),
-            "culprit": pd.Series([c.get("id") for c in culprits], dtype="string"),
+            "culprit": pd.Series([culprit_label(c) for c in culprits], dtype="string"),
             "confidence": pd.Series([r["confidence"] for r in rows], dtype="float64"),
             "stage": pd.Series([r["stage"] for r in rows], dtype="int64"),
             "attachments": pd.Series([r["attachments"] for r in rows], dtype="int64"),

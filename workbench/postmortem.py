@@ -132,9 +132,14 @@ class Facts:
 
 def culprit_name(culprit: dict[str, Any]) -> str:
     """A culprit as an SRE says it: the workload or service when known, then what it is."""
-    kind, cid = culprit.get("kind") or "", culprit.get("id") or "?"
+    from workbench.frames import culprit_label
+
+    kind, cid = culprit.get("kind") or "", culprit_label(culprit) or "?"
     comms = culprit.get("comms") or {}
     what = ", ".join(f"{c} x{n}" if n > 1 else str(c) for c, n in sorted(comms.items()))
+    workload = culprit.get("workload")
+    if workload and kind in ("pod", "container"):
+        what = f"workload {workload}" + (f"; {what}" if what else "")
     name = str(cid) if kind == cid else f"{kind.replace('_', ' ')} {cid}".strip()
     return f"{name} ({what})" if what else name
 

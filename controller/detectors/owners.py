@@ -136,7 +136,11 @@ def _single_owner(
             f"pod:{uid}",
             {"container_id": row.get("container_id"), "cgroup": row.get("cgroup")}
             # Named by the collector where it reads the node's pods (collector/topology.py).
-            | {k: row[k] for k in ("namespace", "pod", "workload") if isinstance(row.get(k), str)},
+            | {
+                k: row[k]
+                for k in ("namespace", "pod", "container", "workload")
+                if isinstance(row.get(k), str)
+            },
         )
     path = _cg(row)
     if path is not None:

@@ -12,7 +12,14 @@ import pytest
 
 from collector.config import load_settings
 from collector.errors import ConfigError, TopologyError
-from collector.topology import Topology, node_labels, parse_downward_labels, pod_owners, topology_from
+from collector.topology import (
+    Topology,
+    container_names,
+    node_labels,
+    parse_downward_labels,
+    pod_owners,
+    topology_from,
+)
 from tests.collector.ingest_server import IngestServer
 from tests.collector.test_transport import agent_settings, make_agent
 
@@ -221,7 +228,15 @@ PODS: dict[str, Any] = {
                         "controller": True,
                     }
                 ],
-            }
+            },
+            # Statuses as containerd reports them (the id the cgroup path holds, with its scheme).
+            "status": {
+                "containerStatuses": [
+                    {"name": "api", "containerID": "containerd://" + "a" * 64},
+                    {"name": "envoy", "containerID": "containerd://" + "b" * 64},
+                ],
+                "initContainerStatuses": [{"name": "migrate", "containerID": "containerd://" + "c" * 64}],
+            },
         },
         {
             "metadata": {
@@ -229,7 +244,15 @@ PODS: dict[str, Any] = {
                 "namespace": "shop",
                 "uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000002",
                 "ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": True}],
-            }
+            },
+            # CRI-O's scheme; a container not started yet has no id.
+            "status": {
+                "containerStatuses": [
+                    {"name": "pg", "containerID": "cri-o://" + "d" * 64},
+                    {"name": "waiting", "containerID": ""},
+                    {"name": "bad", "containerID": "containerd://not-hex"},
+                ]
+            },
         },
         {"metadata": {"name": "debug", "namespace": "ops", "uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000003"}},
         {"metadata": {"name": "broken"}},
@@ -261,6 +284,17 @@ def test_pod_owners_name_the_workload() -> None:
         pod_owners({"kind": "Status"})
 
 
+def test_container_names_by_the_id_the_cgroup_path_holds() -> None:
+    assert container_names(PODS) == {
+        "a" * 64: "api",
+        "b" * 64: "envoy",
+        "c" * 64: "migrate",
+        "d" * 64: "pg",
+    }
+    with pytest.raises(TopologyError, match="items"):
+        container_names({"kind": "Status"})
+
+
 def test_process_rows_of_a_pod_are_named(tmp_path: Path) -> None:
     api = _NodeApi(GKE_NODE, PODS)
     try:
@@ -272,7 +306,11 @@ def test_process_rows_of_a_pod_are_named(tmp_path: Path) -> None:
                 "processes": {
                     "data": {
                         "rows": [
-                            {"pid": 1, "pod_uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000001"},
+                            {
+                                "pid": 1,
+                                "pod_uid": "0b1c2d3e-aaaa-bbbb-cccc-000000000001",
+                                "container_id": "b" * 64,
+                            },
                             {"pid": 2, "pod_uid": None},
                             {"pid": 3, "pod_uid": "0b1c2d3e-aaaa-bbbb-cccc-0000000000ff"},  # not on this node
                         ]
@@ -283,6 +321,7 @@ def test_process_rows_of_a_pod_are_named(tmp_path: Path) -> None:
         topo.name_pods(snap)
         rows = snap["sources"]["processes"]["data"]["rows"]
         assert rows[0]["workload"] == "shop/Deployment/api" and rows[0]["namespace"] == "shop"
+        assert rows[0]["container"] == "envoy"  # the sidecar, not the pod's first container
         assert "workload" not in rows[1] and "workload" not in rows[2]
         topo.name_pods({"sources": {}})  # no processes source: nothing to do
     finally:

@@ -507,3 +507,21 @@ def test_small_wordings() -> None:
         events.index("rollback of step 3 by ops")
         == events.index("verified: improved: cpu_busy_pct median 87.06 -> 51.72") + 1
     )
+
+
+def test_a_pod_is_named_as_kubectl_names_it() -> None:
+    from workbench.frames import culprit_label
+
+    pod = {
+        "kind": "pod",
+        "id": "0b1c2d3e-aaaa-bbbb-cccc-000000000001",
+        "namespace": "shop",
+        "pod": "api-7d9c6b5f4-x2lkq",
+        "container": "envoy",
+        "workload": "shop/Deployment/api",
+    }
+    assert culprit_label(pod) == "shop/api-7d9c6b5f4-x2lkq/envoy"
+    assert pm.culprit_name(pod) == "pod shop/api-7d9c6b5f4-x2lkq/envoy (workload shop/Deployment/api)"
+    unnamed = {"kind": "pod", "id": "0b1c2d3e-aaaa-bbbb-cccc-000000000001"}  # off the API's reach
+    assert culprit_label(unnamed) == "0b1c2d3e-aaaa-bbbb-cccc-000000000001"
+    assert culprit_label({"kind": "cgroup", "id": "/ilab-demo"}) == "/ilab-demo"
