@@ -46,11 +46,7 @@ def test_nbval_fails_when_the_most_likely_cause_changes(name: str, store: Store,
     outputs = [o for o in cell.outputs if mime in o.get("data", {})]
     # Markdown shows the family escaped (cpu\_saturation): either form is the cause.
     assert outputs and any("cpu_saturation" in plain(o["data"][mime]) for o in outputs), cell.outputs
-    copy = tmp_path / "good" / name
-    copy.parent.mkdir()
-    nbformat.write(nb, copy)
-    good = nbval(copy, store)
-    assert good.returncode == 0, good.stdout[-3000:]
+    # The stored outputs as committed pass: that is the suite's own nbval run of notebooks/.
     for o in outputs:
         text = o["data"][mime].replace("cpu\\_saturation", "memory\\_pressure")
         o["data"][mime] = text.replace("cpu_saturation", "memory_pressure")

@@ -39,6 +39,8 @@ def test_a_postmortem_printed_to_pdf(store: Store, tmp_path: Path) -> None:
     body = report.pdf.read_bytes()
     assert body.startswith(b"%PDF-") and body.rstrip().endswith(b"%%EOF")
     assert b"/Type /Pages" in body and len(body) > 20_000  # a page tree, and the figures in it
+    again = render(ids["completed"], str(data), tmp_path / "reports")  # pdf off: none left behind
+    assert again.pdf is None and not report.html.with_suffix(".pdf").exists()
 
 
 def test_no_browser_keeps_the_html_and_says_why_there_is_no_pdf(store: Store, tmp_path: Path) -> None:
@@ -53,16 +55,22 @@ def test_no_browser_keeps_the_html_and_says_why_there_is_no_pdf(store: Store, tm
     assert not stale.exists()  # an older print no longer matches the HTML
 
 
-def test_a_browser_that_fails_is_a_clear_reason(store: Store, tmp_path: Path) -> None:
-    data, ids = store
+def test_a_browser_that_fails_or_hangs_is_a_clear_reason(tmp_path: Path) -> None:
+    from pipelines.report import print_pdf
+
+    html = tmp_path / "postmortem.html"
+    html.write_text("<html><body>a postmortem</body></html>")
     fake = tmp_path / "chromium"
     fake.write_text("#!/bin/sh\necho 'GPU process exited unexpectedly' >&2\nexit 3\n")
     fake.chmod(0o755)
-    report = render(ids["completed"], str(data), tmp_path / "reports", pdf=True, browser=str(fake))
-    assert report.pdf is None and report.pdf_error is not None
-    assert "exited 3: GPU process exited unexpectedly" in report.pdf_error
-    again = render(ids["completed"], str(data), tmp_path / "reports")  # pdf off: none left behind
-    assert again.pdf is None and not report.html.with_suffix(".pdf").exists()
+    with pytest.raises(PipelineError, match=r"exited 3: GPU process exited unexpectedly"):
+        print_pdf(html, tmp_path / "postmortem.pdf", browser=str(fake))
+    slow = tmp_path / "slow-chromium"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    with pytest.raises(PipelineError, match=r"took over 0.5 s"):
+        print_pdf(html, tmp_path / "postmortem.pdf", browser=str(slow), timeout_s=0.5)
+    assert not (tmp_path / "postmortem.pdf").exists()
 
 
 def test_a_postmortem_report_for_a_run(store: Store, tmp_path: Path) -> None:
