@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.workflow.postmortems import BROWSERS
+from controller.workflow.postmortems import BROWSERS, which_browser
 from pipelines.errors import PipelineError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -34,12 +34,9 @@ PDF_TIMEOUT_S = 120
 def find_browser(name: str | None = None) -> str:
     """The headless browser that prints the PDF: ``name`` (a path or a command), else the
     first of BROWSERS on PATH."""
-    import shutil
-
-    for candidate in [name] if name else BROWSERS:
-        found = shutil.which(candidate)
-        if found:
-            return found
+    found = which_browser(name)
+    if found is not None:
+        return found
     raise PipelineError(
         f"no browser to print the PDF with ({name or ' or '.join(BROWSERS)} not found): "
         "install Debian's chromium, or leave the PDF out"

@@ -10,16 +10,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-STAGES = (
-    "observation_summary",
-    "anomaly_finding",
-    "root_cause_hypothesis",
-    "remediation_proposal",
-    "execution_plan",
-    "execution_result",
-    "verification_result",
-    "incident_report",
-)
+from controller.artifacts import KINDS
+
+STAGES = KINDS  # the chain's eight kinds, in stage order
 LABELS = (
     "observe",
     "detect",

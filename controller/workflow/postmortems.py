@@ -71,13 +71,22 @@ class Command:
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-def browser_of(name: str | None) -> str:
-    """The browser the PDFs will be printed with, or ConfigError: pdf on and nothing to print
-    with is found at start, not at the first postmortem."""
+def which_browser(name: str | None) -> str | None:
+    """The browser that prints postmortem PDFs: ``name`` (a path or a command), else the first
+    of BROWSERS on PATH; None when there is none."""
     for candidate in [name] if name else BROWSERS:
         found = shutil.which(candidate)
         if found:
             return found
+    return None
+
+
+def browser_of(name: str | None) -> str:
+    """The browser the PDFs will be printed with, or ConfigError: pdf on and nothing to print
+    with is found at start, not at the first postmortem."""
+    found = which_browser(name)
+    if found is not None:
+        return found
     raise ConfigError(
         f"workflow.postmortems.pdf is on but no browser to print with was found "
         f"({name or ' or '.join(BROWSERS)}): install Debian's chromium, set browser, or turn pdf off"
