@@ -82,8 +82,10 @@ class Exposition:
 
 
 def _meminfo_name(field: str) -> str:
-    """node_exporter's: Active(anon) -> node_memory_Active_anon_bytes."""
-    return "node_memory_" + _NAME_BAD.sub("_", field.replace("(", "_").replace(")", "")) + "_bytes"
+    """node_exporter's: Active(anon) -> node_memory_Active_anon_bytes; page counts
+    (HugePages_Total, _Free, _Rsvd, _Surp) are counts, not bytes."""
+    base = "node_memory_" + _NAME_BAD.sub("_", field.replace("(", "_").replace(")", ""))
+    return base if field.startswith("HugePages_") else base + "_bytes"
 
 
 def _data(snapshot: dict[str, Any], source: str) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def _host(m: Exposition, d: dict[str, Any]) -> None:
     ):
         m.add(name, "gauge", f"{key[:-6]} per second over the last interval.", cpu.get(key))
     for field, value in (d.get("memory") or {}).items():
-        if isinstance(value, int) and not isinstance(value, bool) and field != "HugePages_Total":
+        if isinstance(value, int) and not isinstance(value, bool):
             m.add(_meminfo_name(field), "gauge", f"Memory information field {field}.", value)
 
 
@@ -354,7 +356,7 @@ def render(snapshot: dict[str, Any], health: dict[str, Any], host_id: str, seq: 
         snapshot.get("ts"),
         host_id=host_id,
     )
-    m.add("incidentlab_collector_snapshot_seq", "counter", "Snapshots spooled by this collector.", seq)
+    m.add("incidentlab_collector_snapshots_total", "counter", "Snapshots spooled by this collector.", seq)
     for key, help_ in (
         ("spool_bytes", "Bytes in the disk spool."),
         ("unacked_records", "Batches spooled and not yet acknowledged by the controller."),
@@ -377,8 +379,8 @@ def render(snapshot: dict[str, Any], health: dict[str, Any], host_id: str, seq: 
                 log.warning("metrics of source %s: %s", source, exc)
     if m.cut:
         m.add(
-            "incidentlab_collector_metrics_cut_total",
-            "counter",
+            "incidentlab_collector_metrics_cut",
+            "gauge",
             "Samples left out of this scrape past MAX_SERIES.",
             m.cut,
             always=True,

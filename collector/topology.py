@@ -246,9 +246,11 @@ class Topology:
                 lambda doc: setattr(self, "_node", node_labels(doc, self.extra_keys)),
             )
             selector = urllib.parse.quote(f"spec.nodeName={self.node_name}", safe="")
+            # resourceVersion=0: the API server's watch cache answers, not a quorum read of
+            # etcd for every node at once.
             self._read(
                 "pods",
-                f"/api/v1/pods?fieldSelector={selector}",
+                f"/api/v1/pods?fieldSelector={selector}&resourceVersion=0",
                 self._take_pods,
             )
 

@@ -294,7 +294,12 @@ class Transport:
             raise PoisonBatch(n, detail)
 
     def _next_candidate(self) -> None:
-        """After a connect failure, the next configured controller (a leader may have died)."""
+        """After a connect failure, the next configured controller (a leader may have died);
+        from a leader hint that cannot be reached (gone, or a name its certificate lacks),
+        back to the first configured one rather than stuck on the hint."""
+        if self.url not in self._candidates:
+            self.url = self._candidates[0]
+            return
         if len(self._candidates) < 2:
             return
         i = self._candidates.index(self.url) if self.url in self._candidates else -1

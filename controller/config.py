@@ -232,8 +232,9 @@ class ExecutionSettings(_Strict):
     allow_safe_reversible: bool = False
     allow_impacting: bool = False  # an impacting action without rollback data stays a proposal anyway
     # ...unless named here: impacting actions with no rollback an operator opts into (only
-    # those whose effect heals itself: restart_pod, whose controller makes a new pod).
-    allow_without_rollback: list[Literal["restart_pod"]] = Field(default_factory=list)
+    # those whose effect heals itself: restart_pod, whose controller makes a new pod, and
+    # restart_deployment, a rollout by the Deployment's own strategy).
+    allow_without_rollback: list[Literal["restart_pod", "restart_deployment"]] = Field(default_factory=list)
     # destructive actions are always proposal-only, and validation is always read-only: not settable.
     approval_ttl_s: float = Field(default=900.0, gt=0, le=86_400)
     action_timeout_s: float = Field(default=10.0, gt=0, le=600)

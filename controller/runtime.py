@@ -202,7 +202,13 @@ class Runtime:
             token = k.token_file.read_text().strip() if k.token_file else None
         except OSError as exc:
             raise ConfigError(f"execution.kubernetes: cannot read {k.token_file}: {exc.strerror}") from exc
-        return KubeTarget(k.host, token, k.verify_ssl, str(k.ca_file) if k.ca_file else None)
+        return KubeTarget(
+            k.host,
+            token,
+            k.verify_ssl,
+            str(k.ca_file) if k.ca_file else None,
+            token_file=str(k.token_file) if k.token_file else None,
+        )
 
     def _advisor(self) -> Advisor | None:
         a = self.settings.workflow.advisor

@@ -170,7 +170,9 @@ def test_the_collector_daemonset_mounts_what_its_settings_read() -> None:
     env = {e["name"]: e for e in c["env"]}
     for name in ("INCIDENTLAB_COLLECTOR_HOST_ID", "INCIDENTLAB_COLLECTOR_KUBERNETES__NODE_NAME"):
         assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    assert settings.metrics.enabled and settings.metrics.host == "0.0.0.0"
+    assert settings.metrics.enabled
+    assert env["INCIDENTLAB_COLLECTOR_METRICS__HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert c["securityContext"]["seccompProfile"]["type"] == "Unconfined"
     (port,) = [p for p in c["ports"] if p["name"] == "metrics"]
     assert port["containerPort"] == settings.metrics.port
     caps = c["securityContext"]["capabilities"]
@@ -220,7 +222,19 @@ def test_the_controller_deployment_agrees_with_its_settings_and_routes(tmp_path:
         == "incidentlab-postgres"
     )
     assert env["INCIDENTLAB_CONTROLLER_PAYLOAD_URL"]["valueFrom"]["secretKeyRef"]["name"] == "incidentlab-s3"
-    assert "ha" in ControllerSettings.model_fields and "advertise_url" in type(settings.ha).model_fields
+    # The leader hint names a replica by a DNS name the headless Service gives it.
+    advertise = env["INCIDENTLAB_CONTROLLER_HA__ADVERTISE_URL"]["value"]
+    subdomain = dep["spec"]["template"]["spec"]["subdomain"]
+    assert advertise == f"https://$(POD_NAME).{subdomain}.incidentlab.svc:{settings.port}"
+    headless = one(docs, "Service", subdomain)
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    # Postmortems read runs through the API (metadata is in PostgreSQL), with mounted files.
+    pm = raw["workflow"]["postmortems"]
+    assert pm["source"] == f"https://incidentlab-controller.incidentlab.svc:{settings.port}"
+    for f in (pm["token_file"], pm["ca_file"]):
+        assert "secret" in mounts[under(f, mounts)][1], f
+    assert env["HOME"]["value"].startswith("/tmp") and "emptyDir" in mounts[under("/tmp", mounts)][1]
     # The probes ask the routes that answer them.
     from controller.api.routes import router
 

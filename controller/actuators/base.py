@@ -41,6 +41,8 @@ class KubeTarget:
     token: str | None = None
     verify_ssl: bool = True
     ca_file: str | None = None
+    # Read for each action when set (a bound service-account token rotates under a pod).
+    token_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ rollback data it keeps and the signal its verification reads (``verify_signal``)
   its schedulability and taints);
 - pause_rollout: stop a Deployment's rollout, what a fleet incident on one workload's
   pods proposes instead of acting on each node (impacting; rollback resumes it);
-- restart_deployment: ``kubectl rollout restart`` (impacting; rollback puts the template's
-  restartedAt annotation back, which rolls out the old template once more);
+- restart_deployment: ``kubectl rollout restart`` (impacting, no rollback: runnable only
+  where ``execution.allow_without_rollback`` names it);
 - scale_deployment: replicas through the scale subresource, to a count or by a step
   (impacting; rollback: the previous count).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -78,10 +79,17 @@ def _api(target: KubeTarget | None, which: str) -> Iterator[Any]:
     cfg.verify_ssl = target.verify_ssl
     cfg.ssl_ca_cert = target.ca_file
     cfg.retries = 1
-    if target.token:
+    token = target.token
+    if target.token_file:
+        try:
+            token = Path(target.token_file).read_text().strip()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise ActuatorError(f"cannot read the Kubernetes token {target.token_file}: {why}") from None
+    if token:
         # "BearerToken" since client 36 (it still reads the older "authorization" key, but
         # then takes the prefix from the new one: without it the header lacks "Bearer").
-        cfg.api_key = {"BearerToken": target.token}
+        cfg.api_key = {"BearerToken": token}
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
     api_client = client.ApiClient(cfg)
     try:
@@ -133,8 +141,11 @@ class RestartPod(Actuator):
         if not before.get("exists"):
             raise ActuatorError(f"pod {p.uid} is not on node {p.node}")
         what = f"deleting pod {before['namespace']}/{before['name']}"
+        # The UID as a precondition: a pod recreated under the same name (a StatefulSet's) is
+        # a different pod, and the API refuses to delete it (409).
+        body = {"preconditions": {"uid": p.uid}}
         with core_api(self.env.kube) as api:
-            _call(what, api.delete_namespaced_pod, before["name"], before["namespace"])
+            _call(what, api.delete_namespaced_pod, before["name"], before["namespace"], body=body)
         return Applied(self.probe(p), None)
 
 
@@ -265,9 +276,14 @@ class ScaleParams(RolloutParams):
         return self
 
     def target(self, now: int) -> int:
+        """The count to set: a step goes its own way or stays (a Deployment already past
+        max_replicas is not scaled down by a step up)."""
         if self.replicas is not None:
             return self.replicas
-        return max(0, min(self.max_replicas, now + (self.by or 0)))
+        by = self.by or 0
+        if by > 0:
+            return max(now, min(self.max_replicas, now + by))
+        return min(now, max(0, now + by))
 
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -276,34 +292,27 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 @actuator
 class RestartDeployment(Actuator):
     """``kubectl rollout restart``: the pod template's restartedAt annotation set to now, so
-    the Deployment replaces its pods by its own rollout strategy. Impacting; the rollback
-    puts the annotation back as it was, which starts one more rollout to the old template."""
+    the Deployment replaces its pods by its own rollout strategy. Impacting, and not
+    reversible: putting the annotation back would only restart them again. It runs where
+    ``execution.allow_without_rollback`` names it. The patch carries no resourceVersion
+    (as kubectl's does not): a status update in between must not make it fail."""
 
     name = "restart_deployment"
     safety_class = "impacting"
     params_model = RolloutParams
-    reversible = True
-    verify_signal = "restarts of the workload's pods and the family's own signal"
+    verify_signal = "the rollout completing (updated replicas), then the family's own signal"
 
     def describe(self, p: RolloutParams) -> str:
         return f"rollout restart of deployment {p.namespace}/{p.name}"
 
-    def _read(self, p: RolloutParams) -> Any:
-        with apps_api(self.env.kube) as api:
-            return _call(
-                f"reading deployment {p.namespace}/{p.name}",
-                api.read_namespaced_deployment,
-                p.name,
-                p.namespace,
-            )
-
     def probe(self, p: RolloutParams) -> dict[str, Any]:
-        d = self._read(p)
+        with apps_api(self.env.kube) as api:
+            what = f"reading deployment {p.namespace}/{p.name}"
+            d = _call(what, api.read_namespaced_deployment, p.name, p.namespace)
         tmpl = d.spec.template.metadata if d.spec.template is not None else None
         annotations = (tmpl.annotations if tmpl is not None else None) or {}
         return {
             "restarted_at": annotations.get(RESTARTED_AT),
-            "observed_generation": getattr(d.status, "observed_generation", None) if d.status else None,
             "generation": d.metadata.generation,
             "resource_version": d.metadata.resource_version,
         }
@@ -314,11 +323,9 @@ class RestartDeployment(Actuator):
     def settle(self, p: RolloutParams, before: dict[str, Any], now: dict[str, Any]) -> Settled:
         return "not_applied" if now.get("restarted_at") == before.get("restarted_at") else "applied"
 
-    def _patch(self, p: RolloutParams, rv: str, value: str | None) -> None:
-        body = {
-            "metadata": {"resourceVersion": rv},
-            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: value}}}},
-        }
+    def apply(self, p: RolloutParams, before: dict[str, Any]) -> Applied:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}}
         with apps_api(self.env.kube) as api:
             _call(
                 f"patching deployment {p.namespace}/{p.name}",
@@ -327,22 +334,10 @@ class RestartDeployment(Actuator):
                 p.namespace,
                 body,
             )
-
-    def apply(self, p: RolloutParams, before: dict[str, Any]) -> Applied:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self._patch(p, before["resource_version"], now)
         after = self.probe(p)
         if after["restarted_at"] == before["restarted_at"]:
             raise ActuatorError(f"deployment {p.namespace}/{p.name} kept its restartedAt annotation")
-        return Applied(after, self.rollback_data(before))
-
-    def rollback_data(self, before: dict[str, Any]) -> dict[str, Any]:
-        return {"restarted_at": before["restarted_at"]}
-
-    def rollback(self, p: RolloutParams, data: dict[str, Any]) -> dict[str, Any]:
-        now = self.probe(p)
-        self._patch(p, now["resource_version"], data["restarted_at"])
-        return self.probe(p)
+        return Applied(after, None)
 
 
 @actuator

@@ -55,7 +55,8 @@ def test_a_recorded_snapshot_in_node_exporter_names() -> None:
     )
     assert value(fams, "incidentlab_source_up", source="gpu") == 0  # unavailable on this host
     assert value(fams, "incidentlab_source_up", source="network", path="kernel", status="ok") == 1
-    assert value(fams, "incidentlab_collector_snapshot_seq") == 42
+    assert value(fams, "incidentlab_collector_snapshots") == 42  # a counter: the parser drops _total
+    assert value(fams, "node_memory_HugePages_Total") == mem["HugePages_Total"]  # a count, no _bytes
     assert value(fams, "incidentlab_collector_unacked_records") == 2
     assert value(fams, "incidentlab_collector_retries") == 3
     assert value(fams, "incidentlab_process_cpu_ratio", comm="sha256sum") > 0.9
@@ -160,7 +161,7 @@ def test_the_agent_serves_its_latest_snapshot(tmp_path: Path) -> None:
         agent.sample_once()
         code, _, body = get(url)
         assert code == 200 and "node_load1" in set(names(body))
-        assert b"incidentlab_collector_snapshot_seq 1" in body
+        assert b"incidentlab_collector_snapshots_total 1" in body
     finally:
         agent.close()
     with pytest.raises(urllib.error.URLError, match="refused"):  # closed with the agent

@@ -111,7 +111,7 @@ class _NodeApi:
                 api.auth.append(self.headers.get("Authorization"))
                 api.paths.append(self.path)
                 name = api.node["metadata"]["name"]
-                pods = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}"
+                pods = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}&resourceVersion=0"
                 doc = {f"/api/v1/nodes/{name}": api.node, pods: api.pods}.get(self.path)
                 ok = doc is not None and api.status == 200
                 body = json.dumps(doc if ok else {"kind": "Status", "code": 404}).encode()

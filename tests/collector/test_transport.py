@@ -122,6 +122,17 @@ def test_follows_the_leader_hint() -> None:
         assert leader.seqs() == [1] and follower.seqs() == []
 
 
+def test_a_leader_hint_that_cannot_be_reached_falls_back_to_the_configured_url() -> None:
+    with IngestServer() as follower:
+        gone = free_url()  # a leader that moved away, or a name its certificate does not cover
+        follower.faults.append(("leader", gone))
+        t = plain(follower.url)
+        # Followed the hint, could not connect, went back to where it was configured to send
+        # (before this, it stayed on the hint until the collector restarted).
+        assert t.send(body_for(KEY), KEY).status == "accepted"
+        assert t.stats.leader_hops == 1 and t.url == follower.url and follower.seqs() == [1]
+
+
 def test_leader_hint_to_plain_http_is_refused_when_https_is_required(tmp_path: Path) -> None:
     ca = TestCA(tmp_path, "ca")
     srv_cert = ca.issue("server", server=True)

@@ -357,6 +357,25 @@ def test_restart_pod_finds_it_by_uid_on_its_node() -> None:
             act.apply(p, act.probe(p))
 
 
+def test_a_rotated_token_is_read_for_each_action(tmp_path: Path) -> None:
+    from controller.actuators import KubeTarget
+
+    from .fake_kube import FakeKube
+
+    token = tmp_path / "token"
+    token.write_text("first-token")
+    with FakeKube() as kube:
+        act = get("pause_rollout", HostEnv(kube=KubeTarget(kube.url, token_file=str(token))))
+        p = act.validate({"namespace": "shop", "name": "api"})
+        act.probe(p)
+        token.write_text("rotated-token\n")
+        act.probe(p)
+        assert [auth for _, _, auth in kube.requests] == ["Bearer first-token", "Bearer rotated-token"]
+        token.unlink()
+        with pytest.raises(ActuatorError, match="cannot read the Kubernetes token"):
+            act.probe(p)
+
+
 def test_no_kubernetes_api_configured_is_a_clear_error() -> None:
     act = get("restart_pod", HostEnv())
     with pytest.raises(ActuatorError, match="no Kubernetes API configured"):
@@ -377,7 +396,7 @@ def test_a_pid_reused_by_a_program_of_the_same_name_is_refused(sleeper: subproce
     assert sleeper.poll() is None
 
 
-def test_restart_deployment_rolls_out_and_rolls_back_through_the_client() -> None:
+def test_restart_deployment_rolls_out_through_the_client() -> None:
     from controller.actuators import KubeTarget
     from controller.actuators.kube import RESTARTED_AT
 
@@ -385,28 +404,24 @@ def test_restart_deployment_rolls_out_and_rolls_back_through_the_client() -> Non
 
     with FakeKube() as kube:
         act = get("restart_deployment", HostEnv(kube=KubeTarget(kube.url)))
-        assert act.safety_class == "impacting" and act.reversible and act.verify_signal
+        # Putting the annotation back would restart the pods again: not a rollback.
+        assert act.safety_class == "impacting" and not act.reversible and act.verify_signal
         p = act.validate({"namespace": "shop", "name": "api"})
         before = act.probe(p)
         assert before["restarted_at"] is None and before["resource_version"] == "7"
 
         def annotation() -> object:
-            return (kube.deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(
-                RESTARTED_AT
-            )
+            meta = kube.deployment["spec"]["template"]["metadata"]
+            return (meta.get("annotations") or {}).get(RESTARTED_AT)
 
-        done = act.apply(p, before)
+        kube.deployment["metadata"]["resourceVersion"] = "8"  # a status update since the probe
+        done = act.apply(p, before)  # no resourceVersion in the patch, as kubectl's: no 409
         stamp = annotation()
         assert isinstance(stamp, str) and stamp.endswith("Z")  # an RFC 3339 time
         assert kube.deployment["spec"]["template"]["metadata"]["labels"] == {"app": "api"}  # merged, kept
-        assert ("PATCH", DEPLOYMENT, None) in kube.requests
+        assert ("PATCH", DEPLOYMENT, None) in kube.requests and done.rollback is None
         assert act.settle(p, before, act.probe(p)) == "applied"
         assert act.settle(p, before, before) == "not_applied"
-        assert done.rollback == {"restarted_at": None}
-        act.rollback(p, done.rollback)
-        assert annotation() is None  # as it was: no annotation
-        with pytest.raises(ActuatorError, match="409"):
-            act.apply(p, before)  # read at resourceVersion 7: moved on since
 
 
 def test_scale_deployment_to_a_count_or_by_a_step_and_back() -> None:
@@ -427,6 +442,11 @@ def test_scale_deployment_to_a_count_or_by_a_step_and_back() -> None:
         assert act.settle(p, before, act.probe(p)) == "applied"
         act.rollback(p, done.rollback)
         assert kube.deployment["spec"]["replicas"] == 6
+        # A step up on a Deployment already past max_replicas leaves it be, never scales down.
+        past = act.validate({"namespace": "shop", "name": "api", "by": 1, "max_replicas": 3})
+        assert act.desired(past, {"replicas": 6}) == {"replicas": 6}
+        down = act.validate({"namespace": "shop", "name": "api", "by": -10})
+        assert act.desired(down, {"replicas": 6}) == {"replicas": 0}
         to = act.validate({"namespace": "shop", "name": "api", "replicas": 0})
         act.apply(to, act.probe(to))
         assert kube.deployment["spec"]["replicas"] == 0

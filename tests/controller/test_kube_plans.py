@@ -29,13 +29,18 @@ def by_name(acts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_deployment_actions_come_from_the_workload_and_the_node_from_its_label() -> None:
     mem = by_name(actions_for(hyp("memory_pressure", POD), "3d1219c7c4c5", {"node": "node-1"}))
     assert mem["restart_deployment"]["parameters"] == {"namespace": "shop", "name": "api"}
-    assert mem["restart_deployment"]["safety_class"] == "impacting" and mem["restart_deployment"]["rollback"]
+    restart = mem["restart_deployment"]
+    assert restart["safety_class"] == "impacting" and restart["rollback"] is None
     assert mem["restart_pod"]["parameters"] == {"uid": POD["id"], "node": "node-1"}
     cpu = by_name(actions_for(hyp("cpu_saturation", POD), "3d1219c7c4c5", {"node": "node-1"}))
     assert cpu["scale_deployment"]["parameters"] == {"namespace": "shop", "name": "api", "by": 1}
     assert "restart_deployment" not in cpu
     # No node label: no action that names a node (the host id is a machine id, not a node).
     assert "restart_pod" not in by_name(actions_for(hyp("memory_pressure", POD), "3d1219c7c4c5"))
+    bare = POD | {"workload": "ops/Pod/debug"}  # nothing would bring it back
+    assert "restart_pod" not in by_name(actions_for(hyp("memory_pressure", bare), "h", {"node": "n"}))
+    job = POD | {"workload": "batch/Job/nightly"}
+    assert "restart_pod" not in by_name(actions_for(hyp("memory_pressure", job), "h", {"node": "n"}))
     stateful = POD | {"workload": "db/StatefulSet/pg"}
     assert not {"restart_deployment", "scale_deployment"} & set(
         by_name(actions_for(hyp("memory_pressure", stateful), "h", {"node": "n"}))
@@ -68,3 +73,7 @@ def test_restart_pod_runs_only_where_an_operator_opted_in() -> None:
     assert posture.allow_without_rollback == ("restart_pod",)
     assert posture.public()["allow_without_rollback"] == ["restart_pod"]
     assert "allow_without_rollback" not in Posture().public()  # older plans hash as they did
+    restart = by_name(actions_for(hyp("memory_pressure", POD), "h", {"node": "node-1"}))["restart_deployment"]
+    assert decide(restart, Posture(allow_impacting=True))[0] == "blocked"
+    both = Posture(allow_impacting=True, allow_without_rollback=("restart_pod", "restart_deployment"))
+    assert decide(restart, both) == ("approval_required", None)

@@ -202,7 +202,8 @@ def actions_for(
                 f"deployment:{ns}/{name}",
                 {"namespace": ns, "name": name},
                 expected_effect="fresh pods by the Deployment's own rollout, memory given back",
-                rollback={"restore": "the template's previous restartedAt annotation"},
+                rollback=None,
+                rollback_none_reason="a restart cannot be undone (restoring the annotation restarts again)",
             )
         )
     if deployment is not None and fam in ("cpu_saturation", "cgroup_cpu_throttling"):
@@ -216,9 +217,13 @@ def actions_for(
                 rollback={"restore": "the previous replica count"},
             )
         )
+    # Only a pod a controller replaces (not a bare pod, not a Job's, which would not come back).
+    owner_kind = str(c.get("workload") or "").split("/")[1:2]
+    replaced = owner_kind in (["Deployment"], ["ReplicaSet"], ["StatefulSet"])
     if (
         c.get("kind") == "pod"
         and node
+        and replaced
         and fam in ("memory_pressure", "cpu_saturation", "cgroup_cpu_throttling")
     ):
         acts.append(
