@@ -80,6 +80,14 @@ class Actuator(ABC):
     # What shows whether it worked, beyond the family's own signal the verifier compares.
     verify_signal: ClassVar[str | None] = None
 
+    @classmethod
+    def explains(
+        cls, family: str, culprit: dict[str, Any], params: dict[str, Any], before: dict[str, Any]
+    ) -> bool:
+        """Whether a sighting of ``family`` on ``culprit`` is this action (applied with
+        ``params`` over the state ``before``) doing what it was made to do. None by default."""
+        return False
+
     def __init__(self, env: HostEnv) -> None:
         self.env = env
 

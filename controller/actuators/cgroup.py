@@ -87,6 +87,24 @@ class CgroupCpuQuota(_CgroupActuator):
     expected_effects = ("cgroup_cpu_throttling",)
     controller = "cpu"
 
+    @classmethod
+    def explains(
+        cls, family: str, culprit: dict[str, Any], params: dict[str, Any], before: dict[str, Any]
+    ) -> bool:
+        """A cap it lowered throttles the cgroup it capped, at that cap; a quota it raised (to
+        end throttling) explains no throttling, nor does a cap someone changed since."""
+        cgroup, cores = params.get("cgroup"), params.get("cores")
+        if family not in cls.expected_effects or not isinstance(cores, int | float):
+            return False
+        if cgroup not in (culprit.get("id"), culprit.get("cgroup")):
+            return False
+        quota, period = before.get("quota_us"), before.get("period_us")
+        was = quota / period if isinstance(quota, int) and isinstance(period, int) and period > 0 else None
+        if was is not None and cores >= was:
+            return False
+        cap = culprit.get("quota_cores")
+        return isinstance(cap, int | float) and abs(cap - cores) <= 0.01 * max(cores, 0.01)
+
     def describe(self, p: CpuQuotaParams) -> str:
         return f"limit cgroup {p.cgroup} to {p.cores:g} CPU cores"
 

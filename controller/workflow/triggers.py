@@ -766,20 +766,7 @@ class Triggers:
 
 
 def expected_effect(family: str, culprit: dict[str, Any], change: IntentRow) -> bool:
-    """Whether a sighting of ``family`` on ``culprit`` is what ``change`` was made to do: a
-    CPU quota that lowered the cgroup's cap throttles that cgroup, at that cap."""
+    """Whether a sighting of ``family`` on ``culprit`` is what ``change`` (a standing action
+    of this controller's) was made to do: the action's actuator says."""
     act = ACTUATORS.get(change["action"])
-    if act is None or family not in act.expected_effects:
-        return False
-    params, before = change["params"] or {}, change["before"] or {}
-    if change["action"] != "cgroup_cpu_quota":
-        return False
-    cgroup, cores = params.get("cgroup"), params.get("cores")
-    if not isinstance(cores, int | float) or cgroup not in (culprit.get("id"), culprit.get("cgroup")):
-        return False
-    quota, period = before.get("quota_us"), before.get("period_us")
-    was = quota / period if isinstance(quota, int) and isinstance(period, int) and period > 0 else None
-    if was is not None and cores >= was:
-        return False  # it raised the quota (to end throttling): throttling now is a fault
-    cap = culprit.get("quota_cores")
-    return isinstance(cap, int | float) and abs(cap - cores) <= 0.01 * max(cores, 0.01)
+    return act is not None and act.explains(family, culprit, change["params"] or {}, change["before"] or {})
