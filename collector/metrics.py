@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -446,10 +446,3 @@ class MetricsServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def names(text: bytes) -> Iterable[str]:
-    """The metric names an exposition holds (for tests and the manifests' checks)."""
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            yield line.split("{", 1)[0].split(" ", 1)[0]

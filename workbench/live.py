@@ -192,7 +192,6 @@ class LiveView:
 
         self.wb, self.host_id, self.signals, self.points = wb, host_id, signals, points
         self.every_s = max(MIN_EVERY_S, every_s)
-        self.max_s = max_s
         self.body: dict[str, Any] = {}
         self.refreshes = 0
         self.ticker = Ticker(f"live-{host_id}", self._tick, self.every_s, max_s=max_s, on_end=self._ended)
@@ -245,7 +244,7 @@ class LiveView:
 
     def _ended(self, why: str) -> None:
         if why == "timeout":
-            self.status.value = f"stopped after {self.max_s:g} s; press Live to go on"
+            self.status.value = f"stopped after {self.ticker.max_s:g} s; press Live to go on"
         self.toggle.value = False
 
     def start(self) -> None:

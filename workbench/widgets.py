@@ -354,7 +354,6 @@ class RunStepper:
 
         self.state = StepperState(wb, run_id)
         self.w = w
-        self.follow_every_s = follow_every_s
         self.ticker = Ticker(f"follow-{run_id}", self._follow, follow_every_s, on_end=self._ended)
         self._lock = threading.Lock()
         self.title = w.HTML()

@@ -82,7 +82,7 @@ def test_a_live_view_stops_by_itself(tmp_path: Path) -> None:
             rt.hot.ingest(validate_batch(raw), raw)
         with Workbench(str(client.base_url), token=OPERATOR_TOKEN) as wb:
             view = wb.live("node-live", every_s=0.05)
-            view.max_s = view.ticker.max_s = 0.3
+            view.ticker.max_s = 0.3
             deadline = time.monotonic() + 10
             while view.ticker.running:
                 assert time.monotonic() < deadline
