@@ -224,6 +224,64 @@ class KubernetesSettings(_Strict):
     verify_ssl: bool = True
 
 
+# What a runbook command's argv may name, filled in from the run's culprit and host.
+COMMAND_PLACEHOLDERS = (
+    "host_id",
+    "node",
+    "namespace",
+    "pod",
+    "container",
+    "workload",
+    "workload_kind",
+    "pid",
+    "comm",
+    "cgroup",
+    "family",
+)
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+class CommandSettings(_Strict):
+    """A runbook command the ``run_command`` actuator may run: an argv (no shell) whose first
+    element is an absolute path and whose later ones may hold ``{placeholder}`` fields. Nothing
+    that does not match one of these exactly runs."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    argv: list[str] = Field(min_length=1, max_length=16)
+    # The families the planner proposes it for; none: only what an operator proposes by hand.
+    for_families: list[str] = Field(default_factory=list, max_length=32)
+    # host: runs on this controller's machine, so only for local_hosts; cluster: acts through
+    # an API (kubectl) and may run for any host.
+    scope: Literal["host", "cluster"] = "host"
+    timeout_s: float = Field(default=8.0, gt=0, le=600)
+    # The command's environment: nothing is inherited but the names in pass_env.
+    env: dict[str, str] = Field(default_factory=dict, max_length=32)
+    pass_env: list[str] = Field(default_factory=list, max_length=32)
+    expected_effect: str = Field(default="", max_length=200)
+
+    @model_validator(mode="after")
+    def _shape(self) -> CommandSettings:
+        exe = self.argv[0]
+        if not exe.startswith("/") or _PLACEHOLDER.search(exe) or "\x00" in exe:
+            raise ValueError(f"argv[0] must be an absolute path with no placeholder, not {exe!r}")
+        if sum(len(a) for a in self.argv) > 512:  # it is recorded in plans, which are compact
+            raise ValueError("argv: over 512 characters in all")
+        for arg in self.argv:
+            if "\x00" in arg or "\n" in arg:
+                raise ValueError(f"argv element {arg[:40]!r}: a NUL or a newline")
+            for field_name in _PLACEHOLDER.findall(arg):
+                if field_name not in COMMAND_PLACEHOLDERS:
+                    known = ", ".join(COMMAND_PLACEHOLDERS)
+                    raise ValueError(f"unknown placeholder {{{field_name}}} in {arg!r}; known: {known}")
+            if "{" in _PLACEHOLDER.sub("", arg) or "}" in _PLACEHOLDER.sub("", arg):
+                raise ValueError(f"unbalanced brace in {arg!r}")
+        for name in [*self.env, *self.pass_env]:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"bad environment variable name {name!r}")
+        return self
+
+
 class ExecutionSettings(_Strict):
     """The posture: what the executor may do. The defaults change nothing on any host."""
 
@@ -253,6 +311,22 @@ class ExecutionSettings(_Strict):
     local_hosts: list[str] | None = None
     host_root: Path = Path("/")  # where this host's /proc and /sys are (a container mounts them)
     kubernetes: KubernetesSettings | None = None
+    # Runbook commands the run_command actuator may run (argv, no shell): nothing else runs.
+    commands: list[CommandSettings] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _commands(self) -> ExecutionSettings:
+        names = [c.name for c in self.commands]
+        if len(set(names)) != len(names):
+            raise ValueError("commands: each name once")
+        for c in self.commands:
+            if c.timeout_s >= self.action_timeout_s:
+                # The executor gives up on an action at action_timeout_s and settles it as unknown.
+                raise ValueError(
+                    f"commands.{c.name}.timeout_s ({c.timeout_s}) must be under action_timeout_s "
+                    f"({self.action_timeout_s})"
+                )
+        return self
 
 
 class AnalysisSettings(_Strict):

@@ -86,7 +86,7 @@ class Runtime:
         self.runs = RunStore(self.engine)
         self.execution = ExecutionService(
             self.runs,
-            host_env(x.host_root, self._kube()),
+            host_env(x.host_root, self._kube(), tuple(x.commands)),
             ExecutionOptions.from_settings(x),
             clock=time.time,
             failpoint=failpoint,

@@ -1,6 +1,6 @@
 """The actuators the executor may run, in a registry by name (see base.py)."""
 
-from controller.actuators import cgroup, host, kube, process
+from controller.actuators import cgroup, command, host, kube, process
 from controller.actuators.base import (
     ACTUATORS,
     SAFETY_CLASSES,
@@ -24,6 +24,7 @@ __all__ = [
     "KubeTarget",
     "SafetyClass",
     "cgroup",
+    "command",
     "get",
     "host",
     "host_env",

@@ -13,12 +13,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from collector.cgroups import Layout, discover_layout, parse_mountinfo
 from controller.errors import ControllerError
+
+if TYPE_CHECKING:
+    from controller.config import CommandSettings
 
 SafetyClass = Literal["read_only", "safe_reversible", "impacting", "destructive"]
 SAFETY_CLASSES: tuple[SafetyClass, ...] = ("read_only", "safe_reversible", "impacting", "destructive")
@@ -52,15 +55,20 @@ class HostEnv:
     proc_root: Path = Path("/proc")
     cgroups: Layout = field(default_factory=lambda: Layout(v2=None, v1={}))
     kube: KubeTarget | None = None
+    commands: tuple[CommandSettings, ...] = ()  # the runbook commands run_command may run
 
 
-def host_env(root: Path = Path("/"), kube: KubeTarget | None = None) -> HostEnv:
+def host_env(
+    root: Path = Path("/"), kube: KubeTarget | None = None, commands: tuple[CommandSettings, ...] = ()
+) -> HostEnv:
     """This host's interfaces under root (a container mounts the host's /proc and /sys there)."""
     try:
         mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     except OSError:
         mounts = []
-    return HostEnv(proc_root=root / "proc", cgroups=discover_layout(mounts, root / "sys"), kube=kube)
+    return HostEnv(
+        proc_root=root / "proc", cgroups=discover_layout(mounts, root / "sys"), kube=kube, commands=commands
+    )
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,11 @@ def posture_from(x: ExecutionSettings, local_hosts: list[str]) -> Posture:
     """The posture the settings give; ``local_hosts`` when the settings name none."""
     hosts = x.local_hosts if x.local_hosts is not None else local_hosts
     return _picked(
-        Posture, x, local_hosts=tuple(hosts), allow_without_rollback=tuple(x.allow_without_rollback)
+        Posture,
+        x,
+        local_hosts=tuple(hosts),
+        allow_without_rollback=tuple(x.allow_without_rollback),
+        commands=tuple(x.commands),
     )
 
 

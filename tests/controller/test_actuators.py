@@ -48,6 +48,7 @@ def test_every_actuator_has_a_class_and_a_schema() -> None:
         "pause_rollout",
         "restart_deployment",
         "scale_deployment",
+        "run_command",
     }
     classes = {n: a.safety_class for n, a in ACTUATORS.items()}
     # Every Kubernetes action says what shows whether it worked.
@@ -55,6 +56,7 @@ def test_every_actuator_has_a_class_and_a_schema() -> None:
     assert all(ACTUATORS[n].verify_signal for n in kube)
     assert classes["sigkill"] == "destructive" and classes["sigterm"] == "impacting"
     assert classes["renice"] == classes["cgroup_cpu_quota"] == "safe_reversible"
+    assert classes["run_command"] == "impacting" and not ACTUATORS["run_command"].reversible
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 from controller import artifacts
 from controller.artifacts import Artifact, EvidenceRef, Replay, Status, Uncertainty
-from controller.config import ExecutionSettings
+from controller.config import CommandSettings, ExecutionSettings
 from controller.detectors import Evidence
 from controller.detectors.rules import DEFAULT_HOST_RULES, HostRules
 from controller.errors import ControllerError
@@ -37,6 +39,10 @@ class Posture:
     # Impacting actions with no rollback that may run anyway (approval and allow_impacting
     # still apply): an explicit opt-in, e.g. restart_pod, whose pod its controller replaces.
     allow_without_rollback: tuple[str, ...] = ()
+    commands: tuple[CommandSettings, ...] = ()  # the runbook commands run_command may run
+
+    def command(self, name: object) -> CommandSettings | None:
+        return next((c for c in self.commands if c.name == name), None)
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -49,6 +55,8 @@ class Posture:
         }
         if self.allow_without_rollback:  # recorded only when set: older plans hash as they did
             out["allow_without_rollback"] = sorted(self.allow_without_rollback)
+        if self.commands:  # likewise; an approval binds to the commands as they were listed
+            out["commands"] = [c.model_dump(mode="json") for c in self.commands]
         return out
 
 
@@ -63,7 +71,20 @@ def recorded_posture(plan: dict[str, Any], host_id: str) -> Posture:
         allow_impacting=bool(p.get("allow_impacting", d.allow_impacting)),
         local_hosts=(host_id,) if p.get("host_reachable") else (),
         allow_without_rollback=tuple(str(a) for a in p.get("allow_without_rollback") or ()),
+        commands=tuple(_recorded_commands(p.get("commands"))),
     )
+
+
+def _recorded_commands(raw: object) -> list[CommandSettings]:
+    """The runbook commands a plan recorded; one that no longer reads as a command is left out
+    (its steps are then blocked on a replay, never run)."""
+    out = []
+    for c in raw if isinstance(raw, list) else []:
+        try:
+            out.append(CommandSettings.model_validate(c))
+        except ValidationError:
+            continue
+    return out
 
 
 class NotReady(ControllerError):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from controller.actuators import ACTUATORS
+from controller.actuators.command import render
+from controller.config import CommandSettings
 from controller.workflow.roles import fleet
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
@@ -70,8 +72,56 @@ def _deployment(culprit: dict[str, Any]) -> tuple[str, str] | None:
     return (parts[0], parts[2]) if len(parts) == 3 and parts[1] == "Deployment" else None
 
 
+def command_values(h: dict[str, Any], host_id: str, labels: dict[str, str]) -> dict[str, object]:
+    """What a runbook command's placeholders stand for in this hypothesis (absent: unknown)."""
+    c = h["culprit"]
+    workload = str(c.get("workload") or "").split("/")
+    values: dict[str, object] = {
+        "host_id": host_id,
+        "node": labels.get("node"),
+        "namespace": c.get("namespace"),
+        "pod": c.get("pod"),
+        "container": c.get("container"),
+        "workload_kind": workload[1] if len(workload) == 3 else None,
+        "workload": workload[2] if len(workload) == 3 else None,
+        "pid": _pid(c),
+        "comm": c.get("comm"),
+        "cgroup": c.get("cgroup") or (c.get("id") if c.get("kind") == "cgroup" else None),
+        "family": h["family"],
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def command_actions(
+    h: dict[str, Any], host_id: str, labels: dict[str, str], commands: tuple[CommandSettings, ...]
+) -> list[dict[str, Any]]:
+    """The runbook commands listed for this family, filled in; one whose placeholders have no
+    safe value here (no pod on a bare host, a comm with a space) is not proposed."""
+    values = command_values(h, host_id, labels)
+    acts = []
+    for rule in commands:
+        argv = render(rule.argv, values) if h["family"] in rule.for_families else None
+        if argv is None:
+            continue
+        effect = rule.expected_effect or f"the runbook command {rule.name} mitigates {h['family']}"
+        acts.append(
+            _act(
+                "run_command",
+                f"command:{rule.name}",
+                {"command": rule.name, "argv": argv},
+                expected_effect=effect,
+                rollback=None,
+                rollback_none_reason="a command's effect cannot be read back or undone by the controller",
+            )
+        )
+    return acts
+
+
 def actions_for(
-    h: dict[str, Any], host_id: str = "", labels: dict[str, str] | None = None
+    h: dict[str, Any],
+    host_id: str = "",
+    labels: dict[str, str] | None = None,
+    commands: tuple[CommandSettings, ...] = (),
 ) -> list[dict[str, Any]]:
     """The proposals for one hypothesis. Kubernetes actions name the node by the host's
     ``node`` label (the Node object's name, which the collector reads), never by host id;
@@ -246,7 +296,7 @@ def actions_for(
                 rollback={"undo": "uncordon and remove the taint"},
             )
         )
-    return acts
+    return acts + command_actions(h, host_id, labels or {}, commands)
 
 
 @register
@@ -260,7 +310,7 @@ class Planner(Role):
         proposals = []
         # A symptom (explained by a cause above it) is not acted on: its cause is.
         for h in [h for h in hyps if not h.get("explained_by")][:2]:
-            for a in actions_for(h, ctx.run["host_id"], ctx.evidence.labels):
+            for a in actions_for(h, ctx.run["host_id"], ctx.evidence.labels, ctx.posture.commands):
                 proposals.append({"for_family": h["family"], "for_rank": h["rank"], **a})
         return Output(
             payload={"actions": proposals[:8]},

@@ -3,7 +3,9 @@
 Only this code decides what may run; a model's or a rule's proposal is an input.
 Per step, in order: an unknown action or parameters its actuator refuses are
 blocked; destructive actions are always proposal-only; an impacting action without
-rollback data stays a proposal; classes the posture turns off are blocked; a step
+rollback data stays a proposal (unless the posture opts in: ``allow_without_rollback``,
+or a runbook command listed in ``execution.commands``, whose listing is the opt-in,
+recorded in the plan's posture); classes the posture turns off are blocked; a step
 for a host this controller cannot reach is blocked; read-only validation is allowed
 (also in a dry run); the rest needs approval when the posture says so, and is a dry
 run when dry_run is on. The plan hash covers every step, so an approval binds to
@@ -27,6 +29,14 @@ CLUSTER_ACTIONS = (
     "restart_deployment",
     "scale_deployment",
 )  # act through the Kubernetes API, from anywhere
+COMMAND = "run_command"  # a runbook command: listing it in execution.commands is the opt-in
+
+
+def _from_anywhere(action: dict[str, Any], posture: Posture) -> bool:
+    if action["action"] == COMMAND:
+        rule = posture.command((action.get("parameters") or {}).get("command"))
+        return rule is not None and rule.scope == "cluster"
+    return action["action"] in CLUSTER_ACTIONS
 
 
 def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple[str, str | None]:
@@ -38,7 +48,7 @@ def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple
         if known.safety_class != cls:
             return "blocked", f"{name} is {known.safety_class}, not {cls} as proposed"
         try:
-            known(HostEnv()).validate(action["parameters"])
+            known(HostEnv(commands=posture.commands)).validate(action["parameters"])
         except ActuatorError as exc:
             return "blocked", str(exc)
     elif cls != "read_only":
@@ -46,14 +56,14 @@ def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple
     if cls == "destructive":
         return "blocked", "destructive actions are proposal-only"
     reversible = name in ACTUATORS and ACTUATORS[name].reversible
-    opted_in = name in posture.allow_without_rollback
+    opted_in = name in posture.allow_without_rollback or name == COMMAND
     if cls == "impacting" and (action.get("rollback") is None or not reversible) and not opted_in:
         return "blocked", "an impacting action without rollback data stays a proposal"
     if cls == "impacting" and not posture.allow_impacting:
         return "blocked", "impacting actions are off (posture.allow_impacting)"
     if cls == "safe_reversible" and not posture.allow_safe_reversible:
         return "blocked", "safe_reversible actions are off (posture.allow_safe_reversible)"
-    if name not in CLUSTER_ACTIONS and host_id not in posture.local_hosts:
+    if not _from_anywhere(action, posture) and host_id not in posture.local_hosts:
         return "blocked", f"host {host_id} is not reachable from this controller (execution.local_hosts)"
     if cls == "read_only":
         return "allowed", None
@@ -95,6 +105,11 @@ class PolicyGate(Role):
                 }
             )
         posture = ctx.posture.public() | {"host_reachable": host in ctx.posture.local_hosts}
+        if "commands" in posture:  # the plan records the runbook commands its steps name, no more
+            named = {s["parameters"].get("command") for s in steps if s["action"] == COMMAND}
+            posture["commands"] = [c for c in posture["commands"] if c["name"] in named]
+            if not posture["commands"]:
+                del posture["commands"]
         # The posture is in the hash: an approval of a dry-run plan never approves a live one.
         plan_hash = plan_hash_of(posture, steps)
         needs = [s["step"] for s in steps if s["decision"] == "approval_required"]
