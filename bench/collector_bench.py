@@ -11,7 +11,15 @@ counters. CPU is read from /proc/PID/stat over the window after a warm-up; the
 eBPF programs' own run time (accounted to the tasks that hit the tracepoints,
 not to the collector) is read from the collector's BPF fdinfo and reported beside.
 
+Memory (issue 18): the agent as a node runs it (``incidentlab-collector run``: every
+source on, the spool, shipping to a real controller on loopback, /metrics served) beside
+Debian's prometheus-node-exporter with its default collectors, both at a 1 s interval and
+both scraped once a second, their RSS read from /proc every second of the window. The
+eBPF programs are compiled in a short-lived loader child (collector/sources/ebpf_loader.py),
+whose peak RSS and load time are reported beside.
+
 Targets (issue 3): at most 5% of one core, and at least 5x cheaper than the peer.
+Target (issue 18): at most 60 MB RSS with every source on.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -34,6 +43,8 @@ from bench.peers import proc_cpu_s
 
 TARGET_SHARE_PCT = 5.0
 TARGET_RATIO = 5.0
+TARGET_RSS_MB = 60.0
+TOKEN = "collector-bench-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
 
 PSUTIL_COLLECTOR = r"""
@@ -131,6 +142,124 @@ def bpf_run_time_ns(pid: int) -> int:
     return total
 
 
+def rss_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
+            key, value = line.split(":", 1)
+            out[key] = int(value.split()[0])
+    return out
+
+
+def scrape(port: int) -> int:
+    """One /metrics scrape, as Prometheus would; the number of sample lines."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"/metrics on {port} answered {resp.status}")
+        return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    finally:
+        conn.close()
+
+
+def wait_metrics(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
+    """Until /metrics answers with a snapshot (503 before the first one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            scrape(port)
+            return
+        except (OSError, SystemExit):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+                raise SystemExit(f"no /metrics on {port}: {err}") from None
+            time.sleep(0.2)
+
+
+LOADER_COST = """
+import json, resource, time
+from collector.sources.ebpf_loader import load
+t0 = time.monotonic()
+load("/", 120).close()
+took = time.monotonic() - t0
+peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the loader, its only child
+print(json.dumps({"load_s": round(took, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}))
+"""
+
+
+def loader_cost() -> dict[str, Any]:
+    """The eBPF loader child on its own: seconds to compile and load, and its peak RSS."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOADER_COST], capture_output=True, text=True, cwd=ROOT, timeout=180, check=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def measure_memory(window_s: float, warmup_s: float) -> dict[str, Any]:
+    """RSS of the agent and node_exporter over the window, both serving /metrics at 1 Hz."""
+    from bench.ingest_bench import start_controller
+    from bench.peers import free_port, node_exporter
+
+    tmp = Path(tempfile.mkdtemp(prefix="collector-bench-"))
+    ctl, url = start_controller(tmp / "controller", hosts=10)
+    (tmp / "token").write_text(TOKEN)
+    port = free_port()
+    cfg = {
+        "interval_s": 1.0,
+        "spool": {"dir": str(tmp / "spool")},
+        "transport": {"url": url, "allow_http": True, "token_file": str(tmp / "token")},
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": port},
+    }
+    (tmp / "collector.yaml").write_text(json.dumps(cfg))
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "run", "--config", str(tmp / "collector.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        wait_metrics(port, agent)
+        with node_exporter() as ne:
+            time.sleep(warmup_s)
+            ours: list[int] = []
+            theirs: list[int] = []
+            lines = {"collector": 0, "node_exporter": 0}
+            end = time.monotonic() + window_s
+            while time.monotonic() < end:
+                lines["collector"] = scrape(port)
+                lines["node_exporter"] = len([x for x in ne.scrape().splitlines() if x and x[0] != "#"])
+                ours.append(rss_kb(agent.pid)["VmRSS"])
+                theirs.append(rss_kb(ne.pid)["VmRSS"])
+                time.sleep(1.0)
+            final = rss_kb(agent.pid)
+            if agent.poll() is not None:
+                raise SystemExit("the agent exited during the window")
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+        ctl.terminate()
+        ctl.wait(timeout=15)
+    return {
+        "collector_rss_mb": round(max(ours) / 1024, 1),
+        "collector_rss_anon_mb": round(final["RssAnon"] / 1024, 1),
+        "collector_rss_file_mb": round(final["RssFile"] / 1024, 1),
+        "collector_peak_rss_mb": round(final["VmHWM"] / 1024, 1),
+        "node_exporter_rss_mb": round(max(theirs) / 1024, 1),
+        "metrics_samples": lines,
+        "window_s": window_s,
+    }
+
+
 def measure(cmd: list[str], warmup_s: float, window_s: float, bpf: bool) -> dict[str, Any]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     try:
@@ -195,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             step(f"collector: {collector['share_pct']}% of one core; measuring the psutil collector")
             peer = measure([sys.executable, "-c", PSUTIL_COLLECTOR, "1"], args.warmup, args.window, False)
             step(f"psutil collector: {peer['share_pct']}% of one core")
+        step("memory: the agent (every source, spool, shipping, /metrics) beside node_exporter")
+        memory = measure_memory(args.window, args.warmup)
+        step(f"memory: {memory}")
+        loader = loader_cost() if os.geteuid() == 0 else None
+        step(f"eBPF loader child: {loader}")
     finally:
         if bpf_stats and stats_before is not None:
             stats_path.write_text(stats_before + "\n")
@@ -203,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     met = {
         "share": collector["share_pct"] <= TARGET_SHARE_PCT,
         "ratio": ratio is not None and ratio >= TARGET_RATIO,
+        "rss": memory["collector_rss_mb"] <= TARGET_RSS_MB,
     }
     result = {
         "load": {
@@ -214,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         "collector": collector,
         "psutil_collector": peer,
         "ratio": ratio,
-        "targets": {"share_pct_max": TARGET_SHARE_PCT, "ratio_min": TARGET_RATIO},
+        "memory": memory,
+        "rss_ratio_to_node_exporter": round(memory["collector_rss_mb"] / memory["node_exporter_rss_mb"], 2),
+        "ebpf_loader": loader,
+        "targets": {
+            "share_pct_max": TARGET_SHARE_PCT,
+            "ratio_min": TARGET_RATIO,
+            "rss_mb_max": TARGET_RSS_MB,
+        },
         "met": met,
     }
     path = write_result("collector", result)

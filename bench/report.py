@@ -74,7 +74,39 @@ def _collector(doc: dict[str, Any]) -> list[str]:
         "socket summary (/proc/net/tcp and tcp6 parsed in Python) plus psutil's host counters. The eBPF "
         f"programs' own run time, charged to the tasks that hit the tracepoints, was "
         f"{c.get('bpf_programs_share_pct', 'not measured')}% of one core on top.",
+        *_collector_memory(doc),
     ]
+
+
+def _collector_memory(doc: dict[str, Any]) -> list[str]:
+    m, loader = doc.get("memory"), doc.get("ebpf_loader")
+    if m is None:
+        return []
+    rss_max = doc["targets"]["rss_mb_max"]
+    lines = [
+        "",
+        "Memory, in the same run: the agent as a node runs it (`incidentlab-collector run`: every source "
+        "on, eBPF included, the spool, shipping to a controller on loopback, /metrics served) beside "
+        "Debian's prometheus-node-exporter with its default collectors, both at 1 s and both scraped once "
+        f"a second for {m['window_s']:.0f} s.",
+        "",
+        "| measure | collector | node_exporter | ratio | target |",
+        "|---|---:|---:|---:|---:|",
+        f"| RSS, the most seen | {m['collector_rss_mb']} MB | {m['node_exporter_rss_mb']} MB "
+        f"| {doc['rss_ratio_to_node_exporter']}x | <= {rss_max:g} MB |",
+        f"| samples per /metrics scrape | {m['metrics_samples']['collector']} "
+        f"| {m['metrics_samples']['node_exporter']} | | |",
+        "",
+        f"Of the collector's RSS, {m['collector_rss_anon_mb']} MB is its own heap and "
+        f"{m['collector_rss_file_mb']} MB shared library pages; its peak over the whole run, start "
+        f"included, was {m['collector_peak_rss_mb']} MB.",
+    ]
+    if loader is not None:
+        lines[-1] += (
+            f" The eBPF loader child took {loader['load_s']} s and a peak of {loader['peak_rss_mb']} MB "
+            "to compile and load the programs, then exited."
+        )
+    return lines
 
 
 def _spool(doc: dict[str, Any]) -> list[str]:

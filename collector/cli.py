@@ -96,6 +96,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # httpx imports its command-line client (rich, click, pygments: about 4 MB of RSS for as
+    # long as the agent runs) whenever those happen to be installed; the agent never uses
+    # it, and httpx goes on without it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from collector.agent import Agent
 
     logging.basicConfig(

@@ -140,6 +140,8 @@ class CollectorSettings(EnvOverYaml):
     # Sources to run on their file fallback even where the kernel path works: for a
     # kernel whose netlink or perf path misbehaves, and for proving the fallbacks.
     force_fallback: list[str] = Field(default_factory=list)
+    # How long the eBPF loader child may take to compile and load the programs.
+    ebpf_load_timeout_s: float = Field(default=60.0, gt=0, le=600)
     top_n: int = Field(default=20, ge=1, le=1000)
     # Each source's time budget per sample; None: half the interval, at most 2 s.
     source_timeout_s: float | None = Field(default=None, gt=0, le=60)

@@ -6,6 +6,7 @@
     |   +-- TopologyError      labels that break the label rules, or a Node object without labels
     +-- SourceError            a source failed to sample (foreign errors wrapped here)
     +-- ParseError             Prometheus text that does not parse (collector/sources/external.py)
+    +-- LoadError              the eBPF loader child could not hand the programs over (ebpf_loader.py)
     +-- WireError              a batch or ack breaks the wire contract (names the field)
     |   +-- AckMismatch        a well-formed ack that answers some other batch
     +-- SpoolError             the disk spool cannot be opened or written

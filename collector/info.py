@@ -7,9 +7,11 @@ and why, so the controller never mistakes a fallback for the kernel path.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,27 @@ def bpf_availability(effective: frozenset[str], host_root: str) -> tuple[bool, s
     return True, None
 
 
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+
+def nvml_library_missing() -> str | None:
+    """Why NVML cannot load here, looking for the library pynvml itself loads, before pynvml
+    is imported: a node without the driver never pays for it (about 2 MB of RSS). None: go on
+    (also when pynvml is already imported, as tests replace it)."""
+    if "pynvml" in sys.modules:
+        return None
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+    except OSError as exc:
+        return f"NVML did not initialise: the driver's {NVML_LIBRARY} is not here ({exc})"
+    return None
+
+
 def nvml_presence() -> tuple[bool, str | None]:
     """Whether NVML initialises here; the reason names the missing library or device."""
+    missing = nvml_library_missing()
+    if missing is not None:
+        return False, missing
     try:
         import pynvml
     except ImportError:

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <stdexcept>
 
+#include "bpf.hpp"
 #include "caps.hpp"
 #include "common.hpp"
 #include "crc32c.hpp"
@@ -713,6 +714,49 @@ NB_MODULE(probe_core, m) {
       .def("read", &perf_read, "Cumulative counts since open, per CPU and in total.");
   m.attr("PERF_EVENTS") = nb::make_tuple(probe::kPerfEvents[0], probe::kPerfEvents[1], probe::kPerfEvents[2],
                                          probe::kPerfEvents[3], probe::kPerfEvents[4]);
+
+  // --- BPF maps and perf output (programs a loader process compiled) ---------------------
+  m.def("bpf_map_info", [](int fd) {
+    auto i = without_gil([&] { return probe::bpf_map_info(fd); });
+    nb::dict d;
+    d["type"] = i.type;
+    d["key_size"] = i.key_size;
+    d["value_size"] = i.value_size;
+    d["max_entries"] = i.max_entries;
+    d["name"] = i.name;
+    return d;
+  }, "fd"_a, "A BPF map's type, key and value sizes, max_entries and name (UnavailableError: not a map).");
+  m.def("bpf_map_items", [](int fd) {
+    auto items = without_gil([&] { return probe::bpf_map_items(fd); });
+    nb::list out;
+    for (const auto& [k, v] : items) out.append(nb::make_tuple(nb::bytes(k.data(), k.size()), nb::bytes(v.data(), v.size())));
+    return out;
+  }, "fd"_a, "Every (key, value) of a hash or array map, at most max_entries; per-CPU maps are refused.");
+  m.def("parse_perf_ring", [](const nb::bytes& ring, std::uint64_t tail, std::uint64_t head, std::size_t max_samples) {
+    std::uint64_t new_tail = tail;
+    auto d = probe::parse_perf_ring(view(ring), tail, head, max_samples, &new_tail);
+    nb::list samples;
+    for (const auto& s : d.samples) samples.append(nb::bytes(s.data(), s.size()));
+    nb::dict out;
+    out["samples"] = samples;
+    out["lost"] = d.lost;
+    out["corrupt"] = d.corrupt;
+    out["tail"] = new_tail;
+    return out;
+  }, "ring"_a, "tail"_a, "head"_a, "max_samples"_a = 1u << 20,
+  "The RAW samples and lost counts of a perf ring's bytes between tail and head (pure; for tests).");
+  nb::class_<probe::BpfPerfBuffer>(m, "BpfPerfBuffer",
+                                   "Per-CPU bpf-output perf rings put in a BPF_MAP_TYPE_PERF_EVENT_ARRAY.")
+      .def(nb::init<int, const std::vector<int>&, int>(), "map_fd"_a, "cpus"_a, "page_cnt"_a)
+      .def("poll", [](probe::BpfPerfBuffer& b, std::size_t max_samples) {
+        auto got = without_gil([&] { return b.poll(max_samples); });
+        nb::list out;
+        for (const auto& [cpu, s] : got) out.append(nb::make_tuple(cpu, nb::bytes(s.data(), s.size())));
+        return out;
+      }, "max_samples"_a = 1u << 20, "(cpu, sample) drained from every ring, without blocking.")
+      .def("lost", &probe::BpfPerfBuffer::lost, "Samples the kernel dropped for want of room, since open.")
+      .def("corrupt", &probe::BpfPerfBuffer::corrupt, "Records that could not be what the kernel writes.")
+      .def("close", &probe::BpfPerfBuffer::close);
 
   // --- sockets, taskstats, capabilities --------------------------------------------------
   m.def("sock_diag_tcp", [](std::size_t top_n, double backlog_ratio, bool per_family) {

@@ -15,7 +15,7 @@ forks (/proc/stat), OOM kills (vmstat oom_kill), retransmitted segments
 
 from __future__ import annotations
 
-import ctypes
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,16 @@ from typing import Any
 import probe_core
 
 from collector.errors import SourceError
+from collector.sources import ebpf_loader as loader
 from collector.sources.base import PathPlan, Rates, Source, SourceContext, SourceResult
+from collector.sources.ebpf_loader import Loaded, LoadError
 from collector.sources.registry import register
 
-PROGRAM = Path(__file__).with_name("ebpf.bpf.c")
 MAX_EVENTS_PER_TYPE = 256  # kept per sample; the rest are counted as overflow
 PERF_PAGES = 64  # per CPU: 256 KiB holds ~4,000 exec records between 1 s samples
 RAW_PREFIX = 64  # bytes of an undecodable record kept for the operator
+# Per sample: the rings hold ~4,000 records a CPU; the rest waits for the next sample.
+MAX_SAMPLES_PER_POLL = 65_536
 
 
 def parse_schedstat_wait(text: str) -> int:
@@ -42,6 +45,26 @@ def parse_schedstat_wait(text: str) -> int:
             if len(fields) >= 9:
                 total += int(fields[8])
     return total
+
+
+def parse_runq_items(items: list[tuple[bytes, bytes]]) -> dict[int, int]:
+    """runq_hist's entries (u32 log2 slot -> u64 count, host byte order) as a dict."""
+    return {
+        int.from_bytes(k[:4], sys.byteorder): int.from_bytes(v[:8], sys.byteorder)
+        for k, v in items
+        if len(k) >= 4 and len(v) >= 8
+    }
+
+
+def parse_bio_items(items: list[tuple[bytes, bytes]]) -> dict[tuple[int, int], int]:
+    """bio_hist's entries ({u32 dev, u32 slot} -> u64 count) as a dict."""
+    return {
+        (int.from_bytes(k[:4], sys.byteorder), int.from_bytes(k[4:8], sys.byteorder)): int.from_bytes(
+            v[:8], sys.byteorder
+        )
+        for k, v in items
+        if len(k) >= 8 and len(v) >= 8
+    }
 
 
 def histogram_delta(prev: dict[int, int], cur: dict[int, int]) -> list[int]:
@@ -65,11 +88,14 @@ class EbpfSource(Source):
     def __init__(self, ctx: SourceContext) -> None:
         super().__init__(ctx)
         self._rates = Rates(ctx.clock)
-        self._bpf: Any = None
+        self._loaded: Loaded | None = None
+        self._perf: probe_core.BpfPerfBuffer | None = None
         self._why: str | None = None
         self._events: list[dict[str, Any]] = []
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._lost_seen = 0
+        self._corrupt_seen = 0
         self._runq_prev: dict[int, int] = {}
         self._bio_prev: dict[tuple[int, int], int] = {}
         self._hist_at: float | None = None
@@ -80,46 +106,35 @@ class EbpfSource(Source):
         else:
             try:
                 self._load()
-            except Exception as exc:  # bcc raises bare Exception when clang or the verifier refuses
-                self._bpf = None
-                self._why = f"eBPF programs did not load: {str(exc)[:300]}"
+            except (LoadError, probe_core.UnavailableError) as exc:
+                self.close()
+                self._why = str(exc) if str(exc).startswith("eBPF") else f"eBPF programs did not load: {exc}"
 
     def _load(self) -> None:
-        from bcc import BPF
-
-        cflags = ["-Wno-macro-redefined"]
-        fmt = (
-            Path(self.ctx.host_root)
-            / "sys"
-            / "kernel"
-            / "tracing"
-            / "events"
-            / "oom"
-            / "mark_victim"
-            / "format"
-        )
+        root = self.ctx.host_root
+        self._loaded = loader.load(root, self.ctx.settings.ebpf_load_timeout_s)
         try:
-            if "total_vm" in fmt.read_text():
-                cflags.append("-DMARK_VICTIM_HAS_RSS")
-        except OSError:
-            pass
-        # bcc warns (DeprecationWarning) on str where it wants bytes: give it bytes.
-        self._bpf = BPF(text=PROGRAM.read_bytes(), cflags=cflags)
-        self._bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
+            online = (Path(root) / "sys" / "devices" / "system" / "cpu" / "online").read_text()
+        except OSError as exc:
+            raise LoadError(f"cannot list the online CPUs: {exc.strerror}") from exc
+        self._perf = probe_core.BpfPerfBuffer(
+            self._loaded.maps["events"], loader.parse_cpu_list(online), PERF_PAGES
+        )
         self._hist_at = self.ctx.clock()
         self._runq_prev = self._read_runq()
         self._bio_prev = self._read_bio()
 
+    @property
+    def _kernel(self) -> bool:
+        return self._perf is not None
+
     def plan(self) -> PathPlan:
-        return PathPlan("kernel") if self._bpf is not None else PathPlan("file", self._why)
+        return PathPlan("kernel") if self._kernel else PathPlan("file", self._why)
 
     # --- kernel path -------------------------------------------------------------------
 
-    def _on_lost(self, lost: int) -> None:
-        self._dropped["perf_lost"] += int(lost)
-
-    def _on_event(self, cpu: int, data: Any, size: int) -> None:
-        raw = ctypes.string_at(data, size)
+    def _on_sample(self, cpu: int, raw: bytes) -> None:
+        size = len(raw)
         # perf rounds each sample up to 8 bytes: one record per sample, so its own
         # length says where the padding starts.
         length = int.from_bytes(raw[6:8], "little") if size >= 8 else size
@@ -149,11 +164,15 @@ class EbpfSource(Source):
                 event["ppid"] = _ppid(Path(self.ctx.settings.procfs_root), int(event["pid"]))
             self._events.append(event)
 
+    def _map(self, name: str) -> list[tuple[bytes, bytes]]:
+        assert self._loaded is not None
+        return probe_core.bpf_map_items(self._loaded.maps[name])
+
     def _read_runq(self) -> dict[int, int]:
-        return {int(k.value): int(v.value) for k, v in self._bpf[b"runq_hist"].items()}
+        return parse_runq_items(self._map("runq_hist"))
 
     def _read_bio(self) -> dict[tuple[int, int], int]:
-        return {(int(k.dev), int(k.slot)): int(v.value) for k, v in self._bpf[b"bio_hist"].items()}
+        return parse_bio_items(self._map("bio_hist"))
 
     def _histograms(self) -> list[dict[str, Any]]:
         now = self.ctx.clock()
@@ -189,7 +208,15 @@ class EbpfSource(Source):
         return out
 
     def _sample_kernel(self) -> SourceResult:
-        self._bpf.perf_buffer_poll(timeout=0)
+        assert self._perf is not None
+        for cpu, raw in self._perf.poll(MAX_SAMPLES_PER_POLL):
+            self._on_sample(cpu, raw)
+        lost, corrupt = self._perf.lost(), self._perf.corrupt()
+        if lost > self._lost_seen:
+            self._dropped["perf_lost"] += lost - self._lost_seen
+        if corrupt > self._corrupt_seen:
+            self._dropped["undecodable"] += corrupt - self._corrupt_seen
+        self._lost_seen, self._corrupt_seen = lost, corrupt
         events, counts, dropped = self._events, dict(self._counts), dict(self._dropped)
         self._events, self._counts, self._dropped = [], Counter(), Counter()
         data = {
@@ -236,14 +263,17 @@ class EbpfSource(Source):
         return SourceResult.fallback(self._why or "eBPF unavailable", data)
 
     def sample(self) -> SourceResult:
-        if self._bpf is not None:
+        if self._kernel:
             try:
                 return self._sample_kernel()
-            except OSError as exc:
+            except probe_core.UnavailableError as exc:
                 raise SourceError(f"reading BPF maps failed: {exc}") from exc
         return self._sample_files()
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        if self._perf is not None:
+            self._perf.close()
+            self._perf = None
+        if self._loaded is not None:
+            self._loaded.close()  # the tracepoints' last fds: the programs detach
+            self._loaded = None

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from collector.info import nvml_library_missing
 from collector.sources.base import PathPlan, Source, SourceContext, SourceResult
 from collector.sources.registry import register
 
@@ -177,6 +178,9 @@ class GpuSource(Source):
         self._events: Any = None
         self._why: str | None = None
         self._xid_note: str | None = None
+        self._why = nvml_library_missing()
+        if self._why is not None:
+            return
         try:
             nv = _Nvml()
         except ImportError:
