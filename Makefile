@@ -9,7 +9,7 @@ NATIVE_SRC := $(wildcard native/*.cpp native/*.hpp native/*.pyi) CMakeLists.txt 
 ASAN_DIR := build/asan
 
 .DEFAULT_GOAL := help
-.PHONY: help install test pytest lint asan-test bench demo clean
+.PHONY: help install test pytest lint asan-test bench demo image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench: install ## run the benchmarks against their peers; JSON lands in bench/re
 
 demo: install ## start a controller and a collector, inject a fault, write the postmortem
 	$(PY) -m pipelines.demo
+
+image: install ## build the OCI image (buildah over a debootstrapped Debian; no Docker daemon)
+	scripts/build-image.sh $(IMAGE)
 
 clean: ## remove .venv and build output (keeps data/)
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

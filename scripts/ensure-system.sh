@@ -5,12 +5,14 @@
 #          chromium for the real-browser test of the workbench (JupyterLab), alertmanager
 #          for the alerting tests (a real Alertmanager, started by the test)
 #   bench: the peers the benchmarks compare against
+#   image: debootstrap, buildah and podman for `make image` and its test (no Docker daemon)
 set -euo pipefail
 
 case "${1:-build}" in
   build) pkgs=(g++ cmake ninja-build zlib1g-dev libcap2-bin iproute2 nftables prometheus-node-exporter prometheus-alertmanager chromium) ;;
   bench) pkgs=(prometheus-node-exporter) ;;
-  *) echo "ensure-system: unknown profile '$1' (build, bench)" >&2; exit 2 ;;
+  image) pkgs=(debootstrap buildah podman runc uidmap) ;;
+  *) echo "ensure-system: unknown profile '$1' (build, bench, image)" >&2; exit 2 ;;
 esac
 
 missing=()
