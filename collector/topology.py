@@ -36,6 +36,9 @@ MAX_LABELS = 32
 MAX_VALUE = 128
 MAX_PODS_BYTES = 16 << 20  # a node's pods (at most a few hundred, each some KiB)
 MAX_PODS = 1000
+# Jobs whose owner (a CronJob, or none) is looked up per refresh, and remembered at most.
+MAX_JOB_LOOKUPS = 32
+MAX_JOBS_KNOWN = 1024
 # Short name -> the Kubernetes node labels it is read from, first present wins.
 WELL_KNOWN: dict[str, tuple[str, ...]] = {
     "zone": ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"),
@@ -129,6 +132,19 @@ def pod_owners(pod_list: Any) -> dict[str, dict[str, str]]:
     return out
 
 
+def job_owner(job: Any) -> str | None:
+    """The CronJob that made a Job (GET /apis/batch/v1/namespaces/NS/jobs/NAME), as
+    ``<namespace>/CronJob/<name>``; None for a Job nothing owns."""
+    meta = job.get("metadata") if isinstance(job, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("namespace"), str):
+        raise TopologyError("the Job has no metadata.namespace")
+    owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
+    ctrl = next((o for o in owners if o.get("controller")), None)
+    if ctrl is None or ctrl.get("kind") != "CronJob" or not isinstance(ctrl.get("name"), str):
+        return None
+    return f"{meta['namespace']}/CronJob/{ctrl['name']}"[:253]
+
+
 _RUNTIME_ID = re.compile(r"^[a-z0-9.-]+://([0-9a-f]{12,64})$")
 
 
@@ -204,6 +220,8 @@ class Topology:
         self._node: dict[str, str] = {}
         self._pods: dict[str, dict[str, str]] = {}
         self._containers: dict[str, str] = {}  # container id -> its name, on this node
+        self._jobs: list[str] = []  # the Jobs whose pods are on this node, "<ns>/Job/<name>"
+        self._job_owners: dict[str, str | None] = {}  # a Job -> its CronJob's workload, or None
         self._downward: dict[str, str] = {}
         self._errors: dict[str, str] = {}
         self._stop = threading.Event()
@@ -253,10 +271,51 @@ class Topology:
                 f"/api/v1/pods?fieldSelector={selector}&resourceVersion=0",
                 self._take_pods,
             )
+            self._name_cronjobs()
 
     def _take_pods(self, doc: Any) -> None:
         self._pods = pod_owners(doc)
         self._containers = container_names(doc)
+        self._jobs = sorted({w for p in self._pods.values() if (w := p["workload"]).split("/")[1] == "Job"})
+        self._apply_job_owners()
+
+    def _apply_job_owners(self) -> None:
+        for pod in self._pods.values():
+            cron = self._job_owners.get(pod["workload"])
+            if cron is not None:
+                pod["workload"] = cron
+
+    def _name_cronjobs(self) -> None:
+        """A Job's pods are named by the CronJob that made the Job, when one did: one GET per
+        Job not seen before (at most MAX_JOB_LOOKUPS a refresh), remembered while its pods are
+        on this node."""
+        with self._lock:
+            on_node = set(self._jobs)
+            self._job_owners = {j: o for j, o in self._job_owners.items() if j in on_node}
+            unknown = [j for j in self._jobs if j not in self._job_owners][:MAX_JOB_LOOKUPS]
+        for workload in unknown:
+            if len(self._job_owners) >= MAX_JOBS_KNOWN:
+                break
+            ns, _, name = workload.split("/", 2)
+            quoted = urllib.parse.quote(ns, safe=""), urllib.parse.quote(name, safe="")
+            path = "/apis/batch/v1/namespaces/{}/jobs/{}".format(*quoted)
+            try:
+                owner = job_owner(self._get(path))
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:  # a Job already gone has no CronJob to name; RBAC or worse: stop
+                    with self._lock:
+                        self._errors["jobs"] = f"GET {path}: HTTP {exc.code} {exc.reason}"
+                    return
+                owner = None
+            except (OSError, ValueError, TopologyError) as exc:
+                with self._lock:
+                    self._errors["jobs"] = f"GET {path}: {exc}"
+                return
+            with self._lock:
+                self._job_owners[workload] = owner
+        with self._lock:
+            self._errors.pop("jobs", None)
+            self._apply_job_owners()
 
     def _read(self, what: str, path: str, take: Callable[[Any], None]) -> None:
         try:

@@ -281,10 +281,11 @@ def test_rbac_grants_exactly_the_verbs_the_actuators_call() -> None:
     docs = build(DEPLOY / "overlays" / "default")
     needed = set().union(*ACTUATOR_CALLS.values())
     assert granted(one(docs, "ClusterRole", "incidentlab-controller")) == needed
-    # The collector reads its Node and its node's pods, nothing else.
+    # The collector reads its Node, its node's pods and their Jobs (for the CronJob), nothing else.
     assert granted(one(docs, "ClusterRole", "incidentlab-collector")) == {
         ("", "nodes", "get"),
         ("", "pods", "list"),
+        ("batch", "jobs", "get"),
     }
     for binding in [d for d in docs if d["kind"] == "ClusterRoleBinding"]:
         (subject,) = binding["subjects"]

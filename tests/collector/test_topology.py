@@ -15,6 +15,7 @@ from collector.errors import ConfigError, TopologyError
 from collector.topology import (
     Topology,
     container_names,
+    job_owner,
     node_labels,
     parse_downward_labels,
     pod_owners,
@@ -95,9 +96,15 @@ def test_settings_refuse_bad_labels() -> None:
 class _NodeApi:
     """A Kubernetes API answering GET /api/v1/nodes/NAME for one node (or an error)."""
 
-    def __init__(self, node: dict[str, Any], pods: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        node: dict[str, Any],
+        pods: dict[str, Any] | None = None,
+        jobs: dict[str, tuple[int, Any]] | None = None,
+    ) -> None:
         self.node = node
         self.pods = pods or {"kind": "PodList", "items": []}
+        self.jobs = jobs or {}  # path -> (status, body)
         self.paths: list[str] = []
         self.status = 200
         self.auth: list[str | None] = []
@@ -113,6 +120,14 @@ class _NodeApi:
                 name = api.node["metadata"]["name"]
                 pods = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}&resourceVersion=0"
                 doc = {f"/api/v1/nodes/{name}": api.node, pods: api.pods}.get(self.path)
+                if self.path in api.jobs:
+                    code, job = api.jobs[self.path]
+                    body = json.dumps(job).encode()
+                    self.send_response(code)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 ok = doc is not None and api.status == 200
                 body = json.dumps(doc if ok else {"kind": "Status", "code": 404}).encode()
                 self.send_response(200 if ok else (api.status if api.status != 200 else 404))
@@ -326,3 +341,88 @@ def test_process_rows_of_a_pod_are_named(tmp_path: Path) -> None:
         topo.name_pods({"sources": {}})  # no processes source: nothing to do
     finally:
         api.close()
+
+
+def job(ns: str, name: str, cronjob: str | None) -> dict[str, Any]:
+    owners = [{"apiVersion": "batch/v1", "kind": "CronJob", "name": cronjob, "controller": True}]
+    return {
+        "kind": "Job",
+        "metadata": {"namespace": ns, "name": name, "ownerReferences": owners if cronjob else []},
+    }
+
+
+def job_pod(uid: str, ns: str, job_name: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{job_name}-x7k2p",
+            "namespace": ns,
+            "uid": uid,
+            "labels": {"batch.kubernetes.io/job-name": job_name},
+            "ownerReferences": [{"kind": "Job", "name": job_name, "controller": True}],
+        }
+    }
+
+
+JOBS_PATH = "/apis/batch/v1/namespaces/batch/jobs/"
+
+
+def test_a_cronjobs_pods_are_named_by_the_cronjob() -> None:
+    pods = {
+        "kind": "PodList",
+        "items": [
+            job_pod("u-1", "batch", "nightly-29412345"),
+            job_pod("u-2", "batch", "adhoc"),
+            job_pod("u-3", "batch", "gone"),
+        ],
+    }
+    api = _NodeApi(
+        GKE_NODE,
+        pods,
+        {
+            JOBS_PATH + "nightly-29412345": (200, job("batch", "nightly-29412345", "nightly")),
+            JOBS_PATH + "adhoc": (200, job("batch", "adhoc", None)),
+            JOBS_PATH + "gone": (404, {"kind": "Status", "code": 404}),
+        },
+    )
+    try:
+        topo = Topology({}, node_name=GKE_NODE["metadata"]["name"], api_url=api.url, opener=_plain_open)
+        topo.refresh()
+        assert topo.pod("u-1") == {
+            "namespace": "batch",
+            "pod": "nightly-29412345-x7k2p",
+            "workload": "batch/CronJob/nightly",
+        }
+        assert topo.pod("u-2")["workload"] == "batch/Job/adhoc"  # type: ignore[index]
+        assert topo.pod("u-3")["workload"] == "batch/Job/gone"  # type: ignore[index]
+        assert "jobs" not in topo.state()["errors"]
+        asked = [p for p in api.paths if p.startswith(JOBS_PATH)]
+        assert sorted(asked) == sorted(JOBS_PATH + n for n in ("nightly-29412345", "adhoc", "gone"))
+        topo.refresh()  # known Jobs are not asked for again, and keep their CronJob
+        assert [p for p in api.paths if p.startswith(JOBS_PATH)] == asked
+        assert topo.pod("u-1")["workload"] == "batch/CronJob/nightly"  # type: ignore[index]
+    finally:
+        api.close()
+
+
+def test_jobs_the_collector_may_not_read_stay_jobs_and_say_why() -> None:
+    pods = {"kind": "PodList", "items": [job_pod("u-1", "batch", "a"), job_pod("u-2", "batch", "b")]}
+    forbidden = (403, {"kind": "Status", "code": 403})
+    api = _NodeApi(GKE_NODE, pods, {JOBS_PATH + "a": forbidden, JOBS_PATH + "b": forbidden})
+    try:
+        topo = Topology({}, node_name=GKE_NODE["metadata"]["name"], api_url=api.url, opener=_plain_open)
+        topo.refresh()
+        assert "HTTP 403" in topo.state()["errors"]["jobs"]
+        assert topo.pod("u-1")["workload"] == "batch/Job/a"  # type: ignore[index]
+        assert len([p for p in api.paths if p.startswith(JOBS_PATH)]) == 1  # not once per Job
+    finally:
+        api.close()
+
+
+def test_job_owner_reads_only_a_controlling_cronjob() -> None:
+    assert job_owner(job("batch", "n-1", "n")) == "batch/CronJob/n"
+    assert job_owner(job("batch", "n-1", None)) is None
+    other = job("batch", "n-1", "n")
+    other["metadata"]["ownerReferences"][0]["kind"] = "Workflow"  # an Argo Workflow's Job
+    assert job_owner(other) is None
+    with pytest.raises(TopologyError, match="namespace"):
+        job_owner({"kind": "Status"})
