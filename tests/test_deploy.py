@@ -255,7 +255,7 @@ def test_the_controller_deployment_agrees_with_its_settings_and_routes(tmp_path:
 
 # What each Kubernetes actuator calls (controller/actuators/kube.py): (apiGroup, resource, verb).
 ACTUATOR_CALLS = {
-    "restart_pod": {("", "pods", "list"), ("", "pods", "delete")},
+    "restart_pod": {("", "pods", "list"), ("", "pods/eviction", "create")},
     "cordon_and_taint": {("", "nodes", "get"), ("", "nodes", "patch")},
     "pause_rollout": {("apps", "deployments", "get"), ("apps", "deployments", "patch")},
     "restart_deployment": {("apps", "deployments", "get"), ("apps", "deployments", "patch")},

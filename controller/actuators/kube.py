@@ -1,7 +1,8 @@
 """Kubernetes actuators through the official client, each with its safety class, the
 rollback data it keeps and the signal its verification reads (``verify_signal``):
 
-- restart_pod: delete one pod so its controller starts a fresh one (impacting, no
+- restart_pod: evict one pod (its PodDisruptionBudget permitting; a 429 changes nothing) so
+  its controller starts a fresh one (impacting, no
   rollback; runnable only where ``execution.allow_without_rollback`` names it);
 - cordon_and_taint: quarantine a node with a failing GPU (impacting; rollback restores
   its schedulability and taints);
@@ -119,7 +120,10 @@ class RestartPod(Actuator):
     verify_signal = "a new pod of the same controller running, then the family's own signal"
 
     def describe(self, p: PodParams) -> str:
-        return f"delete pod {p.uid} on node {p.node} so that its controller starts a new one"
+        return (
+            f"evict pod {p.uid} on node {p.node} (its PodDisruptionBudget permitting) "
+            "so that its controller starts a new one"
+        )
 
     def probe(self, p: PodParams) -> dict[str, Any]:
         with core_api(self.env.kube) as api:
@@ -129,7 +133,7 @@ class RestartPod(Actuator):
                 field_selector=f"spec.nodeName={p.node}",
             )
         for pod in pods.items:
-            # A pod being deleted (deletionTimestamp set) counts as gone: the delete took.
+            # A pod being deleted (deletionTimestamp set) counts as gone: the eviction took.
             if pod.metadata.uid == p.uid and not pod.metadata.deletion_timestamp:
                 return {"exists": True, "namespace": pod.metadata.namespace, "name": pod.metadata.name}
         return {"exists": False}
@@ -140,12 +144,26 @@ class RestartPod(Actuator):
     def apply(self, p: PodParams, before: dict[str, Any]) -> Applied:
         if not before.get("exists"):
             raise ActuatorError(f"pod {p.uid} is not on node {p.node}")
-        what = f"deleting pod {before['namespace']}/{before['name']}"
-        # The UID as a precondition: a pod recreated under the same name (a StatefulSet's) is
-        # a different pod, and the API refuses to delete it (409).
-        body = {"preconditions": {"uid": p.uid}}
+        ns, name = before["namespace"], before["name"]
+        # Evicted, not deleted: the API honours the pod's PodDisruptionBudgets, as `kubectl
+        # drain` does. The UID as a precondition: a pod recreated under the same name (a
+        # StatefulSet's) is a different pod, and the API refuses it (409).
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+            "deleteOptions": {"preconditions": {"uid": p.uid}},
+        }
         with core_api(self.env.kube) as api:
-            _call(what, api.delete_namespaced_pod, before["name"], before["namespace"], body=body)
+            try:
+                api.create_namespaced_pod_eviction(name, ns, body, _request_timeout=10)
+            except Exception as exc:
+                if getattr(exc, "status", None) == 429:
+                    raise ActuatorError(
+                        f"evicting pod {ns}/{name}: its PodDisruptionBudget allows no disruption now "
+                        "(Kubernetes API answered 429); nothing was deleted"
+                    ) from None
+                raise _api_error(f"evicting pod {ns}/{name}", exc) from None
         return Applied(self.probe(p), None)
 
 

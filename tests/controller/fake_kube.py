@@ -52,10 +52,17 @@ class FakeKube:
             "status": {"replicas": 6, "updatedReplicas": 3},
         }
         self.requests: list[tuple[str, str, str | None]] = []
+        self.evictions: list[dict[str, Any]] = []
+        self.pdb_allows = 1  # disruptions the pods' PodDisruptionBudget allows (evictions past it: 429)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _replace(self, pod: dict[str, Any]) -> None:
+        """The pod goes; its ReplicaSet makes a replacement with a new UID."""
+        self.pods.remove(pod)
+        self.pods.append(self._pod(pod["metadata"]["name"] + "-new", "0b1c2d3e-aaaa-bbbb-cccc-000000000043"))
 
     @staticmethod
     def _pod(name: str, uid: str) -> dict[str, Any]:
@@ -175,17 +182,33 @@ class FakeKube:
                     "status": {"replicas": d["status"]["replicas"], "selector": "app=api"},
                 }
 
+            def do_POST(self) -> None:
+                url = self._record()
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with kube.lock:
+                    for pod in kube.pods:
+                        m = pod["metadata"]
+                        if url.path != f"/api/v1/namespaces/{m['namespace']}/pods/{m['name']}/eviction":
+                            continue
+                        kube.evictions.append(body)
+                        want = (body.get("deleteOptions") or {}).get("preconditions", {}).get("uid")
+                        if want is not None and want != m["uid"]:
+                            return self._status(409, "Conflict")
+                        if kube.pdb_allows == 0:
+                            return self._status(429, "TooManyRequests")
+                        kube.pdb_allows -= 1
+                        kube._replace(pod)
+                        return self._send(201, {"kind": "Status", "status": "Success"})
+                return self._status(404, "NotFound")
+
             def do_DELETE(self) -> None:
                 url = self._record()
                 with kube.lock:
                     for pod in kube.pods:
                         m = pod["metadata"]
                         if url.path == f"/api/v1/namespaces/{m['namespace']}/pods/{m['name']}":
-                            kube.pods.remove(pod)
-                            # Its ReplicaSet makes a replacement with a new UID.
-                            kube.pods.append(
-                                kube._pod(m["name"] + "-new", "0b1c2d3e-aaaa-bbbb-cccc-000000000043")
-                            )
+                            kube._replace(pod)
                             return self._send(200, pod)
                 return self._status(404, "NotFound")
 

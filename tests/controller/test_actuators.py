@@ -353,10 +353,29 @@ def test_restart_pod_finds_it_by_uid_on_its_node() -> None:
         assert before == {"exists": True, "namespace": "ml", "name": "trainer-0"}
         done = act.apply(p, before)
         assert done.after == {"exists": False} and done.rollback is None
-        assert ("DELETE", "/api/v1/namespaces/ml/pods/trainer-0", None) in kube.requests
+        assert ("POST", "/api/v1/namespaces/ml/pods/trainer-0/eviction", None) in kube.requests
+        assert not [r for r in kube.requests if r[0] == "DELETE"]  # evicted, never deleted outright
+        (eviction,) = kube.evictions
+        assert eviction["kind"] == "Eviction" and eviction["deleteOptions"]["preconditions"]["uid"] == POD_UID
         assert act.settle(p, before, act.probe(p)) == "applied"
         with pytest.raises(ActuatorError, match="not on node"):
             act.apply(p, act.probe(p))
+
+
+def test_restart_pod_respects_the_disruption_budget() -> None:
+    from controller.actuators import KubeTarget
+
+    from .fake_kube import POD_UID, FakeKube
+
+    with FakeKube() as kube:
+        kube.pdb_allows = 0
+        act = get("restart_pod", HostEnv(kube=KubeTarget(kube.url)))
+        p = act.validate({"uid": POD_UID, "node": "node-1"})
+        before = act.probe(p)
+        with pytest.raises(ActuatorError, match=r"PodDisruptionBudget allows no disruption now .*429"):
+            act.apply(p, before)
+        assert act.probe(p) == before  # still there
+        assert act.settle(p, before, act.probe(p)) == "not_applied"
 
 
 def test_a_rotated_token_is_read_for_each_action(tmp_path: Path) -> None:
