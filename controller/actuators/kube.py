@@ -392,14 +392,19 @@ class ScaleDeployment(Actuator):
 
     def _patch(self, p: ScaleParams, rv: str, replicas: int) -> None:
         body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}}
+        what = f"scaling deployment {p.namespace}/{p.name}"
         with apps_api(self.env.kube) as api:
-            _call(
-                f"scaling deployment {p.namespace}/{p.name}",
-                api.patch_namespaced_deployment_scale,
-                p.name,
-                p.namespace,
-                body,
-            )
+            try:
+                api.patch_namespaced_deployment_scale(p.name, p.namespace, body, _request_timeout=10)
+            except Exception as exc:
+                # Not retried from a fresh read: the approved step was computed from the count
+                # read before it, and an HPA that moved it since would be fought, not helped.
+                if getattr(exc, "status", None) == 409:
+                    raise ActuatorError(
+                        f"{what}: its replica count changed since it was read (Kubernetes API "
+                        "answered 409: an autoscaler or someone else scaled it); nothing changed"
+                    ) from None
+                raise _api_error(what, exc) from None
 
     def apply(self, p: ScaleParams, before: dict[str, Any]) -> Applied:
         self._patch(p, before["resource_version"], p.target(int(before["replicas"] or 0)))

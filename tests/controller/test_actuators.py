@@ -471,6 +471,12 @@ def test_scale_deployment_to_a_count_or_by_a_step_and_back() -> None:
         to = act.validate({"namespace": "shop", "name": "api", "replicas": 0})
         act.apply(to, act.probe(to))
         assert kube.deployment["spec"]["replicas"] == 0
+        # Scaled by someone else after the read: refused by the API, said plainly, not retried.
+        stale = act.probe(p)
+        kube.deployment["metadata"]["resourceVersion"] = "99"
+        with pytest.raises(ActuatorError, match=r"replica count changed since it was read .*409"):
+            act.apply(p, stale)
+        assert kube.deployment["spec"]["replicas"] == 0
         for bad in ({}, {"replicas": 3, "by": 1}, {"replicas": 200, "max_replicas": 100}, {"by": 1000}):
             with pytest.raises(ActuatorError):
                 act.validate({"namespace": "shop", "name": "api", **bad})
