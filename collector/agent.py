@@ -46,13 +46,30 @@ FAILURE_LOG_EVERY_S = 60.0
 EVENT_DROPS = ("event_overflow", "perf_lost", "undecodable")
 
 
+def delivery(settings: CollectorSettings) -> Any:
+    """HTTPS to the controller (the default), the bus, or both (``bus.also_https``)."""
+    https = settings.transport
+    if not settings.bus.enabled:
+        return Transport(TransportOptions.from_settings(https))
+    from collector.bus import BusTransport, Fanout
+
+    bus = BusTransport(settings.bus, https.encoding)
+    if not settings.bus.also_https:
+        return bus
+    try:
+        return Fanout(Transport(TransportOptions.from_settings(https)), bus)
+    except Exception:
+        bus.close()
+        raise
+
+
 class Agent:
     def __init__(
         self,
         settings: CollectorSettings,
         *,
         sampler: Sampler | None = None,
-        transport: Transport | None = None,
+        transport: Any = None,
         topology: Topology | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -60,7 +77,7 @@ class Agent:
         self._wall = wall
         self.spool = Spool(settings.spool.dir, SpoolOptions.from_settings(settings.spool))
         try:
-            self.transport = transport or Transport(TransportOptions.from_settings(settings.transport))
+            self.transport = transport or delivery(settings)
             self.sampler = sampler or Sampler(settings)
         except Exception:
             self.spool.close()

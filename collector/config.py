@@ -97,6 +97,38 @@ class TransportSettings(_Strict):
         return self
 
 
+class BusSettings(_Strict):
+    """Batches through a NATS JetStream stream instead of (or, with ``also_https``, as well
+    as) HTTPS to one controller (collector/bus.py). Off by default. The stream belongs to
+    the controllers; the collector only publishes to it."""
+
+    enabled: bool = False
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16)
+    stream: str = Field(default="INCIDENTLAB", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field(default="incidentlab.batches", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    # Hosts map to this many partitions by a stable hash of host_id: the controllers' number.
+    partitions: int = Field(default=64, ge=1, le=4096)
+    also_https: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    creds_file: Path | None = None  # a NATS .creds file (JWT and NKey seed)
+    token_file: Path | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _check(self) -> BusSettings:
+        for url in self.servers:
+            if not url.startswith(("nats://", "tls://")):
+                raise ValueError(f"{url}: a NATS server is nats:// or tls://")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        if self.creds_file is not None and self.token_file is not None:
+            raise ValueError("creds_file or token_file, not both")
+        return self
+
+
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -169,6 +201,7 @@ class CollectorSettings(EnvOverYaml):
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     transport: TransportSettings = Field(default_factory=TransportSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
     external: list[ExternalCommand] = Field(default_factory=list)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     # Where this host sits (zone, rack, cluster, ...): sent in CollectorInfo; the controller

@@ -13,6 +13,7 @@
     +-- TransportError         a batch could not be delivered this attempt
         +-- PermanentRejection the receiver named the batch invalid: retrying cannot help
             +-- PoisonBatch    the receiver failed (HTTP 500) on the batch too often in a row
+            +-- TooLargeForBus the NATS server takes no message that large (collector/bus.py)
 
 Foreign exceptions (OSError, probe_core.ProbeError, pyroute2's NetlinkError,
 pynvml's NVMLError) are translated at the source boundary with ``raise ... from``.
@@ -84,3 +85,12 @@ class PoisonBatch(PermanentRejection):
 
     def __str__(self) -> str:
         return self.reason  # the dead-letter reason, as it is
+
+
+class TooLargeForBus(PermanentRejection):
+    """A batch larger than the NATS server's max_payload: it can never be published."""
+
+    def __init__(self, reason: str) -> None:
+        TransportError.__init__(self, f"refused by the bus: {reason}")
+        self.status_code = 413  # what an HTTP receiver would have said of it
+        self.reason = reason

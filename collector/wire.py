@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -165,6 +166,13 @@ class Limits:
     max_info_bytes: int = 64 << 10  # each of collector and agent
     max_reason_chars: int = 4096
     max_dropped_keys: int = 32
+
+
+def partition_of(host_id: str, partitions: int) -> int:
+    """The partition a host belongs to: CRC-32 of its UTF-8 host_id modulo the count, the
+    same in every process, version and language (the bus subject and the controllers'
+    ownership both use it)."""
+    return zlib.crc32(host_id.encode()) % partitions
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,226 @@
+"""bus: batches through a NATS JetStream stream (``bus`` settings; off by default).
+
+Each batch goes to ``<subject_prefix>.<partition>.<host>``: the partition is a stable
+hash of host_id (``collector.wire.partition_of``, the controllers' own), the host token
+host_id with the characters NATS gives meaning to escaped. It is published gzip'd, like
+an HTTPS body, with ``Nats-Msg-Id: <stream_id>:<seq>``, so a batch published twice (a
+crash before its PubAck, a retry after a lost one) is stored once by JetStream's
+duplicate window, and the controllers' ledger dedupes past it. ``Nats-Expected-Stream``
+makes the server refuse it unless the subject lands in the configured stream. The spool
+moves past a record only on the PubAck for that very message: from the configured
+stream, with a sequence. A batch larger than the server takes can never go and is
+dead-lettered like one the controller refuses; anything else (no server, no stream
+yet, a timeout) is retried, the records safe in the spool.
+
+nats-py is asyncio: one event loop on a thread of its own carries the connection; the
+shipper's thread waits on each publish. The TLS files, the .creds file and the token
+file are read at connect, and a change to any of them reconnects before the next publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from collector.config import BusSettings
+from collector.errors import TooLargeForBus, TransportError
+from collector.transport import Transport, TransportStats, compress
+from collector.wire import ACK_SCHEMA, LOST_HEADER, Ack, BatchKey, partition_of
+
+T = TypeVar("T")
+MSG_ID = "Nats-Msg-Id"
+HOST_HEADER = "Incidentlab-Host"
+_ESCAPE = {c: f"%{ord(c):02X}" for c in ".*>% \t\r\n"}
+
+
+def subject_token(host_id: str) -> str:
+    """host_id as one subject token: '.', '*', '>', '%' and whitespace %-escaped (reversible)."""
+    return "".join(_ESCAPE.get(c, c) for c in host_id)
+
+
+def subject_for(prefix: str, host_id: str, partitions: int) -> str:
+    return f"{prefix}.{partition_of(host_id, partitions)}.{subject_token(host_id)}"
+
+
+def msg_id(key: BatchKey) -> str:
+    return f"{key.stream_id}:{key.seq}"
+
+
+def _files_key(paths: list[Path | None]) -> tuple[tuple[int, int] | None, ...]:
+    out: list[tuple[int, int] | None] = []
+    for p in paths:
+        try:
+            st = p.stat() if p is not None else None
+        except OSError:
+            st = None
+        out.append((st.st_mtime_ns, st.st_size) if st is not None else None)
+    return tuple(out)
+
+
+class BusTransport:
+    """Delivers one batch at a time to JetStream; the same interface as Transport."""
+
+    def __init__(
+        self, s: BusSettings, encoding: str = "gzip", clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.s = s
+        self.encoding = encoding
+        self.url = s.servers[0]
+        self.stats = TransportStats()
+        self._clock = clock
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="collector-bus", daemon=True)
+        self._thread.start()
+        self._nc: Any = None
+        self._js: Any = None
+        self._files: tuple[tuple[int, int] | None, ...] | None = None
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout=timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def _watched(self) -> list[Path | None]:
+        return [self.s.ca_file, self.s.cert_file, self.s.key_file, self.s.creds_file, self.s.token_file]
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not (self.s.ca_file or self.s.cert_file or any(u.startswith("tls://") for u in self.s.servers)):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.s.ca_file) if self.s.ca_file else None)
+        if self.s.cert_file is not None:
+            ctx.load_cert_chain(str(self.s.cert_file), str(self.s.key_file) if self.s.key_file else None)
+        return ctx
+
+    async def _connect(self) -> None:
+        import nats
+
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = self._js = None
+        options: dict[str, Any] = {
+            "servers": self.s.servers,
+            "connect_timeout": self.s.connect_timeout_s,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "name": "incidentlab-collector",
+        }
+        tls = self._tls()
+        if tls is not None:
+            options["tls"] = tls
+        if self.s.creds_file is not None:
+            options["user_credentials"] = str(self.s.creds_file)
+        if self.s.token_file is not None:
+            options["token"] = self.s.token_file.read_text().strip()
+        self._nc = await nats.connect(**options)
+        self._js = self._nc.jetstream()
+
+    def _ensure(self) -> None:
+        files = _files_key(self._watched())
+        if self._nc is not None and not self._nc.is_closed and files == self._files:
+            return
+        if self._nc is not None and files != self._files:
+            self.stats.tls_reloads += 1
+        try:
+            self._run(self._connect(), self.s.connect_timeout_s + 2)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"cannot read the bus credentials or TLS files: {exc}") from exc
+        except Exception as exc:  # nats-py's NoServersError, TimeoutError, ...
+            raise TransportError(f"cannot reach the bus at {', '.join(self.s.servers)}: {exc!r}") from exc
+        self._files = files
+
+    def send(self, body: bytes, key: BatchKey, lost: int | None = None) -> Ack:
+        """Publish one batch and return its ack once its own PubAck came back; raises
+        TransportError (retry later) or PermanentRejection (it can never go)."""
+        import nats.errors
+        import nats.js.errors
+
+        self._ensure()
+        subject = subject_for(self.s.subject_prefix, key.host_id, self.s.partitions)
+        headers = {MSG_ID: msg_id(key), HOST_HEADER: key.host_id, "Content-Encoding": self.encoding}
+        if lost is not None:
+            headers[LOST_HEADER] = str(lost)
+        payload = compress(body, self.encoding)
+        start = self._clock()
+        self.stats.sent += 1
+        try:
+            ack = self._run(
+                self._js.publish(
+                    subject, payload, timeout=self.s.publish_timeout_s, stream=self.s.stream, headers=headers
+                ),
+                self.s.publish_timeout_s + 2,
+            )
+        except nats.errors.MaxPayloadError as exc:
+            self.stats.rejected += 1
+            raise TooLargeForBus(f"batch {key.seq} is {len(payload)} bytes: {exc}") from exc
+        except nats.js.errors.APIError as exc:
+            self._failed(f"the bus refused batch {key.seq}: {exc}")
+        except Exception as exc:  # timeouts, no responders (no stream yet), a closed connection
+            self._failed(f"batch {key.seq} not published: {type(exc).__name__}: {exc}")
+        if (
+            getattr(ack, "stream", None) != self.s.stream
+            or not isinstance(getattr(ack, "seq", None), int)
+            or ack.seq < 1
+        ):
+            self.stats.bad_acks += 1
+            self._failed(f"a PubAck for batch {key.seq} that is not from stream {self.s.stream}: {ack!r}")
+        latency = self._clock() - start
+        self.stats.last_latency_s = latency
+        self.stats.latencies = [*self.stats.latencies[-99:], latency]
+        if ack.duplicate:
+            self.stats.duplicates += 1
+        else:
+            self.stats.accepted += 1
+        return Ack(
+            ACK_SCHEMA, key.host_id, key.stream_id, key.seq, "duplicate" if ack.duplicate else "accepted"
+        )
+
+    def _failed(self, reason: str) -> Any:
+        self.stats.retries += 1
+        self.stats.last_error = reason
+        raise TransportError(reason)
+
+    def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                self._run(self._nc.close(), 5)
+            self._nc = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._loop.is_running():
+            self._loop.close()
+
+
+class Fanout:
+    """HTTPS to the controller and the bus, both: a record is settled when both acked it
+    (each side dedupes the other's retries)."""
+
+    def __init__(self, https: Transport, bus: BusTransport) -> None:
+        self.https, self.bus = https, bus
+
+    @property
+    def url(self) -> str:
+        return self.https.url
+
+    @property
+    def stats(self) -> TransportStats:
+        return self.https.stats
+
+    def send(self, body: bytes, key: BatchKey, lost: int | None = None) -> Ack:
+        ack = self.https.send(body, key, lost=lost)
+        self.bus.send(body, key, lost=lost)
+        return ack
+
+    def close(self) -> None:
+        self.https.close()
+        self.bus.close()
