@@ -8,6 +8,7 @@ module that reads the environment.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -249,15 +250,16 @@ class CommandSettings(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     argv: list[str] = Field(min_length=1, max_length=16)
-    # The families the planner proposes it for; none: only what an operator proposes by hand.
-    for_families: list[str] = Field(default_factory=list, max_length=32)
+    # The families the planner proposes it for, and the gate allows it for.
+    for_families: list[str] = Field(min_length=1, max_length=8)
     # host: runs on this controller's machine, so only for local_hosts; cluster: acts through
     # an API (kubectl) and may run for any host.
     scope: Literal["host", "cluster"] = "host"
     timeout_s: float = Field(default=8.0, gt=0, le=600)
-    # The command's environment: nothing is inherited but the names in pass_env.
-    env: dict[str, str] = Field(default_factory=dict, max_length=32)
-    pass_env: list[str] = Field(default_factory=list, max_length=32)
+    # The command's environment: nothing is inherited but the names in pass_env. A plan
+    # records each value only as its sha256 (a value can be a secret).
+    env: dict[str, str] = Field(default_factory=dict, max_length=8)
+    pass_env: list[str] = Field(default_factory=list, max_length=8)
     expected_effect: str = Field(default="", max_length=200)
 
     @model_validator(mode="after")
@@ -276,10 +278,30 @@ class CommandSettings(_Strict):
                     raise ValueError(f"unknown placeholder {{{field_name}}} in {arg!r}; known: {known}")
             if "{" in _PLACEHOLDER.sub("", arg) or "}" in _PLACEHOLDER.sub("", arg):
                 raise ValueError(f"unbalanced brace in {arg!r}")
+        for family in self.for_families:
+            if not re.match(r"^[a-z][a-z0-9_]{0,47}\Z", family):
+                raise ValueError(f"for_families: {family!r} is not a family name")
         for name in [*self.env, *self.pass_env]:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"bad environment variable name {name!r}")
+        if any(len(v) > 4096 for v in self.env.values()):
+            raise ValueError("env: a value over 4096 characters")
         return self
+
+    def public(self) -> dict[str, Any]:
+        """As a plan records it: every field, each env value as its sha256 (already one when
+        read back from a plan)."""
+        out = self.model_dump(mode="json")
+        out["env"] = {k: v if v.startswith("sha256:") else _sha256(v) for k, v in self.env.items()}
+        return out
+
+    def digest(self) -> str:
+        """What an approval binds to: any change to the listed command changes it."""
+        return _sha256(json.dumps(self.public(), sort_keys=True, separators=(",", ":")))
+
+
+def _sha256(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 class ExecutionSettings(_Strict):
@@ -446,6 +468,46 @@ class HASettings(_Strict):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
 
+class BusSettings(_Strict):
+    """Batches from a NATS JetStream stream (controller/bus.py): the collectors publish, this
+    controller creates the stream and consumes it, one durable consumer per partition, while
+    it leads. Off by default; the subject layout and ``partitions`` are the collectors'."""
+
+    enabled: bool = False
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16)
+    stream: str = Field(default="INCIDENTLAB", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field(default="incidentlab.batches", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    partitions: int = Field(default=64, ge=1, le=4096)
+    # Retention: at least the analysis window (a new owner replays it), bounded in bytes.
+    max_age_s: float = Field(default=3600.0, ge=60, le=30 * 86_400)
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 42)
+    duplicate_window_s: float = Field(default=120.0, ge=1, le=86_400)
+    fetch_batch: int = Field(default=64, ge=1, le=1024)
+    # Unacknowledged batches a partition's consumer may hold; the server waits past it.
+    max_ack_pending: int = Field(default=1024, ge=1, le=100_000)
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+    # A batch the controller fails on (not one it refuses) this many deliveries is given up
+    # (terminated, counted): one poison batch cannot hold its partition's hosts for ever.
+    max_deliveries: int = Field(default=20, ge=1, le=1000)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    creds_file: Path | None = None
+    token_file: Path | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _check(self) -> BusSettings:
+        for url in self.servers:
+            if not url.startswith(("nats://", "tls://")):
+                raise ValueError(f"{url}: a NATS server is nats:// or tls://")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        if self.creds_file is not None and self.token_file is not None:
+            raise ValueError("creds_file or token_file, not both")
+        return self
+
+
 class ControllerSettings(EnvOverYaml):
     model_config = SettingsConfigDict(
         env_prefix="INCIDENTLAB_CONTROLLER_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -467,6 +529,7 @@ class ControllerSettings(EnvOverYaml):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     hot_state: HotStateSettings = Field(default_factory=HotStateSettings)
     ha: HASettings = Field(default_factory=HASettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
     workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
 
     @model_validator(mode="after")

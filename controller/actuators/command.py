@@ -18,6 +18,7 @@ one; ``allow_impacting``, approval and dry run still apply.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -39,29 +40,47 @@ if TYPE_CHECKING:
 OUTPUT_TAIL_BYTES = 4096
 MAX_ARGV_CHARS = 1024  # a filled-in argv, in all: proposals and plans are compact artifacts
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_VALUE = r"(?![-.])(?:(?!\.\.)[A-Za-z0-9_.:/@+=-]){1,253}"
-_SAFE_VALUE = re.compile(_VALUE + r"\Z")
+_DNS = r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?"
+# What each placeholder's value may be: the narrowest shape its real values have. None may
+# start with '-' (a flag), '@' or '+' (a response file, an option to some tools), none holds
+# '=' (an assignment to kubectl label/annotate/set env) or a space; only a cgroup is a path.
+VALUES: dict[str, str] = {
+    "host_id": r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
+    "node": _DNS,
+    "namespace": r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?",
+    "pod": _DNS,
+    "container": r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?",
+    "workload": _DNS,
+    "workload_kind": r"[A-Z][A-Za-z]{0,62}",
+    "pid": r"[1-9][0-9]{0,9}",
+    "comm": r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}",  # any local user names their own process
+    "cgroup": r"/(?:[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,254}/?){0,32}",
+    "family": r"[a-z][a-z0-9_]{0,47}",
+}
 _FIELD = re.compile(r"\{([a-z_]+)\}")
 
 
-def safe_value(value: object) -> str | None:
-    """``value`` as one argv field, or None when it could be read as a flag, a path climb or
-    more than one value (bools and floats are not ids)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+def safe_value(name: str, value: object) -> str | None:
+    """``value`` as the placeholder ``name``'s one argv field, or None when it is not of that
+    placeholder's shape or could be read as something else ('..' anywhere, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or name not in VALUES:
         return None
     text = str(value)
-    return text if _SAFE_VALUE.match(text) else None
+    if ".." in text or not re.fullmatch(VALUES[name], text):
+        return None
+    return text
 
 
 def render(argv: list[str], values: Mapping[str, object]) -> list[str] | None:
-    """The template with its placeholders filled, or None when one has no safe value."""
+    """The template with its placeholders filled, or None when one has no safe value (or the
+    result is one the gate would not take: the two accept the same argvs)."""
     out = []
     for arg in argv:
         missing = False
 
         def fill(m: re.Match[str]) -> str:
             nonlocal missing
-            v = safe_value(values.get(m.group(1)))
+            v = safe_value(m.group(1), values.get(m.group(1)))
             if v is None:
                 missing = True
                 return ""
@@ -70,26 +89,29 @@ def render(argv: list[str], values: Mapping[str, object]) -> list[str] | None:
         out.append(_FIELD.sub(fill, arg))
         if missing:
             return None
-    return out if sum(len(a) for a in out) <= MAX_ARGV_CHARS else None
+    return out if matches(out, argv) else None
 
 
 def _pattern(template: str) -> re.Pattern[str]:
     parts, pos = [], 0
     for m in _FIELD.finditer(template):
         parts.append(re.escape(template[pos : m.start()]))
-        parts.append(_VALUE)
+        parts.append(f"(?:{VALUES[m.group(1)]})")
         pos = m.end()
     parts.append(re.escape(template[pos:]))
     return re.compile("".join(parts) + r"\Z")
 
 
 def matches(argv: list[str], template: list[str]) -> bool:
-    """Whether ``argv`` is ``template`` with each placeholder one safe value."""
-    if sum(len(a) for a in argv) > MAX_ARGV_CHARS:
+    """Whether ``argv`` is ``template`` with each placeholder one value of its shape."""
+    if sum(len(a) for a in argv) > MAX_ARGV_CHARS or len(argv) != len(template):
         return False
-    return len(argv) == len(template) and all(
-        _pattern(t).match(a) is not None for a, t in zip(argv, template, strict=True)
-    )
+    for a, t in zip(argv, template, strict=True):
+        if _pattern(t).match(a) is None:
+            return False
+        if _FIELD.search(t) and ".." in a and ".." not in _FIELD.sub("", t):
+            return False  # a placeholder's value made a '..' (a value ending in '.' before '.')
+    return True
 
 
 def environment(rule: CommandSettings, inherited: Mapping[str, str]) -> dict[str, str]:
@@ -132,28 +154,34 @@ def run_argv(argv: list[str], env: dict[str, str], timeout_s: float) -> Finished
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                os.killpg(proc.pid, signal.SIGKILL)
                 raise ActuatorError(
                     f"timed out after {timeout_s} s and was killed; it may have done part of its work"
                 )
             if poller.poll(min(remaining, 0.1) * 1000):
                 chunk = os.read(fd, 65536)
-                if chunk:
+                if not chunk:
+                    break  # EOF: every holder of the pipe is gone
+                total += len(chunk)
+                tail += chunk
+                del tail[:-OUTPUT_TAIL_BYTES]
+            if proc.poll() is not None:
+                # The command itself is done: take what it wrote before it left (bounded: a
+                # child it left behind may write on), and what it left goes with its group.
+                for _ in range(64):
+                    if not poller.poll(0):
+                        break
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
                     total += len(chunk)
                     tail += chunk
                     del tail[:-OUTPUT_TAIL_BYTES]
-                    continue
-                break  # EOF: every holder of the pipe is gone
-            if proc.poll() is not None:
-                break  # exited; a child it left behind may hold the pipe open: not waited for
-        try:
-            status = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise ActuatorError(f"timed out after {timeout_s} s and was killed") from None
+                break
+        status = proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        # The whole group: past the timeout, and whatever the command left running behind it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
     return Finished(status, tail.decode("utf-8", "replace"), total, round(time.monotonic() - start, 3))
@@ -162,6 +190,21 @@ def run_argv(argv: list[str], env: dict[str, str], timeout_s: float) -> Finished
 class RunCommandParams(Params):
     command: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     argv: list[str] = Field(min_length=1, max_length=16)
+    # The listed command's digest when it was planned: a command changed since (its env, its
+    # scope, anything) is not the one approved, and does not run.
+    rule: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class CommandFailed(ActuatorError):
+    """A command that ran and failed (a non-zero exit, killed past its timeout): it may have
+    done part of its work, so it is never run again for the same step; ``after`` holds what it
+    printed."""
+
+    may_have_changed = True
+
+    def __init__(self, message: str, after: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.after = after
 
 
 @actuator
@@ -185,6 +228,11 @@ class RunCommand(Actuator):
                 f"run_command: {shlex.join(p.argv)[:200]!r} does not match {p.command!r} "
                 f"({shlex.join(rule.argv)[:200]}); nothing else runs"
             )
+        if p.rule != rule.digest():
+            raise ActuatorError(
+                f"run_command: {p.command!r} in execution.commands changed since it was planned "
+                "(its argv, environment or scope); the approved command is not the listed one"
+            )
         return p
 
     def describe(self, p: RunCommandParams) -> str:
@@ -198,7 +246,12 @@ class RunCommand(Actuator):
 
     def apply(self, p: RunCommandParams, before: dict[str, Any]) -> Applied:
         rule = self.rule(p.command)
-        done = run_argv(p.argv, environment(rule, os.environ), rule.timeout_s)
+        try:
+            done = run_argv(p.argv, environment(rule, os.environ), rule.timeout_s)
+        except ActuatorError as exc:
+            if str(exc).startswith("cannot start"):
+                raise  # nothing ran
+            raise CommandFailed(f"run_command: {p.command} {exc}", {"exit_status": None}) from None
         after = {
             "exit_status": done.status,
             "output_tail": done.output_tail,
@@ -207,8 +260,9 @@ class RunCommand(Actuator):
         }
         if done.status != 0:
             last = done.output_tail.strip().splitlines()[-1:] or [""]
-            raise ActuatorError(
+            raise CommandFailed(
                 f"run_command: {p.command} exited with status {done.status}: {last[0][:200]}"
-                " (it may have done part of its work)"
+                " (it may have done part of its work)",
+                after,
             )
         return Applied(after, None)

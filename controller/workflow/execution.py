@@ -179,7 +179,10 @@ class ExecutionService:
             earlier: dict[str, Any] = row["result"]
             if row["run_id"] == run_id:
                 return earlier | base  # this run's own result, found again on a rerun of the stage
-            if earlier["outcome"] in REUSABLE and row["rolled_back_at"] is None:
+            # A command that failed part-way may have done part of its work: never again.
+            if (earlier["outcome"] in REUSABLE or earlier.get("may_have_changed")) and row[
+                "rolled_back_at"
+            ] is None:
                 with self.runs.begin() as tx:
                     tx.audit(
                         at=now,
@@ -251,19 +254,9 @@ class ExecutionService:
                 except concurrent.futures.TimeoutError:
                     return None
                 except Exception as exc:
-                    return base | {
-                        "outcome": "failed",
-                        "error": str(exc),
-                        "changed_host": False,
-                        "before": before,
-                    }
+                    return base | self._failure(exc, before)
             except Exception as exc:  # ActuatorError, or a bug: recorded, never fatal to the run
-                return base | {
-                    "outcome": "failed",
-                    "error": str(exc),
-                    "changed_host": False,
-                    "before": before,
-                }
+                return base | self._failure(exc, before)
         return base | {
             "outcome": "applied",
             "changed_host": True,
@@ -272,6 +265,15 @@ class ExecutionService:
             "rollback": applied.rollback,
             "applied_at": self.clock(),
         }
+
+    @staticmethod
+    def _failure(exc: Exception, before: dict[str, Any]) -> dict[str, Any]:
+        out = {"outcome": "failed", "error": str(exc), "changed_host": False, "before": before}
+        if getattr(exc, "may_have_changed", False):
+            # It ran and failed part-way (a runbook command): what it printed is kept, and the
+            # step is never run again under its idempotency key.
+            out |= {"changed_host": True, "may_have_changed": True, "after": getattr(exc, "after", None)}
+        return out
 
     def _settle(
         self,

@@ -56,7 +56,7 @@ class Posture:
         if self.allow_without_rollback:  # recorded only when set: older plans hash as they did
             out["allow_without_rollback"] = sorted(self.allow_without_rollback)
         if self.commands:  # likewise; an approval binds to the commands as they were listed
-            out["commands"] = [c.model_dump(mode="json") for c in self.commands]
+            out["commands"] = [c.public() for c in self.commands]
         return out
 
 

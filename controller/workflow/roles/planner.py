@@ -18,6 +18,7 @@ from controller.workflow.roles import fleet
 from controller.workflow.roles.base import Output, Role, StageContext, register
 
 MEMBER_ACTIONS_MAX = 4  # per-process steps for a culprit with many members (the heaviest first)
+MAX_COMMANDS = 2  # runbook commands per run: each is recorded whole in the plan
 
 
 def _pid(culprit: dict[str, Any]) -> int | None:
@@ -108,7 +109,7 @@ def command_actions(
             _act(
                 "run_command",
                 f"command:{rule.name}",
-                {"command": rule.name, "argv": argv},
+                {"command": rule.name, "argv": argv, "rule": rule.digest()},
                 expected_effect=effect,
                 rollback=None,
                 rollback_none_reason="a command's effect cannot be read back or undone by the controller",
@@ -309,8 +310,13 @@ class Planner(Role):
         hyps = ctx.previous("root_cause_hypothesis").payload.get("hypotheses", [])
         proposals = []
         # A symptom (explained by a cause above it) is not acted on: its cause is.
+        commands = 0
         for h in [h for h in hyps if not h.get("explained_by")][:2]:
             for a in actions_for(h, ctx.run["host_id"], ctx.evidence.labels, ctx.posture.commands):
+                if a["action"] == "run_command":
+                    commands += 1
+                    if commands > MAX_COMMANDS:
+                        continue  # the proposal and the plan stay within their size caps
                 proposals.append({"for_family": h["family"], "for_rank": h["rank"], **a})
         return Output(
             payload={"actions": proposals[:8]},

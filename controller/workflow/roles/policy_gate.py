@@ -51,6 +51,11 @@ def decide(action: dict[str, Any], posture: Posture, host_id: str = "") -> tuple
             known(HostEnv(commands=posture.commands)).validate(action["parameters"])
         except ActuatorError as exc:
             return "blocked", str(exc)
+        if name == COMMAND:
+            rule = posture.command(action["parameters"].get("command"))
+            if rule is None or action.get("for_family") not in rule.for_families:
+                listed = ", ".join(rule.for_families if rule else [])
+                return "blocked", f"run_command is listed for {listed}, not {action.get('for_family')}"
     elif cls != "read_only":
         return "blocked", "validation must be read_only"
     if cls == "destructive":
