@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <unordered_set>
 
 #include "common.hpp"
 
@@ -62,9 +63,11 @@ std::vector<std::pair<std::string, std::string>> bpf_map_items(int fd) {
   const BpfMapInfo info = bpf_map_info(fd);
   if (per_cpu(info.type)) throw UnavailableError("map " + info.name + " is per-CPU: not read here");
   std::vector<std::pair<std::string, std::string>> out;
+  std::unordered_set<std::string> seen;
   std::string key(info.key_size, '\0'), next(info.key_size, '\0'), value(info.value_size, '\0');
   bool first = true;
-  while (out.size() < info.max_entries) {
+  const std::uint64_t max_steps = 2ull * info.max_entries + 1;
+  for (std::uint64_t step = 0; step < max_steps && out.size() < info.max_entries; ++step) {
     bpf_attr attr;
     std::memset(&attr, 0, sizeof attr);
     attr.map_fd = static_cast<std::uint32_t>(fd);
@@ -84,7 +87,7 @@ std::vector<std::pair<std::string, std::string>> bpf_map_items(int fd) {
       if (errno == ENOENT) continue;  // deleted under the walk
       fail("BPF_MAP_LOOKUP_ELEM on " + info.name, errno);
     }
-    out.emplace_back(key, value);
+    if (seen.insert(key).second) out.emplace_back(key, value);
   }
   return out;
 }
@@ -193,7 +196,22 @@ BpfPerfBuffer::BpfPerfBuffer(int map_fd, const std::vector<int>& cpus, int page_
 
 BpfPerfBuffer::~BpfPerfBuffer() { close(); }
 
+std::uint64_t BpfPerfBuffer::lost() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lost_;
+}
+
+std::uint64_t BpfPerfBuffer::corrupt() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return corrupt_;
+}
+
 void BpfPerfBuffer::close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  close_locked();
+}
+
+void BpfPerfBuffer::close_locked() {
   for (auto& r : rings_) {
     if (r.base != nullptr) ::munmap(r.base, page_size_ + data_size_);
     if (r.fd >= 0) ::close(r.fd);
@@ -202,9 +220,12 @@ void BpfPerfBuffer::close() {
 }
 
 std::vector<std::pair<int, std::string>> BpfPerfBuffer::poll(std::size_t max_samples) {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::pair<int, std::string>> out;
-  for (auto& r : rings_) {
+  const std::size_t n = rings_.size();
+  for (std::size_t i = 0; i < n; ++i) {
     if (out.size() >= max_samples) break;
+    auto& r = rings_[(next_ + i) % n];
     auto* meta = static_cast<perf_event_mmap_page*>(r.base);
     const std::uint64_t head = __atomic_load_n(&meta->data_head, __ATOMIC_ACQUIRE);
     const std::uint64_t tail = meta->data_tail;
@@ -216,6 +237,7 @@ std::vector<std::pair<int, std::string>> BpfPerfBuffer::poll(std::size_t max_sam
     corrupt_ += d.corrupt;
     for (auto& s : d.samples) out.emplace_back(r.cpu, std::move(s));
   }
+  if (n != 0) next_ = (next_ + 1) % n;
   return out;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -20,9 +21,9 @@ struct BpfMapInfo {
 // Throws UnavailableError (with errno text) when fd is not a BPF map.
 BpfMapInfo bpf_map_info(int fd);
 
-// Every (key, value) of a hash or array map, at most max_entries of them: a map that
-// changes under the walk is read as far as the walk goes, never in a loop. Per-CPU
-// maps are refused (their values are per possible CPU).
+// Every (key, value) of a hash or array map, each key once, at most max_entries of them: a
+// map that changes under the walk (a hash map restarts a walk whose key was deleted) is read
+// in at most 2 * max_entries steps. Per-CPU maps are refused (values per possible CPU).
 std::vector<std::pair<std::string, std::string>> bpf_map_items(int fd);
 
 // What one pass over a perf ring holds: RAW samples, the kernel's lost counts, and
@@ -48,10 +49,12 @@ class BpfPerfBuffer {
   BpfPerfBuffer(const BpfPerfBuffer&) = delete;
   BpfPerfBuffer& operator=(const BpfPerfBuffer&) = delete;
 
-  // Drains every CPU's ring without blocking: (cpu, sample) in ring order per CPU.
+  // Drains every CPU's ring without blocking: (cpu, sample) in ring order per CPU. Each call
+  // starts at the next CPU, so max_samples never leaves the same CPUs' rings undrained.
   std::vector<std::pair<int, std::string>> poll(std::size_t max_samples);
-  std::uint64_t lost() const { return lost_; }
-  std::uint64_t corrupt() const { return corrupt_; }
+  std::uint64_t lost() const;
+  std::uint64_t corrupt() const;
+  // Safe against a poll on another thread: the rings are unmapped only between polls.
   void close();
 
  private:
@@ -60,8 +63,11 @@ class BpfPerfBuffer {
     int fd = -1;
     void* base = nullptr;
   };
+  void close_locked();
+
+  mutable std::mutex mu_;
   std::vector<Ring> rings_;
-  std::size_t page_size_ = 0, data_size_ = 0;
+  std::size_t page_size_ = 0, data_size_ = 0, next_ = 0;
   std::uint64_t lost_ = 0, corrupt_ = 0;
 };
 

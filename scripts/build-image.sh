@@ -74,6 +74,15 @@ in_image() { chroot "$mnt" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root 
 ctr=$(buildah from "$base")
 containers+=("$ctr")
 mnt=$(buildah mount "$ctr")
+# probe_core was compiled on this host: it runs in the image only if the image's glibc is
+# at least this host's (both are bookworm here). Refuse, with why, rather than ship an image
+# whose collector fails to import it.
+host_glibc=$(ldd --version | head -1 | awk '{print $NF}')
+image_glibc=$(in_image ldd --version | head -1 | awk '{print $NF}')
+if [ "$(printf '%s\n%s\n' "$host_glibc" "$image_glibc" | sort -V | tail -1)" != "$image_glibc" ]; then
+  echo "build-image: this host's glibc $host_glibc is newer than the image's $image_glibc; build on Debian bookworm" >&2
+  exit 1
+fi
 cp -r "$work/wheels" "$mnt/tmp/wheels"
 in_image python3 -m venv --system-site-packages /opt/incidentlab
 in_image /opt/incidentlab/bin/pip install -q --no-index --no-cache-dir --find-links /tmp/wheels \

@@ -60,6 +60,14 @@ def podman_args(tmp_path: Path) -> list[str]:
     pod, c = d["pod"], d["container"]
     sc = c["securityContext"]
     args = ["--rm", *LIMITS]
+    limits = c["resources"]["limits"]  # what the kubelet would enforce, the loader child included
+    args += [
+        "--memory",
+        str(limits["memory"]).replace("Mi", "m"),
+        "--memory-swap",
+        str(limits["memory"]).replace("Mi", "m"),
+    ]
+    args += ["--cpus", str(int(str(limits["cpu"]).rstrip("m")) / 1000)]
     if pod.get("hostPID"):
         args += ["--pid", "host"]
     if pod.get("hostNetwork"):
@@ -90,7 +98,8 @@ def podman_args(tmp_path: Path) -> list[str]:
         elif "configMap" in v:
             args += ["-v", f"{tmp_path / 'collector.yaml'}:{m['mountPath']}{ro}"]
         elif "emptyDir" in v:
-            args += ["--tmpfs", m["mountPath"]]
+            size = str(v["emptyDir"].get("sizeLimit", "64Mi")).replace("Mi", "m")
+            args += ["--tmpfs", f"{m['mountPath']}:size={size}"]
         # Secrets (the token, the CA) are for shipping, which one sample does not do.
     args += ["-e", "INCIDENTLAB_COLLECTOR_HOST_ID=node-under-test"]
     return args

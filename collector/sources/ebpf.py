@@ -16,6 +16,7 @@ forks (/proc/stat), OOM kills (vmstat oom_kill), retransmitted segments
 from __future__ import annotations
 
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ class EbpfSource(Source):
         self._runq_prev: dict[int, int] = {}
         self._bio_prev: dict[tuple[int, int], int] = {}
         self._hist_at: float | None = None
+        # A sample that outlived its budget may still read the rings and maps when the sampler
+        # closes the source: close waits for it, never unmaps under it.
+        self._kernel_lock = threading.Lock()
         if ctx.fallback_forced(self.name):
             self._why = "eBPF turned off by configuration (force_fallback)"
         elif not ctx.capabilities.bpf:
@@ -106,7 +110,7 @@ class EbpfSource(Source):
         else:
             try:
                 self._load()
-            except (LoadError, probe_core.UnavailableError) as exc:
+            except Exception as exc:  # whatever the loader or the kernel says: the file fallback
                 self.close()
                 self._why = str(exc) if str(exc).startswith("eBPF") else f"eBPF programs did not load: {exc}"
 
@@ -263,17 +267,19 @@ class EbpfSource(Source):
         return SourceResult.fallback(self._why or "eBPF unavailable", data)
 
     def sample(self) -> SourceResult:
-        if self._kernel:
-            try:
-                return self._sample_kernel()
-            except probe_core.UnavailableError as exc:
-                raise SourceError(f"reading BPF maps failed: {exc}") from exc
+        with self._kernel_lock:
+            if self._kernel:
+                try:
+                    return self._sample_kernel()
+                except probe_core.UnavailableError as exc:
+                    raise SourceError(f"reading BPF maps failed: {exc}") from exc
         return self._sample_files()
 
     def close(self) -> None:
-        if self._perf is not None:
-            self._perf.close()
-            self._perf = None
-        if self._loaded is not None:
-            self._loaded.close()  # the tracepoints' last fds: the programs detach
-            self._loaded = None
+        with self._kernel_lock:
+            if self._perf is not None:
+                self._perf.close()
+                self._perf = None
+            if self._loaded is not None:
+                self._loaded.close()  # the tracepoints' last fds: the programs detach
+                self._loaded = None

@@ -105,8 +105,18 @@ def _unpack(meta: dict[str, object], fds: list[int]) -> Loaded:
 
 def load(host_root: str, timeout_s: float, python: str = sys.executable) -> Loaded:
     """Run the loader child and take its fds; LoadError says why when it cannot."""
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with parent, tempfile.TemporaryFile() as errors:
+    # Out of fds, a full /tmp: the source falls back, the collector runs.
+    try:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError as exc:
+        raise LoadError(f"cannot set up the loader: {exc}") from exc
+    try:
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the socket, below)
+    except OSError as exc:
+        parent.close()
+        child.close()
+        raise LoadError(f"cannot set up the loader: {exc}") from exc
+    with parent, errors:
         try:
             with child:
                 proc = subprocess.Popen(
@@ -135,7 +145,7 @@ def load(host_root: str, timeout_s: float, python: str = sys.executable) -> Load
                     proc.wait()
         try:
             meta = json.loads(msg) if msg else {}
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not even UTF-8
             meta = {}
         if not isinstance(meta, dict) or not meta.get("ok"):
             for fd in fds:

@@ -148,3 +148,25 @@ def test_the_collector_runs_the_programs_without_bcc_and_closing_detaches_them()
     assert any("bpf-prog" in link for link in got["held"]) and any("bpf-map" in link for link in got["held"])
     assert any("perf_event" in link for link in got["held"])  # the tracepoints and the rings
     assert got["status"] == "ok" and got["after_close"] == []
+
+
+def test_an_answer_that_is_not_even_text_is_a_load_error(tmp_path: Path) -> None:
+    py = fake_python(tmp_path, "sock.send(b'\\xff\\xfe not json')\n")
+    with pytest.raises(LoadError):
+        load("/", 10, python=py)
+
+
+def test_a_loader_that_fails_leaves_the_source_on_its_file_path() -> None:
+    from collector.config import CollectorSettings
+    from collector.info import Capabilities
+    from collector.sources import SourceContext
+    from collector.sources.ebpf import EbpfSource
+
+    caps = Capabilities(frozenset(), 2, True, None, False, "test: no NVML")  # bcc said to be usable
+    src = EbpfSource(SourceContext(CollectorSettings(ebpf_load_timeout_s=0.001), caps))
+    try:
+        plan = src.plan()
+        assert plan.path == "file" and "did not answer within 0.001 s" in str(plan.reason)
+        assert src.sample().path == "file"  # the collector runs on
+    finally:
+        src.close()
