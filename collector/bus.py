@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import threading
 import time
@@ -44,12 +45,22 @@ def subject_token(host_id: str) -> str:
     return "".join(_ESCAPE.get(c, c) for c in host_id)
 
 
+def host_from_subject(subject: str) -> str | None:
+    """The host_id a subject names (its last token, unescaped); None when that token is not
+    one subject_token makes (an escape it never writes, a character it always escapes)."""
+    token = subject.rsplit(".", 1)[-1]
+    host = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), token)
+    return host if host and subject_token(host) == token else None
+
+
 def subject_for(prefix: str, host_id: str, partitions: int) -> str:
     return f"{prefix}.{partition_of(host_id, partitions)}.{subject_token(host_id)}"
 
 
 def msg_id(key: BatchKey) -> str:
-    return f"{key.stream_id}:{key.seq}"
+    # The host too: JetStream dedupes across the whole stream, and two hosts' stream ids
+    # must never make one host's batch the other's duplicate.
+    return f"{key.host_id}:{key.stream_id}:{key.seq}"
 
 
 def _files_key(paths: list[Path | None]) -> tuple[tuple[int, int] | None, ...]:
@@ -174,6 +185,11 @@ class BusTransport:
         ):
             self.stats.bad_acks += 1
             self._failed(f"a PubAck for batch {key.seq} that is not from stream {self.s.stream}: {ack!r}")
+        if ack.duplicate and not self._stored_here(ack.seq, subject):
+            # Another publisher took this message id (it can name any): the batch is not
+            # stored. Retried; once the duplicate window has passed it goes through.
+            self.stats.bad_acks += 1
+            self._failed(f"batch {key.seq}: its message id was taken by a message on another subject")
         latency = self._clock() - start
         self.stats.last_latency_s = latency
         self.stats.latencies = [*self.stats.latencies[-99:], latency]
@@ -184,6 +200,15 @@ class BusTransport:
         return Ack(
             ACK_SCHEMA, key.host_id, key.stream_id, key.seq, "duplicate" if ack.duplicate else "accepted"
         )
+
+    def _stored_here(self, seq: int, subject: str) -> bool:
+        """Whether the stream's message ``seq`` is on ``subject``: a duplicate PubAck names the
+        message stored first. True when it cannot be read (no permission): trusted, as before."""
+        try:
+            stored = self._run(self._js.get_msg(self.s.stream, seq), self.s.publish_timeout_s + 2)
+        except Exception:
+            return True
+        return bool(getattr(stored, "subject", subject) == subject)
 
     def _failed(self, reason: str) -> Any:
         self.stats.retries += 1

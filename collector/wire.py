@@ -22,9 +22,9 @@ that passes it cannot make a later decode fail or hold the GIL for long.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -169,10 +169,12 @@ class Limits:
 
 
 def partition_of(host_id: str, partitions: int) -> int:
-    """The partition a host belongs to: CRC-32 of its UTF-8 host_id modulo the count, the
-    same in every process, version and language (the bus subject and the controllers'
-    ownership both use it)."""
-    return zlib.crc32(host_id.encode()) % partitions
+    """The partition a host belongs to: the first 8 bytes of the SHA-256 of its UTF-8 host_id,
+    big-endian, modulo the count; the same in every process, version and language (the bus
+    subject and the controllers' ownership both use it). Not CRC-32: its linearity sends
+    names that differ in one character (node-1, node-2, ...) to the same few partitions."""
+    digest = hashlib.sha256(host_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ ControllerError
 |   +-- ArtifactTampered   a stored artifact that no longer hashes to its commit (409)
 +-- ActuatorError          actuators/base.py: an action refused or failed
 |   +-- BudgetExhausted    actuators/validate.py: validation's call budget is spent
+|   +-- CommandFailed      actuators/command.py: a runbook command that ran and failed (never rerun)
 +-- UnknownDetectorError   detectors/base.py: a detector name nobody registered
 +-- RulesError             detectors/rules.py: a rules file refused at start
 +-- ExprError              detectors/expr.py: an alert expression that cannot be read

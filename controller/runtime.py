@@ -20,6 +20,7 @@ from controller.actuators import KubeTarget, host_env
 from controller.api.guard import Guard
 from controller.artifacts import KINDS
 from controller.auth import Authenticator
+from controller.bus import BusConsumer
 from controller.config import ControllerSettings
 from controller.errors import ConfigError
 from controller.hotstate import HotState
@@ -156,6 +157,9 @@ class Runtime:
             metrics=self.metrics,
             settings=settings.ingest,
         )
+        self.bus: BusConsumer | None = None
+        if settings.bus.enabled:
+            self.bus = BusConsumer(settings.bus, self.ingest, lambda: self.leadership.is_leader)
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         if self.analysis is not None:
             self.metrics.bind_analysis(self.analysis.stats)
@@ -228,6 +232,8 @@ class Runtime:
         if self.analysis is not None:
             self.analysis.start()
         self.leadership.start()
+        if self.bus is not None:
+            self.bus.start()  # consumes while this controller leads
         self.ready = True
 
     def _promoted(self) -> None:
@@ -240,6 +246,8 @@ class Runtime:
 
     def stop(self) -> None:
         self.ready = False
+        if self.bus is not None:
+            self.bus.stop()
         self.leadership.stop()
         self.workflow.stop()
         self.postmortems.stop()

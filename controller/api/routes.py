@@ -97,6 +97,7 @@ class Status(BaseModel):
     open_runs: int
     workflow: dict[str, Any]
     failing_hosts: list[dict[str, Any]]
+    bus: dict[str, Any] | None = None  # the NATS consumer when bus.enabled
 
 
 class StreamStatus(BaseModel):
@@ -184,6 +185,7 @@ def status(rt: Rt, _: Reader) -> Status:
         open_runs=rt.workflow.open_runs(),
         workflow=rt.workflow.stats(),
         failing_hosts=rt.workflow.failing_hosts(limit=20),
+        bus=rt.bus.status() if rt.bus is not None else None,
     )
 
 

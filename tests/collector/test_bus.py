@@ -5,7 +5,7 @@ the wrong stream, a server that goes away and comes back, a batch too large for 
 from __future__ import annotations
 
 import gzip
-import zlib
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,20 @@ def bus(url: str, **extra: Any) -> BusSettings:
 
 
 def test_hosts_map_to_stable_partitions_and_safe_subjects() -> None:
-    assert partition_of("node-a", 64) == zlib.crc32(b"node-a") % 64  # the controllers compute the same
+    digest = hashlib.sha256(b"node-a").digest()
+    assert partition_of("node-a", 64) == int.from_bytes(digest[:8], "big") % 64  # any language can
+    assert partition_of("node-a", 64) == 4  # and it never changes: a change moves every host
     spread = [0] * 16
     for i in range(16_000):
         spread[partition_of(f"gpu-node-{i:05d}.dc1.example", 16)] += 1
     assert min(spread) > 800 and max(spread) < 1200  # even, within 20%
+    # Names one character apart spread too (CRC-32 put node-0..node-5 in one of four).
+    assert len({partition_of(f"node-{i}.dc1", 4) for i in range(6)}) >= 3
     assert subject_token("a.b*c>d%e f") == "a%2Eb%2Ac%3Ed%25e%20f"
     subject = subject_for("incidentlab.batches", "node.a", 8)
     assert subject == f"incidentlab.batches.{partition_of('node.a', 8)}.node%2Ea"
     assert subject.count(".") == 3  # one token for the host, however many dots its id has
-    assert msg_id(BatchKey("h", "s1", 7)) == "s1:7"
+    assert msg_id(BatchKey("h", "s1", 7)) == "h:s1:7"
 
 
 def test_settings_refuse_what_cannot_work() -> None:
@@ -64,9 +68,13 @@ def test_a_batch_published_twice_is_stored_once(nats_server: NatsServer) -> None
         assert (first.seq, first.stream_id, first.host_id) == (1, "stream-1", "node.a")
         t.send(b'{"batch": 2}', BatchKey("node.a", "stream-1", 2))
         (one, two) = messages(nats_server.url)
-        assert one.headers["Nats-Msg-Id"] == "stream-1:1" and one.headers["Incidentlab-Host"] == "node.a"
+        assert (
+            one.headers["Nats-Msg-Id"] == "node.a:stream-1:1" and one.headers["Incidentlab-Host"] == "node.a"
+        )
         assert one.headers["X-Incidentlab-Lost"] == "0"
-        assert gzip.decompress(one.data) == b'{"batch": 1}' and two.headers["Nats-Msg-Id"] == "stream-1:2"
+        assert (
+            gzip.decompress(one.data) == b'{"batch": 1}' and two.headers["Nats-Msg-Id"] == "node.a:stream-1:2"
+        )
         assert one.subject == subject_for("incidentlab.batches", "node.a", 64)
         assert t.stats.accepted == 2 and t.stats.duplicates == 1
     finally:
@@ -129,7 +137,8 @@ def test_an_outage_spools_and_a_restarted_server_catches_up_in_order(tmp_path: P
             pass
         assert agent.spool.acked == 6
         ids = [m.headers["Nats-Msg-Id"] for m in messages(server.url)]
-        assert ids == [f"{agent.spool.stream_id}:{seq}" for seq in range(1, 7)]  # in order, once each
+        host = agent.sampler.info().host_id
+        assert ids == [f"{host}:{agent.spool.stream_id}:{seq}" for seq in range(1, 7)]  # in order, once each
     finally:
         agent.close()
         server.stop()
@@ -145,3 +154,22 @@ def test_the_agent_on_https_alone_never_touches_the_bus(tmp_path: Path) -> None:
     t = delivery(settings)
     assert isinstance(t, Transport)
     t.close()
+
+
+def test_another_publisher_cannot_make_a_hosts_batch_a_duplicate(nats_server: NatsServer) -> None:
+    from testkit.nats import _with_js, run
+
+    add_stream(nats_server.url)
+
+    async def squat(js: Any) -> None:  # a hostile publisher takes node-b's next message id
+        await js.publish("incidentlab.batches.0.node-evil", b"x", headers={"Nats-Msg-Id": "node-b:s:1"})
+
+    run(_with_js(nats_server.url, squat))
+    t = BusTransport(bus(nats_server.url))
+    try:
+        with pytest.raises(TransportError, match="message id was taken"):
+            t.send(b'{"b": 1}', BatchKey("node-b", "s", 1))
+        assert t.stats.bad_acks == 1  # not acked: the spool keeps it until the window passes
+        assert t.send(b'{"b": 2}', BatchKey("node-b", "s", 2)).status == "accepted"
+    finally:
+        t.close()
