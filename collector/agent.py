@@ -244,6 +244,14 @@ class Agent:
 
     # --- running -------------------------------------------------------------------------------------
 
+    def _send_bound_s(self) -> float:
+        """The longest one send can take: HTTPS's read timeout, or the bus's connect, publish
+        and duplicate check."""
+        t, b = self.settings.transport, self.settings.bus
+        bus = b.connect_timeout_s + b.publish_timeout_s + 4 if b.enabled else 0.0
+        https = t.read_timeout_s if not b.enabled or b.also_https else 0.0
+        return https + bus
+
     def stop(self, *_: object) -> None:
         self._stop.set()
         self._wake.set()
@@ -266,7 +274,7 @@ class Agent:
                 self._stop.wait(max(0.0, self.settings.interval_s - (time.monotonic() - started)))
         finally:
             self.stop()
-            shipper.join(timeout=self.settings.transport.read_timeout_s + 5)
+            shipper.join(timeout=self._send_bound_s() + 5)
             self.close()
             signal.signal(signal.SIGTERM, previous)
 

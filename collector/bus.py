@@ -3,7 +3,7 @@
 Each batch goes to ``<subject_prefix>.<partition>.<host>``: the partition is a stable
 hash of host_id (``collector.wire.partition_of``, the controllers' own), the host token
 host_id with the characters NATS gives meaning to escaped. It is published gzip'd, like
-an HTTPS body, with ``Nats-Msg-Id: <stream_id>:<seq>``, so a batch published twice (a
+an HTTPS body, with ``Nats-Msg-Id: <host_id>:<stream_id>:<seq>``, so a batch published twice (a
 crash before its PubAck, a retry after a lost one) is stored once by JetStream's
 duplicate window, and the controllers' ledger dedupes past it. ``Nats-Expected-Stream``
 makes the server refuse it unless the subject lands in the configured stream. The spool
@@ -26,10 +26,9 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
-from collector.config import BusSettings
+from collector.config import BusSettings, NatsSettings
 from collector.errors import TooLargeForBus, TransportError
 from collector.transport import Transport, TransportStats, compress
 from collector.wire import ACK_SCHEMA, LOST_HEADER, Ack, BatchKey, partition_of
@@ -63,15 +62,38 @@ def msg_id(key: BatchKey) -> str:
     return f"{key.host_id}:{key.stream_id}:{key.seq}"
 
 
-def _files_key(paths: list[Path | None]) -> tuple[tuple[int, int] | None, ...]:
+def files_key(s: NatsSettings) -> tuple[tuple[int, int] | None, ...]:
+    """What the connection's files are now (size and mtime): a change means reconnect."""
     out: list[tuple[int, int] | None] = []
-    for p in paths:
+    for p in (s.ca_file, s.cert_file, s.key_file, s.creds_file, s.token_file):
         try:
             st = p.stat() if p is not None else None
         except OSError:
             st = None
         out.append((st.st_mtime_ns, st.st_size) if st is not None else None)
     return tuple(out)
+
+
+def nats_options(s: NatsSettings, name: str) -> dict[str, Any]:
+    """nats.connect's keyword arguments for these settings; reads the token file."""
+    options: dict[str, Any] = {
+        "servers": s.servers,
+        "connect_timeout": s.connect_timeout_s,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1,
+        "name": name,
+    }
+    if s.ca_file or s.cert_file or any(u.startswith("tls://") for u in s.servers):
+        ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        if s.cert_file is not None:
+            ctx.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
+        options["tls"] = ctx
+    if s.creds_file is not None:
+        options["user_credentials"] = str(s.creds_file)
+    if s.token_file is not None:
+        options["token"] = s.token_file.read_text().strip()
+    return options
 
 
 class BusTransport:
@@ -100,17 +122,6 @@ class BusTransport:
             fut.cancel()
             raise
 
-    def _watched(self) -> list[Path | None]:
-        return [self.s.ca_file, self.s.cert_file, self.s.key_file, self.s.creds_file, self.s.token_file]
-
-    def _tls(self) -> ssl.SSLContext | None:
-        if not (self.s.ca_file or self.s.cert_file or any(u.startswith("tls://") for u in self.s.servers)):
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.s.ca_file) if self.s.ca_file else None)
-        if self.s.cert_file is not None:
-            ctx.load_cert_chain(str(self.s.cert_file), str(self.s.key_file) if self.s.key_file else None)
-        return ctx
-
     async def _connect(self) -> None:
         import nats
 
@@ -118,26 +129,11 @@ class BusTransport:
             with contextlib.suppress(Exception):
                 await self._nc.close()
             self._nc = self._js = None
-        options: dict[str, Any] = {
-            "servers": self.s.servers,
-            "connect_timeout": self.s.connect_timeout_s,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 1,
-            "name": "incidentlab-collector",
-        }
-        tls = self._tls()
-        if tls is not None:
-            options["tls"] = tls
-        if self.s.creds_file is not None:
-            options["user_credentials"] = str(self.s.creds_file)
-        if self.s.token_file is not None:
-            options["token"] = self.s.token_file.read_text().strip()
-        self._nc = await nats.connect(**options)
+        self._nc = await nats.connect(**nats_options(self.s, "incidentlab-collector"))
         self._js = self._nc.jetstream()
 
     def _ensure(self) -> None:
-        files = _files_key(self._watched())
+        files = files_key(self.s)
         if self._nc is not None and not self._nc.is_closed and files == self._files:
             return
         if self._nc is not None and files != self._files:
@@ -162,6 +158,15 @@ class BusTransport:
         if lost is not None:
             headers[LOST_HEADER] = str(lost)
         payload = compress(body, self.encoding)
+        # The server counts the headers too, and answers a message past max_payload by closing
+        # the connection: a publish that would only ever time out. Refused here, for good.
+        size = len(payload) + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 16
+        limit = int(getattr(self._nc, "max_payload", 0) or 0)
+        if limit and size > limit:
+            self.stats.rejected += 1
+            raise TooLargeForBus(
+                f"batch {key.seq} is {size} bytes with its headers; the server takes {limit}"
+            )
         start = self._clock()
         self.stats.sent += 1
         try:
@@ -204,8 +209,8 @@ class BusTransport:
     def _stored_here(self, seq: int, subject: str) -> bool:
         """Whether the stream's message ``seq`` is on ``subject``: a duplicate PubAck names the
         message stored first. True when it cannot be read (no permission): trusted, as before."""
-        try:
-            stored = self._run(self._js.get_msg(self.s.stream, seq), self.s.publish_timeout_s + 2)
+        try:  # a collector may not be allowed to read the stream: then it waits no longer than this
+            stored = self._run(self._js.get_msg(self.s.stream, seq), min(2.0, self.s.publish_timeout_s))
         except Exception:
             return True
         return bool(getattr(stored, "subject", subject) == subject)
@@ -239,7 +244,21 @@ class Fanout:
 
     @property
     def stats(self) -> TransportStats:
-        return self.https.stats
+        """Both sides' counts, the latest error of either."""
+        h, b = self.https.stats, self.bus.stats
+        return TransportStats(
+            sent=h.sent + b.sent,
+            accepted=h.accepted + b.accepted,
+            duplicates=h.duplicates + b.duplicates,
+            rejected=h.rejected + b.rejected,
+            retries=h.retries + b.retries,
+            bad_acks=h.bad_acks + b.bad_acks,
+            leader_hops=h.leader_hops,
+            tls_reloads=h.tls_reloads + b.tls_reloads,
+            last_latency_s=h.last_latency_s,
+            last_error=b.last_error or h.last_error,
+            latencies=h.latencies,
+        )
 
     def send(self, body: bytes, key: BatchKey, lost: int | None = None) -> Ack:
         ack = self.https.send(body, key, lost=lost)

@@ -97,28 +97,20 @@ class TransportSettings(_Strict):
         return self
 
 
-class BusSettings(_Strict):
-    """Batches through a NATS JetStream stream instead of (or, with ``also_https``, as well
-    as) HTTPS to one controller (collector/bus.py). Off by default. The stream belongs to
-    the controllers; the collector only publishes to it."""
+class NatsSettings(_Strict):
+    """A NATS connection: servers, TLS and credentials (files, read at connect; a change to any
+    of them reconnects). The collector's and the controller's bus settings share it."""
 
-    enabled: bool = False
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16)
-    stream: str = Field(default="INCIDENTLAB", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    subject_prefix: str = Field(default="incidentlab.batches", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-    # Hosts map to this many partitions by a stable hash of host_id: the controllers' number.
-    partitions: int = Field(default=64, ge=1, le=4096)
-    also_https: bool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     creds_file: Path | None = None  # a NATS .creds file (JWT and NKey seed)
     token_file: Path | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     @model_validator(mode="after")
-    def _check(self) -> BusSettings:
+    def _connection(self) -> NatsSettings:
         for url in self.servers:
             if not url.startswith(("nats://", "tls://")):
                 raise ValueError(f"{url}: a NATS server is nats:// or tls://")
@@ -127,6 +119,23 @@ class BusSettings(_Strict):
         if self.creds_file is not None and self.token_file is not None:
             raise ValueError("creds_file or token_file, not both")
         return self
+
+
+BUS_SUBJECT_PREFIX = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+
+
+class BusSettings(NatsSettings):
+    """Batches through a NATS JetStream stream instead of (or, with ``also_https``, as well
+    as) HTTPS to one controller (collector/bus.py). Off by default. The stream belongs to
+    the controllers; the collector only publishes to it."""
+
+    enabled: bool = False
+    stream: str = Field(default="INCIDENTLAB", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field(default="incidentlab.batches", pattern=BUS_SUBJECT_PREFIX)
+    # Hosts map to this many partitions by a stable hash of host_id: the controllers' number.
+    partitions: int = Field(default=64, ge=1, le=4096)
+    also_https: bool = False
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")

@@ -1,22 +1,32 @@
 """The bus, controller side: batches from NATS JetStream (``bus`` settings; off by default).
 
-While this controller leads it creates the stream over ``<subject_prefix>.>`` (file
-storage, retention ``max_age_s`` and ``max_bytes``, a ``duplicate_window_s`` that
-dedupes a collector's re-publish by its ``Nats-Msg-Id``) and consumes it through one
-durable pull consumer per partition, ``incidentlab-p<n>``, acknowledging each message
-by hand. A batch goes through the same ingest as an HTTPS body (decompression bombs,
-the wire contract, the clock, the ledger, hot state) with the host of its subject as
-the only host it may write: a collector that publishes another host's batch under its
-own subject is refused like a token bound to another host. The ledger row commits
-before the message is acknowledged, so a controller killed between the two sees the
-batch again and the ledger calls it a duplicate: exactly once in effect.
+While this controller leads it makes sure of the stream: one subject pattern per
+partition, ``<subject_prefix>.<n>.*`` (a subject no consumer reads is refused at publish,
+not stored to age out), file storage, ``replicas``, and limits that refuse rather than
+discard: a full stream (``max_bytes``) or a host past its own share
+(``max_msgs_per_host``) answers the collector's publish with an error, and the collector
+keeps the batch in its spool, as it does when the controller is away. Only what the
+controller already acknowledged ages out (``max_age_s``). It updates only the fields it
+owns and leaves the rest of an existing stream's configuration as it found it.
 
-What the ingest refuses for good (the batch is invalid, too large, another host's) is
-terminated, never redelivered; what fails for now (the store away) is negatively
-acknowledged with a delay and comes back, at most ``max_deliveries`` times.
+It consumes through one durable pull consumer per partition, ``<prefix>-p<n>``, acknowledging
+each message by hand, a few at a time (``fetch_batch``), each marked in progress when its
+turn comes so that the ack timer runs only while it is worked on. A batch goes through the
+same ingest as an HTTPS body (decompression bombs, the wire contract, the clock, the ledger,
+hot state), allowed to write exactly the host its subject names, and only from the
+partition that host hashes to: a collector that publishes another host's batch, or under a
+name that is not a host id, or into another partition, is refused. The ledger row commits
+before the message is acknowledged, so a controller killed between the two sees the batch
+again and the ledger calls it a duplicate: exactly once in effect.
 
-Leadership is the existing single writer's: a follower consumes nothing. Spreading the
-partitions over replicas under leases is not built yet.
+What the ingest refuses for good is terminated, never redelivered. A store that is away
+(503) is waited out: the message is negatively acknowledged with a delay, for ever, as the
+collector would retry an HTTPS 503 for ever. A batch the ingest fails on (500) is given up
+after ``max_deliveries`` (counted and logged; it stays in the stream until it ages out).
+
+Leadership is the existing single writer's: a follower consumes nothing, and a controller
+that stops leading stops between two messages and hands the rest of its fetch back.
+Spreading the partitions over replicas under leases is not built yet.
 """
 
 from __future__ import annotations
@@ -24,26 +34,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
+import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from collector.bus import HOST_HEADER, host_from_subject
-from collector.wire import LOST_HEADER
+from collector.bus import HOST_HEADER, files_key, host_from_subject, nats_options
+from collector.wire import LOST_HEADER, partition_of
 from controller.auth import Principal
 from controller.config import BusSettings
 from controller.ingest import Answer, IngestService, parse_lost
 
 log = logging.getLogger(__name__)
 PERMANENT = (400, 403, 413, 415)  # the ingest's refusals that no retry can change
+WAIT_OUT = (503,)  # the store away: waited out, never given up
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")  # the wire contract's
 
 
-def consumer_name(partition: int) -> str:
-    return f"incidentlab-p{partition}"
+def _delivery(msg: Any) -> tuple[int, int] | None:
+    try:
+        md = msg.metadata
+        return int(md.sequence.stream), int(md.num_delivered)
+    except Exception:  # not a JetStream delivery: nothing to tell it by
+        return None
+
+
+def consumer_name(prefix: str, partition: int) -> str:
+    return f"{prefix.replace('.', '_')}-p{partition}"
 
 
 class BusConsumer:
@@ -52,19 +72,21 @@ class BusConsumer:
         s: BusSettings,
         ingest: IngestService,
         is_leader: Callable[[], bool],
-        workers: int = 2,
+        workers: int = 4,
+        max_body_bytes: int = 8 << 20,
     ) -> None:
         self.s = s
         self.ingest = ingest
         self.is_leader = is_leader
+        self.max_body_bytes = max_body_bytes
         self.counts: Counter[str] = Counter()
         self.pending: dict[int, int] = {}
-        self.connected = False
         self.last_error: str | None = None
+        self._nc: Any = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bus-ingest")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="controller-bus", daemon=True)
-        self._stopping = False
+        self._stop = asyncio.Event()
         self._main: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -74,13 +96,20 @@ class BusConsumer:
         self._main = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
 
     def stop(self) -> None:
-        self._stopping = True
+        self._loop.call_soon_threadsafe(self._stop.set)
         if self._main is not None:
             with contextlib.suppress(Exception):
-                self._main.result(timeout=10)
+                self._main.result(timeout=self.s.connect_timeout_s + 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def connected(self) -> bool:
+        nc = self._nc
+        return bool(nc is not None and nc.is_connected)
 
     def status(self) -> dict[str, Any]:
         lag = dict(self.pending)
@@ -98,79 +127,89 @@ class BusConsumer:
 
     # --- the loop ----------------------------------------------------------------------------------
 
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
     async def _run(self) -> None:
         backoff = 0.5
-        while not self._stopping:
+        while not self._stop.is_set():
             if not self.is_leader():
-                await asyncio.sleep(0.5)
+                await self._pause(0.5)
                 continue
             try:
                 await self._consume()
                 backoff = 0.5
             except Exception as exc:  # the server away, a refused stream config: say so, retry
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("bus: %s; retrying in %.1f s", self.last_error, backoff, exc_info=True)
-                await asyncio.sleep(backoff)
+                log.warning("bus: %s; retrying in %.1f s", self.last_error, backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, 30.0)
-            finally:
-                self.connected = False
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
 
     async def _connect(self) -> Any:
         import nats
 
-        options: dict[str, Any] = {
-            "servers": self.s.servers,
-            "connect_timeout": self.s.connect_timeout_s,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 1,
-            "name": "incidentlab-controller",
+        options = nats_options(self.s, "incidentlab-controller") | {"error_cb": self._on_error}
+        # nats-py retries a first connect for ever with unlimited reconnects: bounded here.
+        return await asyncio.wait_for(nats.connect(**options), self.s.connect_timeout_s + 1)
+
+    def stream_config(self, existing: Any = None) -> Any:
+        """The stream as this controller needs it; an existing one keeps every field it does not set."""
+        from dataclasses import replace
+
+        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+        owned: dict[str, Any] = {
+            "subjects": [f"{self.s.subject_prefix}.{p}.*" for p in range(self.s.partitions)],
+            "retention": RetentionPolicy.LIMITS,
+            "max_age": self.s.max_age_s,
+            "max_bytes": self.s.max_bytes,
+            "max_msgs_per_subject": self.s.max_msgs_per_host,
+            "max_msg_size": self.max_body_bytes,
+            "discard": DiscardPolicy.NEW,
+            "discard_new_per_subject": True,
+            "duplicate_window": self.s.duplicate_window_s,
+            "num_replicas": self.s.replicas,
         }
-        if self.s.ca_file or self.s.cert_file or any(u.startswith("tls://") for u in self.s.servers):
-            ctx = ssl.create_default_context(cafile=str(self.s.ca_file) if self.s.ca_file else None)
-            if self.s.cert_file is not None:
-                ctx.load_cert_chain(str(self.s.cert_file), str(self.s.key_file) if self.s.key_file else None)
-            options["tls"] = ctx
-        if self.s.creds_file is not None:
-            options["user_credentials"] = str(self.s.creds_file)
-        if self.s.token_file is not None:
-            options["token"] = self.s.token_file.read_text().strip()
-        return await nats.connect(**options)
+        if existing is not None:
+            return replace(existing, **owned)
+        return StreamConfig(name=self.s.stream, storage=StorageType.FILE, **owned)
 
     async def ensure_stream(self, js: Any) -> None:
-        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
-        config = StreamConfig(
-            name=self.s.stream,
-            subjects=[f"{self.s.subject_prefix}.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=self.s.max_age_s,
-            max_bytes=self.s.max_bytes,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=self.s.duplicate_window_s,
-        )
         try:
-            await js.stream_info(self.s.stream)
+            info = await js.stream_info(self.s.stream)
         except NotFoundError:
-            await js.add_stream(config)
+            await js.add_stream(self.stream_config())
             return
-        await js.update_stream(config)  # the settings win; what the stream holds stays
+        want = self.stream_config(info.config)
+        if want != info.config:
+            try:
+                await js.update_stream(want)
+            except Exception as exc:  # consume what is there; say why the settings did not take
+                self.last_error = f"the stream's settings could not be updated: {exc}"
+                log.warning("bus: %s", self.last_error)
 
     async def _consume(self) -> None:
         nc = await self._connect()
+        self._nc = nc
+        files = files_key(self.s)
         try:
             js = nc.jetstream()
             await self.ensure_stream(js)
-            self.connected = True
             self.last_error = None
             tasks = [asyncio.create_task(self._partition(js, p)) for p in range(self.s.partitions)]
             try:
-                while not self._stopping and self.is_leader() and not nc.is_closed:
-                    await asyncio.sleep(0.2)
-                    done = [t for t in tasks if t.done()]
-                    for t in done:
+                while not self._stop.is_set() and self.is_leader() and not nc.is_closed:
+                    await self._pause(0.2)
+                    if files_key(self.s) != files:
+                        log.warning("bus: TLS or credential files changed: reconnecting")
+                        return
+                    for t in [t for t in tasks if t.done()]:
                         exc = t.exception()
                         if exc is not None:
                             raise exc
@@ -180,33 +219,63 @@ class BusConsumer:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self.pending.clear()
+            self._nc = None
             with contextlib.suppress(Exception):
                 await nc.close()
 
-    async def _partition(self, js: Any, partition: int) -> None:
+    async def _subscribe(self, js: Any, partition: int) -> Any:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         subject = f"{self.s.subject_prefix}.{partition}.*"
-        sub = await js.pull_subscribe(
-            subject,
-            durable=consumer_name(partition),
-            stream=self.s.stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.s.ack_wait_s,
-                max_ack_pending=self.s.max_ack_pending,
-                filter_subject=subject,
-            ),
+        durable = consumer_name(self.s.subject_prefix, partition)
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.s.ack_wait_s,
+            max_ack_pending=self.s.max_ack_pending,
+            filter_subject=subject,
         )
+        sub = await js.pull_subscribe(subject, durable=durable, stream=self.s.stream, config=config)
+        # An existing durable keeps its own config (nats-py creates one only when none is there):
+        # the settings' ack_wait and max_ack_pending are put on it, its position kept.
+        info = await sub.consumer_info()
+        if (info.config.ack_wait, info.config.max_ack_pending) != (config.ack_wait, config.max_ack_pending):
+            await js.add_consumer(self.s.stream, config)
+        return sub
+
+    async def _partition(self, js: Any, partition: int) -> None:
+        sub = await self._subscribe(js, partition)
         polled = 0.0
-        while True:
+        # nats-py can hand one delivery to two fetches (a pull request that timed out here is
+        # still served); a delivery is its (stream sequence, delivery count): seen, skipped.
+        done: OrderedDict[tuple[int, int], None] = OrderedDict()
+        while not self._stop.is_set():
             try:
                 msgs = await sub.fetch(self.s.fetch_batch, timeout=1.0)
             except TimeoutError:  # nats-py raises its own and asyncio's: nothing came
                 msgs = []
-            for msg in msgs:  # in stream order: a host's batches stay in order
-                await self._handle(msg)
+            for i, msg in enumerate(msgs):  # in stream order: a host's batches stay in order
+                if not self.is_leader() or self._stop.is_set():
+                    for rest in msgs[i:]:  # not ours to work on now: back to whoever leads next
+                        with contextlib.suppress(Exception):
+                            await rest.nak()
+                    return
+                delivery = _delivery(msg)
+                if delivery is not None:
+                    if delivery in done:
+                        self.counts["delivered_twice"] += 1
+                        continue
+                    done[delivery] = None
+                    if len(done) > 4 * self.s.fetch_batch + 64:
+                        done.popitem(last=False)
+                wait = await self._handle(msg, partition)
+                if wait:
+                    for rest in msgs[i + 1 :]:  # the store is away: the rest wait too, in order
+                        with contextlib.suppress(Exception):
+                            await rest.nak(delay=wait)
+                    await self._pause(wait)
+                    break
             now = time.monotonic()
             if now - polled >= 2.0:
                 polled = now
@@ -219,34 +288,57 @@ class BusConsumer:
         assert isinstance(answer, Answer)  # without inline_limit it always answers
         return answer
 
-    async def _handle(self, msg: Any) -> None:
-        headers = msg.headers or {}
+    def _host_of(self, msg: Any, partition: int) -> str | None:
+        """The host a message may write: its subject's, when that is a host id, hashes to the
+        partition it came in on, and agrees with the Incidentlab-Host header."""
         host = host_from_subject(msg.subject)
-        if host is None or headers.get(HOST_HEADER) not in (None, host):
+        if host is None or not _HOST_ID.match(host) or partition_of(host, self.s.partitions) != partition:
+            return None
+        said = (msg.headers or {}).get(HOST_HEADER)
+        return host if said in (None, host) else None
+
+    async def _handle(self, msg: Any, partition: int) -> float:
+        """One message to its end; the seconds to hold the partition back (the store away), or 0."""
+        host = self._host_of(msg, partition)
+        if host is None:
             self.counts["refused_subject"] += 1
             await msg.term()
-            return
-        principal = Principal("bus", "collector", (host,))
-        encoding = headers.get("Content-Encoding")
-        lost = parse_lost(headers.get(LOST_HEADER))
+            return 0.0
+        await msg.in_progress()  # its ack timer starts now, not when it was fetched
+        headers = msg.headers or {}
+        principal = Principal("bus", "collector", (host,))  # the id has no glob characters
         loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(self._pool, self._ingest, principal, encoding, msg.data, lost)
+        answer = await loop.run_in_executor(
+            self._pool,
+            self._ingest,
+            principal,
+            headers.get("Content-Encoding"),
+            msg.data,
+            parse_lost(headers.get(LOST_HEADER)),
+        )
         self.ingest.count(answer)
         if answer.status == 200:
             await msg.ack()  # after the ledger commit: a crash between the two redelivers a duplicate
             self.counts["accepted" if answer.accepted is not None else "duplicate"] += 1
             await loop.run_in_executor(self._pool, self.ingest.answered, answer)
-        elif answer.status in PERMANENT:
+            return 0.0
+        if answer.status in PERMANENT:
             self.counts[f"refused_{answer.status}"] += 1
             await msg.term()
-        else:
-            delivered = int(getattr(msg.metadata, "num_delivered", 1) or 1)
-            if delivered >= self.s.max_deliveries:
-                self.counts["given_up"] += 1
-                log.warning(
-                    "bus: %s failed %d deliveries (HTTP %d): given up", msg.subject, delivered, answer.status
-                )
-                await msg.term()
-            else:
-                self.counts[f"retried_{answer.status}"] += 1
-                await msg.nak(delay=min(2.0**delivered, 30.0))
+            return 0.0
+        delivered = int(getattr(msg.metadata, "num_delivered", 1) or 1)
+        wait = min(2.0**delivered, 30.0)
+        if answer.status in WAIT_OUT:
+            self.counts[f"waited_{answer.status}"] += 1
+            await msg.nak(delay=wait)
+            return wait
+        if delivered >= self.s.max_deliveries:
+            self.counts["given_up"] += 1
+            log.warning(
+                "bus: %s failed %d deliveries (HTTP %d): given up", msg.subject, delivered, answer.status
+            )
+            await msg.term()
+            return 0.0
+        self.counts[f"retried_{answer.status}"] += 1
+        await msg.nak(delay=wait)
+        return 0.0

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from collector.config import BUS_SUBJECT_PREFIX, NatsSettings
 from collector.settings_io import EnvOverYaml, describe, read_yaml_mapping
 from collector.wire import Limits
 from controller.errors import ConfigError
@@ -468,44 +469,31 @@ class HASettings(_Strict):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
 
-class BusSettings(_Strict):
+class BusSettings(NatsSettings):
     """Batches from a NATS JetStream stream (controller/bus.py): the collectors publish, this
-    controller creates the stream and consumes it, one durable consumer per partition, while
-    it leads. Off by default; the subject layout and ``partitions`` are the collectors'."""
+    controller makes sure of the stream and consumes it, one durable consumer per partition,
+    while it leads. Off by default; the subject layout and ``partitions`` are the collectors'."""
 
     enabled: bool = False
-    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, max_length=16)
     stream: str = Field(default="INCIDENTLAB", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    subject_prefix: str = Field(default="incidentlab.batches", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    subject_prefix: str = Field(default="incidentlab.batches", pattern=BUS_SUBJECT_PREFIX)
     partitions: int = Field(default=64, ge=1, le=4096)
-    # Retention: at least the analysis window (a new owner replays it), bounded in bytes.
+    replicas: int = Field(default=1, ge=1, le=5)  # the stream's, on a NATS cluster
+    # What it keeps: at least the analysis window (a new owner will replay it), and no more
+    # than max_age_s; past max_bytes, or max_msgs_per_host for one host, a publish is refused
+    # and the collector keeps the batch in its spool: nothing unread is discarded.
     max_age_s: float = Field(default=3600.0, ge=60, le=30 * 86_400)
     max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 42)
+    max_msgs_per_host: int = Field(default=7200, ge=10, le=10_000_000)
     duplicate_window_s: float = Field(default=120.0, ge=1, le=86_400)
-    fetch_batch: int = Field(default=64, ge=1, le=1024)
-    # Unacknowledged batches a partition's consumer may hold; the server waits past it.
+    # Messages a partition's consumer fetches at once: held in memory at most partitions x
+    # fetch_batch x ingest.max_body_bytes.
+    fetch_batch: int = Field(default=8, ge=1, le=1024)
     max_ack_pending: int = Field(default=1024, ge=1, le=100_000)
     ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
-    # A batch the controller fails on (not one it refuses) this many deliveries is given up
-    # (terminated, counted): one poison batch cannot hold its partition's hosts for ever.
+    # A batch the ingest fails on (HTTP 500, not a refusal and not the store away) this many
+    # deliveries is given up: one poison batch cannot hold its partition's hosts for ever.
     max_deliveries: int = Field(default=20, ge=1, le=1000)
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    creds_file: Path | None = None
-    token_file: Path | None = None
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-
-    @model_validator(mode="after")
-    def _check(self) -> BusSettings:
-        for url in self.servers:
-            if not url.startswith(("nats://", "tls://")):
-                raise ValueError(f"{url}: a NATS server is nats:// or tls://")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file")
-        if self.creds_file is not None and self.token_file is not None:
-            raise ValueError("creds_file or token_file, not both")
-        return self
 
 
 class ControllerSettings(EnvOverYaml):

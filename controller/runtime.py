@@ -159,7 +159,12 @@ class Runtime:
         )
         self.bus: BusConsumer | None = None
         if settings.bus.enabled:
-            self.bus = BusConsumer(settings.bus, self.ingest, lambda: self.leadership.is_leader)
+            self.bus = BusConsumer(
+                settings.bus,
+                self.ingest,
+                lambda: self.leadership.is_leader,
+                max_body_bytes=settings.ingest.max_body_bytes,
+            )
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         if self.analysis is not None:
             self.metrics.bind_analysis(self.analysis.stats)
