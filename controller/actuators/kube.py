@@ -105,10 +105,14 @@ def _api_error(what: str, exc: Exception) -> ActuatorError:
     return ActuatorError(f"{what}: Kubernetes API answered {status or 'nothing'}: {reason}")
 
 
-def _call(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+def _call(what: str, fn: Any, *args: Any, explain: dict[int, str] | None = None, **kw: Any) -> Any:
+    """fn through the client; an answer whose status ``explain`` names gets its own words."""
     try:
         return fn(*args, **kw, _request_timeout=10)
     except Exception as exc:  # ApiException, urllib3 errors: all become one clear error
+        status = getattr(exc, "status", None)
+        if explain and status in explain:
+            raise ActuatorError(f"{what}: {explain[status]} (Kubernetes API answered {status})") from None
         raise _api_error(what, exc) from None
 
 
@@ -154,16 +158,16 @@ class RestartPod(Actuator):
             "metadata": {"name": name, "namespace": ns},
             "deleteOptions": {"preconditions": {"uid": p.uid}},
         }
+        busy = "its PodDisruptionBudget allows no disruption now; nothing was deleted"
         with core_api(self.env.kube) as api:
-            try:
-                api.create_namespaced_pod_eviction(name, ns, body, _request_timeout=10)
-            except Exception as exc:
-                if getattr(exc, "status", None) == 429:
-                    raise ActuatorError(
-                        f"evicting pod {ns}/{name}: its PodDisruptionBudget allows no disruption now "
-                        "(Kubernetes API answered 429); nothing was deleted"
-                    ) from None
-                raise _api_error(f"evicting pod {ns}/{name}", exc) from None
+            _call(
+                f"evicting pod {ns}/{name}",
+                api.create_namespaced_pod_eviction,
+                name,
+                ns,
+                body,
+                explain={429: busy},
+            )
         return Applied(self.probe(p), None)
 
 
@@ -393,18 +397,16 @@ class ScaleDeployment(Actuator):
     def _patch(self, p: ScaleParams, rv: str, replicas: int) -> None:
         body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}}
         what = f"scaling deployment {p.namespace}/{p.name}"
+        # A 409 is not retried from a fresh read: the approved step was computed from the count
+        # read before it, and an HPA that moved it since would be fought, not helped.
+        moved = (
+            "its replica count changed since it was read (an autoscaler or someone else scaled it); "
+            "nothing changed"
+        )
         with apps_api(self.env.kube) as api:
-            try:
-                api.patch_namespaced_deployment_scale(p.name, p.namespace, body, _request_timeout=10)
-            except Exception as exc:
-                # Not retried from a fresh read: the approved step was computed from the count
-                # read before it, and an HPA that moved it since would be fought, not helped.
-                if getattr(exc, "status", None) == 409:
-                    raise ActuatorError(
-                        f"{what}: its replica count changed since it was read (Kubernetes API "
-                        "answered 409: an autoscaler or someone else scaled it); nothing changed"
-                    ) from None
-                raise _api_error(what, exc) from None
+            _call(
+                what, api.patch_namespaced_deployment_scale, p.name, p.namespace, body, explain={409: moved}
+            )
 
     def apply(self, p: ScaleParams, before: dict[str, Any]) -> Applied:
         self._patch(p, before["resource_version"], p.target(int(before["replicas"] or 0)))

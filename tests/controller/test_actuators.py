@@ -372,7 +372,7 @@ def test_restart_pod_respects_the_disruption_budget() -> None:
         act = get("restart_pod", HostEnv(kube=KubeTarget(kube.url)))
         p = act.validate({"uid": POD_UID, "node": "node-1"})
         before = act.probe(p)
-        with pytest.raises(ActuatorError, match=r"PodDisruptionBudget allows no disruption now .*429"):
+        with pytest.raises(ActuatorError, match=r"PodDisruptionBudget allows no disruption now.*429"):
             act.apply(p, before)
         assert act.probe(p) == before  # still there
         assert act.settle(p, before, act.probe(p)) == "not_applied"
