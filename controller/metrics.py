@@ -103,6 +103,11 @@ class Metrics:
         runs awaiting approval, and per host the last time it was heard from."""
         self.registry.register(_Operations(state))
 
+    def bind_bus(self, status: Callable[[], dict[str, Any]], lag: Callable[[], dict[int, int]]) -> None:
+        """The bus consumer, read when scraped: connected, messages by outcome, and the lag
+        (messages not yet acknowledged) of each partition it consumes."""
+        self.registry.register(_Bus(status, lag))
+
     def bind_analysis(self, analysis_stats: Callable[[], dict[str, Any]]) -> None:
         for key, gauge in self.analysis.items():
             gauge.set_function(functools.partial(_stat, analysis_stats, key))
@@ -136,6 +141,33 @@ class _HotCounters(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], float(s.get(key, 0)))
             yield c
+
+
+class _Bus(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]], lag: Callable[[], dict[int, int]]) -> None:
+        self.status, self.lag = status, lag
+
+    def collect(self) -> Any:
+        st = self.status()
+        up = GaugeMetricFamily("incidentlab_bus_connected", "1 while the bus consumer holds a connection")
+        up.add_metric([], 1.0 if st.get("connected") else 0.0)
+        yield up
+        outcomes = CounterMetricFamily(
+            "incidentlab_bus_messages",
+            "Bus messages by outcome (accepted, duplicate, refused_*, ...)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted((st.get("counts") or {}).items()):
+            outcomes.add_metric([outcome], float(n))
+        yield outcomes
+        lag = GaugeMetricFamily(
+            "incidentlab_bus_partition_lag",
+            "Messages a partition's consumer has not acknowledged yet",
+            labels=["partition"],
+        )
+        for partition, n in sorted(self.lag().items()):
+            lag.add_metric([str(partition)], float(n))
+        yield lag
 
 
 class _Operations(Collector):

@@ -165,6 +165,8 @@ class Runtime:
                 lambda: self.leadership.is_leader,
                 max_body_bytes=settings.ingest.max_body_bytes,
             )
+            bus = self.bus
+            self.metrics.bind_bus(bus.status, lambda: dict(bus.pending))
         self.metrics.bind(lambda: self.leadership.is_leader, self.hot.stats)
         if self.analysis is not None:
             self.metrics.bind_analysis(self.analysis.stats)

@@ -48,6 +48,7 @@ class HaStatus(_Open):
     leader_url: str | None
     analysis: dict[str, Any]
     fleet: dict[str, Any]
+    bus: dict[str, Any] | None = None
 
 
 @router.get(
@@ -219,4 +220,6 @@ def ha_status(rt: Rt, _: Reader) -> dict[str, Any]:
             "lag_max_s": analysis.get("lag_max_s"),
         },
         "fleet": stats.get("fleet", {}),
+        # The bus consumer: which partitions this replica consumes and their lag.
+        "bus": None if rt.bus is None else rt.bus.status() | {"lag": dict(sorted(rt.bus.pending.items()))},
     }

@@ -91,6 +91,14 @@ def test_collectors_on_the_bus_are_ingested_exactly_once(tmp_path: Path, nats_se
             for h in hosts:
                 send(pub, h, seq)
         wait_for(lambda: accepted(ctl) == 18)
+        # Visible where operators look: /metrics (what alerts read) and the HA status.
+        auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        wait_for(lambda: "incidentlab_bus_partition_lag{" in httpx.get(ctl.url + "/metrics", timeout=10).text)
+        scraped = httpx.get(ctl.url + "/metrics", timeout=10).text
+        assert 'incidentlab_bus_messages_total{outcome="accepted"} 18.0' in scraped
+        assert "incidentlab_bus_connected 1.0" in scraped
+        ha = httpx.get(ctl.url + "/api/v1/ha/status", headers=auth, timeout=10).json()
+        assert ha["bus"]["connected"] and set(ha["bus"]["lag"]) == {str(p) for p in range(PARTITIONS)}
         for h in hosts:
             (s,) = host_streams(ctl, h)
             assert s["last_seq"] == 3 and s["accepted"] == 3 and s["duplicates"] == 0
