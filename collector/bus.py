@@ -96,6 +96,14 @@ def nats_options(s: NatsSettings, name: str) -> dict[str, Any]:
     return options
 
 
+async def _cancel_others() -> None:
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    for t in others:
+        t.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 class BusTransport:
     """Delivers one batch at a time to JetStream; the same interface as Transport."""
 
@@ -122,14 +130,14 @@ class BusTransport:
             fut.cancel()
             raise
 
-    async def _connect(self) -> None:
+    async def _connect(self, options: dict[str, Any]) -> None:
         import nats
 
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
             self._nc = self._js = None
-        self._nc = await nats.connect(**nats_options(self.s, "incidentlab-collector"))
+        self._nc = await nats.connect(**options)
         self._js = self._nc.jetstream()
 
     def _ensure(self) -> None:
@@ -138,11 +146,13 @@ class BusTransport:
             return
         if self._nc is not None and files != self._files:
             self.stats.tls_reloads += 1
-        try:
-            self._run(self._connect(), self.s.connect_timeout_s + 2)
+        try:  # the files first, so that their errors are not taken for the network's
+            options = nats_options(self.s, "incidentlab-collector")
         except (OSError, ssl.SSLError) as exc:
             raise TransportError(f"cannot read the bus credentials or TLS files: {exc}") from exc
-        except Exception as exc:  # nats-py's NoServersError, TimeoutError, ...
+        try:
+            self._run(self._connect(options), self.s.connect_timeout_s + 2)
+        except Exception as exc:  # nats-py's NoServersError, a timeout, a refused connection
             raise TransportError(f"cannot reach the bus at {', '.join(self.s.servers)}: {exc!r}") from exc
         self._files = files
 
@@ -225,6 +235,8 @@ class BusTransport:
             with contextlib.suppress(Exception):
                 self._run(self._nc.close(), 5)
             self._nc = None
+        with contextlib.suppress(Exception):  # a connect given up on: let it end, not linger
+            self._run(_cancel_others(), 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._loop.is_running():

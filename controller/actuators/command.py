@@ -128,6 +128,18 @@ class Finished:
     duration_s: float
 
 
+class CommandFailed(ActuatorError):
+    """A command that ran and failed (a non-zero exit, killed past its timeout): it may have
+    done part of its work, so it is never run again for the same step; ``after`` holds what it
+    printed."""
+
+    may_have_changed = True
+
+    def __init__(self, message: str, after: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.after = after
+
+
 def run_argv(argv: list[str], env: dict[str, str], timeout_s: float) -> Finished:
     """Run argv to its end or its timeout, holding no more than the last OUTPUT_TAIL_BYTES of
     its output; past the timeout its whole process group is killed."""
@@ -154,8 +166,14 @@ def run_argv(argv: list[str], env: dict[str, str], timeout_s: float) -> Finished
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ActuatorError(
-                    f"timed out after {timeout_s} s and was killed; it may have done part of its work"
+                raise CommandFailed(
+                    f"timed out after {timeout_s} s and was killed; it may have done part of its work",
+                    {
+                        "exit_status": None,
+                        "output_tail": tail.decode("utf-8", "replace"),
+                        "output_bytes": total,
+                        "duration_s": round(time.monotonic() - start, 3),
+                    },
                 )
             if poller.poll(min(remaining, 0.1) * 1000):
                 chunk = os.read(fd, 65536)
@@ -193,18 +211,6 @@ class RunCommandParams(Params):
     # The listed command's digest when it was planned: a command changed since (its env, its
     # scope, anything) is not the one approved, and does not run.
     rule: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
-
-
-class CommandFailed(ActuatorError):
-    """A command that ran and failed (a non-zero exit, killed past its timeout): it may have
-    done part of its work, so it is never run again for the same step; ``after`` holds what it
-    printed."""
-
-    may_have_changed = True
-
-    def __init__(self, message: str, after: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.after = after
 
 
 @actuator
@@ -248,10 +254,8 @@ class RunCommand(Actuator):
         rule = self.rule(p.command)
         try:
             done = run_argv(p.argv, environment(rule, os.environ), rule.timeout_s)
-        except ActuatorError as exc:
-            if str(exc).startswith("cannot start"):
-                raise  # nothing ran
-            raise CommandFailed(f"run_command: {p.command} {exc}", {"exit_status": None}) from None
+        except CommandFailed as exc:  # it ran, and was killed: what it printed stays with it
+            raise CommandFailed(f"run_command: {p.command} {exc}", exc.after) from None
         after = {
             "exit_status": done.status,
             "output_tail": done.output_tail,

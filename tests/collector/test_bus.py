@@ -173,3 +173,20 @@ def test_another_publisher_cannot_make_a_hosts_batch_a_duplicate(nats_server: Na
         assert t.send(b'{"b": 2}', BatchKey("node-b", "s", 2)).status == "accepted"
     finally:
         t.close()
+
+
+def test_unreadable_credentials_and_an_absent_server_say_which(tmp_path: Path) -> None:
+    missing = BusTransport(
+        bus("nats://127.0.0.1:9", token_file=str(tmp_path / "no-token"), connect_timeout_s=0.5)
+    )
+    try:
+        with pytest.raises(TransportError, match="cannot read the bus credentials"):
+            missing.send(b"{}", BatchKey("h", "s", 1))
+    finally:
+        missing.close()
+    away = BusTransport(bus("nats://127.0.0.1:9", connect_timeout_s=0.5))
+    try:
+        with pytest.raises(TransportError, match=r"cannot reach the bus at nats://127\.0\.0\.1:9"):
+            away.send(b"{}", BatchKey("h", "s", 1))
+    finally:
+        away.close()

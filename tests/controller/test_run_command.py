@@ -248,14 +248,16 @@ def test_output_is_bounded_and_a_failure_says_why(tmp_path: Path) -> None:
 
 def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    slow = script(tmp_path, f"sleep 300 & echo $! > {pidfile}; wait\n")
+    slow = script(tmp_path, f"sleep 300 & echo $! > {pidfile}; echo draining the queue; wait\n")
     rule = cmd("slow", [slow], timeout_s=0.5)
     act = get("run_command", HostEnv(commands=(rule,)))
     p = act.validate(params(rule, [slow]))
     t0 = time.monotonic()
-    with pytest.raises(ActuatorError, match=r"timed out after 0\.5 s and was killed"):
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.5 s and was killed") as caught:
         act.apply(p, {})
     assert time.monotonic() - t0 < 5
+    assert caught.value.after["output_tail"] == "draining the queue\n"  # what it said before it was killed
+    assert caught.value.after["exit_status"] is None
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
