@@ -24,9 +24,15 @@ What the ingest refuses for good is terminated, never redelivered. A store that 
 collector would retry an HTTPS 503 for ever. A batch the ingest fails on (500) is given up
 after ``max_deliveries`` (counted and logged; it stays in the stream until it ages out).
 
-Leadership is the existing single writer's: a follower consumes nothing, and a controller
-that stops leading stops between two messages and hands the rest of its fetch back.
-Spreading the partitions over replicas under leases is not built yet.
+It consumes the partitions this controller owns (controller/partitions.py): all of them
+on the single writer, its share when replicas share the fleet. A partition it stops owning
+is stopped between two messages, the rest of its fetch handed back. A partition it comes to
+own is first **rebuilt**: the stream's last ``window_s`` of that partition, up to what its
+durable consumer has acknowledged, is read through a short-lived ephemeral consumer into hot
+state and the analysis windows (no ledger: those batches are already counted) without
+evaluating; then each rebuilt host is evaluated once on its full window, and the durable
+consumer takes over from where the last owner acknowledged. A fault that runs through a
+failover is found again at once, and attaches to the run the last owner opened.
 """
 
 from __future__ import annotations
@@ -40,13 +46,15 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from collector.bus import HOST_HEADER, files_key, host_from_subject, nats_options
 from collector.wire import LOST_HEADER, partition_of
 from controller.auth import Principal
 from controller.config import BusSettings
-from controller.ingest import Answer, IngestService, parse_lost
+from controller.ingest import Accepted, Answer, IngestService, parse_lost
 
 log = logging.getLogger(__name__)
 PERMANENT = (400, 403, 413, 415)  # the ingest's refusals that no retry can change
@@ -66,21 +74,75 @@ def consumer_name(prefix: str, partition: int) -> str:
     return f"{prefix.replace('.', '_')}-p{partition}"
 
 
+REBUILD_FETCH = 32  # messages per fetch of a rebuild: at most this x max_body_bytes held per rebuild
+REBUILDS_AT_ONCE = 4  # partitions rebuilt at the same time (the others wait their turn)
+REBUILD_FETCH_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Rebuild:
+    """One partition's rebuild: the stream sequences it reads, and how far it got."""
+
+    first: int = 0  # the first message's stream sequence (0: none read yet)
+    upto: int = 0  # the durable consumer's ack floor: the last message already counted
+    at: int = 0
+    messages: int = 0
+    hosts: int = 0
+    refused: int = 0
+    started: float = 0.0
+    seconds: float | None = None  # None while it runs
+    failed: str | None = None  # why it stopped short (the partition is consumed all the same)
+
+    def progress(self) -> float:
+        if self.seconds is not None:
+            return 1.0
+        if self.upto <= self.first or self.first == 0:
+            return 0.0
+        return round(min(1.0, (self.at - self.first + 1) / (self.upto - self.first + 1)), 3)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "progress": self.progress(),
+            "messages": self.messages,
+            "hosts": self.hosts,
+            "refused": self.refused,
+            "seconds": round(self.seconds, 3) if self.seconds is not None else None,
+            "failed": self.failed,
+        }
+
+
 class BusConsumer:
     def __init__(
         self,
         s: BusSettings,
         ingest: IngestService,
-        is_leader: Callable[[], bool],
+        owned: Callable[[], frozenset[int]],
         workers: int = 4,
         max_body_bytes: int = 8 << 20,
+        window_s: float = 0.0,
+        rebuilt: Callable[[Accepted], None] | None = None,
+        rebuild_done: Callable[[list[str]], None] | None = None,
+        epoch: Callable[[int], int] | None = None,
     ) -> None:
         self.s = s
         self.ingest = ingest
-        self.is_leader = is_leader
+        self.owned = owned
         self.max_body_bytes = max_body_bytes
+        # The analysis window a new owner rebuilds (0: none), where each rebuilt batch goes
+        # (the analysis windows, quietly), and who is told which hosts a rebuild read.
+        self.window_s = window_s
+        self.rebuilt = rebuilt
+        self.rebuild_done = rebuild_done
+        # Which time the partition came here: a rebuild is due once per coming, not per
+        # (re)connection; a task of an earlier coming stops.
+        self.epoch: Callable[[int], int] = epoch or (lambda p: 0)
+        self._built: dict[int, int] = {}  # partition -> the epoch its last rebuild was for
+        self._rebuild_slots: asyncio.Semaphore | None = None
         self.counts: Counter[str] = Counter()
         self.pending: dict[int, int] = {}
+        self.rebuilds: dict[int, Rebuild] = {}  # the latest per partition owned now
+        self.rebuilds_done = 0
+        self._busy: Counter[int] = Counter()  # messages being ingested, per partition
         self.last_error: str | None = None
         self._nc: Any = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bus-ingest")
@@ -113,6 +175,7 @@ class BusConsumer:
 
     def status(self) -> dict[str, Any]:
         lag = dict(self.pending)
+        rebuilds = dict(self.rebuilds)
         return {
             "enabled": True,
             "connected": self.connected,
@@ -122,8 +185,27 @@ class BusConsumer:
             "pending": sum(lag.values()),
             "pending_max": max(lag.values(), default=0),
             "counts": dict(self.counts),
+            "rebuilding": {str(p): r.view() for p, r in sorted(rebuilds.items()) if r.seconds is None},
+            "rebuilt": {str(p): r.view() for p, r in sorted(rebuilds.items()) if r.seconds is not None},
+            "rebuilds_done": self.rebuilds_done,
             "last_error": self.last_error,
         }
+
+    def quiesce(self, parts: frozenset[int], timeout_s: float = 10.0) -> bool:
+        """Wait (bounded) until no message of ``parts`` is being ingested or rebuilt: called when
+        they are given up, after ``owned()`` stopped naming them, before their locks go."""
+        deadline = time.monotonic() + timeout_s
+        while any(self._busy[p] for p in parts):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def forget(self, parts: frozenset[int]) -> None:
+        """Partitions gone elsewhere: their lag and rebuilds are no longer this replica's to show."""
+        for p in parts:
+            self.rebuilds.pop(p, None)
+            self.pending.pop(p, None)
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -134,7 +216,7 @@ class BusConsumer:
     async def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
-            if not self.is_leader():
+            if not self.owned():
                 await self._pause(0.5)
                 continue
             try:
@@ -202,21 +284,33 @@ class BusConsumer:
             js = nc.jetstream()
             await self.ensure_stream(js)
             self.last_error = None
-            tasks = [asyncio.create_task(self._partition(js, p)) for p in range(self.s.partitions)]
+            self._rebuild_slots = asyncio.Semaphore(REBUILDS_AT_ONCE)
+            tasks: dict[int, asyncio.Task[None]] = {}
+            epochs: dict[int, int] = {}
             try:
-                while not self._stop.is_set() and self.is_leader() and not nc.is_closed:
+                while not self._stop.is_set() and self.owned() and not nc.is_closed:
+                    for p in sorted(self.owned()):
+                        if not 0 <= p < self.s.partitions:
+                            continue
+                        e = self.epoch(p)
+                        if p in tasks and epochs.get(p) != e:
+                            tasks.pop(p).cancel()  # an earlier coming's, still winding down
+                        if p not in tasks:
+                            epochs[p] = e
+                            tasks[p] = asyncio.create_task(self._partition(js, p, e))
                     await self._pause(0.2)
                     if files_key(self.s) != files:
                         log.warning("bus: TLS or credential files changed: reconnecting")
                         return
-                    for t in [t for t in tasks if t.done()]:
+                    for p, t in [(p, t) for p, t in tasks.items() if t.done()]:
+                        del tasks[p]
                         exc = t.exception()
                         if exc is not None:
                             raise exc
             finally:
-                for t in tasks:
+                for t in tasks.values():
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
         finally:
             self.pending.clear()
             self._nc = None
@@ -244,8 +338,30 @@ class BusConsumer:
             await js.add_consumer(self.s.stream, config)
         return sub
 
-    async def _partition(self, js: Any, partition: int) -> None:
+    def _mine(self, partition: int, epoch: int) -> bool:
+        return partition in self.owned() and self.epoch(partition) == epoch
+
+    async def _partition(self, js: Any, partition: int, epoch: int) -> None:
+        """One owned partition: rebuilt first (once per coming here), then consumed until it is
+        no longer ours."""
+        if self.window_s > 0 and self._built.get(partition) != epoch:
+            assert self._rebuild_slots is not None
+            async with self._rebuild_slots:
+                if self._mine(partition, epoch):
+                    await self._rebuild(js, partition, epoch)
+            self._built[partition] = epoch
+        if not self._mine(partition, epoch):
+            return
         sub = await self._subscribe(js, partition)
+        try:
+            await self._consume_partition(sub, partition, epoch)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if partition not in self.owned():
+                self.pending.pop(partition, None)
+
+    async def _consume_partition(self, sub: Any, partition: int, epoch: int) -> None:
         polled = 0.0
         # nats-py can hand one delivery to two fetches (a pull request that timed out here is
         # still served); a delivery is its (stream sequence, delivery count): seen, skipped.
@@ -255,8 +371,10 @@ class BusConsumer:
                 msgs = await sub.fetch(self.s.fetch_batch, timeout=1.0)
             except TimeoutError:  # nats-py raises its own and asyncio's: nothing came
                 msgs = []
+            if not msgs and not self._mine(partition, epoch):
+                return
             for i, msg in enumerate(msgs):  # in stream order: a host's batches stay in order
-                if not self.is_leader() or self._stop.is_set():
+                if not self._mine(partition, epoch) or self._stop.is_set():
                     for rest in msgs[i:]:  # not ours to work on now: back to whoever leads next
                         with contextlib.suppress(Exception):
                             await rest.nak()
@@ -269,7 +387,15 @@ class BusConsumer:
                     done[delivery] = None
                     if len(done) > 4 * self.s.fetch_batch + 64:
                         done.popitem(last=False)
-                wait = await self._handle(msg, partition)
+                self._busy[partition] += 1
+                try:
+                    if not self._mine(partition, epoch):  # given up since the check above
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+                        continue
+                    wait = await self._handle(msg, partition)
+                finally:
+                    self._busy[partition] -= 1
                 if wait:
                     for rest in msgs[i + 1 :]:  # the store is away: the rest wait too, in order
                         with contextlib.suppress(Exception):
@@ -282,6 +408,104 @@ class BusConsumer:
                 with contextlib.suppress(Exception):
                     info = await sub.consumer_info()
                     self.pending[partition] = int(info.num_pending) + int(info.num_ack_pending)
+
+    async def _rebuild(self, js: Any, partition: int, epoch: int) -> None:
+        """Read the partition's last window, up to its durable consumer's ack floor, into hot
+        state and the analysis windows; then have each host it held evaluated once. Best
+        effort: a failure is counted and said, and the partition is consumed all the same."""
+        r = Rebuild(started=time.monotonic())
+        self.rebuilds[partition] = r
+        hosts: set[str] = set()
+        try:
+            await self._read_window(js, partition, epoch, r, hosts)
+        except Exception as exc:
+            r.failed = f"{type(exc).__name__}: {exc}"
+            self.counts["rebuild_failed"] += 1
+            log.warning("bus: partition %d's rebuild failed: %s", partition, r.failed)
+        r.hosts = len(hosts)
+        if hosts and self.rebuild_done is not None and self._mine(partition, epoch):
+            self.rebuild_done(sorted(hosts))
+        self._rebuilt(partition, r)
+
+    async def _read_window(self, js: Any, partition: int, epoch: int, r: Rebuild, hosts: set[str]) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await js.consumer_info(self.s.stream, consumer_name(self.s.subject_prefix, partition))
+            r.upto = int(info.ack_floor.stream_seq)
+        except NotFoundError:
+            r.upto = 0  # never consumed: nothing was counted, nothing to rebuild
+        if r.upto == 0:
+            return
+        subject = f"{self.s.subject_prefix}.{partition}.*"
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.fromtimestamp(time.time() - self.window_s, UTC),
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,  # gone by itself if this controller dies mid-way
+            mem_storage=True,
+            filter_subject=subject,
+        )
+        sub = await js.pull_subscribe(subject, stream=self.s.stream, config=config)
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stop.is_set() and r.at < r.upto:
+                try:
+                    msgs = await sub.fetch(REBUILD_FETCH, timeout=REBUILD_FETCH_TIMEOUT_S)
+                except TimeoutError:
+                    if r.at < r.upto and r.first:
+                        r.failed = f"the stream went quiet at {r.at} of {r.upto}"
+                    break  # nothing (more) in the window
+                for msg in msgs:
+                    if not self._mine(partition, epoch):
+                        return  # given up meanwhile: what it read goes with the partition
+                    delivery = _delivery(msg)
+                    seq = delivery[0] if delivery is not None else r.at + 1
+                    if seq > r.upto:
+                        r.at = r.upto
+                        break
+                    r.first = r.first or seq
+                    r.at = seq
+                    self._busy[partition] += 1
+                    try:
+                        got = await loop.run_in_executor(self._pool, self._rebuild_one, msg, partition)
+                    finally:
+                        self._busy[partition] -= 1
+                    if got is None:
+                        r.refused += 1
+                        continue
+                    r.messages += 1
+                    hosts.add(got.host_id)
+                    if self.rebuilt is not None:
+                        self.rebuilt(got)
+        finally:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(self.s.stream, (await sub.consumer_info()).name)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _rebuilt(self, partition: int, r: Rebuild) -> None:
+        r.seconds = time.monotonic() - r.started
+        self.rebuilds_done += 1
+        if r.messages:
+            log.info(
+                "bus: partition %d rebuilt from %d batches of %d hosts in %.2f s",
+                partition,
+                r.messages,
+                r.hosts,
+                r.seconds,
+            )
+
+    def _rebuild_one(self, msg: Any, partition: int) -> Accepted | None:
+        host = self._host_of(msg, partition)
+        if host is None:
+            return None
+        at = time.time()
+        with contextlib.suppress(Exception):
+            at = msg.metadata.timestamp.timestamp()  # when the stream stored it: when it came
+        headers = msg.headers or {}
+        return self.ingest.rebuild(host, headers.get("Content-Encoding"), msg.data, at)
 
     def _ingest(self, principal: Principal, encoding: str | None, data: bytes, lost: int) -> Answer:
         answer = self.ingest.process(principal, encoding, data, lost)
@@ -328,6 +552,9 @@ class BusConsumer:
             return 0.0
         delivered = int(getattr(msg.metadata, "num_delivered", 1) or 1)
         wait = min(2.0**delivered, 30.0)
+        if answer.status == 503 and partition not in self.owned():
+            await msg.nak()  # the partition moved on: its next owner takes it at once
+            return 0.0
         if answer.status in WAIT_OUT:
             self.counts[f"waited_{answer.status}"] += 1
             await msg.nak(delay=wait)

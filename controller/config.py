@@ -467,12 +467,19 @@ class HASettings(_Strict):
     advertise_url: str | None = None
     lock_key: int = 0x1C1DE17
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Replicas sharing the bus's partitions (controller/partitions.py): a replica whose
+    # heartbeat is older than this is dead to the others, and a partition lock it still
+    # holds is taken from it. A killed replica's partitions move within one poll.
+    lease_s: float = Field(default=10.0, gt=0, le=600)
+    # With PostgreSQL and the bus, replicas share the partitions; off: one leader consumes all.
+    share_partitions: bool = True
 
 
 class BusSettings(NatsSettings):
     """Batches from a NATS JetStream stream (controller/bus.py): the collectors publish, this
-    controller makes sure of the stream and consumes it, one durable consumer per partition,
-    while it leads. Off by default; the subject layout and ``partitions`` are the collectors'."""
+    controller makes sure of the stream and consumes it, one durable consumer per partition
+    it owns (all of them alone; its share when replicas on PostgreSQL share the fleet). Off by
+    default; the subject layout and ``partitions`` are the collectors'."""
 
     enabled: bool = False
     stream: str = Field(default="INCIDENTLAB", pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -490,7 +497,8 @@ class BusSettings(NatsSettings):
     # fetch_batch x ingest.max_body_bytes.
     fetch_batch: int = Field(default=8, ge=1, le=1024)
     max_ack_pending: int = Field(default=1024, ge=1, le=100_000)
-    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+    # A message a replica took and never answered (it died) goes to the next owner after this.
+    ack_wait_s: float = Field(default=10.0, ge=1, le=3600)
     # A batch the ingest fails on (HTTP 500, not a refusal and not the store away) this many
     # deliveries is given up: one poison batch cannot hold its partition's hosts for ever.
     max_deliveries: int = Field(default=20, ge=1, le=1000)
@@ -536,6 +544,13 @@ class ControllerSettings(EnvOverYaml):
             raise ValueError(
                 "hot_state.retain_s must be at least workflow.window_s: a run's window is read from it"
             )
+        if self.shares_partitions and self.ha.lease_s < 2 * self.ha.poll_interval_s:
+            raise ValueError("ha.lease_s must be at least twice ha.poll_interval_s")
+        if self.bus.enabled and self.workflow.enabled and self.bus.max_age_s < self.workflow.window_s:
+            raise ValueError(
+                "bus.max_age_s must be at least workflow.window_s: a partition's new owner rebuilds "
+                "that window from the stream"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.database_url is not None and not self.database_url.startswith(("sqlite", "postgresql")):
@@ -567,6 +582,11 @@ class ControllerSettings(EnvOverYaml):
     @property
     def is_postgres(self) -> bool:
         return self.sqlalchemy_url.startswith("postgresql")
+
+    @property
+    def shares_partitions(self) -> bool:
+        """Replicas share the fleet (the bus's partitions under leases): PostgreSQL and the bus."""
+        return self.is_postgres and self.bus.enabled and self.ha.share_partitions
 
     @property
     def payload_root(self) -> str:

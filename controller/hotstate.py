@@ -32,7 +32,7 @@ import builtins
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -425,6 +425,22 @@ class HotState:
             return len(hosts), len(hosts)
         items = match.items()
         return sum(1 for h in hosts if all(h.labels.get(k) == v for k, v in items)), len(hosts)
+
+    def cluster_counts(self, limit: int) -> tuple[int, dict[str, int]]:
+        """(hosts known, hosts per ``cluster`` label, the ``limit`` most populous)."""
+        with self._lock:
+            counts = Counter(h.labels.get("cluster") for h in self._hosts.values())
+            n = len(self._hosts)
+        counts.pop(None, None)
+        return n, {str(k): v for k, v in counts.most_common(limit)}
+
+    def forget(self, hosts: Callable[[str], bool]) -> int:
+        """Drop the hosts ``hosts`` names (their partition moved to another replica)."""
+        with self._lock:
+            gone = [h for h in self._hosts if hosts(h)]
+            for h in gone:
+                self._evict(h)
+        return len(gone)
 
     def host_ids(self) -> list[str]:
         with self._lock:

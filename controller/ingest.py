@@ -30,6 +30,7 @@ import zstandard
 
 from collector.errors import WireError
 from collector.wire import (
+    LEADER_HEADER,
     BatchEnvelope,
     BatchKey,
     Limits,
@@ -45,6 +46,7 @@ from controller.hotstate import HotState
 from controller.leader import Leadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
+from controller.partitions import LeaderOwnership, Ownership
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
@@ -166,8 +168,12 @@ class IngestService:
         settings: IngestSettings,
         on_accepted: Callable[[Accepted], None] | None = None,
         clock: Callable[[], float] = time.time,
+        ownership: Ownership | None = None,
     ) -> None:
         self.on_accepted = on_accepted
+        # Which hosts this controller writes: every one on the leader, its partitions' when
+        # replicas share the fleet (controller/partitions.py).
+        self.ownership: Ownership = ownership or LeaderOwnership(leadership, 1)
         self.auth = auth
         self.ledger = ledger
         self.hot = hot
@@ -187,7 +193,7 @@ class IngestService:
         a role that may not) or NotLeader, which the front door answers before any body is read."""
         principal = self.auth.authenticate(authorization)
         self.auth.require(principal, "ingest")
-        if not self.leadership.is_leader:
+        if not self.ownership.admits():
             raise NotLeader(self.leadership.leader_url)
         return principal
 
@@ -285,6 +291,8 @@ class IngestService:
         except Forbidden as exc:
             # Not an ack: the batch is fine, the token is wrong for it. The collector keeps it.
             return self.refuse("host_forbidden", json_answer(403, {"detail": str(exc)}))
+        if self.ownership.sharded and not self.ownership.owns_host(batch.host_id):
+            return self._not_owner(batch.host_id)
         ahead = self._ahead_of_clock(batch)
         if ahead is not None:
             field, by = ahead
@@ -294,6 +302,28 @@ class IngestService:
             )
             return self._rejected(raw, "future", field, message, key=batch_key(batch))
         return Prepared(batch, raw, started, len(body))
+
+    def _not_owner(self, host_id: str) -> Answer:
+        """503 naming the replica that owns the host's partition, as a follower names the
+        leader: the collector keeps the batch and follows the hint."""
+        url = self.ownership.owner_url(host_id)
+        detail = "another controller owns this host's partition" + (f"; it is at {url}" if url else "")
+        headers = ((LEADER_HEADER.lower().encode(), url.encode()),) if url else ()
+        return self.refuse("not_owner", json_answer(503, {"detail": detail, "leader": url}, headers))
+
+    def rebuild(self, host_id: str, encoding: str | None, body: bytes, received_at: float) -> Accepted | None:
+        """A batch already counted by the ledger (a new owner reading the stream's last window):
+        checked as any body is, then into hot state only. None when it is not ``host_id``'s
+        valid batch; never raises (one bad message must not stop a rebuild)."""
+        try:
+            raw = decompress(body, encoding, self.max_decompressed)
+            batch = validate_envelope(raw, self.limits)
+            if batch.host_id != host_id or self._ahead_of_clock(batch) is not None:
+                return None
+            self.hot.ingest(batch, raw, received_at=received_at)
+        except Exception:
+            return None
+        return Accepted(host_id, raw, received_at)
 
     def _ahead_of_clock(self, batch: BatchEnvelope) -> tuple[str, float] | None:
         now = self.clock()

@@ -256,6 +256,13 @@ class Ledger:
         with self._lock:
             self._streams.clear()
 
+    def forget(self, hosts: Callable[[str], bool]) -> None:
+        """Forget the streams of these hosts: their partition moved, and whoever owns it next
+        (this controller again, later) reads them from the store, never from a stale copy."""
+        with self._lock:
+            for key in [k for k in self._streams if hosts(k[0])]:
+                del self._streams[key]
+
     def snapshot(self) -> list[StreamLedger]:
         with self._lock:
             return list(self._streams.values())

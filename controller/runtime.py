@@ -9,12 +9,14 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
+from collector.wire import partition_of
 from controller import __version__
 from controller.actuators import KubeTarget, host_env
 from controller.api.guard import Guard
@@ -28,6 +30,7 @@ from controller.ingest import Accepted, IngestService
 from controller.leader import Leadership, PostgresLeadership
 from controller.ledger import Ledger
 from controller.metrics import Metrics
+from controller.partitions import LeaderOwnership, Ownership, PartitionLeases
 from controller.store.db import check_store, libpq_dsn, make_engine, migrate, schema_version, sqlite_path
 from controller.store.payloads import PayloadStore
 from controller.store.runs import RunStore
@@ -36,12 +39,15 @@ from controller.workflow.advisor import Advisor
 from controller.workflow.analysis_pool import AnalysisPool, WorkerConfig
 from controller.workflow.engine import Failpoint, WorkflowEngine
 from controller.workflow.execution import ExecutionService
+from controller.workflow.fleet import FLEET_HOST, SharedSightings
 from controller.workflow.notify import Notifier
 from controller.workflow.options import ExecutionOptions, WorkflowOptions, posture_from
 from controller.workflow.postmortems import Postmortems
 from controller.workflow.reads import CODE_VERSION
 
 log = logging.getLogger(__name__)
+MEMBER_CLUSTERS = 256  # clusters a replica reports host counts for (the most populous)
+LIVE_HOSTS_WATCHED = 10_000  # hosts with live runs an acquired partition's workers are told of
 
 
 class Runtime:
@@ -146,7 +152,35 @@ class Runtime:
         self.workflow.runner.on_event = self.notifier.tell
         self.workflow.notifier = self.notifier
         self.workflow.runner.on_stage = lambda kind, s: self.metrics.stage_seconds.labels(kind).observe(s)
-        self.workflow.active = lambda: self.leadership.is_leader
+        # Which hosts this controller writes: all of them while it leads, or the partitions it
+        # holds when replicas share the fleet (the HA leader then only coordinates: fleet
+        # incidents, re-sent alerts).
+        sharing = settings.shares_partitions
+        if sharing:
+            assert settings.database_url is not None
+            self.ownership: Ownership = PartitionLeases(
+                libpq_dsn(settings.database_url),
+                node_id=self.leadership.node_id,
+                url=url,
+                partitions=settings.bus.partitions,
+                lock_key=settings.ha.lock_key,
+                poll_s=settings.ha.poll_interval_s,
+                lease_s=settings.ha.lease_s,
+                detail=self._member_detail,
+            )
+            self.workflow.active = lambda: True
+            self.workflow.triggers.owns = self.ownership.owns_host
+            self.workflow.triggers.rescan = True
+            self.workflow.triggers.coordinator = lambda: self.leadership.is_leader
+            self.workflow.triggers.shared = SharedSightings(self.engine)
+            self.workflow.triggers.known = self._fleet_known
+            self.notifier.resends = lambda: self.leadership.is_leader
+        else:
+            self.ownership = LeaderOwnership(self.leadership, settings.bus.partitions)
+            self.workflow.active = lambda: self.leadership.is_leader
+        self.ownership.on_acquire = self._acquired
+        self.ownership.on_release = self._releasing
+        self.ownership.on_released = self._released
         self.leadership.on_promote = self._promoted
         self.ingest = IngestService(
             on_accepted=self._on_accepted if w.enabled else None,
@@ -156,14 +190,20 @@ class Runtime:
             leadership=self.leadership,
             metrics=self.metrics,
             settings=settings.ingest,
+            ownership=self.ownership,
         )
         self.bus: BusConsumer | None = None
         if settings.bus.enabled:
             self.bus = BusConsumer(
                 settings.bus,
                 self.ingest,
-                lambda: self.leadership.is_leader,
+                self.ownership.owned,
                 max_body_bytes=settings.ingest.max_body_bytes,
+                # A new owner rebuilds the analysis window, when there is analysis to rebuild for.
+                window_s=w.window_s if w.enabled else 0.0,
+                rebuilt=self._rebuilt,
+                rebuild_done=self._rebuild_done,
+                epoch=self.ownership.epoch,
             )
             bus = self.bus
             self.metrics.bind_bus(bus.status, lambda: dict(bus.pending))
@@ -205,6 +245,85 @@ class Runtime:
         else:
             self.workflow.notify(accepted.host_id)
 
+    def _rebuilt(self, accepted: Accepted) -> None:
+        """A batch a partition's rebuild read (already in this process's hot state): into the
+        analysis windows, without an evaluation of its own."""
+        if self.analysis is not None:
+            self.analysis.submit(accepted, quiet=True)
+
+    def _rebuild_done(self, hosts: list[str]) -> None:
+        """A partition's rebuild ended: each host it read is evaluated once, on its whole window."""
+        if not self.settings.workflow.enabled:
+            return
+        if self.analysis is not None:
+            self.analysis.kick(hosts)
+        else:
+            for host in hosts:
+                self.workflow.notify(host)
+
+    def _hosts_of(self, parts: frozenset[int]) -> Callable[[str], bool]:
+        n = self.settings.bus.partitions
+        return lambda host: host != FLEET_HOST and partition_of(host, n) in parts
+
+    def _acquired(self, parts: frozenset[int]) -> None:
+        """Partitions moved here (called before they are published as ours): their streams are
+        read from the store afresh, the analysis workers watch their hosts' live runs, and those
+        runs continue on this controller's worker (hot state comes by the rebuild)."""
+        hosts = self._hosts_of(parts)
+        self.ledger.forget(hosts)
+        if self.settings.workflow.enabled and self.ownership.sharded:
+            with self.runs.read() as tx:
+                live = [h for h in tx.live_hosts(LIVE_HOSTS_WATCHED) if hosts(h)]
+            if self.analysis is not None and live:
+                self.analysis.watch(live)
+            self.workflow.triggers.take_over(hosts, delay_s=1.0)
+
+    def _releasing(self, parts: frozenset[int]) -> None:
+        """Partitions about to move away (no longer named by ``owned()``): wait, bounded, until
+        no message of theirs is half ingested here; the lock goes after this."""
+        if self.bus is not None and not self.bus.quiesce(parts, timeout_s=self.settings.ha.lease_s / 4):
+            log.warning(
+                "partitions %s: a message was still being ingested when they were given up", sorted(parts)
+            )
+
+    def _released(self, parts: frozenset[int]) -> None:
+        """Partitions moved away: what this controller held of their hosts goes (the new owner
+        rebuilds it from the stream; should they come back, so does this one)."""
+        hosts = self._hosts_of(parts)
+        self.ledger.forget(hosts)
+        if self.bus is not None:
+            self.bus.forget(parts)
+        if not self.ownership.sharded:
+            return  # a deposed leader keeps its state, as before (it may lead again)
+        gone = [h for h in self.hot.host_ids() if hosts(h)]
+        self.hot.forget(hosts)
+        if self.analysis is not None:
+            self.analysis.forget(gone)
+        self.workflow.triggers.let_go(hosts)
+
+    def _member_detail(self) -> dict[str, Any]:
+        """What the other replicas read of this one (controller_members.detail): rebuilds, lag,
+        and the hosts it holds by cluster (the fleet's blast-radius denominators)."""
+        out: dict[str, Any] = {}
+        if self.bus is not None:
+            st = self.bus.status()
+            out["rebuilding"] = st["rebuilding"]
+            out["lag"] = st["pending"]
+        out["hosts"], out["clusters"] = self.hot.cluster_counts(MEMBER_CLUSTERS)
+        return out
+
+    def _fleet_known(self, match: dict[str, str]) -> tuple[int, int]:
+        """(hosts in the cluster ``match`` names, hosts known): summed over the live replicas."""
+        assert isinstance(self.ownership, PartitionLeases)
+        total = in_cluster = 0
+        for m in self.ownership.members():
+            if not m.alive:
+                continue
+            total += int(m.detail.get("hosts", 0) or 0)
+            clusters = m.detail.get("clusters") or {}
+            in_cluster += int(clusters.get(match.get("cluster", ""), 0) or 0) if match else 0
+        return (in_cluster if match else total), total
+
     def _kube(self) -> KubeTarget | None:
         k = self.settings.workflow.execution.kubernetes
         if k is None:
@@ -239,12 +358,26 @@ class Runtime:
         if self.analysis is not None:
             self.analysis.start()
         self.leadership.start()
+        if self.ownership.sharded and self.settings.workflow.enabled:
+            # Every replica runs the workflow of its own hosts (those it holds come as its
+            # partitions do); the leader coordinates, and takes up the unfinished postmortems.
+            self.ledger.reload()
+            self.workflow.start()
+            self.postmortems.start(resume=self.leadership.is_leader)
+            self.notifier.start()
+        self.ownership.start()
         if self.bus is not None:
-            self.bus.start()  # consumes while this controller leads
+            self.bus.start()  # consumes the partitions this controller owns
         self.ready = True
 
     def _promoted(self) -> None:
-        """Leadership moved here: the store is the truth (ledger), and unfinished runs resume."""
+        """Leadership moved here: the store is the truth (ledger), and unfinished runs resume.
+        (Replicas sharing partitions started theirs at start; leading only coordinates: the
+        fleet incidents a dead leader left unfinished continue here.)"""
+        if self.ownership.sharded:
+            if self.settings.workflow.enabled:
+                self.workflow.triggers.take_over(lambda host: host == FLEET_HOST, delay_s=1.0)
+            return
         self.ledger.reload()
         if self.settings.workflow.enabled:
             self.workflow.start()
@@ -255,6 +388,7 @@ class Runtime:
         self.ready = False
         if self.bus is not None:
             self.bus.stop()
+        self.ownership.stop()
         self.leadership.stop()
         self.workflow.stop()
         self.postmortems.stop()

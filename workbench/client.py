@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 
+from collector.wire import LEADER_HEADER
 from controller import artifacts
 from controller.errors import ControllerError, StoreError
 from controller.store.db import read_only_engine
@@ -94,9 +95,22 @@ class ApiSource:
     def close(self) -> None:
         self._http.close()
 
+    def _follows(self, owner: str | None) -> bool:
+        """Whether to send this client's token to the replica a 503 names: another URL of the
+        same scheme (never from HTTPS down to plain HTTP)."""
+        if not owner or owner.rstrip("/") == self.url:
+            return False
+        return urllib.parse.urlsplit(owner).scheme == urllib.parse.urlsplit(self.url).scheme
+
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             r = self._http.request(method, "/api/v1/agent" + path, **kw)
+            owner = r.headers.get(LEADER_HEADER)
+            if r.status_code == 503 and method != "GET" and self._follows(owner):
+                assert owner is not None
+                # Replicas share the fleet: a run's decisions go to the one running its stages
+                # (reads work anywhere). Followed once, with this client's token and TLS.
+                r = self._http.request(method, owner.rstrip("/") + "/api/v1/agent" + path, **kw)
         except httpx.HTTPError as exc:
             raise WorkbenchError(f"controller at {self.url} unreachable: {exc}") from exc
         if r.status_code >= 400:

@@ -15,6 +15,7 @@ from collector.wire import LEADER_HEADER
 from controller.auth import Action, Principal
 from controller.errors import AuthError, Forbidden
 from controller.runtime import Runtime
+from controller.workflow.fleet import FLEET_HOST
 
 
 def runtime(request: Request) -> Runtime:
@@ -79,8 +80,18 @@ def require(action: Action) -> Callable[..., Principal]:
     return dep
 
 
-def leader_only(rt: Annotated[Runtime, Depends(runtime)]) -> None:
-    """Decisions and side effects happen on the leader, whose engine runs the stages."""
+def leader_only(rt: Annotated[Runtime, Depends(runtime)], run_id: str | None = None) -> None:
+    """Decisions and side effects happen where the run's stages run: on the leader, or, when
+    replicas share the fleet, on the owner of the run's host (any replica for what is not a
+    run's: silences are rows every replica reads)."""
+    if rt.ownership.sharded:
+        row = rt.workflow.load_run(run_id) if run_id is not None else None
+        if row is None or rt.workflow.triggers.mine(row["host_id"]):
+            return  # an unknown run is answered 404 by the decision itself
+        host = row["host_id"]
+        url = rt.leadership.leader_url if host == FLEET_HOST else rt.ownership.owner_url(host)
+        detail = "another controller runs this run's stages" + (f"; it is at {url}" if url else "")
+        raise Refusal(503, detail, {LEADER_HEADER: url} if url else {}, "not_owner").http()
     refusal = follower_refusal(rt.leadership)
     if refusal is not None:
         raise refusal.http()

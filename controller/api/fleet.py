@@ -49,6 +49,7 @@ class HaStatus(_Open):
     analysis: dict[str, Any]
     fleet: dict[str, Any]
     bus: dict[str, Any] | None = None
+    partitions: dict[str, Any] | None = None
 
 
 @router.get(
@@ -204,8 +205,9 @@ def proposed_actions(rt: Rt, _: Reader, limit: Annotated[int, Query(ge=1, le=200
 
 @router.get("/ha/status", response_model=HaStatus, tags=["status"])
 def ha_status(rt: Rt, _: Reader) -> dict[str, Any]:
-    """Who writes (single, or PostgreSQL's advisory-lock leader and followers), where the
-    leader is, the analysis workers (the host partitions of this replica) and the fleet
+    """Who writes (single, or PostgreSQL's advisory-lock leader and followers, or replicas
+    sharing the bus's partitions and who owns each), where the leader is, the analysis
+    workers (the host partitions of this replica) and the fleet
     correlator's state."""
     lead = rt.leadership.describe()
     stats = rt.workflow.stats()
@@ -222,4 +224,7 @@ def ha_status(rt: Rt, _: Reader) -> dict[str, Any]:
         "fleet": stats.get("fleet", {}),
         # The bus consumer: which partitions this replica consumes and their lag.
         "bus": None if rt.bus is None else rt.bus.status() | {"lag": dict(sorted(rt.bus.pending.items()))},
+        # Partitions: this replica's, every partition's owner, the members with their shares,
+        # lag and rebuilds (controller/partitions.py).
+        "partitions": rt.ownership.describe(),
     }

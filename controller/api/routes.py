@@ -98,6 +98,9 @@ class Status(BaseModel):
     workflow: dict[str, Any]
     failing_hosts: list[dict[str, Any]]
     bus: dict[str, Any] | None = None  # the NATS consumer when bus.enabled
+    # Which hosts this replica writes: every one while it leads, or its partitions when
+    # replicas share the fleet (owners, members, rebuilds).
+    partitions: dict[str, Any] | None = None
 
 
 class StreamStatus(BaseModel):
@@ -186,6 +189,7 @@ def status(rt: Rt, _: Reader) -> Status:
         workflow=rt.workflow.stats(),
         failing_hosts=rt.workflow.failing_hosts(limit=20),
         bus=rt.bus.status() if rt.bus is not None else None,
+        partitions=rt.ownership.describe(),
     )
 
 

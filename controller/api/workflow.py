@@ -415,7 +415,7 @@ class RollbackBody(BaseModel):
 def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, Any]:
     """Approve the run's plan: bound to its hash, valid for execution.approval_ttl_s. The run
     resumes at the executor. A plan that changed since it was read needs a new approval."""
-    leader_only(rt)
+    leader_only(rt, run_id)
     return rt.workflow.decisions.approve(
         run_id, body.plan_hash, steps=body.steps, actor=who.name, reason=body.reason
     )
@@ -428,7 +428,7 @@ def approve(rt: Rt, who: Writer, run_id: str, body: ApproveBody) -> dict[str, An
 )
 def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]:
     """Reject the run's plan with a reason: nothing in it runs; the run completes, saying so."""
-    leader_only(rt)
+    leader_only(rt, run_id)
     return rt.workflow.decisions.reject(run_id, body.plan_hash, actor=who.name, reason=body.reason)
 
 
@@ -439,7 +439,7 @@ def reject(rt: Rt, who: Writer, run_id: str, body: RejectBody) -> dict[str, Any]
 )
 def rollback(rt: Rt, who: Writer, run_id: str, body: RollbackBody) -> dict[str, Any]:
     """Undo every applied step of the run that has rollback data (each once), recorded in the audit log."""
-    leader_only(rt)
+    leader_only(rt, run_id)
     done = rt.workflow.decisions.rollback(run_id, actor=who.name, reason=body.reason)
     return {"run_id": run_id, "rollbacks": done}
 

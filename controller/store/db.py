@@ -34,6 +34,8 @@ from controller.store.models import (
     Approval,
     AuditEntry,
     ControllerLeader,
+    ControllerMember,
+    FleetSighting,
     IncidentMemory,
     IngestStream,
     Postmortem,
@@ -159,6 +161,11 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "silences and maintenance windows; the one a run opened under", _silences),
     (7, "fleet incidents: a run's scope, and the fleet incident a host run belongs to", _fleet),
     (8, "postmortems rendered when runs end", _create(Postmortem)),
+    (
+        9,
+        "replicas sharing the bus's partitions, and the fleet correlator's sightings",
+        _create(ControllerMember, FleetSighting),
+    ),
 ]
 
 

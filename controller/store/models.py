@@ -206,3 +206,29 @@ class Postmortem(SQLModel, table=True):
     path: str | None = None  # the HTML, under workflow.postmortems.dir
     error: str | None = Field(default=None, max_length=2000)
     attempts: int = 0
+
+
+class ControllerMember(SQLModel, table=True):
+    """A controller replica sharing the bus's partitions (controller/partitions.py): who it is,
+    where it is reached, what it owns and how its rebuilds go, refreshed every poll. It is
+    alive while its member lock (an advisory lock keyed by ``lock_id``) is held."""
+
+    __tablename__ = "controller_members"
+    node_id: str = Field(primary_key=True, max_length=64)
+    url: str | None = Field(default=None, max_length=2048)
+    lock_id: int
+    started: float
+    heartbeat: float
+    owned: str = "[]"  # the partitions it holds, JSON
+    detail: str = "{}"  # its rebuilds and lag per partition, JSON (bounded by the partitions)
+
+
+class FleetSighting(SQLModel, table=True):
+    """A host's latest sighting for the fleet correlator, written by the replica that owns the
+    host and read by the one that correlates (controller/workflow/fleet.py): one row per host."""
+
+    __tablename__ = "fleet_sightings"
+    host_id: str = Field(primary_key=True, max_length=128)
+    run_id: str = Field(max_length=64)
+    at: float = Field(index=True)
+    body: str  # the Sighting as JSON, its series capped by fleet.series_points

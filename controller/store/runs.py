@@ -18,7 +18,7 @@ Rows come out as the TypedDicts below, JSON columns decoded except the run's
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypedDict, get_args
 
@@ -307,7 +307,7 @@ FAIL_RUN = text(
     "UPDATE workflow_runs SET status = 'failed', updated_at = :at, closed_at = :at WHERE run_id = :run"
 )
 RUNNING = text(
-    "SELECT run_id FROM workflow_runs WHERE status IN ('running', 'verifying') ORDER BY created_at"
+    "SELECT run_id, host_id FROM workflow_runs WHERE status IN ('running', 'verifying') ORDER BY created_at"
 )
 OPEN_RUNS = text("SELECT COUNT(*) FROM workflow_runs WHERE status != 'completed' AND status != 'failed'")
 INSERT_ARTIFACT = text(
@@ -554,8 +554,9 @@ class RunTx:
     def fail_run(self, run_id: str, *, at: float) -> None:
         self.conn.execute(FAIL_RUN, {"at": at, "run": run_id})
 
-    def running_ids(self) -> list[str]:
-        return [r[0] for r in self.conn.execute(RUNNING)]
+    def running_ids(self, owns: Callable[[str], bool] | None = None) -> list[str]:
+        """Runs a crash or stop left running; with ``owns``, only those of the hosts it owns."""
+        return [r[0] for r in self.conn.execute(RUNNING) if owns is None or owns(r[1])]
 
     def open_count(self) -> int:
         return int(self.conn.execute(OPEN_RUNS).scalar_one())

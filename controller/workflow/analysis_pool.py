@@ -127,9 +127,28 @@ class Evaluator:
         self._failing.add(host)
         self.recovered.discard(host)
 
-    def take(self, raw: bytes, received_at: float) -> None:
+    def kick(self, hosts: Iterable[str]) -> None:
+        """Evaluate these hosts at once, on what their windows hold (a rebuild's end)."""
+        now = self.clock()
+        for host in hosts:
+            h = self.hot.host(host)
+            if h is not None:
+                self.dirty[host] = _Due(now - DEFAULT_INTERVAL_S, h.newest(), DEFAULT_INTERVAL_S)
+
+    def forget(self, hosts: set[str]) -> None:
+        """Drop these hosts: their partition moved to another replica."""
+        self.hot.forget(hosts.__contains__)
+        for host in hosts:
+            self.dirty.pop(host, None)
+            self.evaluated_at.pop(host, None)
+            self.watch.pop(host, None)
+
+    def take(self, raw: bytes, received_at: float, quiet: bool = False) -> None:
+        """A batch into the host's window; ``quiet`` (a rebuild's): not evaluated on its account."""
         batch = self.decoder.decode(raw)
         self.hot.ingest(batch, raw, received_at=received_at)
+        if quiet:
+            return
         intervals = [snap.interval_s for snap in batch.snapshots if snap.interval_s]
         interval = intervals[-1] if intervals else DEFAULT_INTERVAL_S
         h = self.hot.host(batch.host_id)
@@ -241,15 +260,21 @@ def _worker_main(
         for msg in msgs:
             kind = msg[0]
             if kind == "batches":
-                for raw, received_at in msg[1]:
+                for raw, received_at, quiet in msg[1]:
                     try:
-                        ev.take(raw, received_at)
+                        ev.take(raw, received_at, quiet)
                     except Exception:  # one bad batch must not stop the worker for the others
                         ev.errors += 1
                         log.exception("analysis worker %d could not take a batch", index)
             elif kind == "read":
                 _, req, host, seconds, since = msg
                 outq.put(("reply", req, ev.hot.evidence(host, seconds, since)))
+            elif kind == "forget":
+                ev.forget(set(msg[1]))
+            elif kind == "kick":
+                ev.kick(msg[1])
+            elif kind == "watch":
+                ev.watch_hosts(msg[1])
             elif kind == "stop":
                 return
         for host in ev.due_hosts():
@@ -332,7 +357,7 @@ class AnalysisPool:
         self._stats: dict[int, dict[str, Any]] = {}
         # Per worker: the batches listed for its next hand-over; and what waits for it in all,
         # counted until it is in the pipe (listed, or being handed over): the bounds' measure.
-        self._pending: list[list[tuple[bytes, float]]] = [[] for _ in range(workers)]
+        self._pending: list[list[tuple[bytes, float, bool]]] = [[] for _ in range(workers)]
         self._listed_bytes = [0] * workers
         self._waiting_n = [0] * workers
         self._waiting_bytes = [0] * workers
@@ -344,6 +369,7 @@ class AnalysisPool:
         self.restarts = 0
         self.submitted = 0
         self.overflow = 0
+        self.untold = 0  # forget, kick and watch messages a worker could not be sent
 
     def _watched(self, index: int) -> list[str]:
         if self.live_hosts is None:
@@ -395,9 +421,43 @@ class AnalysisPool:
     def partition(self, host_id: str) -> int:
         return zlib.crc32(host_id.encode()) % self.n
 
-    def submit(self, accepted: Accepted) -> None:
+    def forget(self, hosts: Sequence[str]) -> None:
+        """Have the workers drop these hosts (their partition moved to another replica)."""
+        self._tell("forget", hosts)
+
+    def kick(self, hosts: Sequence[str]) -> None:
+        """Have the workers evaluate these hosts now (a partition's rebuild ended)."""
+        self._tell("kick", hosts)
+
+    def watch(self, hosts: Sequence[str]) -> None:
+        """Have the workers report these hosts' clean evaluations (their live runs came here)."""
+        self._tell("watch", hosts)
+
+    def _tell(self, kind: str, hosts: Sequence[str]) -> None:
+        """A message about some hosts to the workers holding them, after the batches already
+        listed for them (flushed first, so that it never overtakes one of those)."""
+        by: dict[int, list[str]] = {}
+        for h in hosts:
+            by.setdefault(self.partition(h), []).append(h)
+        with self._handover:
+            with self._lock:
+                listed = [self._take_listed(i) for i in range(self.n)]
+            for i, batches in enumerate(listed):
+                if batches and not self._hand_over(i, batches):
+                    self.untold += 1  # the worker is behind: what it holds stays listed
+            for i, names in by.items():
+                if i >= len(self._workers):
+                    continue
+                try:
+                    self._workers[i].inq.put((kind, names), timeout=2.0)
+                except (queue.Full, ValueError, OSError):
+                    self.untold += 1
+                    log.warning("analysis worker %d was not told to %s %d hosts", i, kind, len(names))
+
+    def submit(self, accepted: Accepted, quiet: bool = False) -> None:
         """After the ack: cheap and bounded (a list append); the flusher hands the batches
-        over. Past queue_max waiting for one worker, a batch is not analysed, counted."""
+        over. Past queue_max waiting for one worker, a batch is not analysed, counted.
+        ``quiet``: a rebuild's batch, into the window without an evaluation of its own."""
         if not self._workers:
             return
         i = self.partition(accepted.host_id)
@@ -407,7 +467,7 @@ class AnalysisPool:
                 self.overflow += 1
                 return
             listed = self._pending[i]
-            listed.append((accepted.raw, accepted.received_at))
+            listed.append((accepted.raw, accepted.received_at, quiet))
             self._listed_bytes[i] += size
             self._waiting_n[i] += 1
             self._waiting_bytes[i] += size
@@ -417,7 +477,7 @@ class AnalysisPool:
         if full:
             self._full.set()
 
-    def _take_listed(self, i: int) -> list[tuple[bytes, float]]:
+    def _take_listed(self, i: int) -> list[tuple[bytes, float, bool]]:
         """Worker i's listed batches, to hand over (still counted as waiting). Under _lock."""
         batches, self._pending[i] = self._pending[i], []
         self._listed_bytes[i] = 0
@@ -437,7 +497,7 @@ class AnalysisPool:
             if any(behind):
                 self._stop.wait(FLUSH_S)  # a worker is behind: try again later, not per batch
 
-    def _hand_over(self, i: int, batches: list[tuple[bytes, float]]) -> bool:
+    def _hand_over(self, i: int, batches: list[tuple[bytes, float, bool]]) -> bool:
         try:
             self._workers[i].inq.put_nowait(("batches", batches))
         except queue.Full:
@@ -445,12 +505,12 @@ class AnalysisPool:
             # batches that came since, still counted against the bounds.
             with self._lock:
                 self._pending[i][:0] = batches
-                self._listed_bytes[i] += sum(len(raw) for raw, _ in batches)
+                self._listed_bytes[i] += sum(len(raw) for raw, *_ in batches)
             self._flush.set()
             return False
         with self._lock:
             self._waiting_n[i] -= len(batches)
-            self._waiting_bytes[i] -= sum(len(raw) for raw, _ in batches)
+            self._waiting_bytes[i] -= sum(len(raw) for raw, *_ in batches)
         return True
 
     def evidence(self, host_id: str, seconds: float, since: float | None = None) -> Evidence | None:
@@ -543,6 +603,7 @@ class AnalysisPool:
             "restarts": self.restarts,
             "submitted": self.submitted,
             "queue_overflow": self.overflow,
+            "untold": self.untold,
             "hosts": total("hosts"),
             "samples": total("samples"),
             "bytes": total("bytes"),

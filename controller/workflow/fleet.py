@@ -27,18 +27,23 @@ and approval; member runs point at it (``fleet_run_id``) and stop paging on thei
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import numpy as np
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from controller.config import FleetSettings
 from controller.detectors import Evidence
 from controller.workflow.analysis import Hypothesis
 
+log = logging.getLogger(__name__)
 FLEET_HOST = "~fleet"  # '~' is outside the wire's host id alphabet: no collector collides
 MEMBERS_LISTED = 50  # hosts named in a blast radius (the count says how many there were)
 SERIES_MEMBERS = 32  # member hosts whose signal tail goes into the fleet evidence
@@ -175,7 +180,7 @@ class Correlator:
 
     def observe(
         self, host: str, run_id: str, top: Hypothesis, ev: Evidence, at: float, started: float | None
-    ) -> None:
+    ) -> Sighting:
         n = self.s.series_points
         series = ev.tail(top.signal, n) if top.signal else []
         if _lower_is_worse(top.signal):  # degrading together means moving the bad way together
@@ -199,6 +204,16 @@ class Correlator:
             while len(self._sightings) > self.s.max_hosts:
                 self._sightings.popitem(last=False)
                 self.evictions += 1
+        return sighting
+
+    def replace(self, sightings: Sequence[Sighting]) -> None:
+        """Take these (every replica's, from the store) in place of what this process sighted."""
+        fresh: OrderedDict[str, Sighting] = OrderedDict()
+        for s in sorted(sightings, key=lambda s: s.at)[-self.s.max_hosts :]:
+            fresh.pop(s.host, None)
+            fresh[s.host] = s
+        with self._lock:
+            self._sightings = fresh
 
     def forget(self, host: str, run_id: str | None = None) -> None:
         with self._lock:
@@ -299,6 +314,63 @@ def _common(members: Sequence[Sighting], keys: Sequence[str]) -> dict[str, str]:
         if v is not None:
             out[k] = v
     return out
+
+
+_SIGHTING = msgspec.json.Decoder(Sighting)
+_ENC = msgspec.json.Encoder()
+
+
+class SharedSightings:
+    """Sightings through the store (``fleet_sightings``, one row per host), for replicas that
+    share the fleet: each writes its own hosts' as it makes them; the coordinator reads the
+    window's. Bounded: a host's row is replaced, rows older than the window are deleted as
+    the coordinator reads, and a read takes at most the correlator's ``max_hosts``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.writes = 0
+        self.errors = 0
+
+    def put(self, s: Sighting) -> None:
+        body = _ENC.encode(replace(s, bins=None)).decode()
+        row = {"h": s.host, "r": s.run_id, "at": s.at, "b": body}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_UPSERT, row)
+            self.writes += 1
+        except SQLAlchemyError:  # the correlator misses one sighting; the next one comes
+            self.errors += 1
+            log.warning("a fleet sighting of %s could not be stored", s.host, exc_info=True)
+
+    def forget(self, host: str, run_id: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text("DELETE FROM fleet_sightings WHERE host_id = :h AND run_id = :r"),
+                    {"h": host, "r": run_id},
+                )
+        except SQLAlchemyError:
+            self.errors += 1
+
+    def load(self, since: float, limit: int) -> list[Sighting]:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM fleet_sightings WHERE at < :t"), {"t": since})
+            rows = conn.execute(
+                text("SELECT body FROM fleet_sightings ORDER BY at DESC LIMIT :n"), {"n": limit}
+            ).all()
+        out = []
+        for (body,) in rows:
+            try:
+                out.append(_SIGHTING.decode(body))
+            except msgspec.ValidationError:
+                self.errors += 1
+        return out
+
+
+_UPSERT = text(
+    "INSERT INTO fleet_sightings (host_id, run_id, at, body) VALUES (:h, :r, :at, :b) "
+    "ON CONFLICT (host_id) DO UPDATE SET run_id = excluded.run_id, at = excluded.at, body = excluded.body"
+)
 
 
 def blast_radius(group: FleetGroup, known: Callable[[dict[str, str]], tuple[int, int]]) -> dict[str, Any]:

@@ -206,6 +206,9 @@ class Notifier:
         self.dropped = 0
         self.last_error: str | None = None
         self._resent_at = 0.0
+        # Whether this controller re-sends the live alerts (replicas sharing the fleet: the
+        # leader alone; each still tells of the runs it moves).
+        self.resends: Callable[[], bool] = lambda: True
 
     @property
     def enabled(self) -> bool:
@@ -327,7 +330,7 @@ class Notifier:
                 self._queue.clear()
             try:
                 self.deliver(self.notices(asked))
-                if self.clock() - self._resent_at >= self.s.resend_s:
+                if self.resends() and self.clock() - self._resent_at >= self.s.resend_s:
                     self._resent_at = self.clock()
                     self.resend()
             except Exception:  # a target's surprise must not end the telling of the others

@@ -151,11 +151,15 @@ class Postmortems:
 
     # --- the worker ------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, resume: bool = True) -> None:
+        """``resume``: queue the postmortems a stop left unfinished (the leader's part when
+        replicas share the fleet: one of them, not each)."""
         if self._thread is not None or not self.s.enabled:
             return
-        with self.runs.read() as tx:
-            left = tx.unfinished_postmortems(self.s.queue_max)
+        left = []
+        if resume:
+            with self.runs.read() as tx:
+                left = tx.unfinished_postmortems(self.s.queue_max)
         with self._lock:
             self._queue.extendleft((r, "resumed") for r in reversed(left))
         self._thread = threading.Thread(target=self._loop, name="postmortems", daemon=True)

@@ -217,10 +217,11 @@ class StageRunner:
         }
         self.payloads.put(evidence_key(run_id), msgspec.json.encode(package, order="sorted"))
 
-    def resume(self) -> tuple[list[str], int]:
-        """Finish every run a crash or stop left running: (their ids, how many failed again)."""
+    def resume(self, owns: Callable[[str], bool] | None = None) -> tuple[list[str], int]:
+        """Finish every run a crash or stop left running (with ``owns``: of the hosts this
+        controller owns): (their ids, how many failed again)."""
         with self.runs.read() as tx:
-            ids = tx.running_ids()
+            ids = tx.running_ids(owns)
         failed = 0
         for run_id in ids:
             try:

@@ -42,8 +42,10 @@ from controller.store.runs import IntentRow, RunStore
 from controller.workflow.analysis import Hypothesis, detect, firing, onset, rank, top_firing
 from controller.workflow.analysis_pool import AnalysisPool
 from controller.workflow.fleet import (
+    FLEET_HOST,
     Correlator,
     FleetGroup,
+    SharedSightings,
     blast_radius,
     fleet_culprit,
     fleet_evidence,
@@ -116,6 +118,14 @@ class Triggers:
         self._thread: threading.Thread | None = None
         # Whether this controller may run stages now (the HA leader); a deposed leader stops.
         self.active: Callable[[], bool] = lambda: True
+        # Whose runs are ours when replicas share the fleet (controller/partitions.py): a host's
+        # are its partition owner's; fleet incidents are the coordinator's (the HA leader).
+        self.owns: Callable[[str], bool] = lambda host_id: True
+        self.coordinator: Callable[[], bool] = lambda: True
+        # Whether to look for unfinished runs of ours every sweep (replicas sharing the fleet).
+        self.rescan = False
+        # Sightings shared through the store, for a correlator on another replica (None: in memory).
+        self.shared: SharedSightings | None = None
         self._due: list[tuple[float, str]] = []  # (when, run_id): approved runs, verifier retries
         # host -> its evaluation record: failures, the last error and when, the last success.
         self._health: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -173,9 +183,9 @@ class Triggers:
         self._wake.set()
 
     def live_hosts(self) -> list[str]:
-        """Hosts with a live run (at most LIVE_HOSTS): what an analysis worker that starts watches."""
+        """Hosts of ours with a live run (at most LIVE_HOSTS): what an analysis worker that starts watches."""
         with self.runs.begin() as tx:
-            return tx.live_hosts(LIVE_HOSTS)
+            return [h for h in tx.live_hosts(LIVE_HOSTS) if self.owns(h)]
 
     def notify_clean(self, host_id: str) -> None:
         """An analysis worker's evaluation of a host that had fired found nothing live: counted
@@ -190,10 +200,40 @@ class Triggers:
             self._queued_cleans += 1
         self._wake.set()
 
+    def mine(self, host_id: str) -> bool:
+        return self.coordinator() if host_id == FLEET_HOST else self.owns(host_id)
+
+    def _run_is_mine(self, run_id: str) -> bool:
+        with self.runs.read() as tx:
+            row = tx.run(run_id)
+        return row is not None and self.mine(row["host_id"])
+
+    def take_over(self, hosts: Callable[[str], bool], delay_s: float = 0.0) -> int:
+        """Hosts that became ours (a partition moved here, or leading did): their unfinished
+        runs continue on the worker, ``delay_s`` from now. Returns how many were scheduled."""
+        with self.runs.read() as tx:
+            ids = tx.running_ids(hosts)
+        for run_id in ids:
+            self.schedule(run_id, self.clock() + delay_s)
+        return len(ids)
+
+    def let_go(self, hosts: Callable[[str], bool]) -> None:
+        """Hosts no longer ours: what is cached or queued for them goes (their new owner reads
+        the store)."""
+        with self._lock:
+            for host in [h for h in self._live if hosts(h)]:
+                del self._live[host]
+            for host in [h for h in self._given if hosts(h)]:
+                del self._given[host]
+            self._pending = {h for h in self._pending if not hosts(h)}
+            self._queue = deque((h, g) for h, g in self._queue if g >= 0 or not hosts(h))
+        for host in [s.host for s in self.fleet.current(self.clock()) if hosts(s.host)]:
+            self.fleet.forget(host)
+
     def start(self) -> None:
         if self._thread is not None:
             return
-        _, failed = self._runner().resume()
+        _, failed = self._runner().resume(self.mine)
         self.failures += failed
         self._thread = threading.Thread(target=self._loop, name="workflow-engine", daemon=True)
         self._thread.start()
@@ -235,12 +275,18 @@ class Triggers:
                 was_active = True
             while (run_id := self._next_due()) is not None and not self._stop.is_set():
                 try:
+                    if not self._run_is_mine(run_id):
+                        continue  # its host moved to another replica: continued there
                     self._runner().execute(run_id)
                 except Exception:
                     with self._lock:
                         self.failures += 1
                     log.exception("continuing run %s failed", run_id)
-            if self.opts.fleet.enabled and self.clock() - self._fleet_at >= self.opts.fleet.evaluate_every_s:
+            if (
+                self.opts.fleet.enabled
+                and self.coordinator()
+                and self.clock() - self._fleet_at >= self.opts.fleet.evaluate_every_s
+            ):
                 self._fleet_at = self.clock()
                 try:
                     self.fleet_pass()
@@ -252,6 +298,10 @@ class Triggers:
                 self._swept_at = self.clock()
                 try:
                     self.sweep()
+                    if self.rescan:
+                        # Unfinished runs of ours nobody scheduled here: approved on another
+                        # replica, or scheduled there just before their host moved here.
+                        self.take_over(self.mine)
                 except Exception:
                     with self._lock:
                         self.failures += 1
@@ -274,9 +324,11 @@ class Triggers:
                     self._pending.discard(host)
                     given = self._given.pop(host, None)
             if gen >= 0:
-                if not stale:
+                if not stale and self.owns(host):
                     self._count_clean(host)
                 continue
+            if not self.owns(host):
+                continue  # its partition moved away since it was queued
             try:
                 self.evaluate(host, *(given or (None, None)))
             except Exception as exc:  # one host's failure must not stop the engine for the others
@@ -472,7 +524,9 @@ class Triggers:
             return
         if not ev.labels:  # a worker that restarted may not have them yet; this process may
             ev.labels = self.hot.labels(host_id)
-        self.fleet.observe(host_id, run_id, top, ev, now, started)
+        sighting = self.fleet.observe(host_id, run_id, top, ev, now, started)
+        if self.shared is not None:
+            self.shared.put(sighting)
 
     # --- fleet incidents -------------------------------------------------------------------------
 
@@ -482,6 +536,8 @@ class Triggers:
         if not self.opts.fleet.enabled:
             return 0
         now = self.clock()
+        if self.shared is not None:  # every replica's sightings, not only this one's
+            self.fleet.replace(self.shared.load(now - self.opts.fleet.window_s, self.opts.fleet.max_hosts))
         groups = self.fleet.groups(now)
         seen: set[str] = set()
         for g in groups:
@@ -646,6 +702,8 @@ class Triggers:
         self.resolved += sum(1 for _, r in writes if r is not None)
         for lv, resolved in writes:
             if resolved is not None:
+                if self.shared is not None:
+                    self.shared.forget(host_id, lv.run_id)
                 self._ended(lv.run_id)
 
     def _absorb(self, host_id: str, run_id: str, top: Hypothesis) -> None:
@@ -675,7 +733,7 @@ class Triggers:
         the worker that watched them restarted), as of when they were last seen."""
         before = self.clock() - self.opts.attach_window_s
         with self.runs.read() as tx:
-            stale = tx.live_seen_before(before, limit=SWEEP_BATCH)
+            stale = [r for r in tx.live_seen_before(before, limit=SWEEP_BATCH) if self.mine(r[1])]
         if not stale:
             return 0
         now = self.clock()

@@ -231,7 +231,7 @@ def test_a_worker_behind_makes_batches_wait_not_vanish(monkeypatch: pytest.Monke
     inq: queue.Queue[Any] = queue.Queue(2)
     pool._workers = [SimpleNamespace(inq=inq)]  # type: ignore[list-item]
     inq.put(("batches", [(b"0", 0.0)]))
-    inq.put(("batches", [(b"1", 1.0)]))
+    inq.put(("batches", [(b"1", 1.0, False)]))
     flusher = threading.Thread(target=pool._flusher, daemon=True)
     flusher.start()
     try:
@@ -244,7 +244,7 @@ def test_a_worker_behind_makes_batches_wait_not_vanish(monkeypatch: pytest.Monke
         deadline = time.monotonic() + 10
         while len(got) < 8 and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
-                got += [raw for raw, _ in inq.get(timeout=0.1)[1]]
+                got += [raw for raw, *_ in inq.get(timeout=0.1)[1]]
         assert got == [str(i).encode() for i in range(8)]  # every one, in the order they came
         assert pool.overflow == 0 and pool.submitted == 6 and pool._waiting_n == [0]
     finally:
@@ -270,7 +270,7 @@ def test_batches_go_over_together_and_a_burst_goes_at_once(monkeypatch: pytest.M
         t = time.monotonic()
         pool.submit(Accepted("h", b"19", 0.0))  # the 20th: enough to go now
         msg = inq.get(timeout=2)
-        assert time.monotonic() - t < 1.0 and [raw for raw, _ in msg[1]] == [b"%d" % i for i in range(20)]
+        assert time.monotonic() - t < 1.0 and [raw for raw, *_ in msg[1]] == [b"%d" % i for i in range(20)]
     finally:
         pool._stop.set()
         flusher.join(timeout=10)
@@ -287,7 +287,7 @@ def test_a_read_sees_every_batch_acked_before_it(monkeypatch: pytest.MonkeyPatch
         pool.submit(Accepted("h", b"%d" % i, 0.0))
     assert pool.evidence("h", 300.0) is None  # nobody answers here: the read times out
     first, second = inq.get_nowait(), inq.get_nowait()
-    assert first[0] == "batches" and [raw for raw, _ in first[1]] == [b"0", b"1", b"2"]
+    assert first[0] == "batches" and [raw for raw, *_ in first[1]] == [b"0", b"1", b"2"]
     assert second[0] == "read" and second[2] == "h"
     assert pool._waiting_n == [0] and pool._waiting_bytes == [0] and pool.overflow == 0
 
@@ -315,7 +315,7 @@ def test_batches_held_for_a_worker_behind_count_against_its_bounds() -> None:
         listed = pool._take_listed(0)
     assert not pool._hand_over(0, listed)
     assert FullPipe.tries == 1 and pool.submitted == 5 and pool.overflow == 5
-    assert pool._waiting_n == [5] and [raw for raw, _ in pool._pending[0]] == [b"%d" % i for i in range(5)]
+    assert pool._waiting_n == [5] and [raw for raw, *_ in pool._pending[0]] == [b"%d" % i for i in range(5)]
 
 
 def test_a_worker_behind_is_retried_per_flush_interval_not_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,7 +60,8 @@ def consumer(
     url: str, ingest: Ingest, leader: Callable[[], bool] = lambda: True, **extra: Any
 ) -> BusConsumer:
     s = BusSettings.model_validate({"enabled": True, "servers": [url], "partitions": PARTITIONS} | extra)
-    c = BusConsumer(s, ingest, leader)  # type: ignore[arg-type]
+    everything = frozenset(range(PARTITIONS))
+    c = BusConsumer(s, ingest, lambda: everything if leader() else frozenset())  # type: ignore[arg-type]
     c.start()
     wait_for(lambda: c.connected)
     return c
