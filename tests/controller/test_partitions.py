@@ -413,10 +413,10 @@ def test_three_replicas_a_killed_one_loses_nothing_and_a_fault_through_it_is_one
         # A decision sent to a replica that does not run the run's stages names the one that
         # does; the workbench follows it (the owner answers: here, that the plan is not this).
         non_owner = next(c for c in survivors if c is not new_owner)
-        body = {"plan_hash": "0" * 64, "reason": "routing"}
+        decision = {"plan_hash": "0" * 64, "reason": "routing"}
         r = httpx.post(
             non_owner.url + f"/api/v1/agent/workflow/runs/{run_id}/approve",
-            json=body,
+            json=decision,
             headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
             timeout=20,
         )
