@@ -371,6 +371,7 @@ class BusConsumer:
                 msgs = await sub.fetch(self.s.fetch_batch, timeout=1.0)
             except TimeoutError:  # nats-py raises its own and asyncio's: nothing came
                 msgs = []
+            fetched = time.monotonic()
             if not msgs and not self._mine(partition, epoch):
                 return
             for i, msg in enumerate(msgs):  # in stream order: a host's batches stay in order
@@ -393,7 +394,7 @@ class BusConsumer:
                         with contextlib.suppress(Exception):
                             await msg.nak()
                         continue
-                    wait = await self._handle(msg, partition)
+                    wait = await self._handle(msg, partition, fetched)
                 finally:
                     self._busy[partition] -= 1
                 if wait:
@@ -508,8 +509,13 @@ class BusConsumer:
         return self.ingest.rebuild(host, headers.get("Content-Encoding"), msg.data, at)
 
     def _ingest(self, principal: Principal, encoding: str | None, data: bytes, lost: int) -> Answer:
+        """The ingest, and for an accepted batch its queueing for analysis, in one hop to the
+        pool (in memory: a crash before the ack redelivers it, and the ledger calls it a duplicate)."""
         answer = self.ingest.process(principal, encoding, data, lost)
         assert isinstance(answer, Answer)  # without inline_limit it always answers
+        self.ingest.count(answer)
+        if answer.status == 200:
+            self.ingest.answered(answer)
         return answer
 
     def _host_of(self, msg: Any, partition: int) -> str | None:
@@ -521,14 +527,17 @@ class BusConsumer:
         said = (msg.headers or {}).get(HOST_HEADER)
         return host if said in (None, host) else None
 
-    async def _handle(self, msg: Any, partition: int) -> float:
+    async def _handle(self, msg: Any, partition: int, fetched: float | None = None) -> float:
         """One message to its end; the seconds to hold the partition back (the store away), or 0."""
         host = self._host_of(msg, partition)
         if host is None:
             self.counts["refused_subject"] += 1
             await msg.term()
             return 0.0
-        await msg.in_progress()  # its ack timer starts now, not when it was fetched
+        if fetched is None or time.monotonic() - fetched > self.s.ack_wait_s / 4:
+            # It waited behind slow ones in its fetch: its ack timer starts again now (one more
+            # message to the server, saved while the fetch goes at the usual pace).
+            await msg.in_progress()
         headers = msg.headers or {}
         principal = Principal("bus", "collector", (host,))  # the id has no glob characters
         loop = asyncio.get_running_loop()
@@ -540,11 +549,9 @@ class BusConsumer:
             msg.data,
             parse_lost(headers.get(LOST_HEADER)),
         )
-        self.ingest.count(answer)
         if answer.status == 200:
             await msg.ack()  # after the ledger commit: a crash between the two redelivers a duplicate
             self.counts["accepted" if answer.accepted is not None else "duplicate"] += 1
-            await loop.run_in_executor(self._pool, self.ingest.answered, answer)
             return 0.0
         if answer.status in PERMANENT:
             self.counts[f"refused_{answer.status}"] += 1

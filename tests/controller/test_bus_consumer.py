@@ -46,6 +46,9 @@ class Ingest:
     def count(self, answer: Answer) -> None:
         pass
 
+    def rebuild(self, host_id: str, encoding: str | None, body: bytes, received_at: float) -> Accepted:
+        return Accepted(host_id, gzip.decompress(body), received_at)
+
     def answered(self, answer: Answer) -> None:
         pass
 
@@ -189,4 +192,54 @@ def test_an_existing_consumer_takes_the_settings_ack_wait(nats_server: NatsServe
 
         wait_for(lambda: run(_with_js(nats_server.url, ack_wait)) == 7.0)
     finally:
+        c.stop()
+
+
+def test_a_partition_is_rebuilt_once_each_time_it_comes_not_on_a_reconnect(nats_server: NatsServer) -> None:
+    import asyncio
+
+    ingest = Ingest()
+    first = consumer(nats_server.url, ingest)
+    pub = publisher(nats_server.url)
+    try:
+        for seq in (1, 2, 3):
+            pub.send(b'{"n": %d}' % seq, BatchKey("node-a", "s", seq))
+        wait_for(lambda: first.counts["accepted"] == 3)
+        wait_for(lambda: sum(first.pending.values()) == 0 and len(first.pending) == PARTITIONS)
+    finally:
+        first.stop()
+    # The partitions come to another controller: it reads what the first acknowledged.
+    comings = {"n": 1}
+    rebuilt: list[Accepted] = []
+    told: list[list[str]] = []
+    s = BusSettings.model_validate({"enabled": True, "servers": [nats_server.url], "partitions": PARTITIONS})
+    everything = frozenset(range(PARTITIONS))
+    c = BusConsumer(
+        s,
+        ingest,  # type: ignore[arg-type]
+        lambda: everything,
+        window_s=600,
+        rebuilt=rebuilt.append,
+        rebuild_done=told.append,
+        epoch=lambda p: comings["n"],
+    )
+    c.start()
+    try:
+        wait_for(lambda: c.rebuilds_done == PARTITIONS)
+        assert [a.raw for a in rebuilt] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}'] and told == [["node-a"]]
+        view = c.status()["rebuilt"][str(partition_of("node-a", PARTITIONS))]
+        assert view["messages"] == 3 and view["hosts"] == 1 and view["progress"] == 1.0 and not view["failed"]
+        # A new batch is consumed, not rebuilt; a dropped connection is not a new coming.
+        pub.send(b'{"n": 4}', BatchKey("node-a", "s", 4))
+        wait_for(lambda: c.counts["accepted"] == 1)
+        asyncio.run_coroutine_threadsafe(c._nc.close(), c._loop).result(10)
+        wait_for(lambda: c.connected and c.counts["accepted"] == 1)
+        time.sleep(1.5)
+        assert c.rebuilds_done == PARTITIONS and len(rebuilt) == 3
+        # It goes and comes back (a new epoch): rebuilt again, the new batch included.
+        comings["n"] = 2
+        wait_for(lambda: c.rebuilds_done == 2 * PARTITIONS)
+        assert [a.raw for a in rebuilt[3:]] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}', b'{"n": 4}']
+    finally:
+        pub.close()
         c.stop()

@@ -71,3 +71,22 @@ def test_token_file_and_roles(tmp_path: Path) -> None:
     missing = {"tokens": [{"name": "n", "role": "collector", "token_file": str(tmp_path / "nope")}]}
     with pytest.raises(ConfigError, match="cannot read"):  # at start, naming the token
         load_settings(auth=missing, server={"allow_http": True})
+
+
+def test_replicas_share_partitions_only_on_postgresql_with_the_bus_and_lease_rules_apply_then() -> None:
+    plain = {"allow_http": True}
+    pg = "postgresql://u@h/db"
+    bus = {"enabled": True}
+    assert load_settings(auth={"enabled": False}, database_url=pg, server=plain, bus=bus).shares_partitions
+    assert not load_settings(auth={"enabled": False}, database_url=pg, server=plain).shares_partitions
+    assert not load_settings(auth={"enabled": False}, server=plain, bus=bus).shares_partitions
+    opted_out = {"share_partitions": False, "poll_interval_s": 30}
+    s = load_settings(auth={"enabled": False}, database_url=pg, server=plain, bus=bus, ha=opted_out)
+    assert not s.shares_partitions  # one leader consumes all; its slow poll is no lease's business
+    with pytest.raises(ConfigError, match="lease_s must be at least twice"):
+        load_settings(auth={"enabled": False}, database_url=pg, server=plain, bus=bus, ha={"lease_s": 1.5})
+    # The stream keeps at least the window a new owner rebuilds (none without the workflow).
+    short = bus | {"max_age_s": 120}
+    with pytest.raises(ConfigError, match=r"max_age_s must be at least workflow\.window_s"):
+        load_settings(auth={"enabled": False}, server=plain, bus=short)
+    load_settings(auth={"enabled": False}, server=plain, bus=short, workflow={"enabled": False})

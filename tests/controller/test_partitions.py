@@ -135,6 +135,55 @@ def test_a_hung_replica_is_fenced_after_its_lease(store: str) -> None:
 
 
 @pytest.mark.postgres
+def test_a_replica_whose_polls_stall_stops_before_the_others_take_over(store: str) -> None:
+    now = {"t": 100.0}
+    a = PartitionLeases(
+        store,
+        node_id="a",
+        url=None,
+        partitions=4,
+        lock_key=0x1C1DE17,
+        poll_s=0.1,
+        lease_s=1.0,
+        clock=lambda: now["t"],
+    )
+    a.tick()
+    try:
+        assert a.owned() == frozenset(range(4)) and a.owns_host("node-1")
+        now["t"] += 0.75  # past 0.7 of the lease without a good poll: it stops consuming
+        assert a.owned() == frozenset() and not a.owns_host("node-1")
+        a.tick()  # a good poll again: its partitions are its own again
+        assert a.owned() == frozenset(range(4))
+    finally:
+        a.stop()
+
+
+@pytest.mark.postgres
+def test_a_callback_that_raises_never_kills_the_lease_thread(store: str) -> None:
+    a = _leases(store, "a")
+    calls = []
+
+    def boom(parts: frozenset[int]) -> None:
+        calls.append(parts)
+        raise RuntimeError("the store hiccupped")
+
+    a.on_acquire = boom
+    a.tick()
+    try:
+        assert calls and a.owned() == frozenset(range(8))  # held all the same
+        a.detail = lambda: {"x": object.__new__(Exploding)}
+        a.tick()  # a detail that cannot be encoded: said, every partition given up, no raise
+        assert a.last_error is not None and a.owned() == frozenset()
+    finally:
+        a.stop()
+
+
+class Exploding:
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+
+@pytest.mark.postgres
 def test_a_lost_store_gives_up_every_partition(store: str) -> None:
     a = _leases(store, "a")
     lost: list[frozenset[int]] = []
