@@ -64,6 +64,7 @@ bench: install ## run the benchmarks against their peers; JSON lands in bench/re
 	$(PY) -m bench.spool_bench || status=1; \
 	$(PY) -m bench.ingest_bench || status=1; \
 	$(PY) -m bench.fleet_bench || status=1; \
+	$(PY) -m bench.scale_bench || status=1; \
 	$(PY) -m bench.hostile_bench || status=1; \
 	$(PY) -m bench.workflow_bench || status=1; \
 	$(PY) -m bench.rca_bench || status=1; \

@@ -247,6 +247,105 @@ def _correlator(c: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _scale(doc: dict[str, Any]) -> list[str]:
+    h, n, t = doc["https"], doc["nats"], doc["takeover"]
+    every = all(x["passes"] for x in doc["steps"])
+    at_least = " (the largest step tried: at least that many)" if every else ""
+
+    def delay(s: dict[str, Any]) -> str:
+        d = s["detection_delay_intervals"]
+        return "not seen" if d is None else f"{s['detection_delay_s']} s ({d} intervals)"
+
+    steps = [
+        f"| {s['hosts']:,} | {s['ingest_p99_ms']} ms | "
+        f"{'-' if s['detection_delay_intervals'] is None else s['detection_delay_intervals']} | "
+        f"{s['analysis_overflow']} | {s['cpu_ms_per_batch']} ms | {s['cpu_share_of_one_core_pct']}% | "
+        f"{'yes' if s['passes'] else 'no'} |"
+        if "error" not in s
+        else f"| {s['hosts']:,} | - | - | - | - | - | no: {s['error']} |"
+        for s in doc["steps"]
+    ]
+    return [
+        f"`bench/scale_bench.py`, recorded {doc['recorded_at']}: one controller replica with default "
+        f"settings on PostgreSQL with the bus on ({doc['partitions']} partitions, leases running), "
+        f"{h['hosts']:,} hosts sending one recorded snapshot every {doc['interval_s']:g} s after a warm-up "
+        "of each host's last 300 s, through HTTPS and then through NATS JetStream (a fresh database and "
+        "stream each), a host turning CPU-saturated 20 s in; CPU of the replica's process and its "
+        "analysis workers, less its idle.",
+        "",
+        "| measure | NATS JetStream | HTTPS | ratio |",
+        "|---|---:|---:|---:|",
+        f"| CPU per batch, evaluation included | {n['cpu_ms_per_batch']} ms | {h['cpu_ms_per_batch']} ms "
+        f"| **{doc['nats_over_https_cpu_ratio']}x** |",
+        f"| of which the ingest process | {n['ingest_process_ms_per_batch']} ms "
+        f"| {h['ingest_process_ms_per_batch']} ms | |",
+        f"| detection delay of the CPU saturation | {delay(n)} | {delay(h)} | |",
+        f"| ingest p99 (HTTPS: request to ack); consumer lag, most (NATS) | {n['consumer_lag_max']} messages "
+        f"| {h['ingest_p99_ms']} ms | |",
+        f"| idle CPU with the leases running | {n['idle_cpu_pct_with_leases']}% | "
+        f"{h['idle_cpu_pct_with_leases']}% | |",
+        "",
+        "The most hosts one replica serves at a 10 s interval on this machine (two cores shared with the "
+        "load generator, PostgreSQL and nats-server): steps over HTTPS; a step passes with ingest p99 "
+        f"under 100 ms, detection within {doc['detection_limit_intervals']} intervals (two past the "
+        "detectors' own need of five fresh samples) and no analysis overflow.",
+        "",
+        "| hosts | ingest p99 | detection (intervals) | analysis overflow | CPU per batch | CPU, one core "
+        "| passes |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+        *steps,
+        "",
+        f"Most hosts served here: **{doc['most_hosts_one_replica_here']:,}**{at_least}. The cost per batch "
+        "falls as batches come faster (the ledger's commits are grouped). Takeover: a second replica "
+        f"joined the NATS fleet, took {t['partitions_moved']} of {t['of_partitions']} partitions and "
+        f"rebuilt their windows from the stream ({t['rebuilt_batches']:,} batches of "
+        f"{t['rebuilt_hosts']:,} hosts) in {t['rebuild_wall_s']} s of wall time, "
+        f"**{t['rebuild_s_per_1000_hosts']} s per 1,000 hosts**; partitions moved and rebuilt "
+        f"{t['moved_and_rebuilt_after_ready_s']} s after it was ready.",
+        "",
+        *_projection(doc),
+    ]
+
+
+def _projection(doc: dict[str, Any]) -> list[str]:
+    """50,000 hosts from the per-replica figures: arithmetic, not a measurement."""
+    n, t = doc["nats"], doc["takeover"]
+    hosts, interval, use = 50_000, doc["interval_s"], 0.6
+    rate = hosts / interval
+    total_ms, ingest_ms, workers_ms = (
+        n["cpu_ms_per_batch"],
+        n["ingest_process_ms_per_batch"],
+        (n["analysis_workers_ms_per_batch"]),
+    )
+    # A replica's ingest is one Python process: about one core, whatever the machine.
+    per_replica = int(use * 1000 * interval / ingest_ms)
+    replicas = -(-hosts // per_replica)
+    share = hosts / replicas
+    rebuild = t["rebuild_s_per_1000_hosts"]
+    return [
+        f"**Projection to {hosts:,} hosts** (arithmetic on the figures above, not a measurement: this "
+        f"machine has two cores). {hosts:,} hosts every {interval:g} s are {rate:,.0f} batches/s. A "
+        f"replica's ingest is one Python process, so about one core: at {use:.0%} of it (headroom for "
+        f"bursts and for p99) and {ingest_ms} ms per batch it takes {use * 1000:.0f} / {ingest_ms} = "
+        f"{use * 1000 / ingest_ms:.0f} batches/s, **{per_replica:,} hosts per replica**, and its analysis "
+        f"worker {per_replica / interval * workers_ms / 10:.0f}% of another core. {hosts:,} / {per_replica:,}"
+        f" = **{replicas} replicas**, one more to lose one without going past {use:.0%}: "
+        f"{replicas + 1} replicas, {rate * total_ms / 1000:.1f} cores of controller CPU in all "
+        f"({rate:,.0f} x {total_ms} ms). A replica that dies leaves {share:,.0f} hosts to {replicas} others, "
+        f"{share / replicas:,.0f} each, rebuilt at {rebuild} s per 1,000 hosts: about "
+        f"{share / replicas / 1000 * rebuild:.1f} s before they evaluate again, after the partitions move "
+        f"(one poll for a killed replica, `ha.lease_s` for a hung one). Around the replicas: PostgreSQL "
+        f"commits {rate:,.0f} ledger rows/s (one per batch, each before its ack: the store to size and "
+        f"test first); nats-server takes {rate:,.0f} messages/s of about 4 KB ({rate * 4 / 1000:.0f} MB/s), "
+        f"and the stream holds `max_age_s` of them: {rate * 4 * 3600 / 1e6:.0f} GB for the default hour, "
+        f"{rate * 4 * 300 / 1e6:.0f} GB for the 300 s window alone (`bus.max_bytes` sized to match). "
+        f"Partitions: `bus.partitions` is fixed for the fleet's life (it maps hosts), and shares differ "
+        f"by one partition, so take at least eight per replica: {1 << (8 * (replicas + 1) - 1).bit_length()} "
+        f"for {replicas + 1} replicas. The per-batch figure is the 1,000-host one through NATS, the dearest "
+        "measured: at the steps' higher rates a batch cost less, so the replica count is the cautious one.",
+    ]
+
+
 def _hostile(doc: dict[str, Any]) -> list[str]:
     idle, slow = doc["healthz_idle"], doc["slowloris"]
     lines = [
@@ -370,6 +469,7 @@ def render() -> str:
         ("spool", _spool),
         ("ingest", _ingest),
         ("fleet", _fleet),
+        ("scale", _scale),
         ("hostile", _hostile),
         ("workflow", _workflow),
         ("rca", _rca),

@@ -1,17 +1,20 @@
 """The bus, controller side: batches from NATS JetStream (``bus`` settings; off by default).
 
-While this controller leads it makes sure of the stream: one subject pattern per
+Each controller that consumes makes sure of the stream: one subject pattern per
 partition, ``<subject_prefix>.<n>.*`` (a subject no consumer reads is refused at publish,
 not stored to age out), file storage, ``replicas``, and limits that refuse rather than
 discard: a full stream (``max_bytes``) or a host past its own share
 (``max_msgs_per_host``) answers the collector's publish with an error, and the collector
-keeps the batch in its spool, as it does when the controller is away. Only what the
-controller already acknowledged ages out (``max_age_s``). It updates only the fields it
-owns and leaves the rest of an existing stream's configuration as it found it.
+keeps the batch in its spool, as it does when the controller is away. Every batch ages out
+after ``max_age_s``, read or not (limits retention: a rebuild reads what was read), so
+``max_bytes`` must hold that long of the fleet's batches; how full it is is watched. It
+updates only the fields it owns and leaves the rest of an existing stream's configuration
+as it found it.
 
 It consumes through one durable pull consumer per partition, ``<prefix>-p<n>``, acknowledging
-each message by hand, a few at a time (``fetch_batch``), each marked in progress when its
-turn comes so that the ack timer runs only while it is worked on. A batch goes through the
+each message by hand, a few at a time (``fetch_batch``); one that waited behind slow ones
+in its fetch is marked in progress when its turn comes, so that the ack timer runs only
+while it is worked on. A batch goes through the
 same ingest as an HTTPS body (decompression bombs, the wire contract, the clock, the ledger,
 hot state), allowed to write exactly the host its subject names, and only from the
 partition that host hashes to: a collector that publishes another host's batch, or under a
@@ -77,6 +80,8 @@ def consumer_name(prefix: str, partition: int) -> str:
 REBUILD_FETCH = 32  # messages per fetch of a rebuild: at most this x max_body_bytes held per rebuild
 REBUILDS_AT_ONCE = 4  # partitions rebuilt at the same time (the others wait their turn)
 REBUILD_FETCH_TIMEOUT_S = 5.0
+STREAM_LOOK_S = 10.0  # how often the stream's use is read
+STREAM_WARN = 0.8  # past this share of max_bytes, said in the log and the status
 
 
 @dataclass
@@ -142,6 +147,8 @@ class BusConsumer:
         self.pending: dict[int, int] = {}
         self.rebuilds: dict[int, Rebuild] = {}  # the latest per partition owned now
         self.rebuilds_done = 0
+        self.stream_bytes = 0
+        self.stream_full = 0.0  # the stream's bytes as a share of its max_bytes
         self._busy: Counter[int] = Counter()  # messages being ingested, per partition
         self.last_error: str | None = None
         self._nc: Any = None
@@ -188,6 +195,8 @@ class BusConsumer:
             "rebuilding": {str(p): r.view() for p, r in sorted(rebuilds.items()) if r.seconds is None},
             "rebuilt": {str(p): r.view() for p, r in sorted(rebuilds.items()) if r.seconds is not None},
             "rebuilds_done": self.rebuilds_done,
+            "stream_bytes": self.stream_bytes,
+            "stream_full": round(self.stream_full, 4),
             "last_error": self.last_error,
         }
 
@@ -287,6 +296,7 @@ class BusConsumer:
             self._rebuild_slots = asyncio.Semaphore(REBUILDS_AT_ONCE)
             tasks: dict[int, asyncio.Task[None]] = {}
             epochs: dict[int, int] = {}
+            looked = 0.0
             try:
                 while not self._stop.is_set() and self.owned() and not nc.is_closed:
                     for p in sorted(self.owned()):
@@ -299,6 +309,9 @@ class BusConsumer:
                             epochs[p] = e
                             tasks[p] = asyncio.create_task(self._partition(js, p, e))
                     await self._pause(0.2)
+                    if time.monotonic() - looked >= STREAM_LOOK_S:
+                        looked = time.monotonic()
+                        await self._look_at_stream(js)
                     if files_key(self.s) != files:
                         log.warning("bus: TLS or credential files changed: reconnecting")
                         return
@@ -316,6 +329,26 @@ class BusConsumer:
             self._nc = None
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    async def _look_at_stream(self, js: Any) -> None:
+        """How full the stream is: past ``max_bytes`` it refuses publishes (the collectors keep
+        their batches, and the controllers see nothing new), so say it before it comes."""
+        try:
+            info = await js.stream_info(self.s.stream)
+        except Exception:
+            return
+        used, cap = int(info.state.bytes), int(info.config.max_bytes or 0)
+        self.stream_bytes = used
+        full = used / cap if cap > 0 else 0.0
+        if full >= STREAM_WARN and self.stream_full < STREAM_WARN:
+            log.warning(
+                "bus: the stream holds %.0f%% of bus.max_bytes (%d of %d bytes): raise max_bytes, or "
+                "publishes will be refused (size it as hosts x batch bytes x max_age_s / interval)",
+                full * 100,
+                used,
+                cap,
+            )
+        self.stream_full = full
 
     async def _subscribe(self, js: Any, partition: int) -> Any:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from collector.wire import partition_of
 from controller.leader import Leadership
+from controller.store import members as sql
 
 log = logging.getLogger(__name__)
 Parts = frozenset[int]
@@ -149,22 +150,6 @@ class Member:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-MEMBERS_SQL = """
-SELECT node_id, url, lock_id, EXTRACT(EPOCH FROM clock_timestamp()) - heartbeat AS age, owned, detail
-FROM controller_members
-"""
-LOCKS_SQL = """
-SELECT classid::bigint, objid::bigint, pid FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint IN (%s, %s)
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
-UPSERT_SQL = """
-INSERT INTO controller_members (node_id, url, lock_id, started, heartbeat, owned, detail)
-VALUES (%(node)s, %(url)s, %(lock)s, EXTRACT(EPOCH FROM clock_timestamp()),
-        EXTRACT(EPOCH FROM clock_timestamp()), %(owned)s, %(detail)s)
-ON CONFLICT (node_id) DO UPDATE SET url = EXCLUDED.url, lock_id = EXCLUDED.lock_id,
-  heartbeat = EXCLUDED.heartbeat, owned = EXCLUDED.owned, detail = EXCLUDED.detail
-"""
 DETAIL_MAX = 64 << 10  # a member's detail as stored (JSON): past it, only the counts
 
 
@@ -252,7 +237,7 @@ class PartitionLeases:
         if conn is not None:
             try:
                 # Gone from the members at once: the others rebalance on their next poll.
-                conn.execute("DELETE FROM controller_members WHERE node_id = %s", (self.node_id,))
+                sql.forget_members(conn, [self.node_id])
                 conn.close()
             except Exception:
                 log.debug("closing the lease session failed", exc_info=True)
@@ -281,8 +266,7 @@ class PartitionLeases:
         )
         for _ in range(16):  # a lock id of our own: another member's is taken
             lock_id = random.randrange(1, 2**31)
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self.ns_member, lock_id)).fetchone()
-            if row is not None and row[0]:
+            if sql.try_lock(conn, self.ns_member, lock_id):
                 self._lock_id = lock_id
                 return conn
         conn.close()
@@ -311,15 +295,13 @@ class PartitionLeases:
         if len(detail) > DETAIL_MAX:  # the counts stay; the per-cluster table goes
             detail = json.dumps({k: v for k, v in facts.items() if k in ("hosts", "lag")}, default=str)
         started = self.clock()
-        conn.execute(
-            UPSERT_SQL,
-            {
-                "node": self.node_id,
-                "url": self.url,
-                "lock": self._lock_id,
-                "owned": json.dumps(sorted(self._held)),
-                "detail": detail,
-            },
+        sql.heartbeat(
+            conn,
+            node=self.node_id,
+            url=self.url,
+            lock_id=self._lock_id,
+            owned=json.dumps(sorted(self._held)),
+            detail=detail,
         )
         self._ok_at = started
         members, part_pid = self._read(conn)
@@ -334,8 +316,7 @@ class PartitionLeases:
             self._give_up(conn, give)
         take = set()
         for p in sorted(mine - self._held):
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self.ns_part, p)).fetchone()
-            if row is not None and row[0]:
+            if sql.try_lock(conn, self.ns_part, p):
                 take.add(p)
                 continue
             holder = part_pid.get(p)
@@ -344,7 +325,7 @@ class PartitionLeases:
                 # Held by a session no live member has: a replica hung past its lease.
                 log.warning("partition %d: fencing its holder (pid %s, member %s)", p, holder, node)
                 try:
-                    conn.execute("SELECT pg_terminate_backend(%s)", (holder,))
+                    sql.terminate(conn, holder)
                     self.fenced_total += 1
                 except Exception as exc:  # e.g. a role without pg_signal_backend: wait it out
                     self.last_error = f"fencing partition {p}: {exc}"
@@ -371,23 +352,23 @@ class PartitionLeases:
                 self._owners[p] = self.node_id
         dead = [m.node_id for m in members.values() if not m.alive and m.age_s > max(60.0, 10 * self.lease_s)]
         if dead:
-            conn.execute("DELETE FROM controller_members WHERE node_id = ANY(%s)", (dead,))
+            sql.forget_members(conn, dead)
 
     def _read(self, conn: Any) -> tuple[dict[str, Member], dict[int, int]]:
         """(members by node id, partition -> the pid of the session holding its lock)."""
         part_pid: dict[int, int] = {}
         member_pid: dict[int, int] = {}
-        for ns, obj, pid in conn.execute(LOCKS_SQL, (self.ns_part, self.ns_member)).fetchall():
-            (part_pid if ns == self.ns_part else member_pid)[int(obj)] = int(pid)
+        for ns, obj, session in sql.locks(conn, self.ns_part, self.ns_member):
+            (part_pid if ns == self.ns_part else member_pid)[obj] = session
         members: dict[str, Member] = {}
-        for node, url, lock_id, age, owned, detail in conn.execute(MEMBERS_SQL).fetchall():
-            pid = member_pid.get(int(lock_id))
+        for node, url, lock_id, age, owned, detail in sql.members(conn):
+            pid = member_pid.get(lock_id)
             members[node] = Member(
                 node_id=node,
                 url=url,
-                lock_id=int(lock_id),
-                age_s=float(age),
-                alive=pid is not None and float(age) <= self.lease_s,
+                lock_id=lock_id,
+                age_s=age,
+                alive=pid is not None and age <= self.lease_s,
                 pid=pid,
                 owned=_ints(owned),
                 detail=_obj(detail),
@@ -404,7 +385,7 @@ class PartitionLeases:
             except Exception:
                 log.exception("stopping partitions %s failed; releasing them anyway", sorted(parts))
         for p in sorted(parts):
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self.ns_part, p))
+            sql.unlock(conn, self.ns_part, p)
         self.released_total += len(parts)
         log.info("partitions released: %s", sorted(parts))
         if self.on_released is not None:

@@ -36,11 +36,12 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller.config import FleetSettings
 from controller.detectors import Evidence
+from controller.store import sightings
 from controller.workflow.analysis import Hypothesis
 
 log = logging.getLogger(__name__)
@@ -333,10 +334,8 @@ class SharedSightings:
 
     def put(self, s: Sighting) -> None:
         body = _ENC.encode(replace(s, bins=None)).decode()
-        row = {"h": s.host, "r": s.run_id, "at": s.at, "b": body}
         try:
-            with self.engine.begin() as conn:
-                conn.execute(_UPSERT, row)
+            sightings.put(self.engine, host=s.host, run_id=s.run_id, at=s.at, body=body)
             self.writes += 1
         except SQLAlchemyError:  # the correlator misses one sighting; the next one comes
             self.errors += 1
@@ -344,33 +343,18 @@ class SharedSightings:
 
     def forget(self, host: str, run_id: str) -> None:
         try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text("DELETE FROM fleet_sightings WHERE host_id = :h AND run_id = :r"),
-                    {"h": host, "r": run_id},
-                )
+            sightings.forget(self.engine, host=host, run_id=run_id)
         except SQLAlchemyError:
             self.errors += 1
 
     def load(self, since: float, limit: int) -> list[Sighting]:
-        with self.engine.begin() as conn:
-            conn.execute(text("DELETE FROM fleet_sightings WHERE at < :t"), {"t": since})
-            rows = conn.execute(
-                text("SELECT body FROM fleet_sightings ORDER BY at DESC LIMIT :n"), {"n": limit}
-            ).all()
         out = []
-        for (body,) in rows:
+        for body in sightings.window(self.engine, since=since, limit=limit):
             try:
                 out.append(_SIGHTING.decode(body))
             except msgspec.ValidationError:
                 self.errors += 1
         return out
-
-
-_UPSERT = text(
-    "INSERT INTO fleet_sightings (host_id, run_id, at, body) VALUES (:h, :r, :at, :b) "
-    "ON CONFLICT (host_id) DO UPDATE SET run_id = excluded.run_id, at = excluded.at, body = excluded.body"
-)
 
 
 def blast_radius(group: FleetGroup, known: Callable[[dict[str, str]], tuple[int, int]]) -> dict[str, Any]:

@@ -243,3 +243,28 @@ def test_a_partition_is_rebuilt_once_each_time_it_comes_not_on_a_reconnect(nats_
     finally:
         pub.close()
         c.stop()
+
+
+def test_how_full_the_stream_is_is_watched_and_said(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from controller import bus
+
+    monkeypatch.setattr(bus, "STREAM_LOOK_S", 0.2)
+    c = consumer(nats_server.url, Ingest(), max_bytes=1 << 20)
+    try:
+        body = gzip.compress(os.urandom(850_000), compresslevel=0)  # incompressible: ~850 KB stored
+
+        async def go(js: Any) -> None:
+            subject = subject_for("incidentlab.batches", "node-a", PARTITIONS)
+            await js.publish(subject, body, headers={"Content-Encoding": "gzip"})
+
+        with caplog.at_level("WARNING", logger="controller.bus"):
+            run(_with_js(nats_server.url, go))
+            wait_for(lambda: c.status()["stream_full"] >= 0.8, show=c.status)
+            wait_for(lambda: any("raise max_bytes" in r.getMessage() for r in caplog.records))
+        assert c.status()["stream_bytes"] > 800_000
+    finally:
+        c.stop()

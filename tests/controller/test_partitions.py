@@ -484,3 +484,62 @@ def test_three_replicas_a_killed_one_loses_nothing_and_a_fault_through_it_is_one
             assert got["run"]["run_id"] == run_id if "run" in got else got["run_id"] == run_id
     finally:
         driver.close()
+
+
+# --- the fleet correlator across replicas ------------------------------------------------------
+
+
+def _sighting(host: str, at: float, run: str = "") -> Any:
+    from controller.workflow.fleet import Sighting
+
+    return Sighting(
+        host=host,
+        run_id=run or f"run-{host}",
+        family="tcp_retransmit_surge",
+        service="10.0.9.9:5432",
+        labels={"cluster": "c1", "zone": "z1"},
+        confidence=0.8,
+        at=at,
+        started=at - 30,
+        signal="tcp.retrans_per_s",
+        series=[(at - 10 + i, float(i)) for i in range(10)],
+        culprit={"kind": "backend", "id": "10.0.9.9:5432", "service": "10.0.9.9:5432"},
+    )
+
+
+@pytest.mark.postgres
+def test_sightings_from_several_replicas_make_one_fleet_group_on_the_leader(store: str) -> None:
+    from controller.config import FleetSettings
+    from controller.workflow.fleet import Correlator, SharedSightings
+
+    engine = make_engine(sqlalchemy_url(store))
+    try:
+        # Two replicas each own some of the hosts: neither sees enough of them alone.
+        a, b = SharedSightings(engine), SharedSightings(engine)
+        now = time.time()
+        a.put(_sighting("node-1", now))
+        b.put(_sighting("node-2", now))
+        b.put(_sighting("node-3", now))
+        a.put(_sighting("node-old", now - 3600))  # past the window: not grouped, and deleted
+        alone = Correlator(FleetSettings())
+        for s in a.load(now - 300, 100)[:1]:
+            alone.replace([s])
+        assert alone.groups(now) == []
+        leader = Correlator(FleetSettings())
+        leader.replace(a.load(now - 300, 100))
+        (group,) = leader.groups(now)
+        assert group.hosts == ["node-1", "node-2", "node-3"] and group.method == "same_service"
+        assert "node-old" not in [s.host for s in b.load(0, 100)]
+        # A host's run that resolved is forgotten where it is owned, and leaves the group.
+        b.forget("node-3", "run-node-3")
+        leader.replace(a.load(now - 300, 100))
+        assert leader.groups(now) == []
+        # A newer sighting of a host replaces its row: one per host, bounded by the fleet.
+        a.put(_sighting("node-1", now + 1, run="run-again"))
+        assert [(s.host, s.run_id) for s in a.load(now - 300, 100)] == [
+            ("node-1", "run-again"),
+            ("node-2", "run-node-2"),
+        ]
+        assert a.errors == b.errors == 0
+    finally:
+        engine.dispose()
