@@ -277,13 +277,13 @@ def _scale(doc: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|",
         f"| CPU per batch, evaluation included | {n['cpu_ms_per_batch']} ms | {h['cpu_ms_per_batch']} ms "
         f"| **{doc['nats_over_https_cpu_ratio']}x** |",
-        f"| of which the ingest process | {n['ingest_process_ms_per_batch']} ms "
+        f"| of which the ingest process (idle included) | {n['ingest_process_ms_per_batch']} ms "
         f"| {h['ingest_process_ms_per_batch']} ms | |",
         f"| detection delay of the CPU saturation | {delay(n)} | {delay(h)} | |",
         f"| ingest p99 (HTTPS: request to ack); consumer lag, most (NATS) | {n['consumer_lag_max']} messages "
         f"| {h['ingest_p99_ms']} ms | |",
-        f"| idle CPU with the leases running | {n['idle_cpu_pct_with_leases']}% | "
-        f"{h['idle_cpu_pct_with_leases']}% | |",
+        f"| idle CPU (leases, consumers and workers polling), taken off | {n['idle_cpu_pct']}% | "
+        f"{h['idle_cpu_pct']}% | |",
         "",
         "The most hosts one replica serves at a 10 s interval on this machine (two cores shared with the "
         "load generator, PostgreSQL and nats-server): steps over HTTPS; a step passes with ingest p99 "
@@ -299,9 +299,12 @@ def _scale(doc: dict[str, Any]) -> list[str]:
         "falls as batches come faster (the ledger's commits are grouped). Takeover: a second replica "
         f"joined the NATS fleet, took {t['partitions_moved']} of {t['of_partitions']} partitions and "
         f"rebuilt their windows from the stream ({t['rebuilt_batches']:,} batches of "
-        f"{t['rebuilt_hosts']:,} hosts) in {t['rebuild_wall_s']} s of wall time, "
-        f"**{t['rebuild_s_per_1000_hosts']} s per 1,000 hosts**; partitions moved and rebuilt "
-        f"{t['moved_and_rebuilt_after_ready_s']} s after it was ready.",
+        f"{t['rebuilt_hosts']:,} hosts): every partition moved and rebuilt "
+        f"{t['moved_and_rebuilt_after_ready_s']} s after it was ready, "
+        f"**{t['moved_and_rebuilt_after_ready_s'] / t['rebuilt_hosts'] * 1000:.1f} s per 1,000 hosts** "
+        f"(the longest single partition's rebuild: {t['rebuild_wall_s']} s; four rebuild at once). The "
+        f"window held {t['rebuilt_batches'] / t['rebuilt_hosts']:.0f} batches per host; a full 300 s of "
+        "batches every 10 s holds 30, and reads in proportion.",
         "",
         *_projection(doc),
     ]
@@ -312,37 +315,47 @@ def _projection(doc: dict[str, Any]) -> list[str]:
     n, t = doc["nats"], doc["takeover"]
     hosts, interval, use = 50_000, doc["interval_s"], 0.6
     rate = hosts / interval
-    total_ms, ingest_ms, workers_ms = (
-        n["cpu_ms_per_batch"],
-        n["ingest_process_ms_per_batch"],
-        (n["analysis_workers_ms_per_batch"]),
-    )
+    total_ms, ingest_ms = n["cpu_ms_per_batch"], n["ingest_process_ms_per_batch"]
+    workers_ms = n["analysis_workers_ms_per_batch"]
     # A replica's ingest is one Python process: about one core, whatever the machine.
     per_replica = int(use * 1000 * interval / ingest_ms)
+    # Partitions move whole, and shares differ by one: the fewest replicas R (P a power of two,
+    # at least eight per replica) whose survivors of one loss each hold at most per_replica.
     replicas = -(-hosts // per_replica)
-    share = hosts / replicas
-    rebuild = t["rebuild_s_per_1000_hosts"]
+    while True:
+        parts = 1 << (8 * replicas - 1).bit_length()
+        if -(-parts // (replicas - 1)) * hosts / parts <= per_replica:
+            break
+        replicas += 1
+    per_part = hosts / parts
+    # The takeover as measured: from the joining replica's start to every partition rebuilt.
+    rebuild = t["moved_and_rebuilt_after_ready_s"] / t["rebuilt_hosts"] * 1000
+    lost = -(-parts // replicas)  # partitions the dead replica held, at most
+    each = -(-lost // (replicas - 1))  # partitions a survivor takes of them, at most
     return [
         f"**Projection to {hosts:,} hosts** (arithmetic on the figures above, not a measurement: this "
         f"machine has two cores). {hosts:,} hosts every {interval:g} s are {rate:,.0f} batches/s. A "
         f"replica's ingest is one Python process, so about one core: at {use:.0%} of it (headroom for "
-        f"bursts and for p99) and {ingest_ms} ms per batch it takes {use * 1000:.0f} / {ingest_ms} = "
-        f"{use * 1000 / ingest_ms:.0f} batches/s, **{per_replica:,} hosts per replica**, and its analysis "
-        f"worker {per_replica / interval * workers_ms / 10:.0f}% of another core. {hosts:,} / {per_replica:,}"
-        f" = **{replicas} replicas**, one more to lose one without going past {use:.0%}: "
-        f"{replicas + 1} replicas, {rate * total_ms / 1000:.1f} cores of controller CPU in all "
-        f"({rate:,.0f} x {total_ms} ms). A replica that dies leaves {share:,.0f} hosts to {replicas} others, "
-        f"{share / replicas:,.0f} each, rebuilt at {rebuild} s per 1,000 hosts: about "
-        f"{share / replicas / 1000 * rebuild:.1f} s before they evaluate again, after the partitions move "
+        f"bursts and for p99) and {ingest_ms} ms per batch (idle included) it takes {use * 1000:.0f} / "
+        f"{ingest_ms} = {use * 1000 / ingest_ms:.0f} batches/s, **{per_replica:,} hosts per replica**, and "
+        f"its analysis worker {per_replica / interval * workers_ms / 10:.0f}% of another core. Partitions "
+        f"move whole and shares differ by one, so with `bus.partitions` = {parts} ({per_part:.0f} hosts "
+        f"each; at least eight per replica, a power of two, fixed for the fleet's life since it maps "
+        f"hosts) the fewest replicas whose survivors of one loss each stay within {per_replica:,} hosts "
+        f"is **{replicas}**: ceil({parts} / {replicas - 1}) x {per_part:.0f} = "
+        f"{-(-parts // (replicas - 1)) * per_part:,.0f}. That is {rate * total_ms / 1000:.1f} cores of "
+        f"controller CPU in all ({rate:,.0f} x {total_ms} ms). A replica that dies leaves at most {lost} "
+        f"partitions, at most {each} to a survivor: {each * per_part:,.0f} hosts rebuilt at "
+        f"{rebuild:.1f} s per 1,000 (the takeover above, start to last partition rebuilt), about "
+        f"{each * per_part / 1000 * rebuild:.1f} s before they evaluate again, after the partitions move "
         f"(one poll for a killed replica, `ha.lease_s` for a hung one). Around the replicas: PostgreSQL "
         f"commits {rate:,.0f} ledger rows/s (one per batch, each before its ack: the store to size and "
-        f"test first); nats-server takes {rate:,.0f} messages/s of about 4 KB ({rate * 4 / 1000:.0f} MB/s), "
-        f"and the stream holds `max_age_s` of them: {rate * 4 * 3600 / 1e6:.0f} GB for the default hour, "
-        f"{rate * 4 * 300 / 1e6:.0f} GB for the 300 s window alone (`bus.max_bytes` sized to match). "
-        f"Partitions: `bus.partitions` is fixed for the fleet's life (it maps hosts), and shares differ "
-        f"by one partition, so take at least eight per replica: {1 << (8 * (replicas + 1) - 1).bit_length()} "
-        f"for {replicas + 1} replicas. The per-batch figure is the 1,000-host one through NATS, the dearest "
-        "measured: at the steps' higher rates a batch cost less, so the replica count is the cautious one.",
+        f"test first); nats-server takes {rate:,.0f} messages/s of about 4 KB (the recorded snapshots' "
+        f"batches, gzip'd: {rate * 4 / 1000:.0f} MB/s), and the stream holds `max_age_s` of them: "
+        f"{rate * 4 * 3600 / 1e6:.0f} GB for the default hour, {rate * 4 * 300 / 1e6:.0f} GB for the "
+        "300 s window alone (`bus.max_bytes` sized to match). The per-batch figure is the 1,000-host one "
+        "through NATS, the dearest measured: at the steps' higher rates a batch cost less, so the "
+        "replica count is the cautious one.",
     ]
 
 

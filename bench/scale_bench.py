@@ -18,7 +18,8 @@ host's last 300 s. Measured:
 - **Takeover**: a second replica joins the NATS phase's fleet; it takes about half the
   partitions and rebuilds each one's window from the stream: the rebuild's wall time, its
   batches and hosts, and seconds per 1,000 hosts; and the partitions' hand-over time.
-- **Ownership's own cost**: the replica's idle CPU with its leases running (no batch arriving).
+- **Idle**: the replica's CPU with no batch arriving (its leases, its consumers' and its analysis
+  workers' polling), taken off each phase's CPU.
 
 This machine has two cores shared by the load generator, PostgreSQL, nats-server and the
 controller: the README projects 50,000 hosts from these per-replica figures, with the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import tempfile
@@ -161,13 +163,36 @@ class Publisher:
         self.loop.close()
 
 
-def settle(pid: int, until: float) -> None:
-    """Wait for the workers to finish with the warm-up (its CPU falls quiet), by ``until``."""
+def settle(pid: int, until: float) -> bool:
+    """Wait for the workers to finish with the warm-up (its CPU falls quiet), by ``until``:
+    False when it never did (the idle measured after it is then too high)."""
     while time.time() < until:
         c0 = tree_cpu_s(pid)
         time.sleep(1.0)
         if tree_cpu_s(pid) - c0 < 0.05:
-            return
+            return True
+    return False
+
+
+class Poller(threading.Thread):
+    """/api/v1/status once a second in either phase (the same cost to both), keeping the most
+    the bus's consumers fell behind."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.lag_max = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            with contextlib.suppress(Exception):
+                self.lag_max = max(self.lag_max, int((status(self.url).get("bus") or {}).get("pending", 0)))
+
+
+def ingested(url: str) -> int:
+    counts = (status(url).get("bus") or {}).get("counts") or {}
+    return int(counts.get("accepted", 0)) + int(counts.get("duplicate", 0))
 
 
 def idle_rate(pid: int, seconds: float) -> float:
@@ -203,34 +228,31 @@ def phase(
         if time.time() > start - 15:
             raise SystemExit("the warm-up took too long: raise the start margin")
         keys = [key_of(b) for b in paced] if pub is not None else []
-        settle(ctl.pid, start - 12)
+        settled = settle(ctl.pid, start - 12)
         idle = idle_rate(ctl.pid, min(8.0, max(1.0, start - time.time() - 2)))
         time.sleep(max(0.0, start - time.time()))
         warm_overflow = (status(url)["workflow"].get("analysis") or {}).get("queue_overflow", 0)
         prober = Prober(url, faulty)
         prober.start()
-        lag_max = 0
+        poller = Poller(url)
+        poller.start()
+        caught_up = True
         (m0, k0), p0 = split_cpu_s(ctl.pid), time.monotonic()
         result: dict[str, Any]
         if pub is not None:
-            done = threading.Event()
-            sent: list[int] = []
-
-            def publish() -> None:
-                sent.append(pub.paced(paced, hosts / INTERVAL_S, keys))
-                done.set()
-
-            threading.Thread(target=publish, daemon=True).start()
-            while not done.wait(1.0):
-                lag_max = max(lag_max, int((status(url).get("bus") or {}).get("pending", 0)))
-            # Until the consumers caught up with what was published: the CPU is all spent then.
+            result = {"requests": pub.paced(paced, hosts / INTERVAL_S, keys), "codes": {}}
+            # Until the consumers took all that was published: the CPU is all spent then.
             deadline = time.monotonic() + 60
-            while (status(url).get("bus") or {}).get("pending", 0) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            result = {"requests": sent[0], "codes": {}}
+            while ingested(url) < len(warm) + len(paced):
+                if time.monotonic() > deadline:
+                    caught_up = False
+                    break
+                time.sleep(0.2)
         else:
             result = finish(send(url, paced, tmp, rate=hosts / INTERVAL_S, token=TOKEN))
         (m1, k1), p1 = split_cpu_s(ctl.pid), time.monotonic()
+        poller.stop.set()
+        poller.join(timeout=10)
         time.sleep(2)
         prober.stop.set()
         prober.join(timeout=15)
@@ -250,7 +272,8 @@ def phase(
             "ingest_process_ms_per_batch": round((m1 - m0) / n * 1000, 3),
             "analysis_workers_ms_per_batch": round((k1 - k0) / n * 1000, 3),
             "cpu_share_of_one_core_pct": round(cpu / (p1 - p0) * 100, 1),
-            "idle_cpu_pct_with_leases": round(idle * 100, 2),
+            "idle_cpu_pct": round(idle * 100, 2),
+            "warmup_settled": settled,
             "detection_delay_s": None if delay is None else round(delay, 1),
             "detection_delay_intervals": None if delay is None else round(delay / INTERVAL_S, 2),
             # Batches not analysed while the fleet ran at its pace (the warm-up's burst apart).
@@ -260,7 +283,11 @@ def phase(
         if via == "https":
             out |= {"codes": result["codes"], "ingest_p99_ms": round(result["p99_ms"], 1)}
         else:
-            out |= {"bus_counts": (st.get("bus") or {}).get("counts"), "consumer_lag_max": lag_max}
+            out |= {
+                "bus_counts": (st.get("bus") or {}).get("counts"),
+                "consumer_lag_max": poller.lag_max,
+                "caught_up": caught_up,
+            }
         if keep:
             handed = {"ctl": ctl, "url": url, "db": db, "nats": nats, "tmp": tmp, "hosts": hosts}
         return out, handed
@@ -309,6 +336,7 @@ def takeover(kept: dict[str, Any]) -> dict[str, Any]:
             "rebuilt_hosts": rebuilt_hosts,
             "rebuild_s_per_1000_hosts": round(wall / rebuilt_hosts * 1000, 3) if rebuilt_hosts else None,
             "first_replica_kept": len((first.get("partitions") or {}).get("owned") or []),
+            "analysis_overflow": (st["workflow"].get("analysis") or {}).get("queue_overflow", 0),
         }
     finally:
         stop(ctl2)

@@ -149,7 +149,10 @@ class BusConsumer:
         self.rebuilds_done = 0
         self.stream_bytes = 0
         self.stream_full = 0.0  # the stream's bytes as a share of its max_bytes
-        self._busy: Counter[int] = Counter()  # messages being ingested, per partition
+        # Messages being ingested or rebuilt, per partition: held from before the ownership check
+        # until the work on the pool has ended (a cancelled await does not end it).
+        self._busy: Counter[int] = Counter()
+        self._busy_lock = threading.Lock()
         self.last_error: str | None = None
         self._nc: Any = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bus-ingest")
@@ -204,11 +207,30 @@ class BusConsumer:
         """Wait (bounded) until no message of ``parts`` is being ingested or rebuilt: called when
         they are given up, after ``owned()`` stopped naming them, before their locks go."""
         deadline = time.monotonic() + timeout_s
-        while any(self._busy[p] for p in parts):
+        while any(self._busy.get(p, 0) > 0 for p in parts):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
         return True
+
+    def _hold(self, partition: int) -> None:
+        with self._busy_lock:
+            self._busy[partition] += 1
+
+    def _let_go(self, partition: int) -> None:
+        with self._busy_lock:
+            self._busy[partition] -= 1
+
+    async def _on_pool(self, partition: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn`` on the pool, the partition busy until it has run (not until the await ends)."""
+        self._hold(partition)
+        try:
+            cf = self._pool.submit(fn, *args)
+        except BaseException:
+            self._let_go(partition)
+            raise
+        cf.add_done_callback(lambda _: self._let_go(partition))
+        return await asyncio.wrap_future(cf)
 
     def forget(self, parts: frozenset[int]) -> None:
         """Partitions gone elsewhere: their lag and rebuilds are no longer this replica's to show."""
@@ -380,8 +402,9 @@ class BusConsumer:
         if self.window_s > 0 and self._built.get(partition) != epoch:
             assert self._rebuild_slots is not None
             async with self._rebuild_slots:
-                if self._mine(partition, epoch):
-                    await self._rebuild(js, partition, epoch)
+                done = self._mine(partition, epoch) and await self._rebuild(js, partition, epoch)
+            if not done:
+                return  # stopped short: the next task of this coming does it again
             self._built[partition] = epoch
         if not self._mine(partition, epoch):
             return
@@ -421,15 +444,15 @@ class BusConsumer:
                     done[delivery] = None
                     if len(done) > 4 * self.s.fetch_batch + 64:
                         done.popitem(last=False)
-                self._busy[partition] += 1
+                self._hold(partition)  # before the check: a release waits for it from here
                 try:
                     if not self._mine(partition, epoch):  # given up since the check above
                         with contextlib.suppress(Exception):
                             await msg.nak()
                         continue
-                    wait = await self._handle(msg, partition, fetched)
+                    wait = await self._handle(msg, partition, fetched, epoch)
                 finally:
-                    self._busy[partition] -= 1
+                    self._let_go(partition)
                 if wait:
                     for rest in msgs[i + 1 :]:  # the store is away: the rest wait too, in order
                         with contextlib.suppress(Exception):
@@ -443,25 +466,33 @@ class BusConsumer:
                     info = await sub.consumer_info()
                     self.pending[partition] = int(info.num_pending) + int(info.num_ack_pending)
 
-    async def _rebuild(self, js: Any, partition: int, epoch: int) -> None:
+    async def _rebuild(self, js: Any, partition: int, epoch: int) -> bool:
         """Read the partition's last window, up to its durable consumer's ack floor, into hot
         state and the analysis windows; then have each host it held evaluated once. Best
         effort: a failure is counted and said, and the partition is consumed all the same."""
         r = Rebuild(started=time.monotonic())
         self.rebuilds[partition] = r
         hosts: set[str] = set()
+        complete = True
         try:
-            await self._read_window(js, partition, epoch, r, hosts)
+            complete = await self._read_window(js, partition, epoch, r, hosts)
         except Exception as exc:
             r.failed = f"{type(exc).__name__}: {exc}"
             self.counts["rebuild_failed"] += 1
             log.warning("bus: partition %d's rebuild failed: %s", partition, r.failed)
         r.hosts = len(hosts)
+        if not complete:
+            r.failed = "stopped: done again when the partition is consumed here next"
+            r.seconds = time.monotonic() - r.started
+            return False
         if hosts and self.rebuild_done is not None and self._mine(partition, epoch):
-            self.rebuild_done(sorted(hosts))
+            await self._on_pool(partition, self.rebuild_done, sorted(hosts))
         self._rebuilt(partition, r)
+        return True
 
-    async def _read_window(self, js: Any, partition: int, epoch: int, r: Rebuild, hosts: set[str]) -> None:
+    async def _read_window(self, js: Any, partition: int, epoch: int, r: Rebuild, hosts: set[str]) -> bool:
+        """True when it read what it set out to (or failed for good): False when it was stopped
+        (the partition went, or this controller stops) and is to be done again."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
@@ -471,7 +502,7 @@ class BusConsumer:
         except NotFoundError:
             r.upto = 0  # never consumed: nothing was counted, nothing to rebuild
         if r.upto == 0:
-            return
+            return True
         subject = f"{self.s.subject_prefix}.{partition}.*"
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
@@ -482,9 +513,10 @@ class BusConsumer:
             filter_subject=subject,
         )
         sub = await js.pull_subscribe(subject, stream=self.s.stream, config=config)
-        loop = asyncio.get_running_loop()
         try:
-            while not self._stop.is_set() and r.at < r.upto:
+            while r.at < r.upto:
+                if self._stop.is_set():
+                    return False
                 try:
                     msgs = await sub.fetch(REBUILD_FETCH, timeout=REBUILD_FETCH_TIMEOUT_S)
                 except TimeoutError:
@@ -493,7 +525,7 @@ class BusConsumer:
                     break  # nothing (more) in the window
                 for msg in msgs:
                     if not self._mine(partition, epoch):
-                        return  # given up meanwhile: what it read goes with the partition
+                        return False  # given up meanwhile: what it read goes with the partition
                     delivery = _delivery(msg)
                     seq = delivery[0] if delivery is not None else r.at + 1
                     if seq > r.upto:
@@ -501,11 +533,13 @@ class BusConsumer:
                         break
                     r.first = r.first or seq
                     r.at = seq
-                    self._busy[partition] += 1
+                    self._hold(partition)
                     try:
-                        got = await loop.run_in_executor(self._pool, self._rebuild_one, msg, partition)
+                        if not self._mine(partition, epoch):
+                            return False
+                        got = await self._on_pool(partition, self._rebuild_one, msg, partition)
                     finally:
-                        self._busy[partition] -= 1
+                        self._let_go(partition)
                     if got is None:
                         r.refused += 1
                         continue
@@ -518,6 +552,7 @@ class BusConsumer:
                 await js.delete_consumer(self.s.stream, (await sub.consumer_info()).name)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        return True
 
     def _rebuilt(self, partition: int, r: Rebuild) -> None:
         r.seconds = time.monotonic() - r.started
@@ -560,7 +595,9 @@ class BusConsumer:
         said = (msg.headers or {}).get(HOST_HEADER)
         return host if said in (None, host) else None
 
-    async def _handle(self, msg: Any, partition: int, fetched: float | None = None) -> float:
+    async def _handle(
+        self, msg: Any, partition: int, fetched: float | None = None, epoch: int | None = None
+    ) -> float:
         """One message to its end; the seconds to hold the partition back (the store away), or 0."""
         host = self._host_of(msg, partition)
         if host is None:
@@ -573,9 +610,8 @@ class BusConsumer:
             await msg.in_progress()
         headers = msg.headers or {}
         principal = Principal("bus", "collector", (host,))  # the id has no glob characters
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(
-            self._pool,
+        answer = await self._on_pool(
+            partition,
             self._ingest,
             principal,
             headers.get("Content-Encoding"),
@@ -583,6 +619,12 @@ class BusConsumer:
             parse_lost(headers.get(LOST_HEADER)),
         )
         if answer.status == 200:
+            if epoch is not None and not self._mine(partition, epoch):
+                # Given up while it was stored: its next owner, whose rebuild read only to the
+                # acknowledged floor, gets it again (a duplicate to the ledger, counted once).
+                await msg.nak()
+                self.counts["handed_back"] += 1
+                return 0.0
             await msg.ack()  # after the ledger commit: a crash between the two redelivers a duplicate
             self.counts["accepted" if answer.accepted is not None else "duplicate"] += 1
             return 0.0

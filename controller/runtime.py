@@ -260,6 +260,9 @@ class Runtime:
         else:
             for host in hosts:
                 self.workflow.notify(host)
+        if self.ownership.sharded:  # their unfinished runs continue now that windows are whole
+            rebuilt = set(hosts)
+            self.workflow.triggers.take_over(rebuilt.__contains__)
 
     def _hosts_of(self, parts: frozenset[int]) -> Callable[[str], bool]:
         n = self.settings.bus.partitions

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | awk 'NR == 1')
 image=${1:-localhost/incidentlab:$version}
 venv=${VENV:-.venv}
 extras="postgres,s3,kube,gpu,workbench"
@@ -77,8 +77,10 @@ mnt=$(buildah mount "$ctr")
 # probe_core was compiled on this host: it runs in the image only if the image's glibc is
 # at least this host's (both are bookworm here). Refuse, with why, rather than ship an image
 # whose collector fails to import it.
-host_glibc=$(ldd --version | head -1 | awk '{print $NF}')
-image_glibc=$(in_image ldd --version | head -1 | awk '{print $NF}')
+# awk reads all of ldd's output: `head -1` would leave ldd writing into a closed pipe
+# (SIGPIPE, exit 141 under pipefail) now and then.
+host_glibc=$(ldd --version | awk 'NR == 1 {print $NF}')
+image_glibc=$(in_image ldd --version | awk 'NR == 1 {print $NF}')
 if [ "$(printf '%s\n%s\n' "$host_glibc" "$image_glibc" | sort -V | tail -1)" != "$image_glibc" ]; then
   echo "build-image: this host's glibc $host_glibc is newer than the image's $image_glibc; build on Debian bookworm" >&2
   exit 1

@@ -259,6 +259,7 @@ class SignalWindow:
         "columns",
         "dropped_signals",
         "ooms",
+        "repeated",
         "sources",
         "tables",
         "ts",
@@ -278,6 +279,7 @@ class SignalWindow:
         self.tables: dict[str, tuple[float, bool, bytes]] = {}
         self.bytes = 0
         self.dropped_signals = 0  # values whose name would pass MAX_SIGNALS, not kept
+        self.repeated = 0  # samples of a time already held, not kept twice
         self.baselines = BaselineCache()
 
     def __len__(self) -> int:
@@ -292,8 +294,12 @@ class SignalWindow:
     def add(self, ex: Extract) -> int:
         """Take one snapshot's extract (in time order or not); returns the bytes it added."""
         n = len(self.ts)
-        # A late batch is kept in time order, after any sample of the same time.
-        at = n if not n or self.ts[-1] <= ex.ts else bisect.bisect_right(self.ts, ex.ts)
+        # A late batch is kept in time order; a sample of a time already held is the same sample
+        # again (a partition's rebuild that read it twice), not a second one.
+        at = n if not n or self.ts[-1] < ex.ts else bisect.bisect_right(self.ts, ex.ts)
+        if at and self.ts[at - 1] == ex.ts:
+            self.repeated += 1
+            return 0
         delta = _SAMPLE_OVERHEAD
         columns = self.columns
         values = ex.values

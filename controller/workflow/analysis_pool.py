@@ -44,6 +44,7 @@ from controller.ingest import Accepted
 from controller.workflow.analysis import Hypothesis, detect, fires, rank
 
 log = logging.getLogger(__name__)
+TELL_WAIT_S = 2.0  # how long a forget, kick or watch waits for room in a worker's pipe
 DEFAULT_INTERVAL_S = 10.0  # a batch without interval_s is taken to come every 10 s
 DRAIN_MAX = 2000  # messages a worker applies before it evaluates
 # Accepted batches go to a worker together, at most this long after the first of them, or
@@ -440,17 +441,25 @@ class AnalysisPool:
         for h in hosts:
             by.setdefault(self.partition(h), []).append(h)
         with self._handover:
-            with self._lock:
-                listed = [self._take_listed(i) for i in range(self.n)]
-            for i, batches in enumerate(listed):
-                if batches and not self._hand_over(i, batches):
-                    self.untold += 1  # the worker is behind: what it holds stays listed
             for i, names in by.items():
                 if i >= len(self._workers):
                     continue
+                with self._lock:
+                    batches = self._take_listed(i)
                 try:
-                    self._workers[i].inq.put((kind, names), timeout=2.0)
+                    # Waiting (bounded) for room: these go in front of the message, in order.
+                    if batches:
+                        self._workers[i].inq.put(("batches", batches), timeout=TELL_WAIT_S)
+                        with self._lock:
+                            self._waiting_n[i] -= len(batches)
+                            self._waiting_bytes[i] -= sum(len(raw) for raw, *_ in batches)
+                        batches = []
+                    self._workers[i].inq.put((kind, names), timeout=TELL_WAIT_S)
                 except (queue.Full, ValueError, OSError):
+                    if batches:
+                        with self._lock:  # not handed over: listed again, in front
+                            self._pending[i][:0] = batches
+                            self._listed_bytes[i] += sum(len(raw) for raw, *_ in batches)
                     self.untold += 1
                     log.warning("analysis worker %d was not told to %s %d hosts", i, kind, len(names))
 

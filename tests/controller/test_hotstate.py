@@ -158,3 +158,17 @@ def test_a_host_inventing_signal_names_keeps_at_most_max_signals_and_counts_the_
     h = hot.host("h")
     assert h is not None and len(h.window.columns) == MAX_SIGNALS
     assert hot.stats()["dropped_signals"] == 400 * 3 + 1 - MAX_SIGNALS
+
+
+def test_a_window_read_twice_holds_each_sample_once() -> None:
+    # A partition's rebuild that was stopped and begun again reads batches it already applied:
+    # the samples of a time already held are not kept a second time, late ones still slot in.
+    hot = HotState(HotStateSettings())
+    for i in range(5):
+        hot.ingest(*make("h", i + 1, [float(10 + 2 * i), float(11 + 2 * i)]))
+    for i in range(5):
+        hot.ingest(*make("h", i + 1, [float(10 + 2 * i), float(11 + 2 * i)]))
+    hot.ingest(*make("h", 9, [10.5]))
+    assert window_ts(hot, "h", 1000) == [10.0, 10.5, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0, 19.0]
+    h = hot.host("h")
+    assert h is not None and h.window.repeated == 10
