@@ -302,7 +302,8 @@ def _scale(doc: dict[str, Any]) -> list[str]:
         f"{t['rebuilt_hosts']:,} hosts): every partition moved and rebuilt "
         f"{t['moved_and_rebuilt_after_ready_s']} s after it was ready, "
         f"**{t['moved_and_rebuilt_after_ready_s'] / t['rebuilt_hosts'] * 1000:.1f} s per 1,000 hosts** "
-        f"(the longest single partition's rebuild: {t['rebuild_wall_s']} s; four rebuild at once). The "
+        f"(the longest single partition's rebuild: {t['rebuild_wall_s']} s; four rebuild at once; "
+        f"rebuilt batches not analysed: {t.get('analysis_overflow', '-')}). The "
         f"window held {t['rebuilt_batches'] / t['rebuilt_hosts']:.0f} batches per host; a full 300 s of "
         "batches every 10 s holds 30, and reads in proportion.",
         "",

@@ -545,8 +545,6 @@ class BusConsumer:
                         continue
                     r.messages += 1
                     hosts.add(got.host_id)
-                    if self.rebuilt is not None:
-                        self.rebuilt(got)
         finally:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(self.s.stream, (await sub.consumer_info()).name)
@@ -574,7 +572,10 @@ class BusConsumer:
         with contextlib.suppress(Exception):
             at = msg.metadata.timestamp.timestamp()  # when the stream stored it: when it came
         headers = msg.headers or {}
-        return self.ingest.rebuild(host, headers.get("Content-Encoding"), msg.data, at)
+        got = self.ingest.rebuild(host, headers.get("Content-Encoding"), msg.data, at)
+        if got is not None and self.rebuilt is not None:
+            self.rebuilt(got)  # on the pool: it may wait for the analysis queue's room
+        return got
 
     def _ingest(self, principal: Principal, encoding: str | None, data: bytes, lost: int) -> Answer:
         """The ingest, and for an accepted batch its queueing for analysis, in one hop to the

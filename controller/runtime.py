@@ -247,9 +247,10 @@ class Runtime:
 
     def _rebuilt(self, accepted: Accepted) -> None:
         """A batch a partition's rebuild read (already in this process's hot state): into the
-        analysis windows, without an evaluation of its own."""
+        analysis windows, without an evaluation of its own (on the bus's pool: it waits for room
+        in the worker's queue rather than be dropped)."""
         if self.analysis is not None:
-            self.analysis.submit(accepted, quiet=True)
+            self.analysis.submit_when_room(accepted)
 
     def _rebuild_done(self, hosts: list[str]) -> None:
         """A partition's rebuild ended: each host it read is evaluated once, on its whole window."""

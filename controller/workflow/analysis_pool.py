@@ -463,6 +463,24 @@ class AnalysisPool:
                     self.untold += 1
                     log.warning("analysis worker %d was not told to %s %d hosts", i, kind, len(names))
 
+    def submit_when_room(self, accepted: Accepted, timeout_s: float = 10.0) -> None:
+        """A rebuild's batch (quiet): waits, bounded, for room in its worker's queue rather than
+        be dropped as overflow. Off the event loop only: it sleeps."""
+        i = self.partition(accepted.host_id)
+        size = len(accepted.raw)
+        deadline = time.monotonic() + timeout_s
+        while self._workers and time.monotonic() < deadline:
+            with self._lock:
+                room = (
+                    self._waiting_n[i] < self.queue_max and self._waiting_bytes[i] + size <= self.queue_bytes
+                )
+            if room:
+                break
+            self._flush.set()
+            self._full.set()
+            time.sleep(0.02)
+        self.submit(accepted, quiet=True)
+
     def submit(self, accepted: Accepted, quiet: bool = False) -> None:
         """After the ack: cheap and bounded (a list append); the flusher hands the batches
         over. Past queue_max waiting for one worker, a batch is not analysed, counted.
