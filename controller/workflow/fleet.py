@@ -352,7 +352,7 @@ class SharedSightings:
         for body in sightings.window(self.engine, since=since, limit=limit):
             try:
                 out.append(_SIGHTING.decode(body))
-            except msgspec.ValidationError:
+            except msgspec.DecodeError:  # not JSON, or not a sighting: skipped, counted
                 self.errors += 1
         return out
 

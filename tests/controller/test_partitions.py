@@ -541,5 +541,13 @@ def test_sightings_from_several_replicas_make_one_fleet_group_on_the_leader(stor
             ("node-2", "run-node-2"),
         ]
         assert a.errors == b.errors == 0
+        # A row that is not a sighting (not JSON, or the wrong shape) is skipped and counted.
+        with engine.begin() as conn:
+            for host, body in (("node-x", "not json"), ("node-y", '{"host": 1}')):
+                conn.exec_driver_sql(
+                    "INSERT INTO fleet_sightings (host_id, run_id, at, body) VALUES (%s, 'r', %s, %s)",
+                    (host, now, body),
+                )
+        assert {s.host for s in a.load(now - 300, 100)} == {"node-1", "node-2"} and a.errors == 2
     finally:
         engine.dispose()
