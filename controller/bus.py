@@ -126,7 +126,7 @@ class BusConsumer:
         max_body_bytes: int = 8 << 20,
         window_s: float = 0.0,
         rebuilt: Callable[[Accepted], None] | None = None,
-        rebuild_done: Callable[[list[str]], None] | None = None,
+        rebuild_done: Callable[[int, list[str]], None] | None = None,
         epoch: Callable[[int], int] | None = None,
     ) -> None:
         self.s = s
@@ -134,7 +134,8 @@ class BusConsumer:
         self.owned = owned
         self.max_body_bytes = max_body_bytes
         # The analysis window a new owner rebuilds (0: none), where each rebuilt batch goes
-        # (the analysis windows, quietly), and who is told which hosts a rebuild read.
+        # (the analysis windows, quietly), and who is told that a partition's rebuild ended and
+        # which hosts it read.
         self.window_s = window_s
         self.rebuilt = rebuilt
         self.rebuild_done = rebuild_done
@@ -485,8 +486,8 @@ class BusConsumer:
             r.failed = "stopped: done again when the partition is consumed here next"
             r.seconds = time.monotonic() - r.started
             return False
-        if hosts and self.rebuild_done is not None and self._mine(partition, epoch):
-            await self._on_pool(partition, self.rebuild_done, sorted(hosts))
+        if self.rebuild_done is not None and self._mine(partition, epoch):
+            await self._on_pool(partition, self.rebuild_done, partition, sorted(hosts))
         self._rebuilt(partition, r)
         return True
 
@@ -520,12 +521,10 @@ class BusConsumer:
                 try:
                     msgs = await sub.fetch(REBUILD_FETCH, timeout=REBUILD_FETCH_TIMEOUT_S)
                 except TimeoutError:
-                    if r.at < r.upto and r.first:
+                    if r.first:
                         r.failed = f"the stream went quiet at {r.at} of {r.upto}"
                     break  # nothing (more) in the window
                 for msg in msgs:
-                    if not self._mine(partition, epoch):
-                        return False  # given up meanwhile: what it read goes with the partition
                     delivery = _delivery(msg)
                     seq = delivery[0] if delivery is not None else r.at + 1
                     if seq > r.upto:
@@ -533,10 +532,10 @@ class BusConsumer:
                         break
                     r.first = r.first or seq
                     r.at = seq
-                    self._hold(partition)
+                    self._hold(partition)  # before the check: a release waits for it from here
                     try:
                         if not self._mine(partition, epoch):
-                            return False
+                            return False  # given up meanwhile: what it read goes with the partition
                         got = await self._on_pool(partition, self._rebuild_one, msg, partition)
                     finally:
                         self._let_go(partition)

@@ -42,7 +42,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -455,7 +455,3 @@ def _obj(text: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return got if isinstance(got, dict) else {}
-
-
-def hosts_in(hosts: Iterable[str], parts: Parts, partitions: int) -> list[str]:
-    return [h for h in hosts if partition_of(h, partitions) in parts]

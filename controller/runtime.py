@@ -170,7 +170,7 @@ class Runtime:
             )
             self.workflow.active = lambda: True
             self.workflow.triggers.owns = self.ownership.owns_host
-            self.workflow.triggers.rescan = True
+            self.workflow.triggers.sharded = True
             self.workflow.triggers.coordinator = lambda: self.leadership.is_leader
             self.workflow.triggers.shared = SharedSightings(self.engine)
             self.workflow.triggers.known = self._fleet_known
@@ -252,8 +252,9 @@ class Runtime:
         if self.analysis is not None:
             self.analysis.submit_when_room(accepted)
 
-    def _rebuild_done(self, hosts: list[str]) -> None:
-        """A partition's rebuild ended: each host it read is evaluated once, on its whole window."""
+    def _rebuild_done(self, partition: int, hosts: list[str]) -> None:
+        """A partition's rebuild ended: each host it read is evaluated once, on its whole window,
+        and (replicas sharing the fleet) the partition's unfinished runs continue here."""
         if not self.settings.workflow.enabled:
             return
         if self.analysis is not None:
@@ -261,9 +262,8 @@ class Runtime:
         else:
             for host in hosts:
                 self.workflow.notify(host)
-        if self.ownership.sharded:  # their unfinished runs continue now that windows are whole
-            rebuilt = set(hosts)
-            self.workflow.triggers.take_over(rebuilt.__contains__)
+        if self.ownership.sharded:
+            self.workflow.triggers.take_over(self._hosts_of(frozenset((partition,))))
 
     def _hosts_of(self, parts: frozenset[int]) -> Callable[[str], bool]:
         n = self.settings.bus.partitions
@@ -271,16 +271,15 @@ class Runtime:
 
     def _acquired(self, parts: frozenset[int]) -> None:
         """Partitions moved here (called before they are published as ours): their streams are
-        read from the store afresh, the analysis workers watch their hosts' live runs, and those
-        runs continue on this controller's worker (hot state comes by the rebuild)."""
+        read from the store afresh, and the analysis workers watch their hosts' live runs. Their
+        unfinished runs continue once the rebuild has made their windows whole (_rebuild_done)."""
         hosts = self._hosts_of(parts)
         self.ledger.forget(hosts)
-        if self.settings.workflow.enabled and self.ownership.sharded:
+        if self.settings.workflow.enabled and self.ownership.sharded and self.analysis is not None:
             with self.runs.read() as tx:
                 live = [h for h in tx.live_hosts(LIVE_HOSTS_WATCHED) if hosts(h)]
-            if self.analysis is not None and live:
+            if live:
                 self.analysis.watch(live)
-            self.workflow.triggers.take_over(hosts, delay_s=1.0)
 
     def _releasing(self, parts: frozenset[int]) -> None:
         """Partitions about to move away (no longer named by ``owned()``): wait, bounded, until

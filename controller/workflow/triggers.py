@@ -122,8 +122,9 @@ class Triggers:
         # are its partition owner's; fleet incidents are the coordinator's (the HA leader).
         self.owns: Callable[[str], bool] = lambda host_id: True
         self.coordinator: Callable[[], bool] = lambda: True
-        # Whether to look for unfinished runs of ours every sweep (replicas sharing the fleet).
-        self.rescan = False
+        # Replicas share the fleet: a due run is checked to be ours, and unfinished runs of ours
+        # are looked for every sweep.
+        self.sharded = False
         # Sightings shared through the store, for a correlator on another replica (None: in memory).
         self.shared: SharedSightings | None = None
         self._due: list[tuple[float, str]] = []  # (when, run_id): approved runs, verifier retries
@@ -275,7 +276,7 @@ class Triggers:
                 was_active = True
             while (run_id := self._next_due()) is not None and not self._stop.is_set():
                 try:
-                    if not self._run_is_mine(run_id):
+                    if self.sharded and not self._run_is_mine(run_id):
                         continue  # its host moved to another replica: continued there
                     self._runner().execute(run_id)
                 except Exception:
@@ -298,7 +299,7 @@ class Triggers:
                 self._swept_at = self.clock()
                 try:
                     self.sweep()
-                    if self.rescan:
+                    if self.sharded:
                         # Unfinished runs of ours nobody scheduled here: approved on another
                         # replica, or scheduled there just before their host moved here.
                         self.take_over(self.mine)
